@@ -17,7 +17,7 @@ use sleuth::model::gguf::GgufFile;
 use sleuth::model::{text_of, Llama, LlamaConfig, Sampler, SamplingConfig, Tokenizer};
 use sleuth::reward::{RewardBreakdown, RewardFn};
 use sleuth::rl::trainer::Question;
-use sleuth::rl::{Algo, TrainConfig, Trainer};
+use sleuth::rl::{Algo, GuardConfig, TrainConfig, TrainError, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
 const MAX_NEW: usize = 12;
@@ -135,6 +135,12 @@ fn trainer(tok: Tokenizer, algo: Algo, lr: f64, seed: u64) -> Trainer<Train> {
         weight_decay: 0.0,
         track_kl: true,
         seed,
+        // This reward is *meant* to collapse the policy onto one token (entropy → 0), which
+        // is what the guard exists to stop; the guard has its own test below.
+        guard: GuardConfig {
+            enabled: false,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let data = QUESTIONS
@@ -205,4 +211,68 @@ fn reinforce_pp_baseline_steps_and_checkpoint_resumes() {
     assert_eq!(resumed.state, t.state);
     assert_eq!(resumed.model.embed_tokens.val().into_data(), saved);
     assert_eq!(resumed.step().unwrap().step, 2);
+}
+
+/// The collapse guard judges step N's figures as describing the weights step N started from:
+/// when step 2 trips, the weights restored are those before step 1 (whose figures passed at
+/// step 1), not the checkpoint after step 1; the learning rate halves from the next step on;
+/// a trip past `max_trips` stops training.
+#[test]
+fn collapse_guard_restores_last_good_weights_and_lowers_lr() {
+    let Some(tok) = tokenizer() else { return };
+    let mut t = trainer(tok, Algo::Grpo, 1e-2, 7);
+    // The tiny random model's full-vocabulary entropy is ~9.8 nats (it samples from its top 4
+    // only), above the default bound meant for a pretrained policy, and lr 1e-2 moves it far
+    // from the reference in one step: loosen those two bounds, test the mechanism.
+    let pass = GuardConfig {
+        max_trips: 1,
+        max_entropy: 20.0,
+        max_kl: 100.0,
+        ..Default::default()
+    };
+    // A window of one step and a negative allowed drop: every step trips.
+    let trip = GuardConfig {
+        window: 1,
+        max_format_drop: -1.0,
+        ..pass.clone()
+    };
+    t.cfg.guard = pass.clone();
+    let theta0 = t.model.embed_tokens.val().into_data();
+    let m1 = t.step().unwrap();
+    assert!(m1.guard.is_none(), "{:?}", m1.guard);
+    assert!(
+        m1.grad_norm > 0.0,
+        "step 1 must change the weights for this test to mean anything"
+    );
+    assert_ne!(t.model.embed_tokens.val().into_data(), theta0);
+
+    t.cfg.guard = trip.clone();
+    let m2 = t.step().unwrap();
+    let ev = m2.guard.clone().expect("step 2 trips");
+    assert!(ev.reason.contains("format-valid rate"), "{}", ev.reason);
+    assert_eq!(ev.restored_step, Some(0));
+    assert_eq!(ev.lr_scale, 0.5);
+    assert_eq!(t.model.embed_tokens.val().into_data(), theta0);
+    assert_eq!(
+        (t.state.step, t.state.lr_scale, t.state.guard_trips),
+        (2, 0.5, 1)
+    );
+    // The event is part of the logged metrics line.
+    let line = serde_json::to_string(&m2).unwrap();
+    assert!(line.contains("\"restored_step\":0"), "{line}");
+
+    t.cfg.guard = pass;
+    let m3 = t.step().unwrap();
+    assert!(m3.guard.is_none());
+    assert_eq!(m3.step, 3, "the step counter moves on after a rollback");
+    assert_eq!(m3.lr, 0.5e-2);
+
+    t.cfg.guard = trip;
+    match t.step() {
+        Err(TrainError::Collapsed { trips: 2, .. }) => {}
+        other => panic!(
+            "expected Collapsed after max_trips, got {:?}",
+            other.map(|m| m.guard)
+        ),
+    }
 }

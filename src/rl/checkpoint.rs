@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Llama, LlamaConfig};
 
 /// Progress counters saved with a checkpoint.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Optimizer steps completed.
     pub step: usize,
@@ -30,6 +30,30 @@ pub struct TrainState {
     pub position: usize,
     /// Seed of the run (question order and sampling derive from it and the step).
     pub seed: u64,
+    /// Multiplier on the configured learning rate; the collapse guard halves it at each trip
+    /// ([`super::guard`]). 1.0 in checkpoints written before the guard existed.
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// Collapse-guard trips so far.
+    #[serde(default)]
+    pub guard_trips: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            position: 0,
+            seed: 0,
+            lr_scale: 1.0,
+            guard_trips: 0,
+        }
+    }
 }
 
 impl TrainState {

@@ -3,8 +3,9 @@
 //!
 //! [`advantage`] holds GRPO and Reinforce++ estimators (host-side, per sample or per token);
 //! [`loss`] the token log-prob computation and the clipped surrogate with k3 KL;
-//! [`checkpoint`] atomic, resumable checkpoints; [`trainer`] the loop that ties rollout,
-//! reward, update, metrics and checkpoints together.
+//! [`checkpoint`] atomic, resumable checkpoints; [`guard`] the collapse guard (rollback and
+//! learning-rate cut); [`trainer`] the loop that ties rollout, reward, update, metrics and
+//! checkpoints together.
 //!
 //! One rollout batch feeds exactly one optimizer step (gradients accumulated over
 //! micro-batches), so the rollout policy π_old equals π_θ at update time: the ratio is 1 and
@@ -14,10 +15,12 @@
 pub mod advantage;
 pub mod checkpoint;
 pub mod collect;
+pub mod guard;
 pub mod loss;
 pub mod sft;
 pub mod trainer;
 
 pub use advantage::Algo;
+pub use guard::{GuardConfig, GuardEvent};
 pub use loss::KlEstimator;
 pub use trainer::{StepMetrics, TrainConfig, TrainError, Trainer};

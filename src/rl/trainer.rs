@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::advantage::{self, Algo};
 use super::checkpoint::{self, CheckpointError, TrainState};
+use super::guard::{CollapseGuard, GuardConfig, GuardEvent};
 use super::loss::{
     pack, policy_loss, token_logprobs, token_logprobs_entropy, KlEstimator, LossInputs, PackedBatch,
 };
@@ -64,6 +65,8 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Seed for question order and sampling. Default 0.
     pub seed: u64,
+    /// Collapse guard bounds (`[train.guard]`); see [`super::guard`].
+    pub guard: GuardConfig,
 }
 
 impl TrainConfig {
@@ -97,6 +100,7 @@ impl Default for TrainConfig {
             track_kl: true,
             checkpoint_every: 1,
             seed: 0,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -160,6 +164,10 @@ pub struct StepMetrics {
     pub seconds_update: f64,
     /// Policy tokens sampled per rollout second.
     pub tokens_per_s: f64,
+    /// Set when the collapse guard tripped at this step: why, which weights it restored, and
+    /// the learning-rate scale from now on. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardEvent>,
 }
 
 /// Errors that stop training.
@@ -174,6 +182,14 @@ pub enum TrainError {
     /// The training set is empty.
     #[error("no training questions")]
     NoData,
+    /// The collapse guard tripped `max_trips` times.
+    #[error("collapse guard tripped {trips} times (max_trips); last: {reason}. Lower [train].learning_rate or loosen [train.guard]")]
+    Collapsed {
+        /// Trips so far.
+        trips: usize,
+        /// The last tripped bound.
+        reason: String,
+    },
 }
 
 /// A question with its gold answers.
@@ -186,6 +202,15 @@ pub struct Question {
 }
 
 pub(crate) type Optim<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+type OptimRecord<B> = <Optim<B> as Optimizer<Llama<B>, B>>::Record;
+
+/// Policy and optimizer moments as they were after optimizer step `step` (cheap: burn
+/// tensors are reference-counted and updates allocate new ones).
+struct Snapshot<B: AutodiffBackend> {
+    model: Llama<B>,
+    optim: OptimRecord<B>,
+    step: usize,
+}
 
 /// AdamW with the config's betas, epsilon and weight decay (the learning rate is passed per
 /// step, so warmup needs no scheduler object).
@@ -219,6 +244,9 @@ pub struct Trainer<B: AutodiffBackend> {
     /// Progress (saved in checkpoints).
     pub state: TrainState,
     device: B::Device,
+    guard: CollapseGuard,
+    /// The newest weights whose figures passed the guard.
+    last_good: Option<Snapshot<B>>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -262,6 +290,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             data,
             state,
             device,
+            guard: CollapseGuard::default(),
+            last_good: None,
         })
     }
 
@@ -276,6 +306,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.optim = checkpoint::load_optimizer(run, optim, &self.device)?;
         self.model = model;
         self.state = state;
+        self.guard.reset();
+        self.last_good = None;
         Ok(())
     }
 
@@ -349,9 +381,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         let rewards: Vec<f32> = scored.iter().map(|s| s.total).collect();
         let seconds_reward = t0.elapsed().as_secs_f64();
 
-        // Update.
+        // Update. The weights the rollout used (θ_{N−1}) are kept until the guard has judged
+        // this step's figures, which all describe them.
+        let before = self.cfg.guard.enabled.then(|| Snapshot {
+            model: self.model.clone(),
+            optim: self.optim.to_record(),
+            step: step - 1,
+        });
         let t0 = Instant::now();
-        let lr = self.cfg.lr_at(step);
+        let lr = self.cfg.lr_at(step) * self.state.lr_scale;
         let upd = self.update(&episodes, &rewards, g, lr);
         let seconds_update = t0.elapsed().as_secs_f64();
         self.state.step = step;
@@ -360,7 +398,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mean = |f: &dyn Fn(usize) -> f64| (0..episodes.len()).map(f).sum::<f64>() / n;
         let reward_mean = mean(&|i| rewards[i] as f64);
         let reward_std = (mean(&|i| (rewards[i] as f64 - reward_mean).powi(2))).sqrt();
-        Ok(StepMetrics {
+        let mut metrics = StepMetrics {
             step,
             reward_mean,
             reward_std,
@@ -388,7 +426,60 @@ impl<B: AutodiffBackend> Trainer<B> {
             seconds_reward,
             seconds_update,
             tokens_per_s: rstats.sampled_tokens as f64 / rstats.seconds_total.max(1e-9),
-        })
+            guard: None,
+        };
+        if let Some(before) = before {
+            metrics.guard = self.apply_guard(&metrics, before)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Judges a step's figures (which describe `before`, the weights the step started from).
+    /// On a pass `before` becomes the last good state; on a trip the last good state is
+    /// restored and the learning-rate scale multiplied by `lr_factor`.
+    ///
+    /// # Errors
+    /// [`TrainError::Collapsed`] once the guard has tripped `max_trips` times.
+    fn apply_guard(
+        &mut self,
+        m: &StepMetrics,
+        before: Snapshot<B>,
+    ) -> Result<Option<GuardEvent>, TrainError> {
+        let cfg = self.cfg.guard.clone();
+        let reason = match self.guard.check(&cfg, m) {
+            Ok(()) => {
+                self.last_good = Some(before);
+                return Ok(None);
+            }
+            Err(r) => r,
+        };
+        self.state.guard_trips += 1;
+        if self.state.guard_trips > cfg.max_trips {
+            return Err(TrainError::Collapsed {
+                trips: self.state.guard_trips,
+                reason,
+            });
+        }
+        let restored_step = self.last_good.as_ref().map(|good| {
+            self.model = good.model.clone();
+            self.optim = adamw::<B>(&self.cfg).load_record(good.optim.clone());
+            good.step
+        });
+        self.state.lr_scale *= cfg.lr_factor;
+        self.guard.reset();
+        let event = GuardEvent {
+            reason,
+            restored_step,
+            lr_scale: self.state.lr_scale,
+        };
+        tracing::warn!(
+            step = m.step,
+            reason = %event.reason,
+            restored_step = ?event.restored_step,
+            lr_scale = event.lr_scale,
+            "collapse guard tripped"
+        );
+        Ok(Some(event))
     }
 
     /// One optimizer step on `episodes`.
