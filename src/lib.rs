@@ -4,7 +4,8 @@
 //! [`corpus`] passages, [`index`] BM25 index building, [`search`] the [`search::Retriever`]
 //! seam, [`model`] the policy (Llama forward pass in burn, GGUF loading, tokenizer, sampling),
 //! [`env`] the rollout environment, [`reward`] metrics and reward rules, [`rl`] GRPO /
-//! Reinforce++ training, [`eval`] running QA sets. The `sleuth` binary is a thin clap CLI over it.
+//! Reinforce++ training, [`eval`] running QA sets, [`plot`] training curves. The `sleuth` binary
+//! is a thin clap CLI over it.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -13,6 +14,7 @@ pub mod env;
 pub mod eval;
 pub mod index;
 pub mod model;
+pub mod plot;
 pub mod reward;
 pub mod rl;
 pub mod search;

@@ -60,6 +60,9 @@ enum Command {
     Collect(CollectArgs),
     /// Supervised fine-tuning on collected trajectories (loss on policy tokens only).
     Sft(SftArgs),
+    /// Render training curves (reward ± std, format-valid rate, searches, response length,
+    /// KL, entropy) of one or more runs' metrics.jsonl to a PNG.
+    Plot(PlotArgs),
 }
 
 #[derive(Args)]
@@ -85,6 +88,31 @@ struct CollectArgs {
     /// RNG seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write scripted episodes instead of sampling (no model run): per question, the question
+    /// as the query, the retriever's real documents, and a gold answer those documents cover
+    /// (questions whose documents cover none are skipped). For policies too weak for
+    /// rejection sampling to keep anything.
+    #[arg(long)]
+    scripted: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run directories (or metrics.jsonl files); several runs are overlaid, one colour each.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Output PNG (default: <run>/curves.png for a single run; required for several).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Moving-average window in steps for the thick curves (1 = raw only).
+    #[arg(long, default_value_t = 5)]
+    smooth: usize,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1500)]
+    width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 800)]
+    height: u32,
 }
 
 #[derive(Args)]
@@ -389,7 +417,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => Ok(sleuth::serve::run_chat(a)?),
         Command::Collect(a) => cmd_collect(a),
         Command::Sft(a) => cmd_sft(a),
+        Command::Plot(a) => cmd_plot(a),
     }
+}
+
+fn cmd_plot(a: PlotArgs) -> Result<()> {
+    let runs = a
+        .runs
+        .iter()
+        .map(|r| sleuth::plot::RunMetrics::read(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = match (&a.out, a.runs.as_slice()) {
+        (Some(o), _) => o.clone(),
+        (None, [one]) if one.is_dir() => one.join("curves.png"),
+        _ => bail!("give --out FILE.png when plotting several runs or a metrics file"),
+    };
+    sleuth::plot::render(&runs, &out, a.smooth, (a.width, a.height))?;
+    println!("{}", out.display());
+    Ok(())
 }
 
 fn open_retriever(index: &Path) -> Result<Bm25Retriever> {
@@ -431,6 +476,14 @@ fn load_model<B: burn::tensor::backend::Backend>(
             path.display()
         )
     })
+}
+
+/// Loads only the tokenizer stored in a GGUF model file.
+fn load_tokenizer(path: &Path) -> Result<sleuth::model::Tokenizer> {
+    let gguf = sleuth::model::gguf::GgufFile::open(path)
+        .with_context(|| format!("opening model {}", path.display()))?;
+    sleuth::model::Tokenizer::from_gguf(&gguf)
+        .with_context(|| format!("reading the tokenizer of {}", path.display()))
 }
 
 /// Loads the model named by the config, replacing its weights by a checkpoint's when given.
@@ -890,8 +943,6 @@ fn cmd_collect(a: CollectArgs) -> Result<()> {
     let require_correct = a
         .require_correct
         .unwrap_or(cfg.reward.kind == sleuth::reward::RewardKind::Stage2);
-    let device = backend::device();
-    let m = load_model::<Inference>(&cfg.model.path, &device)?;
     let retriever = open_search(&cfg)?;
     let mut data = read_qa(&cfg.data.train)?;
     if let Some(n) = a.limit {
@@ -914,24 +965,39 @@ fn cmd_collect(a: CollectArgs) -> Result<()> {
     let bar = indicatif::ProgressBar::new(questions.len() as u64);
     let mut write_err = None;
     let mut done = 0;
-    let stats = sleuth::rl::collect::collect(
-        &m.model,
-        &m.tokenizer,
-        &retriever,
-        &cfg.prompt,
-        &cfg.rollout,
-        &questions,
-        a.batch,
-        require_correct,
-        a.seed,
-        |ex| {
-            if let Err(e) = sleuth::rl::sft::write_example(&mut file, ex) {
-                write_err.get_or_insert(e);
-            }
-            done += 1;
-            bar.set_message(format!("kept {done}"));
-        },
-    )?;
+    let keep = |ex: &sleuth::rl::sft::SftExample| {
+        if let Err(e) = sleuth::rl::sft::write_example(&mut file, ex) {
+            write_err.get_or_insert(e);
+        }
+        done += 1;
+        bar.set_message(format!("kept {done}"));
+    };
+    let stats = if a.scripted {
+        let tokenizer = load_tokenizer(&cfg.model.path)?;
+        sleuth::rl::collect::scripted(
+            &tokenizer,
+            &retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            &Default::default(),
+            &questions,
+            keep,
+        )?
+    } else {
+        let m = load_model::<Inference>(&cfg.model.path, &backend::device())?;
+        sleuth::rl::collect::collect(
+            &m.model,
+            &m.tokenizer,
+            &retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            &questions,
+            a.batch,
+            require_correct,
+            a.seed,
+            keep,
+        )?
+    };
     bar.finish_and_clear();
     if let Some(e) = write_err {
         return Err(e).with_context(|| format!("writing {}", tmp.display()));
