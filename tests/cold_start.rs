@@ -233,3 +233,72 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
     // The cold-started policy searches in its rollouts.
     assert!(m.searches_mean > 0.0, "{m:?}");
 }
+
+/// `collect --scripted`: one grounded episode per question whose documents cover a gold answer,
+/// the prompt without demonstrations, documents exactly as the environment renders them and
+/// masked out, the rest mask 1 and format-valid.
+#[test]
+fn scripted_episodes_are_grounded_masked_and_format_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
+        return;
+    }
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let with_demo = PromptConfig {
+        demonstrations: vec!["User:Q?\nAssistant: <think> demo </think>".into()],
+        ..prompt()
+    };
+    let rollout = RolloutConfig::default();
+    let questions = vec![
+        Question {
+            question: QUESTION.into(),
+            answers: vec![
+                "a very long answer that has more than ten words in it, so skipped".into(),
+                "Kansas City".into(),
+            ],
+        },
+        Question {
+            question: "What is the capital of Kansas?".into(),
+            answers: vec!["Topeka".into()],
+        },
+    ];
+    let mut kept = Vec::new();
+    let stats = sleuth::rl::collect::scripted(
+        &tok,
+        &OneDoc,
+        &with_demo,
+        &rollout,
+        &Default::default(),
+        &questions,
+        |ex| kept.push(ex.clone()),
+    )
+    .unwrap();
+    assert_eq!((stats.questions, stats.format_ok, stats.kept), (2, 1, 1));
+    let ex = &kept[0];
+    assert_eq!(ex.question, QUESTION);
+    let bare = prompt().encode(&tok, QUESTION).unwrap();
+    assert_eq!(
+        &ex.tokens[..ex.prompt_len],
+        &bare[..],
+        "prompt without demonstrations"
+    );
+    assert!(ex.mask[..ex.prompt_len].iter().all(|&m| m == 0));
+    let response = &ex.tokens[ex.prompt_len..];
+    let mask = &ex.mask[ex.prompt_len..];
+    let masked: Vec<u32> = response
+        .iter()
+        .zip(mask)
+        .filter(|(_, &m)| m == 0)
+        .map(|(&t, _)| t)
+        .collect();
+    assert_eq!(
+        sleuth::model::text_of(&tok, &masked),
+        documents_block(&[hit()], rollout.doc_max_words)
+    );
+    let solution = sleuth::model::text_of(&tok, response);
+    let report = FormatReport::check(&solution);
+    assert!(report.all_ok(), "{solution}");
+    assert_eq!(report.answer.as_deref().map(str::trim), Some("Kansas City"));
+    assert!(solution.contains(&format!("<|begin_of_query|> {QUESTION} <|end_of_query|>")));
+}
