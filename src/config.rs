@@ -37,17 +37,23 @@ impl Default for ModelSection {
 #[serde(default, deny_unknown_fields)]
 pub struct SearchSection {
     /// Backend name: `"bm25"` (local tantivy index), `"graph-pg"` (BM25 seeds from `index`
-    /// expanded along the passage graph `graph`, settings in `[search.graph_options]`) or
-    /// `"online"` (web search, settings in `[search.online]`). Default `"bm25"`.
+    /// expanded along the passage graph `graph`, settings in `[search.graph_options]`),
+    /// `"graph-kg"`, `"graph-tkg"`, `"graph-rkg"` (personalized PageRank over the knowledge
+    /// graph `graph` of that kind, fused with BM25 from `index`, settings in
+    /// `[search.kg_options]`) or `"online"` (web search, settings in `[search.online]`).
+    /// Default `"bm25"`.
     pub backend: String,
     /// Index directory built by `sleuth index build`. Default `index/wiki`.
     pub index: PathBuf,
-    /// Passage-graph file built by `sleuth index graph --kind pg` over the corpus of `index`;
-    /// used by the `"graph-pg"` backend. Default `index/pg`.
+    /// Graph file built by `sleuth index graph --kind pg|kg|tkg|rkg` over the corpus of
+    /// `index`; used by the `"graph-*"` backends. Default `index/pg`.
     pub graph: PathBuf,
     /// `[search.graph_options]`: the graph backend; defaults in
     /// [`crate::search::GraphOptions`].
     pub graph_options: crate::search::GraphOptions,
+    /// `[search.kg_options]`: the knowledge-graph backends; defaults in
+    /// [`crate::search::KgSearchOptions`].
+    pub kg_options: crate::search::KgSearchOptions,
     /// `[search.online]`: the online backend; defaults in [`crate::search::OnlineConfig`].
     pub online: crate::search::OnlineConfig,
 }
@@ -59,6 +65,7 @@ impl Default for SearchSection {
             index: PathBuf::from("index/wiki"),
             graph: PathBuf::from("index/pg"),
             graph_options: crate::search::GraphOptions::default(),
+            kg_options: crate::search::KgSearchOptions::default(),
             online: crate::search::OnlineConfig::default(),
         }
     }
@@ -66,12 +73,14 @@ impl Default for SearchSection {
 
 impl SearchSection {
     /// Opens the configured backend: the BM25 index at `index` for `"bm25"`, a
-    /// [`crate::search::GraphRetriever`] over `index` and `graph` for `"graph-pg"`, an
-    /// [`crate::search::OnlineRetriever`] with `online` for `"online"`.
+    /// [`crate::search::GraphRetriever`] over `index` and `graph` for `"graph-pg"`, a
+    /// [`crate::search::KgRetriever`] over `index` and `graph` for `"graph-kg"`, `"graph-tkg"`
+    /// and `"graph-rkg"`, an [`crate::search::OnlineRetriever`] with `online` for `"online"`.
     ///
     /// # Errors
     /// [`crate::search::SearchError::InvalidOption`] naming `backend` for an unknown backend
-    /// name; otherwise whatever opening the backend returns.
+    /// name; [`crate::search::SearchError::Graph`] when a knowledge graph is of another kind
+    /// than the backend names; otherwise whatever opening the backend returns.
     pub fn open(&self) -> Result<Box<dyn crate::search::Retriever>, crate::search::SearchError> {
         match self.backend.as_str() {
             "bm25" => Ok(Box::new(crate::search::Bm25Retriever::open(&self.index)?)),
@@ -81,13 +90,37 @@ impl SearchSection {
                 crate::search::Bm25Options::default(),
                 self.graph_options.clone(),
             )?)),
+            "graph-kg" | "graph-tkg" | "graph-rkg" => {
+                use crate::index::graph::GraphKind;
+                let wanted = match self.backend.as_str() {
+                    "graph-kg" => GraphKind::Kg,
+                    "graph-tkg" => GraphKind::Tkg,
+                    _ => GraphKind::Rkg,
+                };
+                let r = crate::search::KgRetriever::open_with(
+                    &self.index,
+                    &self.graph,
+                    crate::search::Bm25Options::default(),
+                    self.kg_options.clone(),
+                )?;
+                let found = r.graph().kind();
+                if found != wanted {
+                    return Err(crate::index::graph::GraphError::WrongKind {
+                        path: self.graph.clone(),
+                        found: found.describe(),
+                        wanted: wanted.describe(),
+                    }
+                    .into());
+                }
+                Ok(Box::new(r))
+            }
             "online" => Ok(Box::new(crate::search::OnlineRetriever::new(
                 self.online.clone(),
             )?)),
             other => Err(crate::search::SearchError::InvalidOption {
                 name: "backend",
                 reason: format!(
-                    "unknown backend {other:?} (known: \"bm25\", \"graph-pg\", \"online\")"
+                    "unknown backend {other:?} (known: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"online\")"
                 ),
             }),
         }
@@ -201,13 +234,31 @@ mod tests {
     #[test]
     fn shipped_configs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for name in ["stage1", "stage2", "graph-pg", "online"] {
+        for name in [
+            "stage1",
+            "stage2",
+            "graph-pg",
+            "graph-kg",
+            "graph-tkg",
+            "graph-rkg",
+            "online",
+            "learning-demo",
+        ] {
             let cfg = RunConfig::load(&root.join(format!("envs/{name}.toml"))).unwrap();
             assert!(
                 !cfg.prompt.demonstrations.is_empty(),
                 "{name} should carry a demonstration"
             );
         }
+        // The cold-started policy is trained and evaluated without the crutch.
+        let cold = RunConfig::load(&root.join("envs/learning-coldstart.toml")).unwrap();
+        assert!(cold.prompt.demonstrations.is_empty());
+        assert_eq!(
+            cold.train,
+            RunConfig::load(&root.join("envs/learning-demo.toml"))
+                .unwrap()
+                .train
+        );
     }
 
     #[test]

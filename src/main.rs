@@ -158,8 +158,10 @@ enum IndexCmd {
     },
     /// Build a graph-RAG index (DESIGN §6) over a JSONL corpus; prints build statistics as JSON.
     Graph {
-        /// Graph kind: `pg` (passage graph: passages joined by shared linked entities).
-        #[arg(long, value_parser = ["pg"])]
+        /// Graph kind: `pg` (passage graph: passages joined by shared linked entities), `kg`
+        /// (knowledge graph: entities joined by relations from sentence co-occurrence), `tkg`
+        /// (KG with descriptions), `rkg` (TKG with relation keywords).
+        #[arg(long, value_parser = ["pg", "kg", "tkg", "rkg"])]
         kind: String,
         /// Corpus file, JSONL or gzip JSONL (the one the BM25 index was built from).
         #[arg(long)]
@@ -170,10 +172,11 @@ enum IndexCmd {
         /// Replace an existing graph file at --out.
         #[arg(long)]
         overwrite: bool,
-        /// τ: shared entities needed for an edge (default: the library's, 1).
+        /// τ: shared entities needed for an edge (pg only; default: the library's, 1).
         #[arg(long)]
         min_shared: Option<usize>,
-        /// Skip entities found in more passages than this (default: the library's, 200).
+        /// Skip entities found in more passages than this (default: the library's, 200 for
+        /// every kind).
         #[arg(long)]
         max_df: Option<usize>,
     },
@@ -388,6 +391,33 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Index(IndexCmd::Graph {
+            kind,
+            corpus,
+            out,
+            overwrite,
+            min_shared,
+            max_df,
+        }) if kind != "pg" => {
+            use sleuth::index::graph::{build_kg_from_path, GraphKind, KgOptions};
+            if min_shared.is_some() {
+                bail!("--min-shared applies to --kind pg only");
+            }
+            let kind = match kind.as_str() {
+                "kg" => GraphKind::Kg,
+                "tkg" => GraphKind::Tkg,
+                _ => GraphKind::Rkg,
+            };
+            let defaults = KgOptions::default();
+            let opts = KgOptions {
+                overwrite,
+                max_df: max_df.unwrap_or(defaults.max_df),
+                ..defaults
+            };
+            let stats = build_kg_from_path(&corpus, &out, kind, &opts)?;
+            println!("{}", serde_json::to_string(&stats)?);
+            Ok(())
+        }
+        Command::Index(IndexCmd::Graph {
             kind: _,
             corpus,
             out,
@@ -456,9 +486,17 @@ fn open_search(cfg: &RunConfig) -> Result<Box<dyn Retriever>> {
 
 fn load_config(path: &Path) -> Result<RunConfig> {
     let cfg = RunConfig::load(path)?;
-    if !["bm25", "graph-pg", "online"].contains(&cfg.search.backend.as_str()) {
+    const BACKENDS: [&str; 6] = [
+        "bm25",
+        "graph-pg",
+        "graph-kg",
+        "graph-tkg",
+        "graph-rkg",
+        "online",
+    ];
+    if !BACKENDS.contains(&cfg.search.backend.as_str()) {
         bail!(
-            "{}: unknown [search] backend {:?} (supported: \"bm25\", \"graph-pg\", \"online\")",
+            "{}: unknown [search] backend {:?} (supported: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"online\")",
             path.display(),
             cfg.search.backend
         );
@@ -505,7 +543,7 @@ fn load_policy<B: burn::tensor::backend::Backend>(
 fn cmd_search(a: SearchArgs) -> Result<()> {
     let r: Box<dyn Retriever> = match (&a.index, &a.config) {
         (Some(i), _) => Box::new(open_retriever(i)?),
-        // The config's backend: BM25, the passage graph, or online search.
+        // The config's backend: BM25, a graph-RAG index, or online search.
         (None, Some(c)) => open_search(&load_config(c)?)?,
         (None, None) => bail!("give --index DIR or --config FILE"),
     };

@@ -3,8 +3,9 @@
 //! Everything that needs documents for a query goes through [`Retriever`]: the rollout
 //! environment when the policy closes a `<|end_of_query|>`, evaluation, the retrieval server,
 //! and the agent behind `sleuth serve`. Backends: [`Bm25Retriever`] over a local tantivy index,
-//! [`GraphRetriever`] (BM25 seeds expanded along a graph-RAG passage graph) and
-//! [`OnlineRetriever`]; all implement the same trait, so none of those callers change when the
+//! [`GraphRetriever`] (BM25 seeds expanded along a graph-RAG passage graph), [`KgRetriever`]
+//! (personalized PageRank over a graph-RAG knowledge graph) and [`OnlineRetriever`]; all
+//! implement the same trait, so none of those callers change when the
 //! backend does.
 //!
 //! Queries are written by a language model, not a person: they may hold quotes, operators,
@@ -21,11 +22,15 @@ use crate::index::IndexError;
 
 pub mod bm25;
 pub mod graph;
+pub mod kg;
 pub mod online;
 pub mod server;
 
 pub use bm25::{Bm25Options, Bm25Retriever, DEFAULT_MAX_QUERY_TERMS, DEFAULT_TITLE_BOOST};
 pub use graph::{GraphOptions, GraphRetriever, DEFAULT_GRAPH_ALPHA, DEFAULT_GRAPH_SEEDS};
+pub use kg::{
+    personalized_pagerank, KgRetriever, KgSearchOptions, PprOptions, SeedSource, TransitionMatrix,
+};
 pub use online::{Engine, OnlineConfig, OnlineRetriever};
 pub use server::ServerConfig;
 

@@ -4,7 +4,8 @@
 //! offset  size          field
 //! 0       8             magic  b"SLEUTHGR"
 //! 8       4             format version (u32) = 1
-//! 12      4             kind (u32): 1 = passage graph
+//! 12      4             kind (u32): 1 = passage graph (the KG kinds, 3–5, have their own
+//!                       container: `kg_format.rs`)
 //! 16      8             n: nodes (u64)
 //! 24      8             m: arcs (u64): adjacency entries; an undirected edge is stored twice
 //! 32      8             b: bytes of the id blob (u64)
@@ -26,7 +27,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::GraphError;
+use serde::{Deserialize, Serialize};
+
+use super::{GraphError, KG_MAGIC};
 
 /// The first eight bytes of every sleuth graph file.
 pub const MAGIC: [u8; 8] = *b"SLEUTHGR";
@@ -35,26 +38,75 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Header size in bytes.
 const HEADER_BYTES: usize = 48;
 
-/// Which graph-RAG construction produced a file (DESIGN §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which graph-RAG construction produced a file (DESIGN §6, arXiv 2503.04338). The code stored
+/// in a file header is fixed per kind: 1 passage graph, 2 reserved for the tree, 3 KG, 4
+/// textual KG, 5 rich KG. Passage graphs live in this container; the three KG kinds in the
+/// knowledge-graph container of `kg_format.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum GraphKind {
     /// Passage graph: a node per passage, edges between passages sharing entities.
     Passage,
+    /// Knowledge graph: entity nodes, relation edges from sentence co-occurrence.
+    Kg,
+    /// Textual knowledge graph: a KG whose entities and relations carry descriptions.
+    Tkg,
+    /// Rich knowledge graph: a textual KG whose relations also carry keywords.
+    Rkg,
 }
 
 impl GraphKind {
-    fn code(self) -> u32 {
+    /// The code stored in a file header.
+    pub fn code(self) -> u32 {
         match self {
             GraphKind::Passage => 1,
+            GraphKind::Kg => 3,
+            GraphKind::Tkg => 4,
+            GraphKind::Rkg => 5,
         }
     }
 
-    fn from_code(code: u32) -> Option<Self> {
+    /// The kind of a header code; `None` for an unknown code (2, the tree, is not built yet).
+    pub fn from_code(code: u32) -> Option<Self> {
         match code {
             1 => Some(GraphKind::Passage),
+            3 => Some(GraphKind::Kg),
+            4 => Some(GraphKind::Tkg),
+            5 => Some(GraphKind::Rkg),
             _ => None,
         }
+    }
+
+    /// The short name used on the command line and in backend names: `pg`, `kg`, `tkg`, `rkg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphKind::Passage => "pg",
+            GraphKind::Kg => "kg",
+            GraphKind::Tkg => "tkg",
+            GraphKind::Rkg => "rkg",
+        }
+    }
+
+    /// A phrase naming the kind in errors, e.g. `"a textual knowledge graph (tkg)"`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GraphKind::Passage => "a passage graph (pg)",
+            GraphKind::Kg => "a knowledge graph (kg)",
+            GraphKind::Tkg => "a textual knowledge graph (tkg)",
+            GraphKind::Rkg => "a rich knowledge graph (rkg)",
+        }
+    }
+
+    /// Whether this is one of the knowledge-graph kinds (KG, TKG, RKG).
+    pub fn is_knowledge_graph(self) -> bool {
+        matches!(self, GraphKind::Kg | GraphKind::Tkg | GraphKind::Rkg)
+    }
+}
+
+impl std::fmt::Display for GraphKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -210,28 +262,7 @@ impl PassageGraph {
     /// [`GraphError::Exists`] when `path` may not be replaced; [`GraphError::Io`] naming the
     /// file for filesystem failures.
     pub fn write(&self, path: &Path, overwrite: bool) -> Result<u64, GraphError> {
-        check_target(path, overwrite)?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&parent).map_err(io_err("cannot create", &parent))?;
-        let name = path
-            .file_name()
-            .map_or_else(|| "graph".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let bytes = self.to_bytes();
-        let result = (|| {
-            let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-            f.write_all(&bytes).map_err(io_err("cannot write", &tmp))?;
-            f.sync_all().map_err(io_err("cannot sync", &tmp))?;
-            fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
-        Ok(bytes.len() as u64)
+        write_atomic(path, &self.to_bytes(), overwrite)
     }
 
     /// Reads a graph file written by [`PassageGraph::write`].
@@ -255,6 +286,13 @@ impl PassageGraph {
             path: path.to_path_buf(),
             reason,
         };
+        if bytes.len() >= KG_MAGIC.len() && bytes[..KG_MAGIC.len()] == KG_MAGIC {
+            return Err(GraphError::WrongKind {
+                path: path.to_path_buf(),
+                found: "a knowledge graph (kg, tkg or rkg)",
+                wanted: "a passage graph",
+            });
+        }
         if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
             return Err(GraphError::NotAGraph {
                 path: path.to_path_buf(),
@@ -277,8 +315,10 @@ impl PassageGraph {
                 supported: FORMAT_VERSION,
             });
         }
-        let kind = GraphKind::from_code(u32_at(12))
-            .ok_or_else(|| corrupt(format!("unknown graph kind {}", u32_at(12))))?;
+        let kind = match GraphKind::from_code(u32_at(12)) {
+            Some(GraphKind::Passage) => GraphKind::Passage,
+            _ => return Err(corrupt(format!("unknown graph kind {}", u32_at(12)))),
+        };
         let (n, m, b) = (u64_at(16), u64_at(24), u64_at(32));
         let crc_stored = u32_at(40);
         // Computed in u128 so absurd counts in a damaged header cannot overflow.
@@ -374,7 +414,7 @@ fn index_ids(ids: &[String]) -> HashMap<String, u32> {
         .collect()
 }
 
-fn read_u64s(bytes: &[u8]) -> Vec<u64> {
+pub(super) fn read_u64s(bytes: &[u8]) -> Vec<u64> {
     bytes
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -382,7 +422,7 @@ fn read_u64s(bytes: &[u8]) -> Vec<u64> {
 }
 
 /// Offsets must start at 0, never decrease and end at `end`.
-fn check_offsets(offsets: &[u64], end: u64, what: &str) -> Result<(), String> {
+pub(super) fn check_offsets(offsets: &[u64], end: u64, what: &str) -> Result<(), String> {
     if offsets.first() != Some(&0) || offsets.last() != Some(&end) {
         return Err(format!("{what} do not span 0..{end}"));
     }
@@ -390,6 +430,33 @@ fn check_offsets(offsets: &[u64], end: u64, what: &str) -> Result<(), String> {
         return Err(format!("{what} decrease"));
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a hidden temporary file beside it is written, synced
+/// and renamed over `path`. Returns the bytes written. An existing `path` is replaced only with
+/// `overwrite`, and only if it is a sleuth graph file of either container.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<u64, GraphError> {
+    check_target(path, overwrite)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(io_err("cannot create", &parent))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "graph".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
+        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(bytes.len() as u64)
 }
 
 /// Refuses to replace anything but a sleuth graph, and that only with `overwrite`.
@@ -411,7 +478,7 @@ fn check_target(path: &Path, overwrite: bool) -> Result<(), GraphError> {
     let is_graph = fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
         .is_ok()
-        && head == MAGIC;
+        && (head == MAGIC || head == KG_MAGIC);
     if !is_graph {
         return Err(exists("it is not a sleuth graph file"));
     }

@@ -1,10 +1,19 @@
 //! Graph-RAG indexes (DESIGN §6, arXiv 2503.04338): graphs over the passages of a corpus that a
 //! retriever walks after a BM25 seed search.
 //!
-//! One kind is built today, the **passage graph** ([`build_pg`], `pg.rs`): a node per passage,
-//! an edge between two passages that share linked entities, weighted by how rare those entities
-//! are. The tree, KG, textual-KG and rich-KG kinds of DESIGN §6 will be further files here that
-//! write the same container format.
+//! Four kinds are built today, all without an LLM:
+//!
+//! - the **passage graph** ([`build_pg`], `pg.rs`): a node per passage, an edge between two
+//!   passages that share linked entities, weighted by how rare those entities are;
+//! - the **knowledge graph** (KG), **textual KG** (TKG) and **rich KG** (RKG) ([`build_kg`],
+//!   `kg.rs`): entity nodes found by the passage graph's [`EntityLinker`], relation edges
+//!   between entities that co-occur in a sentence, each linked to its source passages; the TKG
+//!   adds descriptions (the sentences that mention an entity or relation), the RKG adds TF-IDF
+//!   keywords to relations. They are stored in their own container ([`KnowledgeGraph`], format
+//!   in `kg_format.rs`), because their sections (names, texts, passage lists, sentences) share
+//!   nothing with a passage graph's CSR arrays.
+//!
+//! The tree kind of DESIGN §6 will be a further file here (its kind code, 2, is reserved).
 //!
 //! Design choices:
 //!
@@ -27,9 +36,17 @@ use std::path::PathBuf;
 use crate::corpus::CorpusError;
 
 mod format;
+mod kg;
+mod kg_format;
 mod pg;
 
 pub use format::{GraphKind, PassageGraph, FORMAT_VERSION, MAGIC};
+pub use kg::{
+    build_kg, build_kg_from_path, split_sentences, text_terms, KgOptions, KgStats,
+    DEFAULT_DESCRIPTION_SENTENCES, DEFAULT_DESCRIPTION_WORDS, DEFAULT_KEYWORDS, DEFAULT_KG_MAX_DF,
+    DEFAULT_RELATION_WORDS,
+};
+pub use kg_format::{Entity, KnowledgeGraph, Relation, KG_FORMAT_VERSION, KG_MAGIC};
 pub use pg::{
     build_pg, build_pg_from_path, EntityLinker, PgOptions, PgStats, DEFAULT_MAX_DF,
     DEFAULT_MIN_SHARED, DEFAULT_MIN_TITLE_CHARS,
@@ -58,6 +75,17 @@ pub enum GraphError {
     NotAGraph {
         /// The file.
         path: PathBuf,
+    },
+    /// The file is a sleuth graph of another kind than the reader or backend expects (a
+    /// knowledge graph given to the passage-graph backend, a KG given as a TKG, …).
+    #[error("graph {path} is {found}, but {wanted} was expected (check the backend and --kind)", path = path.display())]
+    WrongKind {
+        /// The file.
+        path: PathBuf,
+        /// What the file holds.
+        found: &'static str,
+        /// What was asked for.
+        wanted: &'static str,
     },
     /// The file was written in a format version this build cannot read.
     #[error(
