@@ -40,12 +40,13 @@ pub struct SearchSection {
     /// expanded along the passage graph `graph`, settings in `[search.graph_options]`),
     /// `"graph-kg"`, `"graph-tkg"`, `"graph-rkg"` (personalized PageRank over the knowledge
     /// graph `graph` of that kind, fused with BM25 from `index`, settings in
-    /// `[search.kg_options]`) or `"online"` (web search, settings in `[search.online]`).
-    /// Default `"bm25"`.
+    /// `[search.kg_options]`), `"graph-tree"` (collapsed-tree retrieval over the RAPTOR tree
+    /// `graph`, passages from `index`, settings in `[search.tree_options]`) or `"online"` (web
+    /// search, settings in `[search.online]`). Default `"bm25"`.
     pub backend: String,
     /// Index directory built by `sleuth index build`. Default `index/wiki`.
     pub index: PathBuf,
-    /// Graph file built by `sleuth index graph --kind pg|kg|tkg|rkg` over the corpus of
+    /// Graph file built by `sleuth index graph --kind pg|kg|tkg|rkg|tree` over the corpus of
     /// `index`; used by the `"graph-*"` backends. Default `index/pg`.
     pub graph: PathBuf,
     /// `[search.graph_options]`: the graph backend; defaults in
@@ -54,6 +55,9 @@ pub struct SearchSection {
     /// `[search.kg_options]`: the knowledge-graph backends; defaults in
     /// [`crate::search::KgSearchOptions`].
     pub kg_options: crate::search::KgSearchOptions,
+    /// `[search.tree_options]`: the tree backend; defaults in
+    /// [`crate::search::TreeSearchOptions`].
+    pub tree_options: crate::search::TreeSearchOptions,
     /// `[search.online]`: the online backend; defaults in [`crate::search::OnlineConfig`].
     pub online: crate::search::OnlineConfig,
 }
@@ -66,6 +70,7 @@ impl Default for SearchSection {
             graph: PathBuf::from("index/pg"),
             graph_options: crate::search::GraphOptions::default(),
             kg_options: crate::search::KgSearchOptions::default(),
+            tree_options: crate::search::TreeSearchOptions::default(),
             online: crate::search::OnlineConfig::default(),
         }
     }
@@ -75,7 +80,8 @@ impl SearchSection {
     /// Opens the configured backend: the BM25 index at `index` for `"bm25"`, a
     /// [`crate::search::GraphRetriever`] over `index` and `graph` for `"graph-pg"`, a
     /// [`crate::search::KgRetriever`] over `index` and `graph` for `"graph-kg"`, `"graph-tkg"`
-    /// and `"graph-rkg"`, an [`crate::search::OnlineRetriever`] with `online` for `"online"`.
+    /// and `"graph-rkg"`, a [`crate::search::TreeRetriever`] over `index` and `graph` for
+    /// `"graph-tree"`, an [`crate::search::OnlineRetriever`] with `online` for `"online"`.
     ///
     /// # Errors
     /// [`crate::search::SearchError::InvalidOption`] naming `backend` for an unknown backend
@@ -114,13 +120,19 @@ impl SearchSection {
                 }
                 Ok(Box::new(r))
             }
+            "graph-tree" => Ok(Box::new(crate::search::TreeRetriever::open_with(
+                &self.index,
+                &self.graph,
+                crate::search::Bm25Options::default(),
+                self.tree_options.clone(),
+            )?)),
             "online" => Ok(Box::new(crate::search::OnlineRetriever::new(
                 self.online.clone(),
             )?)),
             other => Err(crate::search::SearchError::InvalidOption {
                 name: "backend",
                 reason: format!(
-                    "unknown backend {other:?} (known: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"online\")"
+                    "unknown backend {other:?} (known: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"graph-tree\", \"online\")"
                 ),
             }),
         }
@@ -241,6 +253,7 @@ mod tests {
             "graph-kg",
             "graph-tkg",
             "graph-rkg",
+            "graph-tree",
             "online",
             "learning-demo",
         ] {

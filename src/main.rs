@@ -160,8 +160,9 @@ enum IndexCmd {
     Graph {
         /// Graph kind: `pg` (passage graph: passages joined by shared linked entities), `kg`
         /// (knowledge graph: entities joined by relations from sentence co-occurrence), `tkg`
-        /// (KG with descriptions), `rkg` (TKG with relation keywords).
-        #[arg(long, value_parser = ["pg", "kg", "tkg", "rkg"])]
+        /// (KG with descriptions), `rkg` (TKG with relation keywords), `tree` (RAPTOR tree:
+        /// passages clustered level by level under extractive summaries).
+        #[arg(long, value_parser = ["pg", "kg", "tkg", "rkg", "tree"])]
         kind: String,
         /// Corpus file, JSONL or gzip JSONL (the one the BM25 index was built from).
         #[arg(long)]
@@ -175,10 +176,14 @@ enum IndexCmd {
         /// τ: shared entities needed for an edge (pg only; default: the library's, 1).
         #[arg(long)]
         min_shared: Option<usize>,
-        /// Skip entities found in more passages than this (default: the library's, 200 for
-        /// every kind).
+        /// Skip entities found in more passages than this (not tree; default: the library's,
+        /// 200 for every other kind).
         #[arg(long)]
         max_df: Option<usize>,
+        /// Most nodes per cluster, and the level size at which building stops (tree only;
+        /// default: the library's, 10).
+        #[arg(long)]
+        cluster_size: Option<usize>,
     },
 }
 
@@ -397,10 +402,36 @@ fn run(cli: Cli) -> Result<()> {
             overwrite,
             min_shared,
             max_df,
+            cluster_size,
+        }) if kind == "tree" => {
+            if min_shared.is_some() || max_df.is_some() {
+                bail!("--min-shared and --max-df do not apply to --kind tree");
+            }
+            let defaults = sleuth::index::graph::TreeOptions::default();
+            let opts = sleuth::index::graph::TreeOptions {
+                overwrite,
+                cluster_size: cluster_size.unwrap_or(defaults.cluster_size),
+                ..defaults
+            };
+            let stats = sleuth::index::graph::build_tree_from_path(&corpus, &out, &opts)?;
+            println!("{}", serde_json::to_string(&stats)?);
+            Ok(())
+        }
+        Command::Index(IndexCmd::Graph {
+            kind,
+            corpus,
+            out,
+            overwrite,
+            min_shared,
+            max_df,
+            cluster_size,
         }) if kind != "pg" => {
             use sleuth::index::graph::{build_kg_from_path, GraphKind, KgOptions};
             if min_shared.is_some() {
                 bail!("--min-shared applies to --kind pg only");
+            }
+            if cluster_size.is_some() {
+                bail!("--cluster-size applies to --kind tree only");
             }
             let kind = match kind.as_str() {
                 "kg" => GraphKind::Kg,
@@ -424,7 +455,11 @@ fn run(cli: Cli) -> Result<()> {
             overwrite,
             min_shared,
             max_df,
+            cluster_size,
         }) => {
+            if cluster_size.is_some() {
+                bail!("--cluster-size applies to --kind tree only");
+            }
             let defaults = sleuth::index::graph::PgOptions::default();
             let opts = sleuth::index::graph::PgOptions {
                 overwrite,
@@ -486,17 +521,18 @@ fn open_search(cfg: &RunConfig) -> Result<Box<dyn Retriever>> {
 
 fn load_config(path: &Path) -> Result<RunConfig> {
     let cfg = RunConfig::load(path)?;
-    const BACKENDS: [&str; 6] = [
+    const BACKENDS: [&str; 7] = [
         "bm25",
         "graph-pg",
         "graph-kg",
         "graph-tkg",
         "graph-rkg",
+        "graph-tree",
         "online",
     ];
     if !BACKENDS.contains(&cfg.search.backend.as_str()) {
         bail!(
-            "{}: unknown [search] backend {:?} (supported: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"online\")",
+            "{}: unknown [search] backend {:?} (supported: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"graph-tree\", \"online\")",
             path.display(),
             cfg.search.backend
         );

@@ -4,7 +4,8 @@
 //! environment when the policy closes a `<|end_of_query|>`, evaluation, the retrieval server,
 //! and the agent behind `sleuth serve`. Backends: [`Bm25Retriever`] over a local tantivy index,
 //! [`GraphRetriever`] (BM25 seeds expanded along a graph-RAG passage graph), [`KgRetriever`]
-//! (personalized PageRank over a graph-RAG knowledge graph) and [`OnlineRetriever`]; all
+//! (personalized PageRank over a graph-RAG knowledge graph), [`TreeRetriever`] (collapsed-tree
+//! retrieval over a RAPTOR tree) and [`OnlineRetriever`]; all
 //! implement the same trait, so none of those callers change when the
 //! backend does.
 //!
@@ -25,6 +26,7 @@ pub mod graph;
 pub mod kg;
 pub mod online;
 pub mod server;
+pub mod tree;
 
 pub use bm25::{Bm25Options, Bm25Retriever, DEFAULT_MAX_QUERY_TERMS, DEFAULT_TITLE_BOOST};
 pub use graph::{GraphOptions, GraphRetriever, DEFAULT_GRAPH_ALPHA, DEFAULT_GRAPH_SEEDS};
@@ -33,6 +35,10 @@ pub use kg::{
 };
 pub use online::{Engine, OnlineConfig, OnlineRetriever};
 pub use server::ServerConfig;
+pub use tree::{
+    TreeRetriever, TreeSearchOptions, DEFAULT_TREE_BM25_CANDIDATES, DEFAULT_TREE_BM25_WEIGHT,
+    DEFAULT_TREE_EXPAND_LEAVES, SUMMARY_ID_PREFIX, SUMMARY_TITLE_PREFIX,
+};
 
 /// One retrieved passage with its score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

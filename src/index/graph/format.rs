@@ -4,8 +4,8 @@
 //! offset  size          field
 //! 0       8             magic  b"SLEUTHGR"
 //! 8       4             format version (u32) = 1
-//! 12      4             kind (u32): 1 = passage graph (the KG kinds, 3–5, have their own
-//!                       container: `kg_format.rs`)
+//! 12      4             kind (u32): 1 = passage graph (the tree, 2, and the KG kinds, 3–5,
+//!                       have their own containers: `tree_format.rs`, `kg_format.rs`)
 //! 16      8             n: nodes (u64)
 //! 24      8             m: arcs (u64): adjacency entries; an undirected edge is stored twice
 //! 32      8             b: bytes of the id blob (u64)
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{GraphError, KG_MAGIC};
+use super::{GraphError, KG_MAGIC, TREE_MAGIC};
 
 /// The first eight bytes of every sleuth graph file.
 pub const MAGIC: [u8; 8] = *b"SLEUTHGR";
@@ -39,9 +39,9 @@ pub const FORMAT_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 48;
 
 /// Which graph-RAG construction produced a file (DESIGN §6, arXiv 2503.04338). The code stored
-/// in a file header is fixed per kind: 1 passage graph, 2 reserved for the tree, 3 KG, 4
-/// textual KG, 5 rich KG. Passage graphs live in this container; the three KG kinds in the
-/// knowledge-graph container of `kg_format.rs`.
+/// in a file header is fixed per kind: 1 passage graph, 2 RAPTOR tree, 3 KG, 4 textual KG, 5
+/// rich KG. Passage graphs live in this container, the tree in the tree container of
+/// `tree_format.rs`, the three KG kinds in the knowledge-graph container of `kg_format.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -54,6 +54,8 @@ pub enum GraphKind {
     Tkg,
     /// Rich knowledge graph: a textual KG whose relations also carry keywords.
     Rkg,
+    /// RAPTOR tree: passages as leaves, clustered level by level under extractive summaries.
+    Tree,
 }
 
 impl GraphKind {
@@ -61,16 +63,18 @@ impl GraphKind {
     pub fn code(self) -> u32 {
         match self {
             GraphKind::Passage => 1,
+            GraphKind::Tree => 2,
             GraphKind::Kg => 3,
             GraphKind::Tkg => 4,
             GraphKind::Rkg => 5,
         }
     }
 
-    /// The kind of a header code; `None` for an unknown code (2, the tree, is not built yet).
+    /// The kind of a header code; `None` for an unknown code.
     pub fn from_code(code: u32) -> Option<Self> {
         match code {
             1 => Some(GraphKind::Passage),
+            2 => Some(GraphKind::Tree),
             3 => Some(GraphKind::Kg),
             4 => Some(GraphKind::Tkg),
             5 => Some(GraphKind::Rkg),
@@ -78,13 +82,15 @@ impl GraphKind {
         }
     }
 
-    /// The short name used on the command line and in backend names: `pg`, `kg`, `tkg`, `rkg`.
+    /// The short name used on the command line and in backend names: `pg`, `kg`, `tkg`, `rkg`,
+    /// `tree`.
     pub fn name(self) -> &'static str {
         match self {
             GraphKind::Passage => "pg",
             GraphKind::Kg => "kg",
             GraphKind::Tkg => "tkg",
             GraphKind::Rkg => "rkg",
+            GraphKind::Tree => "tree",
         }
     }
 
@@ -95,6 +101,7 @@ impl GraphKind {
             GraphKind::Kg => "a knowledge graph (kg)",
             GraphKind::Tkg => "a textual knowledge graph (tkg)",
             GraphKind::Rkg => "a rich knowledge graph (rkg)",
+            GraphKind::Tree => "a RAPTOR tree (tree)",
         }
     }
 
@@ -268,8 +275,8 @@ impl PassageGraph {
     /// Reads a graph file written by [`PassageGraph::write`].
     ///
     /// # Errors
-    /// All name `path`: [`GraphError::Io`] when it cannot be read, [`GraphError::NotAGraph`]
-    /// for a wrong magic, [`GraphError::UnsupportedVersion`], [`GraphError::Truncated`] when the
+    /// All name `path`: [`GraphError::Io`] when it cannot be read, [`GraphError::WrongKind`]
+    /// for a knowledge-graph or tree file, [`GraphError::NotAGraph`] for another wrong magic, [`GraphError::UnsupportedVersion`], [`GraphError::Truncated`] when the
     /// size disagrees with the header, [`GraphError::Corrupt`] for a checksum mismatch or
     /// inconsistent content.
     pub fn read(path: &Path) -> Result<Self, GraphError> {
@@ -290,6 +297,13 @@ impl PassageGraph {
             return Err(GraphError::WrongKind {
                 path: path.to_path_buf(),
                 found: "a knowledge graph (kg, tkg or rkg)",
+                wanted: "a passage graph",
+            });
+        }
+        if bytes.len() >= TREE_MAGIC.len() && bytes[..TREE_MAGIC.len()] == TREE_MAGIC {
+            return Err(GraphError::WrongKind {
+                path: path.to_path_buf(),
+                found: GraphKind::Tree.describe(),
                 wanted: "a passage graph",
             });
         }
@@ -434,7 +448,7 @@ pub(super) fn check_offsets(offsets: &[u64], end: u64, what: &str) -> Result<(),
 
 /// Writes `bytes` to `path` atomically: a hidden temporary file beside it is written, synced
 /// and renamed over `path`. Returns the bytes written. An existing `path` is replaced only with
-/// `overwrite`, and only if it is a sleuth graph file of either container.
+/// `overwrite`, and only if it is a sleuth graph file of any container.
 pub(super) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<u64, GraphError> {
     check_target(path, overwrite)?;
     let parent = match path.parent() {
@@ -478,7 +492,7 @@ fn check_target(path: &Path, overwrite: bool) -> Result<(), GraphError> {
     let is_graph = fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
         .is_ok()
-        && (head == MAGIC || head == KG_MAGIC);
+        && (head == MAGIC || head == KG_MAGIC || head == TREE_MAGIC);
     if !is_graph {
         return Err(exists("it is not a sleuth graph file"));
     }

@@ -1,7 +1,7 @@
 //! Graph-RAG indexes (DESIGN §6, arXiv 2503.04338): graphs over the passages of a corpus that a
 //! retriever walks after a BM25 seed search.
 //!
-//! Four kinds are built today, all without an LLM:
+//! Five kinds are built today, all without an LLM:
 //!
 //! - the **passage graph** ([`build_pg`], `pg.rs`): a node per passage, an edge between two
 //!   passages that share linked entities, weighted by how rare those entities are;
@@ -13,7 +13,9 @@
 //!   in `kg_format.rs`), because their sections (names, texts, passage lists, sentences) share
 //!   nothing with a passage graph's CSR arrays.
 //!
-//! The tree kind of DESIGN §6 will be a further file here (its kind code, 2, is reserved).
+//! The fifth kind, the **RAPTOR tree** ([`build_tree`], `tree.rs`), clusters passages level by
+//! level under extractive summary nodes, every node embedded by an [`Embedder`] (hashed TF-IDF
+//! today); it has its own container too ([`TreeIndex`], format in `tree_format.rs`).
 //!
 //! Design choices:
 //!
@@ -39,6 +41,8 @@ mod format;
 mod kg;
 mod kg_format;
 mod pg;
+mod tree;
+mod tree_format;
 
 pub use format::{GraphKind, PassageGraph, FORMAT_VERSION, MAGIC};
 pub use kg::{
@@ -51,6 +55,13 @@ pub use pg::{
     build_pg, build_pg_from_path, EntityLinker, PgOptions, PgStats, DEFAULT_MAX_DF,
     DEFAULT_MIN_SHARED, DEFAULT_MIN_TITLE_CHARS,
 };
+pub use tree::{
+    bisecting_clusters, build_tree, build_tree_from_path, dot, hashed_feature, kmeans, Embedder,
+    KMeans, TfidfEmbedder, TreeOptions, TreeStats, DEFAULT_CLUSTER_SIZE, DEFAULT_EMBEDDING_DIMS,
+    DEFAULT_KMEANS_ITERATIONS, DEFAULT_SUMMARY_SENTENCES, DEFAULT_SUMMARY_WORDS,
+    DEFAULT_TREE_LEVELS,
+};
+pub use tree_format::{TreeIndex, TREE_FORMAT_VERSION, TREE_MAGIC};
 
 /// Errors building, writing or reading a graph index. Every variant tied to a file names it.
 #[derive(Debug, thiserror::Error)]

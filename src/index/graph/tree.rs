@@ -1,0 +1,681 @@
+//! The tree kind of DESIGN §6: a RAPTOR tree (Sarthi et al. 2024, arXiv 2401.18059, as framed by
+//! arXiv 2503.04338), built without an LLM.
+//!
+//! **Leaves** are the corpus's passages. Each **level** above is built from the one below:
+//!
+//! 1. every node of the level is embedded ([`Embedder`]): a leaf by its title and text, a
+//!    summary by its summary text;
+//! 2. the nodes are clustered by **recursive bisecting k-means** ([`bisecting_clusters`]): a set
+//!    larger than [`TreeOptions::cluster_size`] is split in two by 2-means ([`kmeans`]), and
+//!    each half again, until every cluster holds at most `cluster_size` nodes;
+//! 3. each cluster becomes a **summary node** whose children are the cluster's nodes and whose
+//!    text is an *extractive* summary: the sentences of the children's texts
+//!    ([`super::split_sentences`]) nearest the cluster's centroid by embedding dot product, at
+//!    most [`TreeOptions::summary_sentences`] of them and at most [`TreeOptions::summary_words`]
+//!    words in all (the best sentence is always taken), repeated sentences once, then put back
+//!    in source order (child by child, position within the child).
+//!
+//! Levels are added until [`TreeOptions::max_levels`] summary levels exist or a level has at
+//! most `cluster_size` nodes (clustering it would make a single root, which summarises too much
+//! to be retrieved). Each summary node also records its **central leaf**: the child nearest the
+//! centroid, followed down to a passage; the retriever titles a summary hit after it.
+//!
+//! **Why an extractive summary.** RAPTOR summarises each cluster with an LLM; sleuth builds its
+//! indexes without one (docs/graph-rag.md). Sentences nearest the centroid are the cluster's
+//! most typical statements, which is what a summary node is for in "collapsed tree" retrieval:
+//! a query about the theme common to a cluster matches the summary better than any one member.
+//!
+//! **Why bisecting k-means.** Flat k-means with `k = n / 10` costs `O(n·k·D)` per iteration:
+//! for 48k passages that is ~60 GFLOP an iteration at D = 256, too slow for two cores. Bisection
+//! costs `O(n·D)` per split level and `log₂(n / cluster_size)` levels, about 3 GFLOP in all.
+//! A split that leaves fewer than a tenth of the set on one side (an outlier, or identical
+//! vectors) is replaced by a median split along the line between the two centroids, so the
+//! recursion depth stays logarithmic.
+//!
+//! **Embeddings.** [`TfidfEmbedder`] is the fallback that issue 4 names next to
+//! all-MiniLM-L6-v2: TF-IDF over [`super::text_terms`], reduced to `D` dimensions by signed
+//! feature hashing (a seeded random projection that needs no stored matrix). A dense sentence
+//! embedder plugs in behind the same [`Embedder`] trait; the file format reserves an embedder
+//! code for it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::tree_format::TreeParts;
+use super::{split_sentences, text_terms, GraphError, GraphKind, TreeIndex};
+use crate::corpus::{Passage, PassageReader};
+
+/// Default most nodes per cluster (RAPTOR clusters about ten chunks).
+pub const DEFAULT_CLUSTER_SIZE: usize = 10;
+/// Default most summary levels above the leaves.
+pub const DEFAULT_TREE_LEVELS: usize = 5;
+/// Default embedding dimensions of [`TfidfEmbedder`].
+pub const DEFAULT_EMBEDDING_DIMS: usize = 256;
+/// Default cap on the sentences of one summary.
+pub const DEFAULT_SUMMARY_SENTENCES: usize = 3;
+/// Default cap on the words of one summary.
+pub const DEFAULT_SUMMARY_WORDS: usize = 80;
+/// Default cap on Lloyd iterations per k-means run.
+pub const DEFAULT_KMEANS_ITERATIONS: usize = 10;
+
+/// Turns text into a fixed-length vector whose dot products rank texts by similarity.
+///
+/// This is the seam between the tree (and its retriever) and the embedding model: the builder
+/// embeds nodes and summary sentences, the retriever embeds queries, and both must use the same
+/// embedder. [`TfidfEmbedder`] is the one implemented; a dense model (all-MiniLM-L6-v2, named by
+/// issue 4) implements the same trait.
+pub trait Embedder: Send + Sync {
+    /// Output dimensions `D`.
+    fn dims(&self) -> usize;
+
+    /// Writes the embedding of `text` into `out` (`D` values): unit length, or all zeros when
+    /// the text has nothing the embedder knows.
+    ///
+    /// # Panics
+    /// When `out.len() != self.dims()`.
+    fn embed_into(&self, text: &str, out: &mut [f32]);
+
+    /// The embedding of `text` as a new vector (see [`Embedder::embed_into`]).
+    fn embed(&self, text: &str) -> Vec<f32> {
+        let mut v = vec![0.0; self.dims()];
+        self.embed_into(text, &mut v);
+        v
+    }
+}
+
+/// TF-IDF reduced to `D` dense dimensions by signed feature hashing.
+///
+/// A text's terms are [`super::text_terms`] (lowercase alphanumeric words of two or more
+/// characters, English stop words dropped). Term `t` with count `tf` in the text weighs
+/// `(1 + ln tf) · idf(t)`, with the smoothed `idf(t) = ln((P + 1) / (df(t) + 1)) + 1` over the
+/// `P` fitted documents; terms outside the vocabulary are ignored. The weight is added to
+/// dimension `h(t) mod D` with sign `+` or `−` by the top bit of `h(t)`, `h` being 64-bit FNV-1a
+/// of the term's UTF-8 bytes (so the projection is fixed by the algorithm, not stored). The
+/// result is scaled to unit length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TfidfEmbedder {
+    dims: usize,
+    idf: HashMap<String, f32>,
+}
+
+impl TfidfEmbedder {
+    /// Fits document frequencies on `documents`.
+    ///
+    /// # Panics
+    /// When `dims` is 0.
+    pub fn fit<'a>(documents: impl IntoIterator<Item = &'a str>, dims: usize) -> Self {
+        assert!(dims > 0, "an embedding needs at least one dimension");
+        let mut df: HashMap<String, u32> = HashMap::new();
+        let mut docs = 0u64;
+        let mut seen = HashSet::new();
+        for d in documents {
+            docs += 1;
+            seen.clear();
+            for t in text_terms(d) {
+                if seen.insert(t.clone()) {
+                    *df.entry(t).or_default() += 1;
+                }
+            }
+        }
+        let idf = df
+            .into_iter()
+            .map(|(t, n)| {
+                let idf = ((docs as f64 + 1.0) / (f64::from(n) + 1.0)).ln() + 1.0;
+                (t, idf as f32)
+            })
+            .collect();
+        Self { dims, idf }
+    }
+
+    /// Rebuilds an embedder from its vocabulary (as stored in a tree file).
+    ///
+    /// # Panics
+    /// When `dims` is 0.
+    pub fn from_vocabulary(terms: impl IntoIterator<Item = (String, f32)>, dims: usize) -> Self {
+        assert!(dims > 0, "an embedding needs at least one dimension");
+        Self {
+            dims,
+            idf: terms.into_iter().collect(),
+        }
+    }
+
+    /// `(term, idf)` pairs, terms ascending.
+    pub fn vocabulary(&self) -> Vec<(&str, f32)> {
+        let mut v: Vec<(&str, f32)> = self.idf.iter().map(|(t, &x)| (t.as_str(), x)).collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// The idf of `term`, if it is in the vocabulary.
+    pub fn idf(&self, term: &str) -> Option<f32> {
+        self.idf.get(term).copied()
+    }
+}
+
+/// The dimension (`h mod dims`) and sign (`−` when the top bit of `h` is set) of `term` under
+/// [`TfidfEmbedder`]'s feature hashing, `h` being 64-bit FNV-1a of the term's bytes.
+pub fn hashed_feature(term: &str, dims: usize) -> (usize, f32) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in term.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
+    ((h % dims as u64) as usize, sign)
+}
+
+impl Embedder for TfidfEmbedder {
+    fn dims(&self) -> usize {
+        self.dims
+    }
+
+    fn embed_into(&self, text: &str, out: &mut [f32]) {
+        assert_eq!(out.len(), self.dims, "embedding buffer of the wrong length");
+        out.fill(0.0);
+        let mut tf: HashMap<String, u32> = HashMap::new();
+        for t in text_terms(text) {
+            *tf.entry(t).or_default() += 1;
+        }
+        for (t, n) in tf {
+            if let Some(&idf) = self.idf.get(&t) {
+                let (d, sign) = hashed_feature(&t, self.dims);
+                out[d] += sign * (1.0 + (n as f32).ln()) * idf;
+            }
+        }
+        normalize(out);
+    }
+}
+
+fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// Dot product of two equal-length vectors.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn dist2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// The result of [`kmeans`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeans {
+    /// The `k` centroids, each the mean of its cluster (an emptied cluster keeps its last one).
+    pub centroids: Vec<Vec<f32>>,
+    /// Cluster of each point, `< k`.
+    pub assignment: Vec<usize>,
+    /// Assignment passes run (the last one changed nothing unless the cap was hit).
+    pub iterations: usize,
+}
+
+/// Lloyd's k-means with deterministic farthest-point initialisation.
+///
+/// The first centroid is the point farthest (squared Euclidean distance) from the mean of all
+/// points, each next one the point farthest from its nearest chosen centroid; ties go to the
+/// lowest index. Then points are assigned to their nearest centroid (ties to the lowest
+/// centroid) and centroids moved to their cluster's mean, until an assignment pass changes
+/// nothing or `max_iterations` passes have run. `k` is capped at the number of points; no points
+/// or `k == 0` give no centroids.
+///
+/// # Panics
+/// When the points differ in length.
+pub fn kmeans(points: &[&[f32]], k: usize, max_iterations: usize) -> KMeans {
+    let k = k.min(points.len());
+    if k == 0 {
+        return KMeans {
+            centroids: Vec::new(),
+            assignment: vec![0; points.len()],
+            iterations: 0,
+        };
+    }
+    let dims = points[0].len();
+    assert!(
+        points.iter().all(|p| p.len() == dims),
+        "points differ in length"
+    );
+    let mut mean = vec![0f32; dims];
+    for p in points {
+        mean.iter_mut().zip(*p).for_each(|(m, x)| *m += x);
+    }
+    mean.iter_mut().for_each(|m| *m /= points.len() as f32);
+    let farthest = |d: &[f32]| {
+        d.iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+                if x > best.1 {
+                    (i, x)
+                } else {
+                    best
+                }
+            })
+            .0
+    };
+    let mut nearest: Vec<f32> = points.iter().map(|p| dist2(p, &mean)).collect();
+    let mut centroids: Vec<Vec<f32>> = vec![points[farthest(&nearest)].to_vec()];
+    nearest = points.iter().map(|p| dist2(p, &centroids[0])).collect();
+    while centroids.len() < k {
+        let c = points[farthest(&nearest)].to_vec();
+        for (d, p) in nearest.iter_mut().zip(points) {
+            *d = d.min(dist2(p, &c));
+        }
+        centroids.push(c);
+    }
+    let mut assignment = vec![usize::MAX; points.len()];
+    let mut iterations = 0;
+    while iterations < max_iterations.max(1) {
+        iterations += 1;
+        let mut changed = false;
+        for (a, p) in assignment.iter_mut().zip(points) {
+            let mut best = (0, f32::INFINITY);
+            for (j, c) in centroids.iter().enumerate() {
+                let d = dist2(p, c);
+                if d < best.1 {
+                    best = (j, d);
+                }
+            }
+            if *a != best.0 {
+                *a = best.0;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+        let mut sums = vec![vec![0f32; dims]; k];
+        let mut counts = vec![0usize; k];
+        for (&a, p) in assignment.iter().zip(points) {
+            counts[a] += 1;
+            sums[a].iter_mut().zip(*p).for_each(|(s, x)| *s += x);
+        }
+        for ((c, s), &n) in centroids.iter_mut().zip(sums).zip(&counts) {
+            if n > 0 {
+                *c = s.into_iter().map(|x| x / n as f32).collect();
+            }
+        }
+    }
+    KMeans {
+        centroids,
+        assignment,
+        iterations,
+    }
+}
+
+/// Partitions `points` into clusters of at most `cluster_size` (≥ 1) by recursive bisecting
+/// 2-means (module doc): each cluster's point indices ascending, clusters ordered by their
+/// smallest index. A set of at most `cluster_size` points is one cluster.
+pub fn bisecting_clusters(
+    points: &[&[f32]],
+    cluster_size: usize,
+    max_iterations: usize,
+) -> Vec<Vec<u32>> {
+    let cluster_size = cluster_size.max(1);
+    let mut out = Vec::new();
+    let mut stack: Vec<Vec<u32>> = vec![(0..points.len() as u32).collect()];
+    while let Some(set) = stack.pop() {
+        if set.is_empty() {
+            continue;
+        }
+        if set.len() <= cluster_size {
+            out.push(set);
+            continue;
+        }
+        let sub: Vec<&[f32]> = set.iter().map(|&i| points[i as usize]).collect();
+        let km = kmeans(&sub, 2, max_iterations);
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        for (&i, &a) in set.iter().zip(&km.assignment) {
+            if a == 0 {
+                left.push(i);
+            } else {
+                right.push(i);
+            }
+        }
+        if left.len().min(right.len()) * 10 < set.len() {
+            // Unbalanced: split at the median of the projection on the centroids' line.
+            let line: Vec<f32> = match km.centroids.as_slice() {
+                [a, b] => b.iter().zip(a).map(|(x, y)| x - y).collect(),
+                _ => vec![0.0; sub[0].len()],
+            };
+            let mut keyed: Vec<(f32, u32)> = set
+                .iter()
+                .map(|&i| (dot(points[i as usize], &line), i))
+                .collect();
+            keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let half = keyed.len() / 2;
+            left = keyed[..half].iter().map(|x| x.1).collect();
+            right = keyed[half..].iter().map(|x| x.1).collect();
+            left.sort_unstable();
+            right.sort_unstable();
+        }
+        stack.push(right);
+        stack.push(left);
+    }
+    out.sort_by_key(|c| c[0]);
+    out
+}
+
+/// How to build a tree. `Default` gives the documented defaults; as a config section it reads
+/// from TOML/JSON with every field optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TreeOptions {
+    /// Most nodes per cluster, and the level size at which building stops; at least 2.
+    /// Default: [`DEFAULT_CLUSTER_SIZE`].
+    pub cluster_size: usize,
+    /// Most summary levels above the leaves; at least 1. Default: [`DEFAULT_TREE_LEVELS`].
+    pub max_levels: usize,
+    /// Embedding dimensions; at least 1. Default: [`DEFAULT_EMBEDDING_DIMS`].
+    pub dims: usize,
+    /// Most sentences per summary; at least 1. Default: [`DEFAULT_SUMMARY_SENTENCES`].
+    pub summary_sentences: usize,
+    /// Most words per summary (the best sentence is taken even when longer).
+    /// Default: [`DEFAULT_SUMMARY_WORDS`].
+    pub summary_words: usize,
+    /// Most Lloyd iterations per 2-means split; at least 1.
+    /// Default: [`DEFAULT_KMEANS_ITERATIONS`].
+    pub kmeans_iterations: usize,
+    /// Replace an existing graph file at the output path. Default: `false`.
+    pub overwrite: bool,
+    /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
+    /// Default: `true`.
+    pub progress: bool,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        Self {
+            cluster_size: DEFAULT_CLUSTER_SIZE,
+            max_levels: DEFAULT_TREE_LEVELS,
+            dims: DEFAULT_EMBEDDING_DIMS,
+            summary_sentences: DEFAULT_SUMMARY_SENTENCES,
+            summary_words: DEFAULT_SUMMARY_WORDS,
+            kmeans_iterations: DEFAULT_KMEANS_ITERATIONS,
+            overwrite: false,
+            progress: true,
+        }
+    }
+}
+
+impl TreeOptions {
+    fn validate(&self) -> Result<(), GraphError> {
+        let bad = |name, reason: &str| {
+            Err(GraphError::InvalidOption {
+                name,
+                reason: reason.into(),
+            })
+        };
+        if self.cluster_size < 2 {
+            return bad("cluster_size", "must be at least 2");
+        }
+        if self.max_levels == 0 || self.max_levels > 15 {
+            return bad("max_levels", "must be between 1 and 15");
+        }
+        if self.dims == 0 {
+            return bad("dims", "must be at least 1");
+        }
+        if self.summary_sentences == 0 {
+            return bad("summary_sentences", "must be at least 1");
+        }
+        if self.kmeans_iterations == 0 {
+            return bad("kmeans_iterations", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What a tree build produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeStats {
+    /// Always `tree`.
+    pub kind: GraphKind,
+    /// Passages read (the leaves).
+    pub passages: u64,
+    /// Levels, the leaf level included.
+    pub levels: u64,
+    /// Nodes per level, leaves first.
+    pub nodes_per_level: Vec<u64>,
+    /// Summary nodes (all levels above the leaves).
+    pub summary_nodes: u64,
+    /// Mean words of a summary (0 without summaries).
+    pub mean_summary_words: f64,
+    /// Terms in the embedder's vocabulary.
+    pub vocabulary: u64,
+    /// Embedding dimensions.
+    pub dims: u64,
+    /// Wall-clock build time in seconds (reading the corpus and writing the file included).
+    pub seconds: f64,
+    /// Size of the written file in bytes (0 when nothing was written).
+    pub bytes_on_disk: u64,
+}
+
+/// Builds a tree over an in-memory corpus with [`TfidfEmbedder`] (no file is written; see
+/// [`TreeIndex::write`]).
+///
+/// # Errors
+/// [`GraphError::InvalidOption`] for an option out of range; [`GraphError::DuplicateId`] when
+/// two passages share an id.
+pub fn build_tree(
+    passages: &[Passage],
+    opts: &TreeOptions,
+) -> Result<(TreeIndex, TreeStats), GraphError> {
+    opts.validate()?;
+    let start = Instant::now();
+    let (tree, mut stats) = build_core(passages, opts, &ProgressBar::hidden())?;
+    stats.seconds = round3(start.elapsed().as_secs_f64());
+    Ok((tree, stats))
+}
+
+/// Builds a tree over the corpus file `corpus` (JSONL, plain or gzip; read once, held in
+/// memory) and writes it to `out` atomically with [`TreeIndex::write`].
+///
+/// # Errors
+/// [`GraphError::Corpus`] naming the corpus file and line; [`GraphError::Exists`] when `out`
+/// may not be replaced; [`GraphError::Io`] naming the file for filesystem failures;
+/// [`GraphError::InvalidOption`] and [`GraphError::DuplicateId`] as for [`build_tree`].
+pub fn build_tree_from_path(
+    corpus: &Path,
+    out: &Path,
+    opts: &TreeOptions,
+) -> Result<TreeStats, GraphError> {
+    opts.validate()?;
+    let start = Instant::now();
+    let _span = tracing::info_span!("build_tree", corpus = %corpus.display(), out = %out.display())
+        .entered();
+    if out.exists() && !opts.overwrite {
+        return Err(GraphError::Exists {
+            path: out.to_path_buf(),
+            reason: "it exists (pass overwrite to replace it)",
+        });
+    }
+    let bar = progress_bar(opts.progress);
+    bar.set_message("reading passages");
+    let mut passages = Vec::new();
+    for p in PassageReader::open(corpus)? {
+        passages.push(p?);
+        if passages.len().is_multiple_of(4096) {
+            bar.set_position(passages.len() as u64);
+        }
+    }
+    let (tree, mut stats) = build_core(&passages, opts, &bar)?;
+    drop(passages);
+    bar.set_message("writing");
+    stats.bytes_on_disk = tree.write(out, opts.overwrite)?;
+    bar.finish_and_clear();
+    stats.seconds = round3(start.elapsed().as_secs_f64());
+    tracing::info!(?stats, "built tree");
+    Ok(stats)
+}
+
+fn build_core(
+    passages: &[Passage],
+    opts: &TreeOptions,
+    bar: &ProgressBar,
+) -> Result<(TreeIndex, TreeStats), GraphError> {
+    let mut seen = HashSet::with_capacity(passages.len());
+    for p in passages {
+        if !seen.insert(p.id.as_str()) {
+            return Err(GraphError::DuplicateId { id: p.id.clone() });
+        }
+    }
+    drop(seen);
+    let p = passages.len();
+    let leaf_text = |q: &Passage| format!("{} {}", q.title, q.text);
+    bar.set_message("fitting TF-IDF");
+    // Document frequencies come from title and text together (what a leaf is embedded from).
+    let texts: Vec<String> = passages.iter().map(leaf_text).collect();
+    let embedder = TfidfEmbedder::fit(texts.iter().map(String::as_str), opts.dims);
+    let d = opts.dims;
+    bar.set_message("embedding passages");
+    let mut embeddings = vec![0f32; p * d];
+    for (t, row) in texts.iter().zip(embeddings.chunks_exact_mut(d)) {
+        embedder.embed_into(t, row);
+    }
+    drop(texts);
+    let mut level_starts = vec![0, p];
+    let mut summaries: Vec<String> = Vec::new();
+    let mut children: Vec<Vec<u32>> = Vec::new();
+    let mut central: Vec<u32> = Vec::new();
+    let mut sentence_vec = vec![0f32; d];
+    for level in 1..=opts.max_levels {
+        let (a, b) = (level_starts[level - 1], level_starts[level]);
+        if b - a <= opts.cluster_size {
+            break;
+        }
+        bar.set_message(format!("clustering level {level} ({} nodes)", b - a));
+        let points: Vec<&[f32]> = embeddings[a * d..b * d].chunks_exact(d).collect();
+        let clusters = bisecting_clusters(&points, opts.cluster_size, opts.kmeans_iterations);
+        bar.set_message(format!(
+            "summarising level {level} ({} clusters)",
+            clusters.len()
+        ));
+        let mut new_rows = Vec::with_capacity(clusters.len() * d);
+        for cluster in clusters {
+            let mut centroid = vec![0f32; d];
+            for &c in &cluster {
+                centroid
+                    .iter_mut()
+                    .zip(points[c as usize])
+                    .for_each(|(m, x)| *m += x);
+            }
+            // Candidate sentences: (score, child rank, position, text).
+            let mut cands: Vec<(f32, usize, usize, &str)> = Vec::new();
+            for (rank, &c) in cluster.iter().enumerate() {
+                let node = a + c as usize;
+                let text = if node < p {
+                    passages[node].text.as_str()
+                } else {
+                    summaries[node - p].as_str()
+                };
+                for (pos, s) in split_sentences(text).into_iter().enumerate() {
+                    embedder.embed_into(s, &mut sentence_vec);
+                    cands.push((dot(&sentence_vec, &centroid), rank, pos, s));
+                }
+            }
+            cands.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+            let mut taken: Vec<(usize, usize, &str)> = Vec::new();
+            let mut words = 0;
+            for &(_, rank, pos, s) in &cands {
+                if taken.len() >= opts.summary_sentences {
+                    break;
+                }
+                let w = s.split_whitespace().count();
+                if taken.iter().any(|t| t.2 == s)
+                    || (!taken.is_empty() && words + w > opts.summary_words)
+                {
+                    continue;
+                }
+                taken.push((rank, pos, s));
+                words += w;
+            }
+            taken.sort_unstable();
+            let summary = taken.iter().map(|t| t.2).collect::<Vec<_>>().join(" ");
+            let best_child = cluster
+                .iter()
+                .map(|&c| (dot(points[c as usize], &centroid), c))
+                .fold((f32::NEG_INFINITY, u32::MAX), |best, x| {
+                    if x.0 > best.0 {
+                        x
+                    } else {
+                        best
+                    }
+                })
+                .1;
+            let best_node = a + best_child as usize;
+            central.push(if best_node < p {
+                best_node as u32
+            } else {
+                central[best_node - p]
+            });
+            embedder.embed_into(&summary, &mut sentence_vec);
+            new_rows.extend_from_slice(&sentence_vec);
+            summaries.push(summary);
+            children.push(cluster.iter().map(|&c| (a + c as usize) as u32).collect());
+        }
+        embeddings.extend_from_slice(&new_rows);
+        level_starts.push(p + summaries.len());
+    }
+    let vocab = embedder.vocabulary();
+    let (vocabulary, idf): (Vec<String>, Vec<f32>) =
+        vocab.into_iter().map(|(t, x)| (t.to_string(), x)).unzip();
+    let nodes_per_level: Vec<u64> = level_starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as u64)
+        .collect();
+    let summary_words: usize = summaries.iter().map(|s| s.split_whitespace().count()).sum();
+    let stats = TreeStats {
+        kind: GraphKind::Tree,
+        passages: p as u64,
+        levels: nodes_per_level.len() as u64,
+        nodes_per_level,
+        summary_nodes: summaries.len() as u64,
+        mean_summary_words: if summaries.is_empty() {
+            0.0
+        } else {
+            round3(summary_words as f64 / summaries.len() as f64)
+        },
+        vocabulary: vocabulary.len() as u64,
+        dims: d as u64,
+        seconds: 0.0,
+        bytes_on_disk: 0,
+    };
+    let tree = TreeIndex::from_parts(TreeParts {
+        passage_ids: passages.iter().map(|q| q.id.clone()).collect(),
+        level_starts,
+        summaries,
+        children,
+        central,
+        vocabulary,
+        idf,
+        dims: d,
+        embeddings,
+    });
+    Ok((tree, stats))
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn progress_bar(enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    // `stderr()` draws nothing when stderr is not a terminal.
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {human_pos} passages ({elapsed})")
+            .expect("the progress template is valid"),
+    );
+    if !bar.is_hidden() {
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    }
+    bar
+}

@@ -1,0 +1,651 @@
+//! The RAPTOR-tree container (the tree kind of DESIGN §6, arXiv 2401.18059 as framed by arXiv
+//! 2503.04338), format version 1. All integers little-endian.
+//!
+//! A tree is neither a passage graph (no edges between passages) nor a knowledge graph (no
+//! entities): its nodes are passages (leaves) and extractive summaries, each summary lists its
+//! children, and every node carries a dense embedding. So it has its own magic and version; the
+//! kind code, 2, is the one [`GraphKind::code`] fixes for it.
+//!
+//! ```text
+//! offset  size          field
+//! 0       8             magic  b"SLEUTHTR"
+//! 8       4             format version (u32) = 1
+//! 12      4             kind (u32) = 2 (tree)
+//! 16      8             P: passages = leaves (u64)
+//! 24      8             N: nodes, leaves and summaries (u64), N ≥ P
+//! 32      8             L: levels, the leaf level included (u64), 1 ≤ L ≤ 16
+//! 40      8             D: embedding dimensions (u64), ≥ 1
+//! 48      8             V: vocabulary terms of the embedder (u64)
+//! 56      8             bytes of passage ids (u64)
+//! 64      8             bytes of summary texts (u64)
+//! 72      8             entries of children lists (u64)
+//! 80      8             bytes of vocabulary terms (u64)
+//! 88      4             CRC-32 (IEEE) of everything after the header (u32)
+//! 92      4             embedder (u32): 1 = hashed TF-IDF
+//! 96      …             body: the sections below, in this order
+//! ```
+//!
+//! A *string table* of `n` strings is `8·(n+1)` bytes of u64 offsets into a UTF-8 blob, then the
+//! blob (string `i` is `blob[off[i]..off[i+1]]`). A *list table* of `n` lists is `8·(n+1)` bytes
+//! of u64 offsets into a u32 array, then the array.
+//!
+//! | # | section | shape |
+//! |---|---|---|
+//! | 1 | passage ids of the leaves, in corpus order (node `i < P` is passage `i`) | string table, P |
+//! | 2 | level starts: node id where each level begins, then N; level 0 is `0..P` | `L+1` u64 |
+//! | 3 | summary text of each summary node `P..N` | string table, N−P |
+//! | 4 | children of each summary node: ascending ids in the level below | list table, N−P |
+//! | 5 | central leaf of each summary node (its passage nearest the centroid) | N−P u32, `< P` |
+//! | 6 | embedder vocabulary: terms, ascending and unique | string table, V |
+//! | 7 | inverse document frequency of each term | V f32, finite, > 0 |
+//! | 8 | embedding of every node, row-major | N·D f32, finite |
+//!
+//! Nodes are numbered level by level: the leaves, then level 1's summaries, and so on; every
+//! node below the top level has exactly one parent in the level above. The vocabulary makes the
+//! query side reproducible: the retriever rebuilds the same [`super::TfidfEmbedder`] from it. A
+//! dense embedder plugged in later gets another embedder code (and writes V = 0).
+//!
+//! As for the other containers, the size follows from the header, so truncation is caught
+//! before parsing, the CRC catches flipped bytes, and structural checks (offsets, level ranges,
+//! one parent per node, ascending vocabulary, finite numbers) catch what a writer bug would
+//! leave behind.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use super::format::{check_offsets, io_err, read_u64s, write_atomic};
+use super::{GraphError, GraphKind, TfidfEmbedder, KG_MAGIC, MAGIC};
+
+/// The first eight bytes of every sleuth tree file.
+pub const TREE_MAGIC: [u8; 8] = *b"SLEUTHTR";
+/// The tree format version this build writes and reads.
+pub const TREE_FORMAT_VERSION: u32 = 1;
+/// Header size in bytes.
+const HEADER_BYTES: usize = 96;
+/// Embedder code of the hashed TF-IDF embedder.
+const EMBEDDER_TFIDF: u32 = 1;
+/// Most levels a file may declare (a sanity bound on a damaged header).
+const MAX_LEVELS: u64 = 16;
+
+/// A RAPTOR tree over the passages of a corpus, loaded from or written to one file (format in
+/// the module doc). Node ids `0..P` are the leaves (passage `i` of the corpus), `P..N` the
+/// summary nodes, level by level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeIndex {
+    passage_ids: Vec<String>,
+    level_starts: Vec<usize>,
+    summaries: Vec<String>,
+    children: Vec<Vec<u32>>,
+    central: Vec<u32>,
+    vocabulary: Vec<String>,
+    idf: Vec<f32>,
+    dims: usize,
+    embeddings: Vec<f32>,
+    parents: Vec<u32>,
+    by_passage: HashMap<String, u32>,
+}
+
+/// The parts a builder assembles a tree from (fields as in [`TreeIndex`]).
+pub(super) struct TreeParts {
+    pub passage_ids: Vec<String>,
+    pub level_starts: Vec<usize>,
+    pub summaries: Vec<String>,
+    pub children: Vec<Vec<u32>>,
+    pub central: Vec<u32>,
+    pub vocabulary: Vec<String>,
+    pub idf: Vec<f32>,
+    pub dims: usize,
+    pub embeddings: Vec<f32>,
+}
+
+impl TreeIndex {
+    /// Assembles a tree from its parts.
+    ///
+    /// # Panics
+    /// On inconsistent parts (builder bugs, not data errors): see the module doc's invariants.
+    pub(super) fn from_parts(parts: TreeParts) -> Self {
+        match Self::assemble(parts) {
+            Ok(t) => t,
+            Err(reason) => panic!("inconsistent tree: {reason}"),
+        }
+    }
+
+    fn assemble(p: TreeParts) -> Result<Self, String> {
+        let mut tree = Self {
+            by_passage: p
+                .passage_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i as u32))
+                .collect(),
+            passage_ids: p.passage_ids,
+            level_starts: p.level_starts,
+            summaries: p.summaries,
+            children: p.children,
+            central: p.central,
+            vocabulary: p.vocabulary,
+            idf: p.idf,
+            dims: p.dims,
+            embeddings: p.embeddings,
+            parents: Vec::new(),
+        };
+        tree.check()?;
+        let n = tree.num_nodes();
+        tree.parents = vec![u32::MAX; n];
+        for (i, ch) in tree.children.iter().enumerate() {
+            for &c in ch {
+                tree.parents[c as usize] = (tree.passage_ids.len() + i) as u32;
+            }
+        }
+        Ok(tree)
+    }
+
+    /// Always [`GraphKind::Tree`].
+    pub fn kind(&self) -> GraphKind {
+        GraphKind::Tree
+    }
+
+    /// Number of leaves (the passages of the corpus it was built from).
+    pub fn num_passages(&self) -> usize {
+        self.passage_ids.len()
+    }
+
+    /// Number of nodes, leaves and summaries.
+    pub fn num_nodes(&self) -> usize {
+        self.passage_ids.len() + self.summaries.len()
+    }
+
+    /// Number of levels, the leaf level included (1 when no summary level was built).
+    pub fn num_levels(&self) -> usize {
+        self.level_starts.len() - 1
+    }
+
+    /// The node ids of level `level` (0 = leaves).
+    ///
+    /// # Panics
+    /// When `level >= num_levels()`.
+    pub fn level(&self, level: usize) -> std::ops::Range<u32> {
+        self.level_starts[level] as u32..self.level_starts[level + 1] as u32
+    }
+
+    /// Nodes per level, leaves first.
+    pub fn nodes_per_level(&self) -> Vec<usize> {
+        self.level_starts.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// The level of `node` (0 for a leaf).
+    ///
+    /// # Panics
+    /// When `node` is out of range.
+    pub fn level_of(&self, node: u32) -> usize {
+        assert!(
+            (node as usize) < self.num_nodes(),
+            "node {node} out of range"
+        );
+        self.level_starts
+            .partition_point(|&s| s <= node as usize)
+            .saturating_sub(1)
+    }
+
+    /// Whether `node` is a leaf (a passage).
+    pub fn is_leaf(&self, node: u32) -> bool {
+        (node as usize) < self.passage_ids.len()
+    }
+
+    /// The corpus id of leaf `node`.
+    ///
+    /// # Panics
+    /// When `node` is not a leaf.
+    pub fn passage_id(&self, node: u32) -> &str {
+        &self.passage_ids[node as usize]
+    }
+
+    /// The leaf of passage id `id`, if the tree has it.
+    pub fn passage_node(&self, id: &str) -> Option<u32> {
+        self.by_passage.get(id).copied()
+    }
+
+    /// The extractive summary of summary node `node`; `None` for a leaf.
+    ///
+    /// # Panics
+    /// When `node` is out of range.
+    pub fn summary(&self, node: u32) -> Option<&str> {
+        let i = self.summary_index(node)?;
+        Some(&self.summaries[i])
+    }
+
+    /// The children of `node`, ascending, all in the level below; empty for a leaf.
+    ///
+    /// # Panics
+    /// When `node` is out of range.
+    pub fn children(&self, node: u32) -> &[u32] {
+        self.summary_index(node)
+            .map_or(&[], |i| self.children[i].as_slice())
+    }
+
+    /// The parent of `node`; `None` for a node of the top level.
+    ///
+    /// # Panics
+    /// When `node` is out of range.
+    pub fn parent(&self, node: u32) -> Option<u32> {
+        let p = self.parents[node as usize];
+        (p != u32::MAX).then_some(p)
+    }
+
+    /// The leaf whose passage is most central to summary node `node` (nearest its cluster's
+    /// centroid, followed down the levels); the leaf itself for a leaf.
+    ///
+    /// # Panics
+    /// When `node` is out of range.
+    pub fn central_leaf(&self, node: u32) -> u32 {
+        self.summary_index(node).map_or(node, |i| self.central[i])
+    }
+
+    /// The leaves under `node`, ascending (`[node]` for a leaf).
+    ///
+    /// # Panics
+    /// When `node` is out of range.
+    pub fn leaves_under(&self, node: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut stack = vec![node];
+        while let Some(u) = stack.pop() {
+            if self.is_leaf(u) {
+                out.push(u);
+            } else {
+                stack.extend_from_slice(self.children(u));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Embedding dimensions `D`.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// The embedding of `node` (`D` values; unit length, or all zeros for a text without
+    /// known terms).
+    ///
+    /// # Panics
+    /// When `node` is out of range.
+    pub fn embedding(&self, node: u32) -> &[f32] {
+        let a = node as usize * self.dims;
+        &self.embeddings[a..a + self.dims]
+    }
+
+    /// All embeddings, row-major (`N·D` values).
+    pub fn embeddings(&self) -> &[f32] {
+        &self.embeddings
+    }
+
+    /// The embedder's vocabulary: `(term, idf)` pairs, terms ascending.
+    pub fn vocabulary(&self) -> impl ExactSizeIterator<Item = (&str, f32)> + '_ {
+        self.vocabulary
+            .iter()
+            .map(String::as_str)
+            .zip(self.idf.iter().copied())
+    }
+
+    /// The embedder that produced the node embeddings, for embedding queries the same way.
+    pub fn embedder(&self) -> TfidfEmbedder {
+        TfidfEmbedder::from_vocabulary(
+            self.vocabulary
+                .iter()
+                .cloned()
+                .zip(self.idf.iter().copied()),
+            self.dims,
+        )
+    }
+
+    fn summary_index(&self, node: u32) -> Option<usize> {
+        assert!(
+            (node as usize) < self.num_nodes(),
+            "node {node} out of range"
+        );
+        (node as usize).checked_sub(self.passage_ids.len())
+    }
+
+    /// Serialises the tree to a file image (module doc).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        let pb = put_strings(&mut body, self.passage_ids.iter().map(String::as_str));
+        for &s in &self.level_starts {
+            body.extend_from_slice(&(s as u64).to_le_bytes());
+        }
+        let sb = put_strings(&mut body, self.summaries.iter().map(String::as_str));
+        let ce = put_lists(&mut body, self.children.iter().map(Vec::as_slice));
+        for &c in &self.central {
+            body.extend_from_slice(&c.to_le_bytes());
+        }
+        let vb = put_strings(&mut body, self.vocabulary.iter().map(String::as_str));
+        for x in self.idf.iter().chain(&self.embeddings) {
+            body.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut crc = flate2::Crc::new();
+        crc.update(&body);
+        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+        out.extend_from_slice(&TREE_MAGIC);
+        out.extend_from_slice(&TREE_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&GraphKind::Tree.code().to_le_bytes());
+        for v in [
+            self.passage_ids.len() as u64,
+            self.num_nodes() as u64,
+            self.num_levels() as u64,
+            self.dims as u64,
+            self.vocabulary.len() as u64,
+            pb,
+            sb,
+            ce,
+            vb,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&EMBEDDER_TFIDF.to_le_bytes());
+        debug_assert_eq!(out.len(), HEADER_BYTES);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Writes the tree to `path` atomically (temporary file beside it, synced, renamed); an
+    /// existing file is replaced only with `overwrite` and only if it is a sleuth graph file.
+    /// Returns the bytes written.
+    ///
+    /// # Errors
+    /// [`GraphError::Exists`] when `path` may not be replaced; [`GraphError::Io`] naming the
+    /// file for filesystem failures.
+    pub fn write(&self, path: &Path, overwrite: bool) -> Result<u64, GraphError> {
+        write_atomic(path, &self.to_bytes(), overwrite)
+    }
+
+    /// Reads a tree file written by [`TreeIndex::write`].
+    ///
+    /// # Errors
+    /// All name `path`: [`GraphError::Io`] when it cannot be read, [`GraphError::WrongKind`]
+    /// for a passage graph or knowledge graph, [`GraphError::NotAGraph`] for any other magic,
+    /// [`GraphError::UnsupportedVersion`], [`GraphError::Truncated`] when the size disagrees
+    /// with the header, [`GraphError::Corrupt`] for a wrong kind code, an unknown embedder, a
+    /// checksum mismatch or inconsistent content.
+    pub fn read(path: &Path) -> Result<Self, GraphError> {
+        let bytes = fs::read(path).map_err(io_err("cannot read graph", path))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses a file image; `path` is only used in errors.
+    ///
+    /// # Errors
+    /// As [`TreeIndex::read`].
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, GraphError> {
+        let corrupt = |reason: String| GraphError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let starts_with = |m: &[u8; 8]| bytes.len() >= 8 && bytes[..8] == m[..];
+        if starts_with(&MAGIC) || starts_with(&KG_MAGIC) {
+            return Err(GraphError::WrongKind {
+                path: path.to_path_buf(),
+                found: if starts_with(&MAGIC) {
+                    "a passage graph"
+                } else {
+                    "a knowledge graph (kg, tkg or rkg)"
+                },
+                wanted: GraphKind::Tree.describe(),
+            });
+        }
+        if !starts_with(&TREE_MAGIC) {
+            return Err(GraphError::NotAGraph {
+                path: path.to_path_buf(),
+            });
+        }
+        if bytes.len() < HEADER_BYTES {
+            return Err(GraphError::Truncated {
+                path: path.to_path_buf(),
+                expected: HEADER_BYTES as u64,
+                found: bytes.len() as u64,
+            });
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+        let version = u32_at(8);
+        if version != TREE_FORMAT_VERSION {
+            return Err(GraphError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: TREE_FORMAT_VERSION,
+            });
+        }
+        if GraphKind::from_code(u32_at(12)) != Some(GraphKind::Tree) {
+            return Err(corrupt(format!("kind {} is not a tree (2)", u32_at(12))));
+        }
+        let h: Vec<u64> = (0..9).map(|i| u64_at(16 + 8 * i)).collect();
+        let [p, n, l, d, v, pb, sb, ce, vb] = h[..] else {
+            unreachable!("9 header fields")
+        };
+        let crc_stored = u32_at(88);
+        let embedder = u32_at(92);
+        if embedder != EMBEDDER_TFIDF {
+            return Err(corrupt(format!("unknown embedder code {embedder}")));
+        }
+        if n < p || l == 0 || l > MAX_LEVELS || d == 0 {
+            return Err(corrupt(format!(
+                "impossible counts: {p} passages, {n} nodes, {l} levels, {d} dimensions"
+            )));
+        }
+        // Section sizes in u128 so that absurd counts in a damaged header cannot overflow.
+        let (p, n, l, d, v) = (p as u128, n as u128, l as u128, d as u128, v as u128);
+        let s = n - p;
+        let strings = |k: u128, b: u64| 8 * (k + 1) + u128::from(b);
+        let expected = HEADER_BYTES as u128
+            + strings(p, pb)
+            + 8 * (l + 1)
+            + strings(s, sb)
+            + 8 * (s + 1)
+            + 4 * u128::from(ce)
+            + 4 * s
+            + strings(v, vb)
+            + 4 * v
+            + 4 * n * d;
+        if expected != bytes.len() as u128 {
+            return Err(GraphError::Truncated {
+                path: path.to_path_buf(),
+                expected: u64::try_from(expected).unwrap_or(u64::MAX),
+                found: bytes.len() as u64,
+            });
+        }
+        if n >= u128::from(u32::MAX) {
+            return Err(corrupt("counts exceed the u32 id range".into()));
+        }
+        let body = &bytes[HEADER_BYTES..];
+        let mut crc = flate2::Crc::new();
+        crc.update(body);
+        if crc.sum() != crc_stored {
+            return Err(corrupt(format!(
+                "checksum mismatch (header {crc_stored:#010x}, body {:#010x})",
+                crc.sum()
+            )));
+        }
+        let (p, n, l, d, v, s) = (
+            p as usize, n as usize, l as usize, d as usize, v as usize, s as usize,
+        );
+        let mut cur = Cursor { body, pos: 0 };
+        let passage_ids = cur.strings(p, pb, "passage ids").map_err(corrupt)?;
+        let level_starts: Vec<usize> = read_u64s(cur.take(8 * (l + 1)))
+            .into_iter()
+            .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
+            .collect();
+        let summaries = cur.strings(s, sb, "summaries").map_err(corrupt)?;
+        let children = cur.lists(s, ce, "children").map_err(corrupt)?;
+        let central = cur.u32s(s);
+        let vocabulary = cur.strings(v, vb, "vocabulary").map_err(corrupt)?;
+        let idf = cur.f32s(v);
+        let embeddings = cur.f32s(n * d);
+        Self::assemble(TreeParts {
+            passage_ids,
+            level_starts,
+            summaries,
+            children,
+            central,
+            vocabulary,
+            idf,
+            dims: d,
+            embeddings,
+        })
+        .map_err(corrupt)
+    }
+
+    /// The structural invariants of the module doc.
+    fn check(&self) -> Result<(), String> {
+        let (p, n, s) = (
+            self.passage_ids.len(),
+            self.num_nodes(),
+            self.summaries.len(),
+        );
+        if self.by_passage.len() != p {
+            return Err("passage ids are not unique".into());
+        }
+        if self.children.len() != s || self.central.len() != s {
+            return Err("summary sections differ in length".into());
+        }
+        let ls = &self.level_starts;
+        if ls.len() < 2 || ls[0] != 0 || ls[1] != p || ls.last() != Some(&n) {
+            return Err(format!("level starts {ls:?} do not span 0, {p} … {n}"));
+        }
+        if ls[1..].windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!("an upper level of {ls:?} is empty"));
+        }
+        let mut has_parent = vec![false; n];
+        for level in 1..ls.len() - 1 {
+            for node in ls[level]..ls[level + 1] {
+                let i = node - p;
+                let ch = &self.children[i];
+                if ch.is_empty() {
+                    return Err(format!("summary node {node} has no children"));
+                }
+                if ch.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(format!("children of node {node} are not ascending"));
+                }
+                for &c in ch {
+                    let c = c as usize;
+                    if c < ls[level - 1] || c >= ls[level] {
+                        return Err(format!(
+                            "node {node} of level {level} has child {c} outside level {}",
+                            level - 1
+                        ));
+                    }
+                    if std::mem::replace(&mut has_parent[c], true) {
+                        return Err(format!("node {c} has two parents"));
+                    }
+                }
+                if self.central[i] as usize >= p {
+                    return Err(format!("central leaf of node {node} is not a leaf"));
+                }
+            }
+        }
+        let top = ls[ls.len() - 2];
+        if let Some(orphan) = (0..top).find(|&u| !has_parent[u]) {
+            return Err(format!("node {orphan} below the top level has no parent"));
+        }
+        if self.dims == 0 || self.embeddings.len() != n * self.dims {
+            return Err("embeddings do not hold N·D values".into());
+        }
+        if self.embeddings.iter().any(|x| !x.is_finite()) {
+            return Err("an embedding value is not finite".into());
+        }
+        if self.vocabulary.len() != self.idf.len() {
+            return Err("vocabulary and idf differ in length".into());
+        }
+        if self.vocabulary.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("vocabulary terms are not ascending and unique".into());
+        }
+        if self.idf.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+            return Err("an idf is not finite and positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Appends a string table; returns the blob length.
+fn put_strings<'a>(body: &mut Vec<u8>, items: impl Iterator<Item = &'a str> + Clone) -> u64 {
+    let mut off = 0u64;
+    body.extend_from_slice(&off.to_le_bytes());
+    for s in items.clone() {
+        off += s.len() as u64;
+        body.extend_from_slice(&off.to_le_bytes());
+    }
+    for s in items {
+        body.extend_from_slice(s.as_bytes());
+    }
+    off
+}
+
+/// Appends a list table; returns the number of values.
+fn put_lists<'a>(body: &mut Vec<u8>, items: impl Iterator<Item = &'a [u32]> + Clone) -> u64 {
+    let mut off = 0u64;
+    body.extend_from_slice(&off.to_le_bytes());
+    for l in items.clone() {
+        off += l.len() as u64;
+        body.extend_from_slice(&off.to_le_bytes());
+    }
+    for l in items {
+        for v in l {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    off
+}
+
+/// Reads sections from a body whose total size was already checked against the header.
+struct Cursor<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, len: usize) -> &[u8] {
+        let s = &self.body[self.pos..self.pos + len];
+        self.pos += len;
+        s
+    }
+
+    fn u32s(&mut self, n: usize) -> Vec<u32> {
+        self.take(4 * n)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    }
+
+    fn f32s(&mut self, n: usize) -> Vec<f32> {
+        self.take(4 * n)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    }
+
+    fn strings(&mut self, n: usize, blob_len: u64, what: &str) -> Result<Vec<String>, String> {
+        let offsets = read_u64s(self.take(8 * (n + 1)));
+        let blob = self.take(blob_len as usize);
+        check_offsets(&offsets, blob_len, what)?;
+        let blob =
+            std::str::from_utf8(blob).map_err(|err| format!("{what} are not UTF-8: {err}"))?;
+        offsets
+            .windows(2)
+            .map(|w| {
+                blob.get(w[0] as usize..w[1] as usize)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("an offset of {what} splits a UTF-8 character"))
+            })
+            .collect()
+    }
+
+    fn lists(&mut self, n: usize, values: u64, what: &str) -> Result<Vec<Vec<u32>>, String> {
+        let offsets = read_u64s(self.take(8 * (n + 1)));
+        let flat = self.u32s(values as usize);
+        check_offsets(&offsets, values, what)?;
+        Ok(offsets
+            .windows(2)
+            .map(|w| flat[w[0] as usize..w[1] as usize].to_vec())
+            .collect())
+    }
+}
