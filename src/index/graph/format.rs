@@ -23,20 +23,20 @@
 //! writer bug that the CRC would faithfully preserve.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{GraphError, KG_MAGIC, TREE_MAGIC};
+use super::container::{
+    check_offsets, corruption, image, index_ids, put, put_strings, read_image, write_atomic,
+    Container, Cursor, Header,
+};
+use super::GraphError;
 
 /// The first eight bytes of every sleuth graph file.
 pub const MAGIC: [u8; 8] = *b"SLEUTHGR";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// Header size in bytes.
-const HEADER_BYTES: usize = 48;
 
 /// Which graph-RAG construction produced a file (DESIGN §6, arXiv 2503.04338). The code stored
 /// in a file header is fixed per kind: 1 passage graph, 2 RAPTOR tree, 3 KG, 4 textual KG, 5
@@ -225,40 +225,14 @@ impl PassageGraph {
     /// The file image: header and body (format in the module doc).
     pub fn to_bytes(&self) -> Vec<u8> {
         let id_bytes: usize = self.ids.iter().map(String::len).sum();
-        let n = self.ids.len();
-        let m = self.targets.len();
+        let (n, m) = (self.ids.len(), self.targets.len());
         let mut body = Vec::with_capacity(16 * (n + 1) + id_bytes + 8 * m);
-        let mut off = 0u64;
-        body.extend_from_slice(&off.to_le_bytes());
-        for id in &self.ids {
-            off += id.len() as u64;
-            body.extend_from_slice(&off.to_le_bytes());
-        }
-        for id in &self.ids {
-            body.extend_from_slice(id.as_bytes());
-        }
-        for r in &self.rows {
-            body.extend_from_slice(&r.to_le_bytes());
-        }
-        for t in &self.targets {
-            body.extend_from_slice(&t.to_le_bytes());
-        }
-        for w in &self.weights {
-            body.extend_from_slice(&w.to_le_bytes());
-        }
-        let mut crc = flate2::Crc::new();
-        crc.update(&body);
-        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.kind.code().to_le_bytes());
-        out.extend_from_slice(&(n as u64).to_le_bytes());
-        out.extend_from_slice(&(m as u64).to_le_bytes());
-        out.extend_from_slice(&(id_bytes as u64).to_le_bytes());
-        out.extend_from_slice(&crc.sum().to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        let id_bytes = put_strings(&mut body, self.ids.iter().map(String::as_str));
+        put(&mut body, self.rows.iter().copied(), u64::to_le_bytes);
+        put(&mut body, self.targets.iter().copied(), u32::to_le_bytes);
+        put(&mut body, self.weights.iter().copied(), f32::to_le_bytes);
+        let counts = [n as u64, m as u64, id_bytes];
+        image(Container::Passage, self.kind, counts, 0, &body)
     }
 
     /// Writes the graph to `path` atomically: a hidden temporary file beside it is written,
@@ -280,8 +254,7 @@ impl PassageGraph {
     /// size disagrees with the header, [`GraphError::Corrupt`] for a checksum mismatch or
     /// inconsistent content.
     pub fn read(path: &Path) -> Result<Self, GraphError> {
-        let bytes = fs::read(path).map_err(io_err("cannot read graph", path))?;
-        Self::from_bytes(&bytes, path)
+        Self::from_bytes(&read_image(path)?, path)
     }
 
     /// Parses a file image; `path` is only used in errors.
@@ -289,105 +262,30 @@ impl PassageGraph {
     /// # Errors
     /// As [`PassageGraph::read`].
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, GraphError> {
-        let corrupt = |reason: String| GraphError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if bytes.len() >= KG_MAGIC.len() && bytes[..KG_MAGIC.len()] == KG_MAGIC {
-            return Err(GraphError::WrongKind {
-                path: path.to_path_buf(),
-                found: "a knowledge graph (kg, tkg or rkg)",
-                wanted: "a passage graph",
-            });
-        }
-        if bytes.len() >= TREE_MAGIC.len() && bytes[..TREE_MAGIC.len()] == TREE_MAGIC {
-            return Err(GraphError::WrongKind {
-                path: path.to_path_buf(),
-                found: GraphKind::Tree.describe(),
-                wanted: "a passage graph",
-            });
-        }
-        if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
-            return Err(GraphError::NotAGraph {
-                path: path.to_path_buf(),
-            });
-        }
-        if bytes.len() < HEADER_BYTES {
-            return Err(GraphError::Truncated {
-                path: path.to_path_buf(),
-                expected: HEADER_BYTES as u64,
-                found: bytes.len() as u64,
-            });
-        }
-        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
-        let version = u32_at(8);
-        if version != FORMAT_VERSION {
-            return Err(GraphError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let kind = match GraphKind::from_code(u32_at(12)) {
+        let header = Header::<3>::read(bytes, path, Container::Passage)?;
+        let corrupt = corruption(path);
+        let kind = match GraphKind::from_code(header.kind) {
             Some(GraphKind::Passage) => GraphKind::Passage,
-            _ => return Err(corrupt(format!("unknown graph kind {}", u32_at(12)))),
+            _ => return Err(corrupt(format!("unknown graph kind {}", header.kind))),
         };
-        let (n, m, b) = (u64_at(16), u64_at(24), u64_at(32));
-        let crc_stored = u32_at(40);
+        let [n, m, b] = header.counts;
         // Computed in u128 so absurd counts in a damaged header cannot overflow.
-        let expected =
-            HEADER_BYTES as u128 + 16 * (u128::from(n) + 1) + u128::from(b) + 8 * u128::from(m);
-        if expected != bytes.len() as u128 {
-            return Err(GraphError::Truncated {
-                path: path.to_path_buf(),
-                expected: u64::try_from(expected).unwrap_or(u64::MAX),
-                found: bytes.len() as u64,
-            });
-        }
+        header.check_len(
+            Header::<3>::BYTES as u128
+                + 16 * (u128::from(n) + 1)
+                + u128::from(b)
+                + 8 * u128::from(m),
+        )?;
         if n >= u64::from(u32::MAX) {
             return Err(corrupt(format!("{n} nodes exceed the u32 node id range")));
         }
-        let body = &bytes[HEADER_BYTES..];
-        let mut crc = flate2::Crc::new();
-        crc.update(body);
-        if crc.sum() != crc_stored {
-            return Err(corrupt(format!(
-                "checksum mismatch (header {crc_stored:#010x}, body {:#010x})",
-                crc.sum()
-            )));
-        }
-        let (n, m, b) = (n as usize, m as usize, b as usize);
-        let mut pos = 0;
-        let mut take = |len: usize| {
-            let s = &body[pos..pos + len];
-            pos += len;
-            s
-        };
-        let id_offsets = read_u64s(take(8 * (n + 1)));
-        let blob = take(b);
-        let rows = read_u64s(take(8 * (n + 1)));
-        let targets: Vec<u32> = take(4 * m)
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        let weights: Vec<f32> = take(4 * m)
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-
-        check_offsets(&id_offsets, b as u64, "id offsets").map_err(corrupt)?;
+        let mut cur = Cursor::new(header.body()?);
+        let (n, m) = (n as usize, m as usize);
+        let ids = cur.strings(n, b, "passage ids").map_err(corrupt)?;
+        let rows = cur.u64s(n + 1);
+        let targets = cur.u32s(m);
+        let weights = cur.f32s(m);
         check_offsets(&rows, m as u64, "row offsets").map_err(corrupt)?;
-        let blob = std::str::from_utf8(blob)
-            .map_err(|e| corrupt(format!("passage ids are not UTF-8: {e}")))?;
-        let mut ids = Vec::with_capacity(n);
-        for w in id_offsets.windows(2) {
-            let (a, z) = (w[0] as usize, w[1] as usize);
-            let id = blob
-                .get(a..z)
-                .ok_or_else(|| corrupt(format!("id offset {a} splits a UTF-8 character")))?;
-            ids.push(id.to_string());
-        }
         for (node, w) in rows.windows(2).enumerate() {
             let row = &targets[w[0] as usize..w[1] as usize];
             if let Some(&t) = row.iter().find(|&&t| t as usize >= n) {
@@ -418,95 +316,5 @@ impl PassageGraph {
             weights,
             by_id,
         })
-    }
-}
-
-fn index_ids(ids: &[String]) -> HashMap<String, u32> {
-    ids.iter()
-        .enumerate()
-        .map(|(i, id)| (id.clone(), i as u32))
-        .collect()
-}
-
-pub(super) fn read_u64s(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect()
-}
-
-/// Offsets must start at 0, never decrease and end at `end`.
-pub(super) fn check_offsets(offsets: &[u64], end: u64, what: &str) -> Result<(), String> {
-    if offsets.first() != Some(&0) || offsets.last() != Some(&end) {
-        return Err(format!("{what} do not span 0..{end}"));
-    }
-    if offsets.windows(2).any(|w| w[0] > w[1]) {
-        return Err(format!("{what} decrease"));
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` atomically: a hidden temporary file beside it is written, synced
-/// and renamed over `path`. Returns the bytes written. An existing `path` is replaced only with
-/// `overwrite`, and only if it is a sleuth graph file of any container.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<u64, GraphError> {
-    check_target(path, overwrite)?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(io_err("cannot create", &parent))?;
-    let name = path
-        .file_name()
-        .map_or_else(|| "graph".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
-        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    Ok(bytes.len() as u64)
-}
-
-/// Refuses to replace anything but a sleuth graph, and that only with `overwrite`.
-fn check_target(path: &Path, overwrite: bool) -> Result<(), GraphError> {
-    let Ok(meta) = fs::metadata(path) else {
-        return Ok(());
-    };
-    let exists = |reason| GraphError::Exists {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if !meta.is_file() {
-        return Err(exists("it exists and is not a file"));
-    }
-    if !overwrite {
-        return Err(exists("it exists (pass overwrite to replace it)"));
-    }
-    let mut head = [0u8; 8];
-    let is_graph = fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .is_ok()
-        && (head == MAGIC || head == KG_MAGIC || head == TREE_MAGIC);
-    if !is_graph {
-        return Err(exists("it is not a sleuth graph file"));
-    }
-    Ok(())
-}
-
-pub(super) fn io_err(
-    action: &'static str,
-    path: &Path,
-) -> impl FnOnce(std::io::Error) -> GraphError {
-    let path = path.to_path_buf();
-    move |source| GraphError::Io {
-        action,
-        path,
-        source,
     }
 }

@@ -54,18 +54,18 @@
 //! UTF-8, head ≠ tail, absent sections empty) catch what a writer bug would leave behind.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 
-use super::format::{check_offsets, io_err, read_u64s, write_atomic};
-use super::{GraphError, GraphKind, MAGIC};
+use super::container::{
+    corruption, image, index_ids, put, put_lists, put_strings, read_image, write_atomic, Container,
+    Cursor, Header,
+};
+use super::{GraphError, GraphKind};
 
 /// The first eight bytes of every sleuth knowledge-graph file.
 pub const KG_MAGIC: [u8; 8] = *b"SLEUTHKG";
 /// The knowledge-graph format version this build writes and reads.
 pub const KG_FORMAT_VERSION: u32 = 1;
-/// Header size in bytes.
-const HEADER_BYTES: usize = 128;
 
 /// An entity node: a name found by the entity linker and the passages it was linked in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl KnowledgeGraph {
         let graph = Self {
             kind,
             by_name: index_names(&entities),
-            by_passage: index_passages(&passage_ids),
+            by_passage: index_ids(&passage_ids),
             passage_ids,
             entities,
             relations,
@@ -247,10 +247,8 @@ impl KnowledgeGraph {
         let passage_bytes = put_strings(&mut body, self.passage_ids.iter().map(String::as_str));
         let name_bytes = put_strings(&mut body, self.entities.iter().map(|e| e.name.as_str()));
         let entity_passages = put_lists(&mut body, self.entities.iter().map(|e| &e.passages[..]));
-        for r in &self.relations {
-            body.extend_from_slice(&r.head.to_le_bytes());
-            body.extend_from_slice(&r.tail.to_le_bytes());
-        }
+        let ends = self.relations.iter().flat_map(|r| [r.head, r.tail]);
+        put(&mut body, ends, u32::to_le_bytes);
         let text_bytes = put_strings(&mut body, self.relations.iter().map(|r| r.text.as_str()));
         let relation_passages =
             put_lists(&mut body, self.relations.iter().map(|r| &r.passages[..]));
@@ -270,13 +268,7 @@ impl KnowledgeGraph {
                 .collect();
             keyword_bytes = put_strings(&mut body, joined.iter().map(String::as_str));
         }
-        let mut crc = flate2::Crc::new();
-        crc.update(&body);
-        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-        out.extend_from_slice(&KG_MAGIC);
-        out.extend_from_slice(&KG_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.kind.code().to_le_bytes());
-        for v in [
+        let counts = [
             self.passage_ids.len() as u64,
             self.entities.len() as u64,
             self.relations.len() as u64,
@@ -290,13 +282,8 @@ impl KnowledgeGraph {
             entity_desc,
             relation_desc,
             keyword_bytes,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&crc.sum().to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        ];
+        image(Container::Knowledge, self.kind, counts, 0, &body)
     }
 
     /// Writes the graph to `path` atomically (a hidden temporary file beside it, synced, then
@@ -314,12 +301,11 @@ impl KnowledgeGraph {
     ///
     /// # Errors
     /// All name `path`: [`GraphError::Io`] when it cannot be read, [`GraphError::WrongKind`] for
-    /// a passage-graph file, [`GraphError::NotAGraph`] for any other wrong magic,
+    /// a passage-graph or tree file, [`GraphError::NotAGraph`] for any other wrong magic,
     /// [`GraphError::UnsupportedVersion`], [`GraphError::Truncated`] when the size disagrees
     /// with the header, [`GraphError::Corrupt`] for a checksum mismatch or inconsistent content.
     pub fn read(path: &Path) -> Result<Self, GraphError> {
-        let bytes = fs::read(path).map_err(io_err("cannot read graph", path))?;
-        Self::from_bytes(&bytes, path)
+        Self::from_bytes(&read_image(path)?, path)
     }
 
     /// Parses a file image; `path` is only used in errors.
@@ -327,59 +313,24 @@ impl KnowledgeGraph {
     /// # Errors
     /// As [`KnowledgeGraph::read`].
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, GraphError> {
-        let corrupt = |reason: String| GraphError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if bytes.len() >= MAGIC.len() && bytes[..MAGIC.len()] == MAGIC {
-            return Err(GraphError::WrongKind {
-                path: path.to_path_buf(),
-                found: "a passage graph",
-                wanted: "a knowledge graph (kg, tkg or rkg)",
-            });
-        }
-        if bytes.len() < KG_MAGIC.len() || bytes[..KG_MAGIC.len()] != KG_MAGIC {
-            return Err(GraphError::NotAGraph {
-                path: path.to_path_buf(),
-            });
-        }
-        if bytes.len() < HEADER_BYTES {
-            return Err(GraphError::Truncated {
-                path: path.to_path_buf(),
-                expected: HEADER_BYTES as u64,
-                found: bytes.len() as u64,
-            });
-        }
-        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
-        let version = u32_at(8);
-        if version != KG_FORMAT_VERSION {
-            return Err(GraphError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version,
-                supported: KG_FORMAT_VERSION,
-            });
-        }
-        let kind = match GraphKind::from_code(u32_at(12)) {
+        let header = Header::<13>::read(bytes, path, Container::Knowledge)?;
+        let corrupt = corruption(path);
+        let kind = match GraphKind::from_code(header.kind) {
             Some(k) if k.is_knowledge_graph() => k,
             _ => {
                 return Err(corrupt(format!(
                     "unknown knowledge-graph kind {}",
-                    u32_at(12)
+                    header.kind
                 )))
             }
         };
-        let h: Vec<u64> = (0..13).map(|i| u64_at(16 + 8 * i)).collect();
-        let [p, e, r, s, pb, nb, ep, tb, rp, sb, ed, rd, kb] = h[..] else {
-            unreachable!("13 header fields")
-        };
-        let crc_stored = u32_at(120);
+        let [p, e, r, s, pb, nb, ep, tb, rp, sb, ed, rd, kb] = header.counts;
         let described = kind != GraphKind::Kg;
         // Section sizes in u128 so that absurd counts in a damaged header cannot overflow.
         let (p, e, r, s) = (p as u128, e as u128, r as u128, s as u128);
         let strings = |n: u128, b: u64| 8 * (n + 1) + u128::from(b);
         let lists = |n: u128, v: u64| 8 * (n + 1) + 4 * u128::from(v);
-        let mut expected = HEADER_BYTES as u128
+        let mut expected = Header::<13>::BYTES as u128
             + strings(p, pb)
             + strings(e, nb)
             + lists(e, ep)
@@ -392,13 +343,7 @@ impl KnowledgeGraph {
         if kind == GraphKind::Rkg {
             expected += strings(r, kb);
         }
-        if expected != bytes.len() as u128 {
-            return Err(GraphError::Truncated {
-                path: path.to_path_buf(),
-                expected: u64::try_from(expected).unwrap_or(u64::MAX),
-                found: bytes.len() as u64,
-            });
-        }
+        header.check_len(expected)?;
         if !described && (s, sb, ed, rd) != (0, 0, 0, 0) {
             return Err(corrupt("a KG header has description sections".into()));
         }
@@ -408,17 +353,8 @@ impl KnowledgeGraph {
         if [p, e, s].iter().any(|&n| n >= u128::from(u32::MAX)) {
             return Err(corrupt("counts exceed the u32 id range".into()));
         }
-        let body = &bytes[HEADER_BYTES..];
-        let mut crc = flate2::Crc::new();
-        crc.update(body);
-        if crc.sum() != crc_stored {
-            return Err(corrupt(format!(
-                "checksum mismatch (header {crc_stored:#010x}, body {:#010x})",
-                crc.sum()
-            )));
-        }
+        let mut cur = Cursor::new(header.body()?);
         let (p, e, r, s) = (p as usize, e as usize, r as usize, s as usize);
-        let mut cur = Cursor { body, pos: 0 };
         let passage_ids = cur.strings(p, pb, "passage ids").map_err(corrupt)?;
         let names = cur.strings(e, nb, "entity names").map_err(corrupt)?;
         let entity_passages = cur.lists(e, ep, "entity passages").map_err(corrupt)?;
@@ -470,7 +406,7 @@ impl KnowledgeGraph {
         let graph = Self {
             kind,
             by_name: index_names(&entities),
-            by_passage: index_passages(&passage_ids),
+            by_passage: index_ids(&passage_ids),
             passage_ids,
             entities,
             relations,
@@ -549,94 +485,10 @@ impl KnowledgeGraph {
     }
 }
 
-fn index_passages(ids: &[String]) -> HashMap<String, u32> {
-    ids.iter()
-        .enumerate()
-        .map(|(i, id)| (id.clone(), i as u32))
-        .collect()
-}
-
 fn index_names(entities: &[Entity]) -> HashMap<String, u32> {
     entities
         .iter()
         .enumerate()
         .map(|(i, e)| (e.name.clone(), i as u32))
         .collect()
-}
-
-/// Appends a string table; returns the blob length.
-fn put_strings<'a>(body: &mut Vec<u8>, items: impl Iterator<Item = &'a str> + Clone) -> u64 {
-    let mut off = 0u64;
-    body.extend_from_slice(&off.to_le_bytes());
-    for s in items.clone() {
-        off += s.len() as u64;
-        body.extend_from_slice(&off.to_le_bytes());
-    }
-    for s in items {
-        body.extend_from_slice(s.as_bytes());
-    }
-    off
-}
-
-/// Appends a list table; returns the number of values.
-fn put_lists<'a>(body: &mut Vec<u8>, items: impl Iterator<Item = &'a [u32]> + Clone) -> u64 {
-    let mut off = 0u64;
-    body.extend_from_slice(&off.to_le_bytes());
-    for l in items.clone() {
-        off += l.len() as u64;
-        body.extend_from_slice(&off.to_le_bytes());
-    }
-    for l in items {
-        for v in l {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    off
-}
-
-/// Reads sections from a body whose total size was already checked against the header.
-struct Cursor<'a> {
-    body: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, len: usize) -> &[u8] {
-        let s = &self.body[self.pos..self.pos + len];
-        self.pos += len;
-        s
-    }
-
-    fn u32s(&mut self, n: usize) -> Vec<u32> {
-        self.take(4 * n)
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect()
-    }
-
-    fn strings(&mut self, n: usize, blob_len: u64, what: &str) -> Result<Vec<String>, String> {
-        let offsets = read_u64s(self.take(8 * (n + 1)));
-        let blob = self.take(blob_len as usize);
-        check_offsets(&offsets, blob_len, what)?;
-        let blob =
-            std::str::from_utf8(blob).map_err(|err| format!("{what} are not UTF-8: {err}"))?;
-        offsets
-            .windows(2)
-            .map(|w| {
-                blob.get(w[0] as usize..w[1] as usize)
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("an offset of {what} splits a UTF-8 character"))
-            })
-            .collect()
-    }
-
-    fn lists(&mut self, n: usize, values: u64, what: &str) -> Result<Vec<Vec<u32>>, String> {
-        let offsets = read_u64s(self.take(8 * (n + 1)));
-        let flat = self.u32s(values as usize);
-        check_offsets(&offsets, values, what)?;
-        Ok(offsets
-            .windows(2)
-            .map(|w| flat[w[0] as usize..w[1] as usize].to_vec())
-            .collect())
-    }
 }

@@ -37,6 +37,7 @@ use std::path::PathBuf;
 
 use crate::corpus::CorpusError;
 
+mod container;
 mod format;
 mod kg;
 mod kg_format;
@@ -81,7 +82,8 @@ pub enum GraphError {
         #[source]
         source: std::io::Error,
     },
-    /// The file does not start with [`MAGIC`]: it is not a sleuth graph.
+    /// The file starts with none of the graph magics ([`MAGIC`], [`KG_MAGIC`], [`TREE_MAGIC`]):
+    /// it is not a sleuth graph.
     #[error("{path} is not a sleuth graph file (bad magic bytes)", path = path.display())]
     NotAGraph {
         /// The file.

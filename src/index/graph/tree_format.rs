@@ -51,18 +51,18 @@
 //! leave behind.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 
-use super::format::{check_offsets, io_err, read_u64s, write_atomic};
-use super::{GraphError, GraphKind, TfidfEmbedder, KG_MAGIC, MAGIC};
+use super::container::{
+    corruption, image, index_ids, put, put_lists, put_strings, read_image, write_atomic, Container,
+    Cursor, Header,
+};
+use super::{GraphError, GraphKind, TfidfEmbedder};
 
 /// The first eight bytes of every sleuth tree file.
 pub const TREE_MAGIC: [u8; 8] = *b"SLEUTHTR";
 /// The tree format version this build writes and reads.
 pub const TREE_FORMAT_VERSION: u32 = 1;
-/// Header size in bytes.
-const HEADER_BYTES: usize = 96;
 /// Embedder code of the hashed TF-IDF embedder.
 const EMBEDDER_TFIDF: u32 = 1;
 /// Most levels a file may declare (a sanity bound on a damaged header).
@@ -113,12 +113,7 @@ impl TreeIndex {
 
     fn assemble(p: TreeParts) -> Result<Self, String> {
         let mut tree = Self {
-            by_passage: p
-                .passage_ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (id.clone(), i as u32))
-                .collect(),
+            by_passage: index_ids(&p.passage_ids),
             passage_ids: p.passage_ids,
             level_starts: p.level_starts,
             summaries: p.summaries,
@@ -311,25 +306,15 @@ impl TreeIndex {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut body = Vec::new();
         let pb = put_strings(&mut body, self.passage_ids.iter().map(String::as_str));
-        for &s in &self.level_starts {
-            body.extend_from_slice(&(s as u64).to_le_bytes());
-        }
+        let level_starts = self.level_starts.iter().map(|&s| s as u64);
+        put(&mut body, level_starts, u64::to_le_bytes);
         let sb = put_strings(&mut body, self.summaries.iter().map(String::as_str));
         let ce = put_lists(&mut body, self.children.iter().map(Vec::as_slice));
-        for &c in &self.central {
-            body.extend_from_slice(&c.to_le_bytes());
-        }
+        put(&mut body, self.central.iter().copied(), u32::to_le_bytes);
         let vb = put_strings(&mut body, self.vocabulary.iter().map(String::as_str));
-        for x in self.idf.iter().chain(&self.embeddings) {
-            body.extend_from_slice(&x.to_le_bytes());
-        }
-        let mut crc = flate2::Crc::new();
-        crc.update(&body);
-        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-        out.extend_from_slice(&TREE_MAGIC);
-        out.extend_from_slice(&TREE_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&GraphKind::Tree.code().to_le_bytes());
-        for v in [
+        let numbers = self.idf.iter().chain(&self.embeddings).copied();
+        put(&mut body, numbers, f32::to_le_bytes);
+        let counts = [
             self.passage_ids.len() as u64,
             self.num_nodes() as u64,
             self.num_levels() as u64,
@@ -339,14 +324,14 @@ impl TreeIndex {
             sb,
             ce,
             vb,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&crc.sum().to_le_bytes());
-        out.extend_from_slice(&EMBEDDER_TFIDF.to_le_bytes());
-        debug_assert_eq!(out.len(), HEADER_BYTES);
-        out.extend_from_slice(&body);
-        out
+        ];
+        image(
+            Container::Tree,
+            GraphKind::Tree,
+            counts,
+            EMBEDDER_TFIDF,
+            &body,
+        )
     }
 
     /// Writes the tree to `path` atomically (temporary file beside it, synced, renamed); an
@@ -369,8 +354,7 @@ impl TreeIndex {
     /// with the header, [`GraphError::Corrupt`] for a wrong kind code, an unknown embedder, a
     /// checksum mismatch or inconsistent content.
     pub fn read(path: &Path) -> Result<Self, GraphError> {
-        let bytes = fs::read(path).map_err(io_err("cannot read graph", path))?;
-        Self::from_bytes(&bytes, path)
+        Self::from_bytes(&read_image(path)?, path)
     }
 
     /// Parses a file image; `path` is only used in errors.
@@ -378,53 +362,13 @@ impl TreeIndex {
     /// # Errors
     /// As [`TreeIndex::read`].
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, GraphError> {
-        let corrupt = |reason: String| GraphError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let starts_with = |m: &[u8; 8]| bytes.len() >= 8 && bytes[..8] == m[..];
-        if starts_with(&MAGIC) || starts_with(&KG_MAGIC) {
-            return Err(GraphError::WrongKind {
-                path: path.to_path_buf(),
-                found: if starts_with(&MAGIC) {
-                    "a passage graph"
-                } else {
-                    "a knowledge graph (kg, tkg or rkg)"
-                },
-                wanted: GraphKind::Tree.describe(),
-            });
+        let header = Header::<9>::read(bytes, path, Container::Tree)?;
+        let corrupt = corruption(path);
+        if GraphKind::from_code(header.kind) != Some(GraphKind::Tree) {
+            return Err(corrupt(format!("kind {} is not a tree (2)", header.kind)));
         }
-        if !starts_with(&TREE_MAGIC) {
-            return Err(GraphError::NotAGraph {
-                path: path.to_path_buf(),
-            });
-        }
-        if bytes.len() < HEADER_BYTES {
-            return Err(GraphError::Truncated {
-                path: path.to_path_buf(),
-                expected: HEADER_BYTES as u64,
-                found: bytes.len() as u64,
-            });
-        }
-        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
-        let version = u32_at(8);
-        if version != TREE_FORMAT_VERSION {
-            return Err(GraphError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version,
-                supported: TREE_FORMAT_VERSION,
-            });
-        }
-        if GraphKind::from_code(u32_at(12)) != Some(GraphKind::Tree) {
-            return Err(corrupt(format!("kind {} is not a tree (2)", u32_at(12))));
-        }
-        let h: Vec<u64> = (0..9).map(|i| u64_at(16 + 8 * i)).collect();
-        let [p, n, l, d, v, pb, sb, ce, vb] = h[..] else {
-            unreachable!("9 header fields")
-        };
-        let crc_stored = u32_at(88);
-        let embedder = u32_at(92);
+        let [p, n, l, d, v, pb, sb, ce, vb] = header.counts;
+        let embedder = header.word;
         if embedder != EMBEDDER_TFIDF {
             return Err(corrupt(format!("unknown embedder code {embedder}")));
         }
@@ -437,7 +381,7 @@ impl TreeIndex {
         let (p, n, l, d, v) = (p as u128, n as u128, l as u128, d as u128, v as u128);
         let s = n - p;
         let strings = |k: u128, b: u64| 8 * (k + 1) + u128::from(b);
-        let expected = HEADER_BYTES as u128
+        let expected = Header::<9>::BYTES as u128
             + strings(p, pb)
             + 8 * (l + 1)
             + strings(s, sb)
@@ -447,50 +391,29 @@ impl TreeIndex {
             + strings(v, vb)
             + 4 * v
             + 4 * n * d;
-        if expected != bytes.len() as u128 {
-            return Err(GraphError::Truncated {
-                path: path.to_path_buf(),
-                expected: u64::try_from(expected).unwrap_or(u64::MAX),
-                found: bytes.len() as u64,
-            });
-        }
+        header.check_len(expected)?;
         if n >= u128::from(u32::MAX) {
             return Err(corrupt("counts exceed the u32 id range".into()));
         }
-        let body = &bytes[HEADER_BYTES..];
-        let mut crc = flate2::Crc::new();
-        crc.update(body);
-        if crc.sum() != crc_stored {
-            return Err(corrupt(format!(
-                "checksum mismatch (header {crc_stored:#010x}, body {:#010x})",
-                crc.sum()
-            )));
-        }
+        let mut cur = Cursor::new(header.body()?);
         let (p, n, l, d, v, s) = (
             p as usize, n as usize, l as usize, d as usize, v as usize, s as usize,
         );
-        let mut cur = Cursor { body, pos: 0 };
-        let passage_ids = cur.strings(p, pb, "passage ids").map_err(corrupt)?;
-        let level_starts: Vec<usize> = read_u64s(cur.take(8 * (l + 1)))
-            .into_iter()
-            .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
-            .collect();
-        let summaries = cur.strings(s, sb, "summaries").map_err(corrupt)?;
-        let children = cur.lists(s, ce, "children").map_err(corrupt)?;
-        let central = cur.u32s(s);
-        let vocabulary = cur.strings(v, vb, "vocabulary").map_err(corrupt)?;
-        let idf = cur.f32s(v);
-        let embeddings = cur.f32s(n * d);
+        // Struct fields are evaluated in the order written: the section order.
         Self::assemble(TreeParts {
-            passage_ids,
-            level_starts,
-            summaries,
-            children,
-            central,
-            vocabulary,
-            idf,
+            passage_ids: cur.strings(p, pb, "passage ids").map_err(corrupt)?,
+            level_starts: cur
+                .u64s(l + 1)
+                .into_iter()
+                .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
+                .collect(),
+            summaries: cur.strings(s, sb, "summaries").map_err(corrupt)?,
+            children: cur.lists(s, ce, "children").map_err(corrupt)?,
+            central: cur.u32s(s),
+            vocabulary: cur.strings(v, vb, "vocabulary").map_err(corrupt)?,
+            idf: cur.f32s(v),
             dims: d,
-            embeddings,
+            embeddings: cur.f32s(n * d),
         })
         .map_err(corrupt)
     }
@@ -563,89 +486,5 @@ impl TreeIndex {
             return Err("an idf is not finite and positive".into());
         }
         Ok(())
-    }
-}
-
-/// Appends a string table; returns the blob length.
-fn put_strings<'a>(body: &mut Vec<u8>, items: impl Iterator<Item = &'a str> + Clone) -> u64 {
-    let mut off = 0u64;
-    body.extend_from_slice(&off.to_le_bytes());
-    for s in items.clone() {
-        off += s.len() as u64;
-        body.extend_from_slice(&off.to_le_bytes());
-    }
-    for s in items {
-        body.extend_from_slice(s.as_bytes());
-    }
-    off
-}
-
-/// Appends a list table; returns the number of values.
-fn put_lists<'a>(body: &mut Vec<u8>, items: impl Iterator<Item = &'a [u32]> + Clone) -> u64 {
-    let mut off = 0u64;
-    body.extend_from_slice(&off.to_le_bytes());
-    for l in items.clone() {
-        off += l.len() as u64;
-        body.extend_from_slice(&off.to_le_bytes());
-    }
-    for l in items {
-        for v in l {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    off
-}
-
-/// Reads sections from a body whose total size was already checked against the header.
-struct Cursor<'a> {
-    body: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, len: usize) -> &[u8] {
-        let s = &self.body[self.pos..self.pos + len];
-        self.pos += len;
-        s
-    }
-
-    fn u32s(&mut self, n: usize) -> Vec<u32> {
-        self.take(4 * n)
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect()
-    }
-
-    fn f32s(&mut self, n: usize) -> Vec<f32> {
-        self.take(4 * n)
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect()
-    }
-
-    fn strings(&mut self, n: usize, blob_len: u64, what: &str) -> Result<Vec<String>, String> {
-        let offsets = read_u64s(self.take(8 * (n + 1)));
-        let blob = self.take(blob_len as usize);
-        check_offsets(&offsets, blob_len, what)?;
-        let blob =
-            std::str::from_utf8(blob).map_err(|err| format!("{what} are not UTF-8: {err}"))?;
-        offsets
-            .windows(2)
-            .map(|w| {
-                blob.get(w[0] as usize..w[1] as usize)
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("an offset of {what} splits a UTF-8 character"))
-            })
-            .collect()
-    }
-
-    fn lists(&mut self, n: usize, values: u64, what: &str) -> Result<Vec<Vec<u32>>, String> {
-        let offsets = read_u64s(self.take(8 * (n + 1)));
-        let flat = self.u32s(values as usize);
-        check_offsets(&offsets, values, what)?;
-        Ok(offsets
-            .windows(2)
-            .map(|w| flat[w[0] as usize..w[1] as usize].to_vec())
-            .collect())
     }
 }

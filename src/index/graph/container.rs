@@ -1,0 +1,424 @@
+//! What the three graph containers share: the header frame and its checks, string and list
+//! tables, recognising a container by its magic, and atomic writes. All integers little-endian.
+//!
+//! Each container (`format.rs` for passage graphs, `kg_format.rs` for the knowledge graphs,
+//! `tree_format.rs` for the RAPTOR tree) has its own magic and version, but they frame their
+//! files alike, so the framing lives here once:
+//!
+//! ```text
+//! offset   size   field
+//! 0        8      magic, one per container
+//! 8        4      format version (u32), one per container
+//! 12       4      kind (u32): a GraphKind code
+//! 16       8·N    N counts (u64); N and their meaning are the container's
+//! 16+8·N   4      CRC-32 (IEEE) of the body, everything after the header (u32)
+//! 20+8·N   4      one more u32: reserved zero, or the tree's embedder code
+//! 24+8·N   …      body
+//! ```
+//!
+//! Reading checks, in this order: the magic (another container's magic is
+//! [`GraphError::WrongKind`] naming what the file holds, anything else
+//! [`GraphError::NotAGraph`]), that a whole header is present, and the version. The container
+//! then judges the kind code and counts, derives the file size from them
+//! ([`Header::check_len`]) and asks for the body, whose CRC is checked ([`Header::body`]).
+//! Checking the size before parsing is what lets [`Cursor`] slice the body without bounds
+//! errors.
+//!
+//! A *string table* of `n` strings is `8·(n+1)` bytes of u64 offsets into a UTF-8 blob, then the
+//! blob; a *list table* of `n` lists is `8·(n+1)` bytes of u64 offsets into a u32 array, then the
+//! array ([`put_strings`], [`put_lists`], [`Cursor::strings`], [`Cursor::lists`]).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{
+    GraphError, GraphKind, FORMAT_VERSION, KG_FORMAT_VERSION, KG_MAGIC, MAGIC, TREE_FORMAT_VERSION,
+    TREE_MAGIC,
+};
+
+/// The three on-disk containers, told apart by their magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Container {
+    /// `SLEUTHGR`: passage graphs (`format.rs`).
+    Passage,
+    /// `SLEUTHKG`: KG, TKG and RKG (`kg_format.rs`).
+    Knowledge,
+    /// `SLEUTHTR`: the RAPTOR tree (`tree_format.rs`).
+    Tree,
+}
+
+impl Container {
+    const ALL: [Container; 3] = [Container::Passage, Container::Knowledge, Container::Tree];
+
+    fn magic(self) -> [u8; 8] {
+        match self {
+            Container::Passage => MAGIC,
+            Container::Knowledge => KG_MAGIC,
+            Container::Tree => TREE_MAGIC,
+        }
+    }
+
+    fn version(self) -> u32 {
+        match self {
+            Container::Passage => FORMAT_VERSION,
+            Container::Knowledge => KG_FORMAT_VERSION,
+            Container::Tree => TREE_FORMAT_VERSION,
+        }
+    }
+
+    fn holds(self, kind: GraphKind) -> bool {
+        match self {
+            Container::Passage => kind == GraphKind::Passage,
+            Container::Knowledge => kind.is_knowledge_graph(),
+            Container::Tree => kind == GraphKind::Tree,
+        }
+    }
+
+    /// What the container holds, for errors.
+    fn describe(self) -> &'static str {
+        match self {
+            Container::Passage => GraphKind::Passage.describe(),
+            Container::Knowledge => "a knowledge graph (kg, tkg or rkg)",
+            Container::Tree => GraphKind::Tree.describe(),
+        }
+    }
+
+    /// The container whose magic `bytes` starts with.
+    fn of(bytes: &[u8]) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|c| bytes.get(..8) == Some(&c.magic()[..]))
+    }
+
+    /// What a file image of this container holds: the kind its header names when the container
+    /// holds that kind, else the container's description.
+    fn found(self, bytes: &[u8]) -> &'static str {
+        bytes
+            .get(12..16)
+            .and_then(|c| GraphKind::from_code(u32::from_le_bytes(c.try_into().expect("4 bytes"))))
+            .filter(|&k| self.holds(k))
+            .map_or(self.describe(), GraphKind::describe)
+    }
+}
+
+/// A container header whose magic, length and version were checked ([`Header::read`]); the
+/// kind code and counts are the container's to judge.
+pub(super) struct Header<'a, const N: usize> {
+    /// The kind code at offset 12.
+    pub kind: u32,
+    /// The container's N counts.
+    pub counts: [u64; N],
+    /// The u32 after the CRC: reserved zero, or the tree's embedder code.
+    pub word: u32,
+    crc: u32,
+    bytes: &'a [u8],
+    path: &'a Path,
+}
+
+impl<'a, const N: usize> Header<'a, N> {
+    /// Header size in bytes.
+    pub const BYTES: usize = 24 + 8 * N;
+
+    /// Checks the magic, that a whole header is present, and the version, then reads the rest
+    /// of the header. `path` is only used in errors.
+    pub fn read(bytes: &'a [u8], path: &'a Path, container: Container) -> Result<Self, GraphError> {
+        match Container::of(bytes) {
+            Some(c) if c == container => {}
+            Some(c) => {
+                return Err(GraphError::WrongKind {
+                    path: path.to_path_buf(),
+                    found: c.found(bytes),
+                    wanted: container.describe(),
+                })
+            }
+            None => {
+                return Err(GraphError::NotAGraph {
+                    path: path.to_path_buf(),
+                })
+            }
+        }
+        if bytes.len() < Self::BYTES {
+            return Err(GraphError::Truncated {
+                path: path.to_path_buf(),
+                expected: Self::BYTES as u64,
+                found: bytes.len() as u64,
+            });
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+        let version = u32_at(8);
+        if version != container.version() {
+            return Err(GraphError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: container.version(),
+            });
+        }
+        let counts = std::array::from_fn(|i| {
+            u64::from_le_bytes(bytes[16 + 8 * i..24 + 8 * i].try_into().expect("8 bytes"))
+        });
+        Ok(Self {
+            kind: u32_at(12),
+            counts,
+            crc: u32_at(16 + 8 * N),
+            word: u32_at(20 + 8 * N),
+            bytes,
+            path,
+        })
+    }
+
+    /// Checks that the file is `expected` bytes long, the size its header implies (computed in
+    /// u128 by the caller, so that absurd counts in a damaged header cannot overflow).
+    pub fn check_len(&self, expected: u128) -> Result<(), GraphError> {
+        if expected != self.bytes.len() as u128 {
+            return Err(GraphError::Truncated {
+                path: self.path.to_path_buf(),
+                expected: u64::try_from(expected).unwrap_or(u64::MAX),
+                found: self.bytes.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// The body, once its CRC matches the header's.
+    pub fn body(&self) -> Result<&'a [u8], GraphError> {
+        let body = &self.bytes[Self::BYTES..];
+        let mut crc = flate2::Crc::new();
+        crc.update(body);
+        if crc.sum() != self.crc {
+            return Err(corruption(self.path)(format!(
+                "checksum mismatch (header {:#010x}, body {:#010x})",
+                self.crc,
+                crc.sum()
+            )));
+        }
+        Ok(body)
+    }
+}
+
+/// Frames `body` as a file image of `container`: the header (module doc), then the body.
+pub(super) fn image<const N: usize>(
+    container: Container,
+    kind: GraphKind,
+    counts: [u64; N],
+    word: u32,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut crc = flate2::Crc::new();
+    crc.update(body);
+    let mut out = Vec::with_capacity(Header::<N>::BYTES + body.len());
+    out.extend_from_slice(&container.magic());
+    out.extend_from_slice(&container.version().to_le_bytes());
+    out.extend_from_slice(&kind.code().to_le_bytes());
+    put(&mut out, counts, u64::to_le_bytes);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&word.to_le_bytes());
+    debug_assert_eq!(out.len(), Header::<N>::BYTES);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A closure making a [`GraphError::Corrupt`] that names `path`, for `map_err`.
+pub(super) fn corruption(path: &Path) -> impl Fn(String) -> GraphError + Copy + '_ {
+    move |reason| GraphError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Appends a string table; returns the blob length.
+pub(super) fn put_strings<'a>(
+    body: &mut Vec<u8>,
+    items: impl Iterator<Item = &'a str> + Clone,
+) -> u64 {
+    let end = put_offsets(body, items.clone().map(str::len));
+    for s in items {
+        body.extend_from_slice(s.as_bytes());
+    }
+    end
+}
+
+/// Appends a list table; returns the number of values.
+pub(super) fn put_lists<'a>(
+    body: &mut Vec<u8>,
+    items: impl Iterator<Item = &'a [u32]> + Clone,
+) -> u64 {
+    let end = put_offsets(body, items.clone().map(<[u32]>::len));
+    put(body, items.flatten().copied(), u32::to_le_bytes);
+    end
+}
+
+/// Appends the `n+1` offsets of a table whose entries have lengths `lens`; returns the last.
+fn put_offsets(body: &mut Vec<u8>, lens: impl Iterator<Item = usize>) -> u64 {
+    let mut off = 0u64;
+    body.extend_from_slice(&off.to_le_bytes());
+    for len in lens {
+        off += len as u64;
+        body.extend_from_slice(&off.to_le_bytes());
+    }
+    off
+}
+
+/// Appends fixed-width values, each encoded by `le` (`u32::to_le_bytes`, `f32::to_le_bytes`, …).
+pub(super) fn put<T, const W: usize>(
+    body: &mut Vec<u8>,
+    values: impl IntoIterator<Item = T>,
+    le: fn(T) -> [u8; W],
+) {
+    for v in values {
+        body.extend_from_slice(&le(v));
+    }
+}
+
+/// Reads sections from a body whose total size was already checked against the header.
+pub(super) struct Cursor<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(body: &'a [u8]) -> Self {
+        Self { body, pos: 0 }
+    }
+
+    fn take(&mut self, len: usize) -> &'a [u8] {
+        let s = &self.body[self.pos..self.pos + len];
+        self.pos += len;
+        s
+    }
+
+    /// `n` fixed-width values, each decoded by `from_le`.
+    fn values<T, const W: usize>(&mut self, n: usize, from_le: fn([u8; W]) -> T) -> Vec<T> {
+        self.take(W * n)
+            .chunks_exact(W)
+            .map(|c| from_le(c.try_into().expect("W bytes")))
+            .collect()
+    }
+
+    pub fn u32s(&mut self, n: usize) -> Vec<u32> {
+        self.values(n, u32::from_le_bytes)
+    }
+
+    pub fn u64s(&mut self, n: usize) -> Vec<u64> {
+        self.values(n, u64::from_le_bytes)
+    }
+
+    pub fn f32s(&mut self, n: usize) -> Vec<f32> {
+        self.values(n, f32::from_le_bytes)
+    }
+
+    /// A string table of `n` strings over a `blob_len`-byte blob; `what` names it in errors.
+    pub fn strings(&mut self, n: usize, blob_len: u64, what: &str) -> Result<Vec<String>, String> {
+        let offsets = self.u64s(n + 1);
+        let blob = self.take(blob_len as usize);
+        check_offsets(&offsets, blob_len, what)?;
+        let blob =
+            std::str::from_utf8(blob).map_err(|err| format!("{what} are not UTF-8: {err}"))?;
+        offsets
+            .windows(2)
+            .map(|w| {
+                blob.get(w[0] as usize..w[1] as usize)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("an offset of {what} splits a UTF-8 character"))
+            })
+            .collect()
+    }
+
+    /// A list table of `n` lists over `values` u32s; `what` names it in errors.
+    pub fn lists(&mut self, n: usize, values: u64, what: &str) -> Result<Vec<Vec<u32>>, String> {
+        let offsets = self.u64s(n + 1);
+        let flat = self.u32s(values as usize);
+        check_offsets(&offsets, values, what)?;
+        Ok(offsets
+            .windows(2)
+            .map(|w| flat[w[0] as usize..w[1] as usize].to_vec())
+            .collect())
+    }
+}
+
+/// Offsets must start at 0, never decrease and end at `end`.
+pub(super) fn check_offsets(offsets: &[u64], end: u64, what: &str) -> Result<(), String> {
+    if offsets.first() != Some(&0) || offsets.last() != Some(&end) {
+        return Err(format!("{what} do not span 0..{end}"));
+    }
+    if offsets.windows(2).any(|w| w[0] > w[1]) {
+        return Err(format!("{what} decrease"));
+    }
+    Ok(())
+}
+
+/// Maps each id to its position.
+pub(super) fn index_ids(ids: &[String]) -> HashMap<String, u32> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), i as u32))
+        .collect()
+}
+
+/// The whole of a graph file.
+pub(super) fn read_image(path: &Path) -> Result<Vec<u8>, GraphError> {
+    fs::read(path).map_err(io_err("cannot read graph", path))
+}
+
+/// Writes `bytes` to `path` atomically: a hidden temporary file beside it is written, synced
+/// and renamed over `path`. Returns the bytes written. An existing `path` is replaced only with
+/// `overwrite`, and only if it is a sleuth graph file of any container.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<u64, GraphError> {
+    check_target(path, overwrite)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(io_err("cannot create", &parent))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "graph".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
+        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(bytes.len() as u64)
+}
+
+/// Refuses to replace anything but a sleuth graph, and that only with `overwrite`.
+fn check_target(path: &Path, overwrite: bool) -> Result<(), GraphError> {
+    let Ok(meta) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let exists = |reason| GraphError::Exists {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !meta.is_file() {
+        return Err(exists("it exists and is not a file"));
+    }
+    if !overwrite {
+        return Err(exists("it exists (pass overwrite to replace it)"));
+    }
+    let mut head = [0u8; 8];
+    let is_graph = fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && Container::of(&head).is_some();
+    if !is_graph {
+        return Err(exists("it is not a sleuth graph file"));
+    }
+    Ok(())
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> GraphError {
+    let path = path.to_path_buf();
+    move |source| GraphError::Io {
+        action,
+        path,
+        source,
+    }
+}
