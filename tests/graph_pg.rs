@@ -452,6 +452,32 @@ fn cli_builds_a_graph_and_searches_it_through_a_config() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[1].contains("(p1)"), "{out}");
+
+    // `eval --retrieval --config` measures the backend the config names.
+    let qa = dir.path().join("qa.jsonl");
+    std::fs::write(
+        &qa,
+        "{\"idx\": 1, \"question\": \"Which stadium is home of the Kansas City Chiefs?\", \"answer\": \"Arrowhead Stadium\"}\n",
+    )
+    .unwrap();
+    let out = ok(sleuth()
+        .args(["eval", "--retrieval", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&qa));
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(row["backend"], "graph-pg", "{out}");
+    assert_eq!(row["report"]["questions"], 1, "{out}");
+    assert_eq!(row["report"]["answer_hit"]["1"], 1.0, "{out}");
+    let refused = sleuth()
+        .args(["eval", "--retrieval", "--title-boost", "1", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&qa)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--title-boost"));
 }
 
 /// Support-title recall of the passage graph against plain BM25 on hotpotqa_500, over a few α.
