@@ -91,21 +91,38 @@ pub fn collect<B: Backend>(
             if require_correct && !correct {
                 continue;
             }
-            let mut tokens = bare.encode(tokenizer, &q.question)?;
-            let prompt_len = tokens.len();
-            let mut mask = vec![0u8; prompt_len];
-            tokens.extend_from_slice(&ep.tokens[ep.prompt_len..]);
-            mask.extend_from_slice(&ep.mask[ep.prompt_len..]);
             stats.kept += 1;
-            keep(&SftExample {
-                question: q.question.clone(),
-                tokens,
-                mask,
-                prompt_len,
-            });
+            keep(&example(
+                &bare,
+                tokenizer,
+                &q.question,
+                &ep.tokens[ep.prompt_len..],
+                &ep.mask[ep.prompt_len..],
+            )?);
         }
     }
     Ok(stats)
+}
+
+/// An SFT example: `question` under the bare prompt (mask 0), then `response` with its mask.
+fn example(
+    bare: &PromptConfig,
+    tokenizer: &Tokenizer,
+    question: &str,
+    response: &[u32],
+    response_mask: &[u8],
+) -> Result<SftExample, RolloutError> {
+    let mut tokens = bare.encode(tokenizer, question)?;
+    let prompt_len = tokens.len();
+    let mut mask = vec![0u8; prompt_len];
+    tokens.extend_from_slice(response);
+    mask.extend_from_slice(response_mask);
+    Ok(SftExample {
+        question: question.to_string(),
+        tokens,
+        mask,
+        prompt_len,
+    })
 }
 
 /// The policy-side text of a scripted episode. `{question}` and `{answer}` are replaced; the
@@ -188,9 +205,7 @@ pub fn scripted(
             continue;
         }
         stats.format_ok += 1;
-        let mut tokens = bare.encode(tokenizer, &q.question)?;
-        let prompt_len = tokens.len();
-        let mut mask = vec![0u8; prompt_len];
+        let (mut tokens, mut mask) = (Vec::new(), Vec::new());
         for (text, m) in [
             (head.as_str(), 1u8),
             (block.as_str(), 0),
@@ -201,12 +216,7 @@ pub fn scripted(
             tokens.extend(ids);
         }
         stats.kept += 1;
-        keep(&SftExample {
-            question: q.question.clone(),
-            tokens,
-            mask,
-            prompt_len,
-        });
+        keep(&example(&bare, tokenizer, &q.question, &tokens, &mask)?);
     }
     Ok(stats)
 }
