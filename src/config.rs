@@ -32,6 +32,17 @@ impl Default for ModelSection {
     }
 }
 
+/// The `[search] backend` names [`SearchSection::open`] knows, stated once.
+pub const SEARCH_BACKENDS: [&str; 7] = [
+    "bm25",
+    "graph-pg",
+    "graph-kg",
+    "graph-tkg",
+    "graph-rkg",
+    "graph-tree",
+    "online",
+];
+
 /// `[search]`: the retriever.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -132,7 +143,8 @@ impl SearchSection {
             other => Err(crate::search::SearchError::InvalidOption {
                 name: "backend",
                 reason: format!(
-                    "unknown backend {other:?} (known: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"graph-tree\", \"online\")"
+                    "unknown backend {other:?} (known: {})",
+                    SEARCH_BACKENDS.join(", ")
                 ),
             }),
         }
@@ -271,6 +283,33 @@ mod tests {
             RunConfig::load(&root.join("envs/learning-demo.toml"))
                 .unwrap()
                 .train
+        );
+    }
+
+    /// Every listed backend name is one `SearchSection::open` dispatches (opening fails on the
+    /// missing index, not on the name), and an unlisted one is refused naming the list.
+    #[test]
+    fn every_listed_backend_is_dispatched() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in SEARCH_BACKENDS {
+            let section = SearchSection {
+                backend: name.to_string(),
+                index: dir.path().join("missing-index"),
+                graph: dir.path().join("missing-graph"),
+                ..Default::default()
+            };
+            if let Err(e) = section.open() {
+                assert!(!e.to_string().contains("unknown backend"), "{name}: {e}");
+            }
+        }
+        let bad = SearchSection {
+            backend: "bm26".into(),
+            ..Default::default()
+        };
+        let e = bad.open().err().expect("unknown backend").to_string();
+        assert!(
+            e.contains("unknown backend") && e.contains("graph-tree"),
+            "{e}"
         );
     }
 

@@ -523,20 +523,12 @@ fn open_search(cfg: &RunConfig) -> Result<Box<dyn Retriever>> {
 
 fn load_config(path: &Path) -> Result<RunConfig> {
     let cfg = RunConfig::load(path)?;
-    const BACKENDS: [&str; 7] = [
-        "bm25",
-        "graph-pg",
-        "graph-kg",
-        "graph-tkg",
-        "graph-rkg",
-        "graph-tree",
-        "online",
-    ];
-    if !BACKENDS.contains(&cfg.search.backend.as_str()) {
+    if !sleuth::config::SEARCH_BACKENDS.contains(&cfg.search.backend.as_str()) {
         bail!(
-            "{}: unknown [search] backend {:?} (supported: \"bm25\", \"graph-pg\", \"graph-kg\", \"graph-tkg\", \"graph-rkg\", \"graph-tree\", \"online\")",
+            "{}: unknown [search] backend {:?} (supported: {})",
             path.display(),
-            cfg.search.backend
+            cfg.search.backend,
+            sleuth::config::SEARCH_BACKENDS.join(", ")
         );
     }
     Ok(cfg)
