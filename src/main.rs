@@ -289,6 +289,10 @@ struct RetrievalServerArgs {
     /// Index directory built by `sleuth index build`.
     #[arg(long, default_value = "index/wiki")]
     index: PathBuf,
+    /// Serve the search backend this env config names (BM25, a graph kind, online) instead of
+    /// --index.
+    #[arg(long, conflicts_with = "title_boost")]
+    config: Option<PathBuf>,
     /// Address to bind (use 0.0.0.0 to accept other machines).
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
@@ -820,12 +824,17 @@ fn cmd_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
     if let Some(b) = a.title_boost {
         opts.title_boost = b;
     }
-    let retriever = Bm25Retriever::open_with(&a.index, opts)
-        .with_context(|| format!("opening index {}", a.index.display()))?;
+    let retriever: std::sync::Arc<dyn Retriever> = match &a.config {
+        Some(c) => open_search(&load_config(c)?)?.into(),
+        None => std::sync::Arc::new(
+            Bm25Retriever::open_with(&a.index, opts)
+                .with_context(|| format!("opening index {}", a.index.display()))?,
+        ),
+    };
     let addr = std::net::SocketAddr::new(a.host, a.port);
     let cfg = sleuth::search::ServerConfig::default();
     Ok(sleuth::search::server::run(
-        std::sync::Arc::new(retriever),
+        retriever,
         addr,
         cfg,
         |bound| eprintln!("retrieval server listening on http://{bound}"),

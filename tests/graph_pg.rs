@@ -478,6 +478,41 @@ fn cli_builds_a_graph_and_searches_it_through_a_config() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--title-boost"));
+
+    // `retrieval-server --config` serves the same backend over R1-Searcher's API.
+    let mut server = sleuth()
+        .args(["retrieval-server", "--port", "0", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .expect("listening line")
+        .to_string();
+    let body = r#"{"queries": ["Which stadium is home of the Kansas City Chiefs?"], "k": 1}"#;
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "POST /queries HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("Arrowhead Stadium"), "{reply}");
 }
 
 /// Support-title recall of the passage graph against plain BM25 on hotpotqa_500, over a few α.
