@@ -38,9 +38,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use super::build::{progress_bar, refuse_existing, round3, title_linker};
 use super::{
     Entity, EntityLinker, GraphError, GraphKind, KnowledgeGraph, Relation, DEFAULT_MIN_TITLE_CHARS,
 };
@@ -261,27 +262,9 @@ pub fn build_kg_from_path(
     let start = Instant::now();
     let _span = tracing::info_span!("build_kg", kind = %kind, corpus = %corpus.display(), out = %out.display())
         .entered();
-    if out.exists() && !opts.overwrite {
-        return Err(GraphError::Exists {
-            path: out.to_path_buf(),
-            reason: "it exists (pass overwrite to replace it)",
-        });
-    }
+    refuse_existing(out, opts.overwrite)?;
     let bar = progress_bar(opts.progress);
-    bar.set_message("reading titles");
-    let mut titles = Vec::new();
-    for p in PassageReader::open(corpus)? {
-        titles.push(p?.title);
-        if titles.len().is_multiple_of(4096) {
-            bar.set_position(titles.len() as u64);
-        }
-    }
-    let linker = EntityLinker::new(
-        titles.iter().map(String::as_str),
-        opts.min_title_chars,
-        opts.capitalised_spans,
-    );
-    drop(titles);
+    let linker = title_linker(corpus, opts.min_title_chars, opts.capitalised_spans, &bar)?;
     let open = || Ok(PassageReader::open(corpus)?);
     let (graph, mut stats) = build_core(&linker, open, kind, opts, &bar)?;
     bar.set_message("writing");
@@ -601,24 +584,4 @@ fn relation_text(between: &str, cap: usize) -> String {
         .join(" ")
         .trim_end_matches(|c: char| !c.is_alphanumeric())
         .to_string()
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn progress_bar(enabled: bool) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    // `stderr()` draws nothing when stderr is not a terminal.
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg}: {human_pos} passages ({elapsed})")
-            .expect("the progress template is valid"),
-    );
-    if !bar.is_hidden() {
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    }
-    bar
 }

@@ -37,6 +37,7 @@ use std::path::PathBuf;
 
 use crate::corpus::CorpusError;
 
+mod build;
 mod container;
 mod format;
 mod kg;

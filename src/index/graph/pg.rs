@@ -38,9 +38,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use super::build::{progress_bar, refuse_existing, round3, title_linker};
 use super::{GraphError, GraphKind, PassageGraph};
 use crate::corpus::{CorpusError, Passage, PassageReader};
 
@@ -291,28 +292,9 @@ pub fn build_pg_from_path(
     let start = Instant::now();
     let _span =
         tracing::info_span!("build_pg", corpus = %corpus.display(), out = %out.display()).entered();
-    // Fail before the long work if the output may not be written.
-    if out.exists() && !opts.overwrite {
-        return Err(GraphError::Exists {
-            path: out.to_path_buf(),
-            reason: "it exists (pass overwrite to replace it)",
-        });
-    }
+    refuse_existing(out, opts.overwrite)?;
     let bar = progress_bar(opts.progress);
-    bar.set_message("reading titles");
-    let mut titles = Vec::new();
-    for p in PassageReader::open(corpus)? {
-        titles.push(p?.title);
-        if titles.len().is_multiple_of(4096) {
-            bar.set_position(titles.len() as u64);
-        }
-    }
-    let linker = EntityLinker::new(
-        titles.iter().map(String::as_str),
-        opts.min_title_chars,
-        opts.capitalised_spans,
-    );
-    drop(titles);
+    let linker = title_linker(corpus, opts.min_title_chars, opts.capitalised_spans, &bar)?;
     bar.set_position(0);
     bar.set_message("linking entities");
     let (graph, mut stats) = link_and_connect(&linker, PassageReader::open(corpus)?, opts, &bar)?;
@@ -437,24 +419,4 @@ fn link_and_connect(
         ..stats
     };
     Ok((graph, stats))
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn progress_bar(enabled: bool) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    // `stderr()` draws nothing when stderr is not a terminal.
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg}: {human_pos} passages ({elapsed})")
-            .expect("the progress template is valid"),
-    );
-    if !bar.is_hidden() {
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    }
-    bar
 }

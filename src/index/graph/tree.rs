@@ -42,9 +42,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use super::build::{progress_bar, refuse_existing, round3};
 use super::tree_format::TreeParts;
 use super::{split_sentences, text_terms, GraphError, GraphKind, TreeIndex};
 use crate::corpus::{Passage, PassageReader};
@@ -489,12 +490,7 @@ pub fn build_tree_from_path(
     let start = Instant::now();
     let _span = tracing::info_span!("build_tree", corpus = %corpus.display(), out = %out.display())
         .entered();
-    if out.exists() && !opts.overwrite {
-        return Err(GraphError::Exists {
-            path: out.to_path_buf(),
-            reason: "it exists (pass overwrite to replace it)",
-        });
-    }
+    refuse_existing(out, opts.overwrite)?;
     let bar = progress_bar(opts.progress);
     bar.set_message("reading passages");
     let mut passages = Vec::new();
@@ -658,24 +654,4 @@ fn build_core(
         embeddings,
     });
     Ok((tree, stats))
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn progress_bar(enabled: bool) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    // `stderr()` draws nothing when stderr is not a terminal.
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg}: {human_pos} passages ({elapsed})")
-            .expect("the progress template is valid"),
-    );
-    if !bar.is_hidden() {
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    }
-    bar
 }
