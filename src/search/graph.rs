@@ -119,18 +119,13 @@ impl GraphRetriever {
         let bm25 = Bm25Retriever::open_with(index, bm25)?;
         let graph_path = graph.as_ref().to_path_buf();
         let graph = PassageGraph::read(&graph_path)?;
-        if graph.num_nodes() as u64 != bm25.num_passages() {
-            return Err(GraphError::IndexMismatch {
-                graph: graph_path,
-                index: bm25.path().to_path_buf(),
-                reason: format!(
-                    "the graph has {} nodes, the index {} passages (rebuild the graph from the index's corpus)",
-                    graph.num_nodes(),
-                    bm25.num_passages()
-                ),
-            }
-            .into());
-        }
+        same_corpus(
+            &graph_path,
+            "graph",
+            graph.num_nodes() as u64,
+            "nodes",
+            &bm25,
+        )?;
         tracing::debug!(
             graph = %graph_path.display(),
             nodes = graph.num_nodes(),
@@ -233,4 +228,30 @@ impl Retriever for GraphRetriever {
         }
         Ok(hits)
     }
+}
+
+/// Checks that a graph-RAG file was built over the corpus of `bm25`'s index: its `count`
+/// (`unit`: nodes, passages, leaves) must equal the index's passage count.
+///
+/// # Errors
+/// [`SearchError::Graph`] wrapping [`GraphError::IndexMismatch`], naming both paths.
+pub(crate) fn same_corpus(
+    path: &Path,
+    kind: &str,
+    count: u64,
+    unit: &str,
+    bm25: &Bm25Retriever,
+) -> Result<(), SearchError> {
+    if count == bm25.num_passages() {
+        return Ok(());
+    }
+    Err(GraphError::IndexMismatch {
+        graph: path.to_path_buf(),
+        index: bm25.path().to_path_buf(),
+        reason: format!(
+            "the {kind} has {count} {unit}, the index {} passages (rebuild the {kind} from the index's corpus)",
+            bm25.num_passages()
+        ),
+    }
+    .into())
 }

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use super::{Bm25Options, Bm25Retriever, Hit, Retriever, SearchError};
 use crate::corpus::Passage;
 use crate::index::graph::{
-    text_terms, EntityLinker, GraphError, GraphKind, KnowledgeGraph, DEFAULT_MIN_TITLE_CHARS,
+    text_terms, EntityLinker, GraphKind, KnowledgeGraph, DEFAULT_MIN_TITLE_CHARS,
 };
 
 /// Default damping factor `d` of personalized PageRank (the walk continues with probability
@@ -350,18 +350,13 @@ impl KgRetriever {
         let bm25 = Bm25Retriever::open_with(index, bm25)?;
         let graph_path = graph.as_ref().to_path_buf();
         let graph = KnowledgeGraph::read(&graph_path)?;
-        if graph.num_passages() as u64 != bm25.num_passages() {
-            return Err(GraphError::IndexMismatch {
-                graph: graph_path,
-                index: bm25.path().to_path_buf(),
-                reason: format!(
-                    "the graph has {} passages, the index {} (rebuild the graph from the index's corpus)",
-                    graph.num_passages(),
-                    bm25.num_passages()
-                ),
-            }
-            .into());
-        }
+        super::graph::same_corpus(
+            &graph_path,
+            "graph",
+            graph.num_passages() as u64,
+            "passages",
+            &bm25,
+        )?;
         let transitions = TransitionMatrix::from_adjacency(&graph.entity_adjacency());
         let linker = EntityLinker::new(
             graph.entities().iter().map(|e| e.name.as_str()),

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Bm25Options, Bm25Retriever, Hit, Retriever, SearchError};
-use crate::index::graph::{dot, Embedder, GraphError, TfidfEmbedder, TreeIndex};
+use crate::index::graph::{dot, Embedder, TfidfEmbedder, TreeIndex};
 
 /// Prefix of a summary hit's id; the node number follows, e.g. `summary:48250`.
 pub const SUMMARY_ID_PREFIX: &str = "summary:";
@@ -136,18 +136,13 @@ impl TreeRetriever {
         let bm25 = Bm25Retriever::open_with(index, bm25)?;
         let tree_path = tree.as_ref().to_path_buf();
         let tree = TreeIndex::read(&tree_path)?;
-        if tree.num_passages() as u64 != bm25.num_passages() {
-            return Err(GraphError::IndexMismatch {
-                graph: tree_path,
-                index: bm25.path().to_path_buf(),
-                reason: format!(
-                    "the tree has {} leaves, the index {} passages (rebuild the tree from the index's corpus)",
-                    tree.num_passages(),
-                    bm25.num_passages()
-                ),
-            }
-            .into());
-        }
+        super::graph::same_corpus(
+            &tree_path,
+            "tree",
+            tree.num_passages() as u64,
+            "leaves",
+            &bm25,
+        )?;
         let embedder = tree.embedder();
         tracing::debug!(tree = %tree_path.display(), nodes = tree.num_nodes(), levels = tree.num_levels(), "opened tree");
         Ok(Self {
