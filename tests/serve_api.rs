@@ -440,19 +440,7 @@ async fn disconnecting_client_cancels_its_generation() {
         seen.push_str(&String::from_utf8_lossy(&s.next().await.unwrap().unwrap()));
     }
     drop(s);
-    let t0 = Instant::now();
-    loop {
-        let stats = health(&base).await["stats"].clone();
-        if stats["cancelled"] == 1 {
-            assert_eq!(stats["completed"], 0, "{stats}");
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "not cancelled: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_cancelled(&base, 1, 0).await;
     // The worker is free again at once.
     let t0 = Instant::now();
     let (s, v) = post(&base, &ask(json!({"max_tokens": 2}))).await;
@@ -469,12 +457,18 @@ async fn disconnecting_client_cancels_its_generation() {
         .send()
         .await;
     assert!(r.is_err(), "the client timed out");
+    wait_cancelled(&base, 2, 1).await;
+}
+
+/// Polls `/health` (10 s at most) until `cancelled` requests were counted, then checks how many
+/// had completed.
+async fn wait_cancelled(base: &str, cancelled: u64, completed: u64) {
     let t0 = Instant::now();
     loop {
-        let stats = health(&base).await["stats"].clone();
-        if stats["cancelled"] == 2 {
-            assert_eq!(stats["completed"], 1, "{stats}");
-            break;
+        let stats = health(base).await["stats"].clone();
+        if stats["cancelled"] == cancelled {
+            assert_eq!(stats["completed"], completed, "{stats}");
+            return;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(10),
