@@ -14,9 +14,10 @@ use sleuth::index::graph::{
     KnowledgeGraph, PassageGraph, PgOptions,
 };
 use sleuth::index::{build_bm25, IndexOptions};
+use sleuth::search::kg::{personalized_pagerank_push, PprAlgorithm, PushRank};
 use sleuth::search::{
     personalized_pagerank, KgRetriever, KgSearchOptions, PprOptions, Retriever, SearchError,
-    SeedSource,
+    SeedSource, TransitionMatrix,
 };
 
 fn p(id: &str, title: &str, text: &str) -> Passage {
@@ -385,6 +386,146 @@ fn personalized_pagerank_matches_hand_solved_cases() {
     assert!(close(r.iter().sum(), 1.0));
 }
 
+/// Exact personalized PageRank for the push tests: the power iteration run to convergence.
+fn converged(adjacency: &[Vec<(u32, f32)>], seeds: &[(u32, f64)]) -> Vec<f64> {
+    let exact = PprOptions {
+        max_iterations: 5000,
+        tolerance: 1e-15,
+        algorithm: PprAlgorithm::PowerIteration,
+        ..PprOptions::default()
+    };
+    personalized_pagerank(adjacency, seeds, &exact)
+}
+
+fn push_with(epsilon: f64) -> PprOptions {
+    PprOptions {
+        epsilon,
+        ..PprOptions::default()
+    }
+}
+
+/// An undirected weighted graph from `(a, b, weight)` edges over `n` nodes.
+fn undirected(n: usize, edges: &[(u32, u32, f32)]) -> Vec<Vec<(u32, f32)>> {
+    let mut adjacency = vec![Vec::new(); n];
+    for &(a, b, w) in edges {
+        adjacency[a as usize].push((b, w));
+        adjacency[b as usize].push((a, w));
+    }
+    adjacency
+}
+
+#[test]
+fn push_stays_within_epsilon_times_weighted_degree_of_power_iteration() {
+    // Ten nodes, weighted, with a triangle (not bipartite), a long tail and a hub; no node
+    // without edges, so the forward push's guarantee (ACL 2006) holds per node:
+    //   0 ≤ π(v) − p(v) < ε · w(v),  and  Σ_v (π(v) − p(v)) = residual.
+    let edges = [
+        (0, 1, 1.0),
+        (1, 2, 2.0),
+        (2, 0, 1.0),
+        (2, 3, 3.0),
+        (3, 4, 1.0),
+        (4, 5, 1.0),
+        (5, 6, 0.5),
+        (3, 7, 1.0),
+        (3, 8, 4.0),
+        (3, 9, 1.0),
+        (8, 9, 2.0),
+    ];
+    let graph = undirected(10, &edges);
+    let degree: Vec<f64> = graph
+        .iter()
+        .map(|row| row.iter().map(|&(_, w)| f64::from(w)).sum())
+        .collect();
+    for seeds in [vec![(0, 1.0)], vec![(6, 2.0), (8, 1.0), (6, 1.0)]] {
+        let exact = converged(&graph, &seeds);
+        for epsilon in [1e-1, 1e-2, 1e-3, 1e-5, 1e-8] {
+            let push = personalized_pagerank_push(&graph, &seeds, &push_with(epsilon));
+            let got = push.to_dense(graph.len());
+            let mut error = 0.0;
+            for v in 0..graph.len() {
+                let gap = exact[v] - got[v];
+                assert!(
+                    gap > -1e-12,
+                    "ε {epsilon}, node {v}: {got:?} above {exact:?}"
+                );
+                assert!(
+                    gap < epsilon * degree[v] + 1e-12,
+                    "ε {epsilon}, node {v}: {gap} ≥ ε · w = {}",
+                    epsilon * degree[v]
+                );
+                error += gap;
+            }
+            assert!((error - push.residual).abs() < 1e-9, "{error} vs {push:?}");
+            assert!(push.scores.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+    }
+
+    // The hand-solved cases above, reached by the push at a small ε (errors < ε · w ≤ 4e-10).
+    let path = vec![vec![(1, 1.0)], vec![(0, 1.0), (2, 1.0)], vec![(1, 1.0)]];
+    let ra = 0.0958125 / 0.2775;
+    let want = [ra, 0.85 * (2.0 * ra - 0.15), ra - 0.15];
+    let got = personalized_pagerank_push(&path, &[(0, 1.0)], &push_with(1e-10)).to_dense(3);
+    assert!(got.iter().zip(want).all(|(g, w)| close(*g, w)), "{got:?}");
+    let star = vec![vec![(1, 3.0), (2, 1.0)], vec![(0, 3.0)], vec![(0, 1.0)]];
+    let got = personalized_pagerank_push(&star, &[(0, 1.0)], &push_with(1e-10)).to_dense(3);
+    let ra = 0.15 / 0.2775;
+    assert!(close(got[0], ra) && close(got[1], 0.6375 * ra) && close(got[2], 0.2125 * ra));
+
+    // A seed without edges sends its walk back to the seeds, as the power iteration does;
+    // the L1 identity still holds. No seeds: nothing.
+    let lonely = vec![vec![], vec![(2, 1.0)], vec![(1, 1.0)]];
+    let seeds = [(0, 3.0), (1, 1.0)];
+    let exact = converged(&lonely, &seeds);
+    let push = personalized_pagerank_push(&lonely, &seeds, &push_with(1e-10));
+    let got = push.to_dense(3);
+    assert!(
+        got.iter().zip(&exact).all(|(g, w)| close(*g, *w)),
+        "{got:?}"
+    );
+    let error: f64 = exact.iter().zip(&got).map(|(w, g)| w - g).sum();
+    assert!((error - push.residual).abs() < 1e-9);
+    let none = personalized_pagerank_push(&lonely, &[], &push_with(1e-10));
+    assert_eq!(none, PushRank::default());
+}
+
+#[test]
+fn push_never_touches_another_component() {
+    // Component A: nodes 0–3 (a 4-cycle with a chord); component B: nodes 4–9 (a clique).
+    let mut edges = vec![
+        (0, 1, 1.0),
+        (1, 2, 1.0),
+        (2, 3, 1.0),
+        (3, 0, 1.0),
+        (0, 2, 2.0),
+    ];
+    for a in 4..10 {
+        for b in a + 1..10 {
+            edges.push((a, b, 1.0));
+        }
+    }
+    let graph = undirected(10, &edges);
+    let matrix = TransitionMatrix::from_adjacency(&graph);
+    for epsilon in [1e-2, 1e-6, 1e-12] {
+        let push = matrix.personalized_pagerank_push(&[(1, 1.0), (3, 0.5)], &push_with(epsilon));
+        assert!(!push.scores.is_empty());
+        assert!(
+            push.scores.iter().all(|&(v, _)| v < 4),
+            "ε {epsilon}: touched {:?}",
+            push.scores
+        );
+        let total: f64 = push.scores.iter().map(|(_, x)| x).sum();
+        assert!((total + push.residual - 1.0).abs() < 1e-9, "{push:?}");
+    }
+    // Seeded in B only, it stays in B; the same matrix answers both in turn.
+    let push = matrix.personalized_pagerank_push(&[(7, 1.0)], &push_with(1e-9));
+    assert!(push.scores.iter().all(|&(v, _)| v >= 4), "{push:?}");
+    assert_eq!(push.scores.len(), 6);
+    // The exact iteration agrees that A holds no mass.
+    let exact = matrix.personalized_pagerank(&[(7, 1.0)], &PprOptions::default());
+    assert!(exact[..4].iter().all(|&x| x == 0.0));
+}
+
 #[test]
 fn format_round_trips_every_kind_and_rejects_damage_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -596,7 +737,11 @@ fn ranking_follows_pagerank_and_reaches_passages_bm25_misses() {
     )
     .unwrap();
     let g = r.graph();
-    let rank = personalized_pagerank(&g.entity_adjacency(), &[(1, 1.0)], &PprOptions::default());
+    // The retriever's default PageRank, the forward push (its agreement with the power
+    // iteration is checked in push_and_power_iteration_retrievers_rank_alike_and_read_from_toml).
+    let rank =
+        personalized_pagerank_push(&g.entity_adjacency(), &[(1, 1.0)], &PprOptions::default())
+            .to_dense(g.entities().len());
     let mut want: Vec<(String, f64)> = (0..5u32)
         .map(|p| {
             let s: f64 = g
@@ -689,6 +834,60 @@ fn kg_retriever_keeps_the_retriever_contract() {
             ..
         })
     ));
+    for epsilon in [0.0, -1e-6, f64::NAN, f64::INFINITY] {
+        let bad = KgRetriever::open_with(
+            &index,
+            dir.path().join("kg"),
+            Default::default(),
+            KgSearchOptions {
+                ppr: push_with(epsilon),
+                ..KgSearchOptions::default()
+            },
+        );
+        assert!(
+            matches!(
+                bad,
+                Err(SearchError::InvalidOption {
+                    name: "epsilon",
+                    ..
+                })
+            ),
+            "{epsilon}"
+        );
+    }
+}
+
+#[test]
+fn push_and_power_iteration_retrievers_rank_alike_and_read_from_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = fixture(dir.path());
+    let section: KgSearchOptions =
+        toml::from_str("[ppr]\nalgorithm = \"power_iteration\"\nmax_iterations = 500\n").unwrap();
+    assert_eq!(section.ppr.algorithm, PprAlgorithm::PowerIteration);
+    assert_eq!(section.ppr.epsilon, PprOptions::default().epsilon);
+    let exact =
+        KgRetriever::open_with(&index, dir.path().join("kg"), Default::default(), section).unwrap();
+    let push: KgSearchOptions = toml::from_str("[ppr]\nepsilon = 1e-9\n").unwrap();
+    assert_eq!(push.ppr.algorithm, PprAlgorithm::Push);
+    let push =
+        KgRetriever::open_with(&index, dir.path().join("kg"), Default::default(), push).unwrap();
+    let default = KgRetriever::open(&index, dir.path().join("kg")).unwrap();
+    assert_eq!(default.options().ppr.algorithm, PprAlgorithm::Push);
+    for query in [
+        "Andy Reid",
+        "Who coached the Chiefs?",
+        "Los Angeles",
+        "stadium zebras",
+    ] {
+        let a = exact.search(query, 5).unwrap();
+        let b = push.search(query, 5).unwrap();
+        let ids = |h: &[sleuth::search::Hit]| h.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b), "{query}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x.score - y.score).abs() < 1e-5, "{query}: {a:?} vs {b:?}");
+        }
+        assert_eq!(ids(&default.search(query, 5).unwrap()), ids(&a), "{query}");
+    }
 }
 
 #[test]
