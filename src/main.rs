@@ -184,7 +184,78 @@ enum IndexCmd {
         /// default: the library's, 10).
         #[arg(long)]
         cluster_size: Option<usize>,
+        #[command(flatten)]
+        llm: LlmArgs,
+        #[command(flatten)]
+        embed: EmbedArgs,
     },
+}
+
+/// The embedder flags of `index graph --kind tree`.
+#[derive(Args)]
+struct EmbedArgs {
+    /// Node embedder of the tree (tree only): `minilm` (all-MiniLM-L6-v2 run in burn, 384
+    /// dimensions; the default; about an hour for the 48k-passage corpus on 2 CPU cores) or
+    /// `tfidf` (hashed TF-IDF, 256 dimensions, seconds). The tree file records it, so the
+    /// retriever embeds queries the same way.
+    #[arg(long, value_parser = ["minilm", "tfidf"])]
+    embedder: Option<String>,
+    /// The all-MiniLM-L6-v2 model folder (tree with --embedder minilm; default:
+    /// models/all-MiniLM-L6-v2, installed by scripts/setup).
+    #[arg(long)]
+    embedder_model: Option<PathBuf>,
+}
+
+impl EmbedArgs {
+    fn given(&self) -> bool {
+        self.embedder.is_some() || self.embedder_model.is_some()
+    }
+}
+
+/// The LLM flags of `index graph`.
+#[derive(Args)]
+struct LlmArgs {
+    /// OpenAI-compatible chat endpoint for extraction (kg, tkg, rkg: triples, descriptions,
+    /// keywords) and summaries (tree), e.g. `http://127.0.0.1:8080`, with or without `/v1`.
+    /// Needs --llm-model. Replies are cached in `<out>.llm-cache.jsonl`, so a re-run resumes an
+    /// interrupted build; an API key is read from env SLEUTH_LLM_API_KEY.
+    #[arg(long, requires = "llm_model")]
+    llm_url: Option<String>,
+    /// Model name sent in every LLM request (with --llm-url).
+    #[arg(long, requires = "llm_url")]
+    llm_model: Option<String>,
+    /// Most LLM requests in flight (with --llm-url; default: the library's, 4).
+    #[arg(long, requires = "llm_url")]
+    llm_concurrency: Option<usize>,
+    /// Retries of an LLM request after a connection error, timeout, 429 or 5xx (with
+    /// --llm-url; default: the library's, 3).
+    #[arg(long, requires = "llm_url")]
+    llm_retries: Option<u32>,
+    /// Cap on the tokens of each LLM reply, sent as `max_tokens` (with --llm-url; default: the
+    /// library's, 1024).
+    #[arg(long, requires = "llm_url")]
+    llm_max_tokens: Option<u32>,
+}
+
+impl LlmArgs {
+    /// The LLM options the flags ask for; `None` without --llm-url.
+    fn options(self) -> Result<Option<sleuth::llm::LlmOptions>> {
+        let Some(url) = self.llm_url else {
+            return Ok(None);
+        };
+        let Some(model) = self.llm_model else {
+            bail!("--llm-url needs --llm-model");
+        };
+        let defaults = sleuth::llm::LlmOptions::default();
+        Ok(Some(sleuth::llm::LlmOptions {
+            url,
+            model,
+            concurrency: self.llm_concurrency.unwrap_or(defaults.concurrency),
+            retries: self.llm_retries.unwrap_or(defaults.retries),
+            max_tokens: self.llm_max_tokens.unwrap_or(defaults.max_tokens),
+            ..defaults
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -409,14 +480,25 @@ fn run(cli: Cli) -> Result<()> {
             min_shared,
             max_df,
             cluster_size,
+            llm,
+            embed,
         }) if kind == "tree" => {
             if min_shared.is_some() || max_df.is_some() {
                 bail!("--min-shared and --max-df do not apply to --kind tree");
             }
             let defaults = sleuth::index::graph::TreeOptions::default();
+            let embedder = match embed.embedder.as_deref() {
+                Some(name) => serde_json::from_value(serde_json::json!(name))?,
+                None => defaults.embedder,
+            };
             let opts = sleuth::index::graph::TreeOptions {
                 overwrite,
                 cluster_size: cluster_size.unwrap_or(defaults.cluster_size),
+                embedder,
+                embedder_model: embed
+                    .embedder_model
+                    .unwrap_or_else(|| defaults.embedder_model.clone()),
+                llm: llm.options()?,
                 ..defaults
             };
             let stats = sleuth::index::graph::build_tree_from_path(&corpus, &out, &opts)?;
@@ -431,8 +513,13 @@ fn run(cli: Cli) -> Result<()> {
             min_shared,
             max_df,
             cluster_size,
+            llm,
+            embed,
         }) if kind != "pg" => {
             use sleuth::index::graph::{build_kg_from_path, GraphKind, KgOptions};
+            if embed.given() {
+                bail!("--embedder and --embedder-model apply to --kind tree only");
+            }
             if min_shared.is_some() {
                 bail!("--min-shared applies to --kind pg only");
             }
@@ -448,6 +535,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = KgOptions {
                 overwrite,
                 max_df: max_df.unwrap_or(defaults.max_df),
+                llm: llm.options()?,
                 ..defaults
             };
             let stats = build_kg_from_path(&corpus, &out, kind, &opts)?;
@@ -462,9 +550,17 @@ fn run(cli: Cli) -> Result<()> {
             min_shared,
             max_df,
             cluster_size,
+            llm,
+            embed,
         }) => {
+            if embed.given() {
+                bail!("--embedder and --embedder-model apply to --kind tree only");
+            }
             if cluster_size.is_some() {
                 bail!("--cluster-size applies to --kind tree only");
+            }
+            if llm.llm_url.is_some() {
+                bail!("--llm-url applies to kg, tkg, rkg and tree, not pg");
             }
             let defaults = sleuth::index::graph::PgOptions::default();
             let opts = sleuth::index::graph::PgOptions {

@@ -12,7 +12,7 @@ use sleuth::config::SearchSection;
 use sleuth::corpus::Passage;
 use sleuth::index::graph::{
     bisecting_clusters, build_pg, build_tree, build_tree_from_path, hashed_feature, kmeans,
-    Embedder, GraphError, PgOptions, TfidfEmbedder, TreeIndex, TreeOptions,
+    Embedder, EmbedderKind, GraphError, PgOptions, TfidfEmbedder, TreeIndex, TreeOptions,
 };
 use sleuth::index::{build_bm25, IndexOptions};
 use sleuth::search::{Retriever, SearchError, TreeRetriever, TreeSearchOptions};
@@ -63,9 +63,11 @@ fn corpus() -> Vec<Passage> {
     ]
 }
 
-/// Cluster size 3, one summary sentence, enough dimensions that the few terms do not collide.
+/// TF-IDF embedder, cluster size 3, one summary sentence, enough dimensions that the few terms
+/// do not collide.
 fn opts() -> TreeOptions {
     TreeOptions {
+        embedder: EmbedderKind::Tfidf,
         cluster_size: 3,
         dims: 1024,
         summary_sentences: 1,
@@ -318,7 +320,7 @@ fn format_round_trips_and_rejects_damage_naming_the_file() {
     assert_eq!(bytes, std::fs::metadata(&path).unwrap().len());
     let back = TreeIndex::read(&path).unwrap();
     assert_eq!(back, tree);
-    assert_eq!(back.embedder(), tree.embedder());
+    assert_eq!(back.embedder_kind(), EmbedderKind::Tfidf);
     let image = std::fs::read(&path).unwrap();
     assert_eq!(&image[..8], b"SLEUTHTR");
     let named = |err: &GraphError| err.to_string().contains(&path.display().to_string());
@@ -623,6 +625,8 @@ fn cli_builds_a_tree_and_searches_it_through_a_config() {
             "tree",
             "--cluster-size",
             "3",
+            "--embedder",
+            "tfidf",
             "--corpus",
         ])
         .arg(&corpus_path)
@@ -672,6 +676,82 @@ fn cli_builds_a_tree_and_searches_it_through_a_config() {
             .unwrap();
         assert!(!out.status.success());
     }
+}
+
+/// A MiniLM tree (the default embedder, model from scripts/setup): nodes carry 384-dim
+/// model embeddings, the file stores no vocabulary and records the embedder, and the retriever
+/// loads the model to embed queries, so a paraphrase that shares no word with the corpus still
+/// finds its topic, which the TF-IDF tree cannot.
+#[test]
+fn minilm_tree_embeds_by_meaning_and_round_trips() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join(sleuth::embed::DEFAULT_MINILM_DIR);
+    assert!(
+        model.is_dir(),
+        "{} missing: run scripts/setup",
+        model.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let minilm = TreeOptions {
+        embedder: EmbedderKind::Minilm,
+        embedder_model: model.clone(),
+        ..opts()
+    };
+    let (tree, stats) = build_tree(&corpus(), &minilm).unwrap();
+    assert_eq!(stats.embedder, EmbedderKind::Minilm);
+    assert_eq!((stats.dims, stats.vocabulary), (384, 0));
+    assert_eq!(tree.embedder_kind(), EmbedderKind::Minilm);
+    // Two topics with disjoint meaning: the model puts each in its own cluster too.
+    assert_eq!(tree.nodes_per_level(), vec![6, 2]);
+    let kids: Vec<Vec<u32>> = (6..8).map(|n| tree.children(n).to_vec()).collect();
+    assert!(
+        kids.contains(&vec![0, 1, 2]) && kids.contains(&vec![3, 4, 5]),
+        "{kids:?}"
+    );
+    // A leaf's embedding is the model's embedding of "title text".
+    let e = sleuth::embed::MiniLmEmbedder::load(&model).unwrap();
+    let direct = e.embed("Cats Cats purr softly. Grandma knits woollen sweaters.");
+    let diff = direct
+        .iter()
+        .zip(tree.embedding(0))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-4, "leaf embedding differs by {diff}");
+
+    let path = dir.path().join("tree");
+    tree.write(&path, false).unwrap();
+    let back = TreeIndex::read(&path).unwrap();
+    assert_eq!(back, tree);
+    let index = bm25_index(dir.path(), &corpus());
+    let query = "spacecraft launched into space";
+    let search = |p: &Path, model: &Path| {
+        let o = TreeSearchOptions {
+            embedder_model: model.to_path_buf(),
+            ..tree_only(true)
+        };
+        TreeRetriever::open_with(&index, p, Default::default(), o)
+    };
+    let hits = search(&path, &model).unwrap().search(query, 3).unwrap();
+    let ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+    assert!(
+        ids.iter().all(|id| ["t3", "t4", "t5"].contains(id)),
+        "rocket passages for a paraphrase: {ids:?}"
+    );
+    // The TF-IDF tree of the same corpus knows none of the query's words.
+    let tfidf_path = dir.path().join("tfidf-tree");
+    build_tree(&corpus(), &opts())
+        .unwrap()
+        .0
+        .write(&tfidf_path, false)
+        .unwrap();
+    assert!(search(&tfidf_path, &model)
+        .unwrap()
+        .search(query, 3)
+        .unwrap()
+        .is_empty());
+    // A MiniLM tree without its model is a clear error naming the folder.
+    let err = search(&path, &dir.path().join("no-model")).unwrap_err();
+    assert!(err.to_string().contains("no-model"), "{err}");
 }
 
 /// Retrieval quality of the tree against plain BM25: support recall on hotpotqa_500 and answer

@@ -2,7 +2,8 @@
 //! *collapsed-tree* retrieval (Sarthi et al. 2024, arXiv 2401.18059), which searches all levels
 //! together.
 //!
-//! The query is embedded with the tree's own embedder (rebuilt from the vocabulary in the file),
+//! The query is embedded with the tree's own embedder (a TF-IDF tree's is rebuilt from the
+//! vocabulary in the file; a MiniLM tree's is loaded from [`TreeSearchOptions::embedder_model`]),
 //! every node, leaves and summaries alike, is scored by the dot product of the unit embeddings
 //! (their cosine), and the best `k` with a positive score come back:
 //!
@@ -35,7 +36,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Bm25Options, Bm25Retriever, Hit, Retriever, SearchError};
-use crate::index::graph::{dot, Embedder, TfidfEmbedder, TreeIndex};
+use crate::embed::{Embedder, DEFAULT_MINILM_DIR};
+use crate::index::graph::{dot, GraphError, TreeIndex};
 
 /// Prefix of a summary hit's id; the node number follows, e.g. `summary:48250`.
 pub const SUMMARY_ID_PREFIX: &str = "summary:";
@@ -63,6 +65,9 @@ pub struct TreeSearchOptions {
     pub expand_summaries: bool,
     /// Passages a summary hit expands to; at least 1. Default: [`DEFAULT_TREE_EXPAND_LEAVES`].
     pub expand_leaves: usize,
+    /// The all-MiniLM-L6-v2 model folder that embeds queries against a MiniLM tree (unused for
+    /// a TF-IDF tree). Default: [`DEFAULT_MINILM_DIR`], as `scripts/setup` installs it.
+    pub embedder_model: PathBuf,
 }
 
 impl Default for TreeSearchOptions {
@@ -72,6 +77,7 @@ impl Default for TreeSearchOptions {
             bm25_candidates: DEFAULT_TREE_BM25_CANDIDATES,
             expand_summaries: true,
             expand_leaves: DEFAULT_TREE_EXPAND_LEAVES,
+            embedder_model: PathBuf::from(DEFAULT_MINILM_DIR),
         }
     }
 }
@@ -96,13 +102,22 @@ impl TreeSearchOptions {
 }
 
 /// Collapsed-tree retrieval over a RAPTOR tree, passages from a BM25 index (module doc).
-#[derive(Debug)]
 pub struct TreeRetriever {
     bm25: Bm25Retriever,
     tree: TreeIndex,
-    embedder: TfidfEmbedder,
+    embedder: Box<dyn Embedder>,
     tree_path: PathBuf,
     opts: TreeSearchOptions,
+}
+
+impl std::fmt::Debug for TreeRetriever {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeRetriever")
+            .field("tree_path", &self.tree_path)
+            .field("embedder", &self.tree.embedder_kind())
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TreeRetriever {
@@ -125,7 +140,8 @@ impl TreeRetriever {
     /// [`SearchError::InvalidOption`] for an option out of range; what
     /// [`Bm25Retriever::open_with`] returns; [`SearchError::Graph`] when the tree cannot be read
     /// ([`TreeIndex::read`]) or has another passage count than the index
-    /// ([`GraphError::IndexMismatch`]).
+    /// ([`GraphError::IndexMismatch`]), and [`GraphError::Embed`] when a MiniLM tree's model
+    /// cannot be loaded from [`TreeSearchOptions::embedder_model`].
     pub fn open_with(
         index: impl AsRef<Path>,
         tree: impl AsRef<Path>,
@@ -143,7 +159,9 @@ impl TreeRetriever {
             "leaves",
             &bm25,
         )?;
-        let embedder = tree.embedder();
+        let embedder = tree
+            .embedder(&opts.embedder_model)
+            .map_err(|e| SearchError::Graph(GraphError::Embed(e)))?;
         tracing::debug!(tree = %tree_path.display(), nodes = tree.num_nodes(), levels = tree.num_levels(), "opened tree");
         Ok(Self {
             bm25,

@@ -30,6 +30,10 @@
 //! `idf = ln(S / sf)` with `S` the corpus's sentences and `sf` the sentences holding the term.
 //! Ties go to the alphabetically first term.
 //!
+//! **With an LLM** ([`KgOptions::llm`]), entities, relations, descriptions and keywords come
+//! from an extraction reply per passage instead (the `llm` submodule's doc gives the rules), and
+//! the corpus is read once; the file format is the same.
+//!
 //! Building from a file reads the corpus three times: titles for the gazetteer, entities for
 //! document frequencies, then sentences; only ids, entity lists and (for TKG/RKG) the sentences
 //! that mention an entity are held in memory.
@@ -47,6 +51,9 @@ use super::{
 };
 use crate::corpus::{CorpusError, Passage, PassageReader};
 use crate::eval::retrieval::STOP_WORDS;
+use crate::llm::{LlmClient, LlmOptions};
+
+mod llm;
 
 /// Default cap on an entity's document frequency; more common entities are not nodes.
 pub const DEFAULT_KG_MAX_DF: usize = 200;
@@ -92,6 +99,11 @@ pub struct KgOptions {
     /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
     /// Default: `true`.
     pub progress: bool,
+    /// Extract entities and relations with this OpenAI-compatible chat endpoint instead of
+    /// sentence co-occurrence (module doc). Its cache defaults to `<out>.llm-cache.jsonl`
+    /// beside the output of [`build_kg_from_path`]; [`build_kg`] caches only when
+    /// [`LlmOptions::cache`] is set. Default: `None` (no LLM).
+    pub llm: Option<LlmOptions>,
 }
 
 impl Default for KgOptions {
@@ -106,6 +118,7 @@ impl Default for KgOptions {
             keywords: DEFAULT_KEYWORDS,
             overwrite: false,
             progress: true,
+            llm: None,
         }
     }
 }
@@ -132,6 +145,9 @@ impl KgOptions {
         }
         if self.keywords == 0 {
             return bad("keywords", "must be at least 1");
+        }
+        if let Some(llm) = &self.llm {
+            llm.validate()?;
         }
         Ok(())
     }
@@ -162,6 +178,25 @@ pub struct KgStats {
     pub seconds: f64,
     /// Size of the written file in bytes (0 when nothing was written).
     pub bytes_on_disk: u64,
+    /// With an LLM: extraction requests completed over the network (0 without).
+    #[serde(default)]
+    pub llm_requests: u64,
+    /// With an LLM: passages answered from the reply cache without a request.
+    #[serde(default)]
+    pub llm_cached: u64,
+    /// With an LLM: retried attempts (connection errors, timeouts, 429, 5xx).
+    #[serde(default)]
+    pub llm_retries: u64,
+    /// With an LLM: passages whose reply held no usable JSON (left without entities).
+    #[serde(default)]
+    pub llm_failures: u64,
+}
+
+/// The cache file an LLM build writes beside `out`: `<out>.llm-cache.jsonl`.
+pub fn llm_cache_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".llm-cache.jsonl");
+    name.into()
 }
 
 /// Splits `text` into sentences: a sentence ends at `.`, `!` or `?` followed by whitespace and
@@ -225,7 +260,8 @@ pub fn text_terms(text: &str) -> impl Iterator<Item = String> + '_ {
 ///
 /// # Errors
 /// [`GraphError::InvalidOption`] for an option out of range or a kind that is not a KG kind;
-/// [`GraphError::DuplicateId`] when two passages share an id.
+/// [`GraphError::DuplicateId`] when two passages share an id; with an LLM,
+/// [`GraphError::Llm`] when the endpoint fails for good or the cache is unreadable.
 pub fn build_kg(
     passages: &[Passage],
     kind: GraphKind,
@@ -239,7 +275,11 @@ pub fn build_kg(
         opts.capitalised_spans,
     );
     let open = || Ok(passages.iter().cloned().map(Ok));
-    let (graph, mut stats) = build_core(&linker, open, kind, opts, &ProgressBar::hidden())?;
+    let bar = ProgressBar::hidden();
+    let (graph, mut stats) = match &opts.llm {
+        Some(llm) => llm::build_core_llm(&LlmClient::new(llm)?, open, kind, opts, &bar)?,
+        None => build_core(&linker, open, kind, opts, &bar)?,
+    };
     stats.seconds = round3(start.elapsed().as_secs_f64());
     Ok((graph, stats))
 }
@@ -251,7 +291,9 @@ pub fn build_kg(
 /// # Errors
 /// [`GraphError::Corpus`] naming the corpus file and line; [`GraphError::Exists`] when `out`
 /// may not be replaced; [`GraphError::Io`] naming the file for filesystem failures;
-/// [`GraphError::InvalidOption`] and [`GraphError::DuplicateId`] as for [`build_kg`].
+/// [`GraphError::InvalidOption`], [`GraphError::DuplicateId`] and [`GraphError::Llm`] as for
+/// [`build_kg`]. With an LLM the cache `<out>.llm-cache.jsonl` ([`llm_cache_path`]) is kept
+/// after a failure, so running the build again resumes it.
 pub fn build_kg_from_path(
     corpus: &Path,
     out: &Path,
@@ -264,9 +306,17 @@ pub fn build_kg_from_path(
         .entered();
     refuse_existing(out, opts.overwrite)?;
     let bar = progress_bar(opts.progress);
-    let linker = title_linker(corpus, opts.min_title_chars, opts.capitalised_spans, &bar)?;
     let open = || Ok(PassageReader::open(corpus)?);
-    let (graph, mut stats) = build_core(&linker, open, kind, opts, &bar)?;
+    let (graph, mut stats) = match &opts.llm {
+        Some(llm) => {
+            let client = LlmClient::with_default_cache(llm, &llm_cache_path(out))?;
+            llm::build_core_llm(&client, open, kind, opts, &bar)?
+        }
+        None => {
+            let linker = title_linker(corpus, opts.min_title_chars, opts.capitalised_spans, &bar)?;
+            build_core(&linker, open, kind, opts, &bar)?
+        }
+    };
     bar.set_message("writing");
     stats.bytes_on_disk = graph.write(out, opts.overwrite)?;
     bar.finish_and_clear();
@@ -494,12 +544,23 @@ where
         });
     }
     let graph = KnowledgeGraph::new(kind, ids, entities, out_relations, sentences);
+    let stats = graph_stats(&graph, kind, total_sentences, too_common);
+    Ok((graph, stats))
+}
+
+/// The statistics of a built graph (time, size and LLM counts left at 0).
+fn graph_stats(
+    graph: &KnowledgeGraph,
+    kind: GraphKind,
+    total_sentences: u64,
+    too_common: usize,
+) -> KgStats {
     let mut in_relation = vec![false; graph.entities().len()];
     for r in graph.relations() {
         in_relation[r.head as usize] = true;
         in_relation[r.tail as usize] = true;
     }
-    let stats = KgStats {
+    KgStats {
         kind,
         passages: graph.num_passages() as u64,
         sentences: total_sentences,
@@ -511,8 +572,11 @@ where
         description_sentences: graph.sentences().len() as u64,
         seconds: 0.0,
         bytes_on_disk: 0,
-    };
-    Ok((graph, stats))
+        llm_requests: 0,
+        llm_cached: 0,
+        llm_retries: 0,
+        llm_failures: 0,
+    }
 }
 
 /// The top `k` TF-IDF terms of the sentences `ids` (module doc), excluding `own`.

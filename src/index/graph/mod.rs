@@ -48,7 +48,7 @@ mod tree_format;
 
 pub use format::{GraphKind, PassageGraph, FORMAT_VERSION, MAGIC};
 pub use kg::{
-    build_kg, build_kg_from_path, split_sentences, text_terms, KgOptions, KgStats,
+    build_kg, build_kg_from_path, llm_cache_path, split_sentences, text_terms, KgOptions, KgStats,
     DEFAULT_DESCRIPTION_SENTENCES, DEFAULT_DESCRIPTION_WORDS, DEFAULT_KEYWORDS, DEFAULT_KG_MAX_DF,
     DEFAULT_RELATION_WORDS,
 };
@@ -57,11 +57,12 @@ pub use pg::{
     build_pg, build_pg_from_path, EntityLinker, PgOptions, PgStats, DEFAULT_MAX_DF,
     DEFAULT_MIN_SHARED, DEFAULT_MIN_TITLE_CHARS,
 };
+// The embedders live in crate::embed; re-exported here where the tree's users look for them.
+pub use crate::embed::{hashed_feature, Embedder, EmbedderKind, TfidfEmbedder};
 pub use tree::{
-    bisecting_clusters, build_tree, build_tree_from_path, dot, hashed_feature, kmeans, Embedder,
-    KMeans, TfidfEmbedder, TreeOptions, TreeStats, DEFAULT_CLUSTER_SIZE, DEFAULT_EMBEDDING_DIMS,
-    DEFAULT_KMEANS_ITERATIONS, DEFAULT_SUMMARY_SENTENCES, DEFAULT_SUMMARY_WORDS,
-    DEFAULT_TREE_LEVELS,
+    bisecting_clusters, build_tree, build_tree_from_path, dot, kmeans, KMeans, TreeOptions,
+    TreeStats, DEFAULT_CLUSTER_SIZE, DEFAULT_EMBEDDING_DIMS, DEFAULT_KMEANS_ITERATIONS,
+    DEFAULT_SUMMARY_SENTENCES, DEFAULT_SUMMARY_WORDS, DEFAULT_TREE_LEVELS,
 };
 pub use tree_format::{TreeIndex, TREE_FORMAT_VERSION, TREE_MAGIC};
 
@@ -72,6 +73,9 @@ pub enum GraphError {
     /// Reading the corpus failed; the inner error names the corpus file and line.
     #[error(transparent)]
     Corpus(#[from] CorpusError),
+    /// The tree's embedding model could not be loaded (the inner error names the file).
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
     /// A filesystem operation (open, read, write, rename) failed.
     #[error("{action} {path}: {source}", path = path.display())]
     Io {
@@ -172,4 +176,8 @@ pub enum GraphError {
         /// Why it was rejected.
         reason: String,
     },
+    /// The LLM endpoint failed for good (after retries), or its reply cache is unreadable; the
+    /// inner error names the URL or the cache file.
+    #[error(transparent)]
+    Llm(#[from] crate::llm::LlmError),
 }

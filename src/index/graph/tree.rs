@@ -38,17 +38,20 @@
 //! embedder plugs in behind the same [`Embedder`] trait; the file format reserves an embedder
 //! code for it.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use super::build::{progress_bar, refuse_existing, round3};
+use super::kg::llm_cache_path;
 use super::tree_format::TreeParts;
-use super::{split_sentences, text_terms, GraphError, GraphKind, TreeIndex};
+use super::{split_sentences, GraphError, GraphKind, TreeIndex};
 use crate::corpus::{Passage, PassageReader};
+use crate::embed::{Embedder, EmbedderKind, MiniLmEmbedder, TfidfEmbedder, DEFAULT_MINILM_DIR};
+use crate::llm::{LlmClient, LlmOptions};
 
 /// Default most nodes per cluster (RAPTOR clusters about ten chunks).
 pub const DEFAULT_CLUSTER_SIZE: usize = 10;
@@ -62,141 +65,6 @@ pub const DEFAULT_SUMMARY_SENTENCES: usize = 3;
 pub const DEFAULT_SUMMARY_WORDS: usize = 80;
 /// Default cap on Lloyd iterations per k-means run.
 pub const DEFAULT_KMEANS_ITERATIONS: usize = 10;
-
-/// Turns text into a fixed-length vector whose dot products rank texts by similarity.
-///
-/// This is the seam between the tree (and its retriever) and the embedding model: the builder
-/// embeds nodes and summary sentences, the retriever embeds queries, and both must use the same
-/// embedder. [`TfidfEmbedder`] is the one implemented; a dense model (all-MiniLM-L6-v2, named by
-/// issue 4) implements the same trait.
-pub trait Embedder: Send + Sync {
-    /// Output dimensions `D`.
-    fn dims(&self) -> usize;
-
-    /// Writes the embedding of `text` into `out` (`D` values): unit length, or all zeros when
-    /// the text has nothing the embedder knows.
-    ///
-    /// # Panics
-    /// When `out.len() != self.dims()`.
-    fn embed_into(&self, text: &str, out: &mut [f32]);
-
-    /// The embedding of `text` as a new vector (see [`Embedder::embed_into`]).
-    fn embed(&self, text: &str) -> Vec<f32> {
-        let mut v = vec![0.0; self.dims()];
-        self.embed_into(text, &mut v);
-        v
-    }
-}
-
-/// TF-IDF reduced to `D` dense dimensions by signed feature hashing.
-///
-/// A text's terms are [`super::text_terms`] (lowercase alphanumeric words of two or more
-/// characters, English stop words dropped). Term `t` with count `tf` in the text weighs
-/// `(1 + ln tf) · idf(t)`, with the smoothed `idf(t) = ln((P + 1) / (df(t) + 1)) + 1` over the
-/// `P` fitted documents; terms outside the vocabulary are ignored. The weight is added to
-/// dimension `h(t) mod D` with sign `+` or `−` by the top bit of `h(t)`, `h` being 64-bit FNV-1a
-/// of the term's UTF-8 bytes (so the projection is fixed by the algorithm, not stored). The
-/// result is scaled to unit length.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TfidfEmbedder {
-    dims: usize,
-    idf: HashMap<String, f32>,
-}
-
-impl TfidfEmbedder {
-    /// Fits document frequencies on `documents`.
-    ///
-    /// # Panics
-    /// When `dims` is 0.
-    pub fn fit<'a>(documents: impl IntoIterator<Item = &'a str>, dims: usize) -> Self {
-        assert!(dims > 0, "an embedding needs at least one dimension");
-        let mut df: HashMap<String, u32> = HashMap::new();
-        let mut docs = 0u64;
-        let mut seen = HashSet::new();
-        for d in documents {
-            docs += 1;
-            seen.clear();
-            for t in text_terms(d) {
-                if seen.insert(t.clone()) {
-                    *df.entry(t).or_default() += 1;
-                }
-            }
-        }
-        let idf = df
-            .into_iter()
-            .map(|(t, n)| {
-                let idf = ((docs as f64 + 1.0) / (f64::from(n) + 1.0)).ln() + 1.0;
-                (t, idf as f32)
-            })
-            .collect();
-        Self { dims, idf }
-    }
-
-    /// Rebuilds an embedder from its vocabulary (as stored in a tree file).
-    ///
-    /// # Panics
-    /// When `dims` is 0.
-    pub fn from_vocabulary(terms: impl IntoIterator<Item = (String, f32)>, dims: usize) -> Self {
-        assert!(dims > 0, "an embedding needs at least one dimension");
-        Self {
-            dims,
-            idf: terms.into_iter().collect(),
-        }
-    }
-
-    /// `(term, idf)` pairs, terms ascending.
-    pub fn vocabulary(&self) -> Vec<(&str, f32)> {
-        let mut v: Vec<(&str, f32)> = self.idf.iter().map(|(t, &x)| (t.as_str(), x)).collect();
-        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        v
-    }
-
-    /// The idf of `term`, if it is in the vocabulary.
-    pub fn idf(&self, term: &str) -> Option<f32> {
-        self.idf.get(term).copied()
-    }
-}
-
-/// The dimension (`h mod dims`) and sign (`−` when the top bit of `h` is set) of `term` under
-/// [`TfidfEmbedder`]'s feature hashing, `h` being 64-bit FNV-1a of the term's bytes.
-pub fn hashed_feature(term: &str, dims: usize) -> (usize, f32) {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in term.as_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
-    ((h % dims as u64) as usize, sign)
-}
-
-impl Embedder for TfidfEmbedder {
-    fn dims(&self) -> usize {
-        self.dims
-    }
-
-    fn embed_into(&self, text: &str, out: &mut [f32]) {
-        assert_eq!(out.len(), self.dims, "embedding buffer of the wrong length");
-        out.fill(0.0);
-        let mut tf: HashMap<String, u32> = HashMap::new();
-        for t in text_terms(text) {
-            *tf.entry(t).or_default() += 1;
-        }
-        for (t, n) in tf {
-            if let Some(&idf) = self.idf.get(&t) {
-                let (d, sign) = hashed_feature(&t, self.dims);
-                out[d] += sign * (1.0 + (n as f32).ln()) * idf;
-            }
-        }
-        normalize(out);
-    }
-}
-
-fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-}
 
 /// Dot product of two equal-length vectors.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -373,7 +241,15 @@ pub struct TreeOptions {
     pub cluster_size: usize,
     /// Most summary levels above the leaves; at least 1. Default: [`DEFAULT_TREE_LEVELS`].
     pub max_levels: usize,
-    /// Embedding dimensions; at least 1. Default: [`DEFAULT_EMBEDDING_DIMS`].
+    /// The embedder of the tree's nodes (and so of queries against it). Default: all-MiniLM-L6-v2
+    /// ([`EmbedderKind::Minilm`]).
+    pub embedder: EmbedderKind,
+    /// The all-MiniLM-L6-v2 model folder (used by [`EmbedderKind::Minilm`] only).
+    /// Default: [`DEFAULT_MINILM_DIR`], as `scripts/setup` installs it.
+    pub embedder_model: PathBuf,
+    /// Dimensions of the hashed TF-IDF vectors (the node embeddings of a TF-IDF tree, and the
+    /// space summary sentences are chosen in for both embedders); at least 1.
+    /// Default: [`DEFAULT_EMBEDDING_DIMS`].
     pub dims: usize,
     /// Most sentences per summary; at least 1. Default: [`DEFAULT_SUMMARY_SENTENCES`].
     pub summary_sentences: usize,
@@ -388,6 +264,12 @@ pub struct TreeOptions {
     /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
     /// Default: `true`.
     pub progress: bool,
+    /// Summarise each cluster with this OpenAI-compatible chat endpoint instead of picking
+    /// sentences (RAPTOR's own recipe); a cluster whose reply is unusable keeps its extractive
+    /// summary. Its cache defaults to `<out>.llm-cache.jsonl` beside the output of
+    /// [`build_tree_from_path`]; [`build_tree`] caches only when [`LlmOptions::cache`] is set.
+    /// Default: `None` (extractive summaries).
+    pub llm: Option<LlmOptions>,
 }
 
 impl Default for TreeOptions {
@@ -395,12 +277,15 @@ impl Default for TreeOptions {
         Self {
             cluster_size: DEFAULT_CLUSTER_SIZE,
             max_levels: DEFAULT_TREE_LEVELS,
+            embedder: EmbedderKind::default(),
+            embedder_model: PathBuf::from(DEFAULT_MINILM_DIR),
             dims: DEFAULT_EMBEDDING_DIMS,
             summary_sentences: DEFAULT_SUMMARY_SENTENCES,
             summary_words: DEFAULT_SUMMARY_WORDS,
             kmeans_iterations: DEFAULT_KMEANS_ITERATIONS,
             overwrite: false,
             progress: true,
+            llm: None,
         }
     }
 }
@@ -428,6 +313,9 @@ impl TreeOptions {
         if self.kmeans_iterations == 0 {
             return bad("kmeans_iterations", "must be at least 1");
         }
+        if let Some(llm) = &self.llm {
+            llm.validate()?;
+        }
         Ok(())
     }
 }
@@ -447,7 +335,10 @@ pub struct TreeStats {
     pub summary_nodes: u64,
     /// Mean words of a summary (0 without summaries).
     pub mean_summary_words: f64,
-    /// Terms in the embedder's vocabulary.
+    /// The node embedder (absent in statistics written before it was recorded: TF-IDF).
+    #[serde(default = "tfidf_kind")]
+    pub embedder: EmbedderKind,
+    /// Terms in the stored TF-IDF vocabulary (0 for a MiniLM tree, which needs none).
     pub vocabulary: u64,
     /// Embedding dimensions.
     pub dims: u64,
@@ -455,6 +346,15 @@ pub struct TreeStats {
     pub seconds: f64,
     /// Size of the written file in bytes (0 when nothing was written).
     pub bytes_on_disk: u64,
+    /// Summary requests sent to the LLM (0 without one).
+    #[serde(default)]
+    pub llm_requests: u64,
+    /// Summaries answered from the LLM cache.
+    #[serde(default)]
+    pub llm_cached: u64,
+    /// Clusters whose LLM reply was unusable and kept their extractive summary.
+    #[serde(default)]
+    pub llm_failures: u64,
 }
 
 /// Builds a tree over an in-memory corpus with [`TfidfEmbedder`] (no file is written; see
@@ -469,7 +369,8 @@ pub fn build_tree(
 ) -> Result<(TreeIndex, TreeStats), GraphError> {
     opts.validate()?;
     let start = Instant::now();
-    let (tree, mut stats) = build_core(passages, opts, &ProgressBar::hidden())?;
+    let llm = opts.llm.as_ref().map(LlmClient::new).transpose()?;
+    let (tree, mut stats) = build_core(passages, opts, llm.as_ref(), &ProgressBar::hidden())?;
     stats.seconds = round3(start.elapsed().as_secs_f64());
     Ok((tree, stats))
 }
@@ -500,7 +401,12 @@ pub fn build_tree_from_path(
             bar.set_position(passages.len() as u64);
         }
     }
-    let (tree, mut stats) = build_core(&passages, opts, &bar)?;
+    let llm = opts
+        .llm
+        .as_ref()
+        .map(|o| LlmClient::with_default_cache(o, &llm_cache_path(out)))
+        .transpose()?;
+    let (tree, mut stats) = build_core(&passages, opts, llm.as_ref(), &bar)?;
     drop(passages);
     bar.set_message("writing");
     stats.bytes_on_disk = tree.write(out, opts.overwrite)?;
@@ -513,6 +419,7 @@ pub fn build_tree_from_path(
 fn build_core(
     passages: &[Passage],
     opts: &TreeOptions,
+    llm: Option<&LlmClient>,
     bar: &ProgressBar,
 ) -> Result<(TreeIndex, TreeStats), GraphError> {
     let mut seen = HashSet::with_capacity(passages.len());
@@ -523,79 +430,112 @@ fn build_core(
     }
     drop(seen);
     let p = passages.len();
+    let dense = match opts.embedder {
+        EmbedderKind::Tfidf => None,
+        EmbedderKind::Minilm => {
+            bar.set_message(format!("loading {}", opts.embedder_model.display()));
+            Some(MiniLmEmbedder::load(&opts.embedder_model)?)
+        }
+    };
     let leaf_text = |q: &Passage| format!("{} {}", q.title, q.text);
     bar.set_message("fitting TF-IDF");
     // Document frequencies come from title and text together (what a leaf is embedded from).
     let texts: Vec<String> = passages.iter().map(leaf_text).collect();
-    let embedder = TfidfEmbedder::fit(texts.iter().map(String::as_str), opts.dims);
-    let d = opts.dims;
-    bar.set_message("embedding passages");
-    let mut embeddings = vec![0f32; p * d];
-    for (t, row) in texts.iter().zip(embeddings.chunks_exact_mut(d)) {
-        embedder.embed_into(t, row);
+    let lexical = TfidfEmbedder::fit(texts.iter().map(String::as_str), opts.dims);
+    let ld = opts.dims;
+    // Lexical rows: every node's TF-IDF vector, the space summary sentences are chosen in.
+    let mut lex_rows = vec![0f32; p * ld];
+    for (t, row) in texts.iter().zip(lex_rows.chunks_exact_mut(ld)) {
+        lexical.embed_into(t, row);
     }
+    // Node rows: what is clustered, stored and searched. For a TF-IDF tree they are the
+    // lexical rows themselves (`None`), so nothing is held twice.
+    let mut dense_rows: Option<Vec<f32>> = match &dense {
+        None => None,
+        Some(m) => {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            Some(embed_with_progress(m, &refs, bar, "embedding passages"))
+        }
+    };
     drop(texts);
+    let d = dense.as_ref().map_or(ld, |m| m.dims());
     let mut level_starts = vec![0, p];
     let mut summaries: Vec<String> = Vec::new();
     let mut children: Vec<Vec<u32>> = Vec::new();
     let mut central: Vec<u32> = Vec::new();
-    let mut sentence_vec = vec![0f32; d];
+    let mut sentence_vec = vec![0f32; ld];
     for level in 1..=opts.max_levels {
         let (a, b) = (level_starts[level - 1], level_starts[level]);
         if b - a <= opts.cluster_size {
             break;
         }
         bar.set_message(format!("clustering level {level} ({} nodes)", b - a));
-        let points: Vec<&[f32]> = embeddings[a * d..b * d].chunks_exact(d).collect();
+        let node_rows = dense_rows.as_deref().unwrap_or(&lex_rows);
+        let points: Vec<&[f32]> = node_rows[a * d..b * d].chunks_exact(d).collect();
         let clusters = bisecting_clusters(&points, opts.cluster_size, opts.kmeans_iterations);
         bar.set_message(format!(
             "summarising level {level} ({} clusters)",
             clusters.len()
         ));
-        let mut new_rows = Vec::with_capacity(clusters.len() * d);
+        let level_first = summaries.len();
+        let node_text = |node: usize| -> &str {
+            if node < p {
+                passages[node].text.as_str()
+            } else {
+                summaries[node - p].as_str()
+            }
+        };
+        // With an LLM: one summary request per cluster, all of the level at once.
+        let llm_summaries = match llm {
+            None => Vec::new(),
+            Some(client) => {
+                bar.set_message(format!(
+                    "LLM summaries, level {level} ({} clusters)",
+                    clusters.len()
+                ));
+                let groups: Vec<Vec<&str>> = clusters
+                    .iter()
+                    .map(|c| c.iter().map(|&m| node_text(a + m as usize)).collect())
+                    .collect();
+                client.summarize_all(&groups, opts.summary_words)?
+            }
+        };
+        let mut llm_summaries = llm_summaries.into_iter();
+        let mut new_lex = Vec::with_capacity(clusters.len() * ld);
+        // This level's summaries join `summaries` after the loop: the children's texts are
+        // read from the levels below while it runs.
+        let mut new_summaries = Vec::with_capacity(clusters.len());
         for cluster in clusters {
-            let mut centroid = vec![0f32; d];
-            for &c in &cluster {
-                centroid
-                    .iter_mut()
-                    .zip(points[c as usize])
-                    .for_each(|(m, x)| *m += x);
-            }
-            // Candidate sentences: (score, child rank, position, text).
-            let mut cands: Vec<(f32, usize, usize, &str)> = Vec::new();
-            for (rank, &c) in cluster.iter().enumerate() {
-                let node = a + c as usize;
-                let text = if node < p {
-                    passages[node].text.as_str()
-                } else {
-                    summaries[node - p].as_str()
-                };
-                for (pos, s) in split_sentences(text).into_iter().enumerate() {
-                    embedder.embed_into(s, &mut sentence_vec);
-                    cands.push((dot(&sentence_vec, &centroid), rank, pos, s));
+            // The centroid in node space picks the central child; the centroid in TF-IDF space
+            // picks the summary sentences (the same vector for a TF-IDF tree).
+            let centroid = |rows: &[f32], dims: usize| {
+                let mut c = vec![0f32; dims];
+                for &m in &cluster {
+                    let node = a + m as usize;
+                    c.iter_mut()
+                        .zip(&rows[node * dims..(node + 1) * dims])
+                        .for_each(|(s, x)| *s += x);
                 }
-            }
-            cands.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
-            let mut taken: Vec<(usize, usize, &str)> = Vec::new();
-            let mut words = 0;
-            for &(_, rank, pos, s) in &cands {
-                if taken.len() >= opts.summary_sentences {
-                    break;
-                }
-                let w = s.split_whitespace().count();
-                if taken.iter().any(|t| t.2 == s)
-                    || (!taken.is_empty() && words + w > opts.summary_words)
-                {
-                    continue;
-                }
-                taken.push((rank, pos, s));
-                words += w;
-            }
-            taken.sort_unstable();
-            let summary = taken.iter().map(|t| t.2).collect::<Vec<_>>().join(" ");
+                c
+            };
+            let node_centroid = centroid(node_rows, d);
+            let lex_centroid = match dense_rows {
+                None => node_centroid.clone(),
+                Some(_) => centroid(&lex_rows, ld),
+            };
+            let summary = match llm_summaries.next() {
+                Some(Ok(text)) => text,
+                // No LLM, or its reply was unusable (counted by the client): extractive.
+                _ => extractive_summary(
+                    cluster.iter().map(|&c| node_text(a + c as usize)),
+                    &lexical,
+                    &lex_centroid,
+                    opts,
+                ),
+            };
             let best_child = cluster
                 .iter()
-                .map(|&c| (dot(points[c as usize], &centroid), c))
+                .map(|&c| (dot(points[c as usize], &node_centroid), c))
                 .fold((f32::NEG_INFINITY, u32::MAX), |best, x| {
                     if x.0 > best.0 {
                         x
@@ -610,17 +550,34 @@ fn build_core(
             } else {
                 central[best_node - p]
             });
-            embedder.embed_into(&summary, &mut sentence_vec);
-            new_rows.extend_from_slice(&sentence_vec);
-            summaries.push(summary);
+            lexical.embed_into(&summary, &mut sentence_vec);
+            new_lex.extend_from_slice(&sentence_vec);
+            new_summaries.push(summary);
             children.push(cluster.iter().map(|&c| (a + c as usize) as u32).collect());
         }
-        embeddings.extend_from_slice(&new_rows);
+        summaries.extend(new_summaries);
+        lex_rows.extend_from_slice(&new_lex);
+        if let (Some(m), Some(rows)) = (&dense, dense_rows.as_mut()) {
+            let refs: Vec<&str> = summaries[level_first..]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            let msg = format!("embedding level {level} summaries");
+            rows.extend(embed_with_progress(m, &refs, bar, &msg));
+        }
         level_starts.push(p + summaries.len());
     }
-    let vocab = embedder.vocabulary();
-    let (vocabulary, idf): (Vec<String>, Vec<f32>) =
-        vocab.into_iter().map(|(t, x)| (t.to_string(), x)).unzip();
+    let embeddings = dense_rows.unwrap_or(lex_rows);
+    // A TF-IDF tree stores its vocabulary (the retriever rebuilds the query embedder from it);
+    // a MiniLM tree needs none.
+    let (vocabulary, idf): (Vec<String>, Vec<f32>) = match opts.embedder {
+        EmbedderKind::Tfidf => lexical
+            .vocabulary()
+            .into_iter()
+            .map(|(t, x)| (t.to_string(), x))
+            .unzip(),
+        EmbedderKind::Minilm => (Vec::new(), Vec::new()),
+    };
     let nodes_per_level: Vec<u64> = level_starts
         .windows(2)
         .map(|w| (w[1] - w[0]) as u64)
@@ -637,10 +594,14 @@ fn build_core(
         } else {
             round3(summary_words as f64 / summaries.len() as f64)
         },
+        embedder: opts.embedder,
         vocabulary: vocabulary.len() as u64,
         dims: d as u64,
         seconds: 0.0,
         bytes_on_disk: 0,
+        llm_requests: llm.map_or(0, |c| c.stats().requests),
+        llm_cached: llm.map_or(0, |c| c.stats().cached),
+        llm_failures: llm.map_or(0, |c| c.stats().failures),
     };
     let tree = TreeIndex::from_parts(TreeParts {
         passage_ids: passages.iter().map(|q| q.id.clone()).collect(),
@@ -650,8 +611,70 @@ fn build_core(
         central,
         vocabulary,
         idf,
+        embedder: opts.embedder,
         dims: d,
         embeddings,
     });
     Ok((tree, stats))
+}
+
+/// The extractive summary of a cluster whose children's texts are `texts` (in child order):
+/// the sentences nearest `centroid` in TF-IDF space (module doc).
+fn extractive_summary<'a>(
+    texts: impl Iterator<Item = &'a str>,
+    lexical: &TfidfEmbedder,
+    centroid: &[f32],
+    opts: &TreeOptions,
+) -> String {
+    let mut sentence_vec = vec![0f32; lexical.dims()];
+    // Candidate sentences: (score, child rank, position, text).
+    let mut cands: Vec<(f32, usize, usize, &str)> = Vec::new();
+    for (rank, text) in texts.enumerate() {
+        for (pos, s) in split_sentences(text).into_iter().enumerate() {
+            lexical.embed_into(s, &mut sentence_vec);
+            cands.push((dot(&sentence_vec, centroid), rank, pos, s));
+        }
+    }
+    cands.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+    let mut taken: Vec<(usize, usize, &str)> = Vec::new();
+    let mut words = 0;
+    for &(_, rank, pos, s) in &cands {
+        if taken.len() >= opts.summary_sentences {
+            break;
+        }
+        let w = s.split_whitespace().count();
+        if taken.iter().any(|t| t.2 == s) || (!taken.is_empty() && words + w > opts.summary_words) {
+            continue;
+        }
+        taken.push((rank, pos, s));
+        words += w;
+    }
+    taken.sort_unstable();
+    taken.iter().map(|t| t.2).collect::<Vec<_>>().join(" ")
+}
+
+fn tfidf_kind() -> EmbedderKind {
+    EmbedderKind::Tfidf
+}
+
+/// Embeds `texts` with `model` in one batch, counting progress on `bar` under `what`.
+fn embed_with_progress(
+    model: &dyn Embedder,
+    texts: &[&str],
+    bar: &ProgressBar,
+    what: &str,
+) -> Vec<f32> {
+    let mut rows = vec![0f32; texts.len() * model.dims()];
+    let total = texts.len();
+    bar.set_message(format!("{what} (0/{total})"));
+    let started = Instant::now();
+    model.embed_batch(texts, &mut rows, &mut |n| {
+        bar.set_message(format!("{what} ({n}/{total})"));
+    });
+    tracing::info!(
+        texts = total,
+        seconds = round3(started.elapsed().as_secs_f64()),
+        "{what}"
+    );
+    rows
 }

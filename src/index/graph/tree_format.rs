@@ -21,7 +21,7 @@
 //! 72      8             entries of children lists (u64)
 //! 80      8             bytes of vocabulary terms (u64)
 //! 88      4             CRC-32 (IEEE) of everything after the header (u32)
-//! 92      4             embedder (u32): 1 = hashed TF-IDF
+//! 92      4             embedder (u32): 1 = hashed TF-IDF, 2 = all-MiniLM-L6-v2
 //! 96      …             body: the sections below, in this order
 //! ```
 //!
@@ -41,9 +41,12 @@
 //! | 8 | embedding of every node, row-major | N·D f32, finite |
 //!
 //! Nodes are numbered level by level: the leaves, then level 1's summaries, and so on; every
-//! node below the top level has exactly one parent in the level above. The vocabulary makes the
-//! query side reproducible: the retriever rebuilds the same [`super::TfidfEmbedder`] from it. A
-//! dense embedder plugged in later gets another embedder code (and writes V = 0).
+//! node below the top level has exactly one parent in the level above. For a TF-IDF tree the
+//! vocabulary makes the query side reproducible: the retriever rebuilds the same
+//! [`super::TfidfEmbedder`] from it. A MiniLM tree (embedder 2) has V = 0 and D = 384; its
+//! retriever loads the same model folder ([`crate::embed::MiniLmEmbedder`]) and checks D.
+//! Embedder 2 was added without a version bump: files with embedder 1 are unchanged, and a
+//! reader that predates it rejects code 2 as an unknown embedder by name.
 //!
 //! As for the other containers, the size follows from the header, so truncation is caught
 //! before parsing, the CRC catches flipped bytes, and structural checks (offsets, level ranges,
@@ -58,13 +61,12 @@ use super::container::{
     Cursor, Header,
 };
 use super::{GraphError, GraphKind, TfidfEmbedder};
+use crate::embed::{EmbedError, Embedder, EmbedderKind, MiniLmEmbedder};
 
 /// The first eight bytes of every sleuth tree file.
 pub const TREE_MAGIC: [u8; 8] = *b"SLEUTHTR";
 /// The tree format version this build writes and reads.
 pub const TREE_FORMAT_VERSION: u32 = 1;
-/// Embedder code of the hashed TF-IDF embedder.
-const EMBEDDER_TFIDF: u32 = 1;
 /// Most levels a file may declare (a sanity bound on a damaged header).
 const MAX_LEVELS: u64 = 16;
 
@@ -80,6 +82,7 @@ pub struct TreeIndex {
     central: Vec<u32>,
     vocabulary: Vec<String>,
     idf: Vec<f32>,
+    embedder: EmbedderKind,
     dims: usize,
     embeddings: Vec<f32>,
     parents: Vec<u32>,
@@ -95,6 +98,7 @@ pub(super) struct TreeParts {
     pub central: Vec<u32>,
     pub vocabulary: Vec<String>,
     pub idf: Vec<f32>,
+    pub embedder: EmbedderKind,
     pub dims: usize,
     pub embeddings: Vec<f32>,
 }
@@ -121,6 +125,7 @@ impl TreeIndex {
             central: p.central,
             vocabulary: p.vocabulary,
             idf: p.idf,
+            embedder: p.embedder,
             dims: p.dims,
             embeddings: p.embeddings,
             parents: Vec::new(),
@@ -283,15 +288,42 @@ impl TreeIndex {
             .zip(self.idf.iter().copied())
     }
 
-    /// The embedder that produced the node embeddings, for embedding queries the same way.
-    pub fn embedder(&self) -> TfidfEmbedder {
-        TfidfEmbedder::from_vocabulary(
-            self.vocabulary
-                .iter()
-                .cloned()
-                .zip(self.idf.iter().copied()),
-            self.dims,
-        )
+    /// Which embedder produced the node embeddings.
+    pub fn embedder_kind(&self) -> EmbedderKind {
+        self.embedder
+    }
+
+    /// The embedder that produced the node embeddings, for embedding queries the same way: a
+    /// TF-IDF tree's is rebuilt from the stored vocabulary; a MiniLM tree's is loaded from the
+    /// model folder `minilm_dir` (ignored for TF-IDF trees).
+    ///
+    /// # Errors
+    /// What [`MiniLmEmbedder::load`] returns, and [`EmbedError::Model`] when the model's
+    /// dimensions differ from the tree's.
+    pub fn embedder(&self, minilm_dir: &Path) -> Result<Box<dyn Embedder>, EmbedError> {
+        match self.embedder {
+            EmbedderKind::Tfidf => Ok(Box::new(TfidfEmbedder::from_vocabulary(
+                self.vocabulary
+                    .iter()
+                    .cloned()
+                    .zip(self.idf.iter().copied()),
+                self.dims,
+            ))),
+            EmbedderKind::Minilm => {
+                let m = MiniLmEmbedder::load(minilm_dir)?;
+                if m.dims() != self.dims {
+                    return Err(EmbedError::Model {
+                        path: minilm_dir.to_path_buf(),
+                        reason: format!(
+                            "embeds into {} dimensions, the tree into {}",
+                            m.dims(),
+                            self.dims
+                        ),
+                    });
+                }
+                Ok(Box::new(m))
+            }
+        }
     }
 
     fn summary_index(&self, node: u32) -> Option<usize> {
@@ -329,7 +361,7 @@ impl TreeIndex {
             Container::Tree,
             GraphKind::Tree,
             counts,
-            EMBEDDER_TFIDF,
+            self.embedder.code(),
             &body,
         )
     }
@@ -368,9 +400,11 @@ impl TreeIndex {
             return Err(corrupt(format!("kind {} is not a tree (2)", header.kind)));
         }
         let [p, n, l, d, v, pb, sb, ce, vb] = header.counts;
-        let embedder = header.word;
-        if embedder != EMBEDDER_TFIDF {
-            return Err(corrupt(format!("unknown embedder code {embedder}")));
+        let Some(embedder) = EmbedderKind::from_code(header.word) else {
+            return Err(corrupt(format!("unknown embedder code {}", header.word)));
+        };
+        if embedder == EmbedderKind::Minilm && v != 0 {
+            return Err(corrupt(format!("a MiniLM tree with {v} vocabulary terms")));
         }
         if n < p || l == 0 || l > MAX_LEVELS || d == 0 {
             return Err(corrupt(format!(
@@ -412,6 +446,7 @@ impl TreeIndex {
             central: cur.u32s(s),
             vocabulary: cur.strings(v, vb, "vocabulary").map_err(corrupt)?,
             idf: cur.f32s(v),
+            embedder,
             dims: d,
             embeddings: cur.f32s(n * d),
         })
