@@ -4,6 +4,9 @@
 //! trip, truncation, corruption, wrong kinds), the retriever (seeds, scores, the Retriever
 //! contract, a mismatched index or kind), and the CLI path end to end.
 
+mod common;
+
+use common::{bm25_index, p, write_corpus};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,20 +16,11 @@ use sleuth::index::graph::{
     build_kg, build_kg_from_path, build_pg, split_sentences, GraphError, GraphKind, KgOptions,
     KnowledgeGraph, PassageGraph, PgOptions,
 };
-use sleuth::index::{build_bm25, IndexOptions};
 use sleuth::search::kg::{personalized_pagerank_push, PprAlgorithm, PushRank};
 use sleuth::search::{
     personalized_pagerank, KgRetriever, KgSearchOptions, PprOptions, Retriever, SearchError,
     SeedSource, TransitionMatrix,
 };
-
-fn p(id: &str, title: &str, text: &str) -> Passage {
-    Passage {
-        id: id.into(),
-        title: title.into(),
-        text: text.into(),
-    }
-}
 
 /// The graph by hand (module doc of `index::graph::kg`).
 ///
@@ -602,26 +596,6 @@ fn format_round_trips_every_kind_and_rejects_damage_naming_the_file() {
     let err = g.write(&other, true).unwrap_err().to_string();
     assert!(err.contains("not a sleuth graph"), "{err}");
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
-}
-
-fn write_corpus(dir: &Path, passages: &[Passage]) -> PathBuf {
-    let path = dir.join("corpus.jsonl");
-    let lines: String = passages
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap() + "\n")
-        .collect();
-    std::fs::write(&path, lines).unwrap();
-    path
-}
-
-fn bm25_index(dir: &Path, passages: &[Passage]) -> PathBuf {
-    let out = dir.join("bm25");
-    let opts = IndexOptions {
-        progress: false,
-        ..IndexOptions::default()
-    };
-    build_bm25(passages.iter().cloned().map(Ok), &out, &opts).unwrap();
-    out
 }
 
 /// BM25 index and the three graphs in `dir`.

@@ -9,9 +9,11 @@
 //! interrupted build or a torn cache line resends only what is missing; a malformed middle line
 //! is an error), and a reply that does not parse counted as a failure.
 
+mod common;
+
+use common::{p, write_corpus};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -145,9 +147,9 @@ async fn chat(
             Json(json!({"error": {"message": "try again"}})),
         );
     }
-    // A summary prompt (no `Title:` line) about "EMPTY" gets a blank reply; one about cats
-    // (the tree test's corpus) a JSON summary.
-    let content = if user.contains("EMPTY") {
+    // A summary prompt (no `Title:` line) about "EMPTY" or rockets (the tree test's corpus)
+    // gets a blank reply; one about cats a JSON summary.
+    let content = if user.contains("EMPTY") || user.contains("orbit") {
         "  \n"
     } else if user.contains("purr") {
         "{\"summary\": \"Cats purr, said the model.\"}"
@@ -197,14 +199,6 @@ fn serve(plan: Plan) -> FakeServer {
 // ---------------------------------------------------------------------------------------------
 // Corpus and expectations
 
-fn p(id: &str, title: &str, text: &str) -> Passage {
-    Passage {
-        id: id.into(),
-        title: title.into(),
-        text: text.into(),
-    }
-}
-
 /// Four passages; their replies are [`canned`].
 fn corpus() -> Vec<Passage> {
     vec![
@@ -225,16 +219,6 @@ fn corpus() -> Vec<Passage> {
         ),
         p("d", "London", "London is the capital of England."),
     ]
-}
-
-fn write_corpus(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("corpus.jsonl");
-    let lines: Vec<String> = corpus()
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap())
-        .collect();
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
 }
 
 fn llm(server: &FakeServer, concurrency: usize) -> LlmOptions {
@@ -365,7 +349,7 @@ fn tkg_from_replies_with_retry_bounded_concurrency_and_a_cache_that_replays() {
         ..Plan::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
+    let corpus = write_corpus(dir.path(), &corpus());
     let out = dir.path().join("g.tkg");
     let o = opts(llm(&server, 2));
 
@@ -472,7 +456,7 @@ fn a_400_stops_the_build_and_the_rerun_sends_only_the_missing_requests() {
         ..Plan::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
+    let corpus = write_corpus(dir.path(), &corpus());
     let out = dir.path().join("g.rkg");
     let o = opts(llm(&server, 1));
     let err = build_kg_from_path(&corpus, &out, GraphKind::Rkg, &o).unwrap_err();
@@ -518,7 +502,7 @@ fn a_400_stops_the_build_and_the_rerun_sends_only_the_missing_requests() {
 fn a_torn_cache_line_is_dropped_and_only_its_request_is_resent() {
     let server = serve(Plan::default());
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
+    let corpus = write_corpus(dir.path(), &corpus());
     let out = dir.path().join("g.tkg");
     let o = opts(llm(&server, 1));
     build_kg_from_path(&corpus, &out, GraphKind::Tkg, &o).unwrap();
@@ -635,40 +619,7 @@ fn summaries_come_back_in_group_order_and_an_unusable_one_is_a_slot_error() {
 fn tree_summaries_come_from_the_llm_and_fall_back_to_extractive() {
     let server = serve(Plan::default());
     let dir = tempfile::tempdir().unwrap();
-    let passages = [
-        p("t0", "Cats", "Cats purr softly. Grandma knits."),
-        p(
-            "t1",
-            "Kittens",
-            "Kittens purr softly near cats. Pirates bury treasure.",
-        ),
-        p(
-            "t2",
-            "House cat",
-            "House cats purr softly. Volcanoes erupt.",
-        ),
-        p(
-            "t3",
-            "Rockets",
-            "Rockets reach orbit quickly. EMPTY bakers knead dough.",
-        ),
-        p(
-            "t4",
-            "Boosters",
-            "Boosters lift rockets into orbit. Owls hoot.",
-        ),
-        p(
-            "t5",
-            "Launch",
-            "Rockets reach orbit after launch. Tulips bloom.",
-        ),
-    ];
-    let corpus = dir.path().join("corpus.jsonl");
-    let lines: Vec<String> = passages
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap())
-        .collect();
-    std::fs::write(&corpus, lines.join("\n") + "\n").unwrap();
+    let corpus = write_corpus(dir.path(), &common::cats_and_rockets());
     let out = dir.path().join("tree");
     let opts = TreeOptions {
         embedder: EmbedderKind::Tfidf,

@@ -3,6 +3,9 @@
 //! overwrite rules), and the graph retriever (expansion reaches a passage BM25 misses, the
 //! Retriever contract, a mismatched index), plus the CLI path end to end.
 
+mod common;
+
+use common::{bm25_index, p, write_corpus};
 use std::path::Path;
 use std::process::Command;
 
@@ -10,16 +13,7 @@ use sleuth::corpus::Passage;
 use sleuth::index::graph::{
     build_pg, build_pg_from_path, EntityLinker, GraphError, PassageGraph, PgOptions,
 };
-use sleuth::index::{build_bm25, IndexOptions};
 use sleuth::search::{Bm25Retriever, GraphOptions, GraphRetriever, Retriever, SearchError};
-
-fn p(id: &str, title: &str, text: &str) -> Passage {
-    Passage {
-        id: id.into(),
-        title: title.into(),
-        text: text.into(),
-    }
-}
 
 /// Entities by hand (module doc of `index::graph::pg`), df in brackets:
 /// - p0: Arrowhead Stadium [1], Kansas City Chiefs [2], Andy Reid [3]
@@ -230,26 +224,6 @@ fn writes_replace_only_graphs_and_only_when_asked() {
     let err = g.write(&other, true).unwrap_err().to_string();
     assert!(err.contains("not a sleuth graph"), "{err}");
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
-}
-
-fn write_corpus(dir: &Path, passages: &[Passage]) -> std::path::PathBuf {
-    let path = dir.join("corpus.jsonl");
-    let lines: String = passages
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap() + "\n")
-        .collect();
-    std::fs::write(&path, lines).unwrap();
-    path
-}
-
-fn bm25_index(dir: &Path, passages: &[Passage]) -> std::path::PathBuf {
-    let out = dir.join("bm25");
-    let opts = IndexOptions {
-        progress: false,
-        ..IndexOptions::default()
-    };
-    build_bm25(passages.iter().cloned().map(Ok), &out, &opts).unwrap();
-    out
 }
 
 #[test]

@@ -5,7 +5,10 @@
 //! (summary hits, their expansion, fusion, the Retriever contract, a mismatched index or kind),
 //! and the CLI path end to end.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{bm25_index, p, write_corpus};
+use std::path::Path;
 use std::process::Command;
 
 use sleuth::config::SearchSection;
@@ -14,53 +17,11 @@ use sleuth::index::graph::{
     bisecting_clusters, build_pg, build_tree, build_tree_from_path, hashed_feature, kmeans,
     Embedder, EmbedderKind, GraphError, PgOptions, TfidfEmbedder, TreeIndex, TreeOptions,
 };
-use sleuth::index::{build_bm25, IndexOptions};
 use sleuth::search::{Retriever, SearchError, TreeRetriever, TreeSearchOptions};
 
-fn p(id: &str, title: &str, text: &str) -> Passage {
-    Passage {
-        id: id.into(),
-        title: title.into(),
-        text: text.into(),
-    }
-}
-
-/// Two topics with disjoint words: cats (t0–t2) and rockets (t3–t5). Each passage has one
-/// sentence in its topic's shared words and one off-topic sentence of words found nowhere else,
-/// so the topics are the clusters and the shared sentences are nearest their centroid.
+/// Cats and rockets ([`common::cats_and_rockets`]).
 fn corpus() -> Vec<Passage> {
-    vec![
-        p(
-            "t0",
-            "Cats",
-            "Cats purr softly. Grandma knits woollen sweaters.",
-        ),
-        p(
-            "t1",
-            "Kittens",
-            "Kittens purr softly near cats. Pirates bury treasure.",
-        ),
-        p(
-            "t2",
-            "House cat",
-            "House cats purr softly. Volcanoes erupt.",
-        ),
-        p(
-            "t3",
-            "Rockets",
-            "Rockets reach orbit quickly. Bakers knead dough.",
-        ),
-        p(
-            "t4",
-            "Boosters",
-            "Boosters lift rockets into orbit. Owls hoot.",
-        ),
-        p(
-            "t5",
-            "Launch",
-            "Rockets reach orbit after launch. Tulips bloom.",
-        ),
-    ]
+    common::cats_and_rockets()
 }
 
 /// TF-IDF embedder, cluster size 3, one summary sentence, enough dimensions that the few terms
@@ -404,26 +365,6 @@ fn format_round_trips_and_rejects_damage_naming_the_file() {
     std::fs::write(&other, "keep me").unwrap();
     assert!(tree.write(&other, true).is_err());
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
-}
-
-fn write_corpus(dir: &Path, passages: &[Passage]) -> PathBuf {
-    let path = dir.join("corpus.jsonl");
-    let lines: String = passages
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap() + "\n")
-        .collect();
-    std::fs::write(&path, lines).unwrap();
-    path
-}
-
-fn bm25_index(dir: &Path, passages: &[Passage]) -> PathBuf {
-    let out = dir.join("bm25");
-    let opts = IndexOptions {
-        progress: false,
-        ..IndexOptions::default()
-    };
-    build_bm25(passages.iter().cloned().map(Ok), &out, &opts).unwrap();
-    out
 }
 
 #[test]

@@ -1,0 +1,78 @@
+//! Helpers shared by the graph-RAG integration tests (`graph_pg`, `graph_kg`, `graph_tree`,
+//! `graph_llm`): hand-written passages, a JSONL corpus file, and a BM25 index over them.
+//! Each test binary compiles this module on its own, so not every helper is used by each.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use sleuth::corpus::Passage;
+use sleuth::index::{build_bm25, IndexOptions};
+
+/// A passage from its id, title and text.
+pub fn p(id: &str, title: &str, text: &str) -> Passage {
+    Passage {
+        id: id.into(),
+        title: title.into(),
+        text: text.into(),
+    }
+}
+
+/// Writes `passages` as a JSONL corpus `dir/corpus.jsonl` and returns its path.
+pub fn write_corpus(dir: &Path, passages: &[Passage]) -> PathBuf {
+    let path = dir.join("corpus.jsonl");
+    let lines: String = passages
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap() + "\n")
+        .collect();
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+/// Builds a BM25 index over `passages` at `dir/bm25` and returns its path.
+pub fn bm25_index(dir: &Path, passages: &[Passage]) -> PathBuf {
+    let out = dir.join("bm25");
+    let opts = IndexOptions {
+        progress: false,
+        ..IndexOptions::default()
+    };
+    build_bm25(passages.iter().cloned().map(Ok), &out, &opts).unwrap();
+    out
+}
+
+/// Two topics with disjoint words: cats (t0–t2) and rockets (t3–t5). Each passage has one
+/// sentence in its topic's shared words and one off-topic sentence of words found nowhere
+/// else, so the topics are the clusters and the shared sentences are nearest their centroid.
+pub fn cats_and_rockets() -> Vec<Passage> {
+    vec![
+        p(
+            "t0",
+            "Cats",
+            "Cats purr softly. Grandma knits woollen sweaters.",
+        ),
+        p(
+            "t1",
+            "Kittens",
+            "Kittens purr softly near cats. Pirates bury treasure.",
+        ),
+        p(
+            "t2",
+            "House cat",
+            "House cats purr softly. Volcanoes erupt.",
+        ),
+        p(
+            "t3",
+            "Rockets",
+            "Rockets reach orbit quickly. Bakers knead dough.",
+        ),
+        p(
+            "t4",
+            "Boosters",
+            "Boosters lift rockets into orbit. Owls hoot.",
+        ),
+        p(
+            "t5",
+            "Launch",
+            "Rockets reach orbit after launch. Tulips bloom.",
+        ),
+    ]
+}
