@@ -157,38 +157,42 @@ enum IndexCmd {
         tokenizer: Option<String>,
     },
     /// Build a graph-RAG index (DESIGN §6) over a JSONL corpus; prints build statistics as JSON.
-    Graph {
-        /// Graph kind: `pg` (passage graph: passages joined by shared linked entities), `kg`
-        /// (knowledge graph: entities joined by relations from sentence co-occurrence), `tkg`
-        /// (KG with descriptions), `rkg` (TKG with relation keywords), `tree` (RAPTOR tree:
-        /// passages clustered level by level under extractive summaries).
-        #[arg(long, value_parser = ["pg", "kg", "tkg", "rkg", "tree"])]
-        kind: String,
-        /// Corpus file, JSONL or gzip JSONL (the one the BM25 index was built from).
-        #[arg(long)]
-        corpus: PathBuf,
-        /// Output graph file (written to a temp file beside it, then renamed).
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace an existing graph file at --out.
-        #[arg(long)]
-        overwrite: bool,
-        /// τ: shared entities needed for an edge (pg only; default: the library's, 1).
-        #[arg(long)]
-        min_shared: Option<usize>,
-        /// Skip entities found in more passages than this (not tree; default: the library's,
-        /// 200 for every other kind).
-        #[arg(long)]
-        max_df: Option<usize>,
-        /// Most nodes per cluster, and the level size at which building stops (tree only;
-        /// default: the library's, 10).
-        #[arg(long)]
-        cluster_size: Option<usize>,
-        #[command(flatten)]
-        llm: LlmArgs,
-        #[command(flatten)]
-        embed: EmbedArgs,
-    },
+    Graph(GraphArgs),
+}
+
+/// The flags of `index graph`.
+#[derive(Args)]
+struct GraphArgs {
+    /// Graph kind: `pg` (passage graph: passages joined by shared linked entities), `kg`
+    /// (knowledge graph: entities joined by relations from sentence co-occurrence), `tkg`
+    /// (KG with descriptions), `rkg` (TKG with relation keywords), `tree` (RAPTOR tree:
+    /// passages clustered level by level under extractive summaries).
+    #[arg(long, value_parser = ["pg", "kg", "tkg", "rkg", "tree"])]
+    kind: String,
+    /// Corpus file, JSONL or gzip JSONL (the one the BM25 index was built from).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Output graph file (written to a temp file beside it, then renamed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing graph file at --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// τ: shared entities needed for an edge (pg only; default: the library's, 1).
+    #[arg(long)]
+    min_shared: Option<usize>,
+    /// Skip entities found in more passages than this (not tree; default: the library's,
+    /// 200 for every other kind).
+    #[arg(long)]
+    max_df: Option<usize>,
+    /// Most nodes per cluster, and the level size at which building stops (tree only;
+    /// default: the library's, 10).
+    #[arg(long)]
+    cluster_size: Option<usize>,
+    #[command(flatten)]
+    llm: LlmArgs,
+    #[command(flatten)]
+    embed: EmbedArgs,
 }
 
 /// The embedder flags of `index graph --kind tree`.
@@ -472,107 +476,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&stats)?);
             Ok(())
         }
-        Command::Index(IndexCmd::Graph {
-            kind,
-            corpus,
-            out,
-            overwrite,
-            min_shared,
-            max_df,
-            cluster_size,
-            llm,
-            embed,
-        }) if kind == "tree" => {
-            if min_shared.is_some() || max_df.is_some() {
-                bail!("--min-shared and --max-df do not apply to --kind tree");
-            }
-            let defaults = sleuth::index::graph::TreeOptions::default();
-            let embedder = match embed.embedder.as_deref() {
-                Some(name) => serde_json::from_value(serde_json::json!(name))?,
-                None => defaults.embedder,
-            };
-            let opts = sleuth::index::graph::TreeOptions {
-                overwrite,
-                cluster_size: cluster_size.unwrap_or(defaults.cluster_size),
-                embedder,
-                embedder_model: embed
-                    .embedder_model
-                    .unwrap_or_else(|| defaults.embedder_model.clone()),
-                llm: llm.options()?,
-                ..defaults
-            };
-            let stats = sleuth::index::graph::build_tree_from_path(&corpus, &out, &opts)?;
-            println!("{}", serde_json::to_string(&stats)?);
-            Ok(())
-        }
-        Command::Index(IndexCmd::Graph {
-            kind,
-            corpus,
-            out,
-            overwrite,
-            min_shared,
-            max_df,
-            cluster_size,
-            llm,
-            embed,
-        }) if kind != "pg" => {
-            use sleuth::index::graph::{build_kg_from_path, GraphKind, KgOptions};
-            if embed.given() {
-                bail!("--embedder and --embedder-model apply to --kind tree only");
-            }
-            if min_shared.is_some() {
-                bail!("--min-shared applies to --kind pg only");
-            }
-            if cluster_size.is_some() {
-                bail!("--cluster-size applies to --kind tree only");
-            }
-            let kind = match kind.as_str() {
-                "kg" => GraphKind::Kg,
-                "tkg" => GraphKind::Tkg,
-                _ => GraphKind::Rkg,
-            };
-            let defaults = KgOptions::default();
-            let opts = KgOptions {
-                overwrite,
-                max_df: max_df.unwrap_or(defaults.max_df),
-                llm: llm.options()?,
-                ..defaults
-            };
-            let stats = build_kg_from_path(&corpus, &out, kind, &opts)?;
-            println!("{}", serde_json::to_string(&stats)?);
-            Ok(())
-        }
-        Command::Index(IndexCmd::Graph {
-            kind: _,
-            corpus,
-            out,
-            overwrite,
-            min_shared,
-            max_df,
-            cluster_size,
-            llm,
-            embed,
-        }) => {
-            if embed.given() {
-                bail!("--embedder and --embedder-model apply to --kind tree only");
-            }
-            if cluster_size.is_some() {
-                bail!("--cluster-size applies to --kind tree only");
-            }
-            if llm.llm_url.is_some() {
-                bail!("--llm-url applies to kg, tkg, rkg and tree, not pg");
-            }
-            let defaults = sleuth::index::graph::PgOptions::default();
-            let opts = sleuth::index::graph::PgOptions {
-                overwrite,
-                min_shared: min_shared.unwrap_or(defaults.min_shared),
-                max_df: max_df.unwrap_or(defaults.max_df),
-                ..defaults
-            };
-            let stats = sleuth::index::graph::build_pg_from_path(&corpus, &out, &opts)?;
-            println!("{}", serde_json::to_string(&stats)?);
-            Ok(())
-        }
+        Command::Index(IndexCmd::Graph(a)) => cmd_index_graph(a),
         Command::Search(a) => cmd_search(a),
         Command::Generate(a) => cmd_generate(a),
         Command::Rollout(a) => cmd_rollout(a),
@@ -586,6 +490,85 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => cmd_sft(a),
         Command::Plot(a) => cmd_plot(a),
     }
+}
+
+/// `index graph`: refuses flags the kind does not take, then builds with the library's
+/// defaults for every option not given.
+fn cmd_index_graph(a: GraphArgs) -> Result<()> {
+    use sleuth::index::graph::{
+        build_kg_from_path, build_pg_from_path, build_tree_from_path, GraphKind, KgOptions,
+        PgOptions, TreeOptions,
+    };
+    let kind = a.kind.as_str();
+    // Which kinds take which flags, stated once.
+    for (given, flag, kinds) in [
+        (a.min_shared.is_some(), "--min-shared", &["pg"][..]),
+        (
+            a.max_df.is_some(),
+            "--max-df",
+            &["pg", "kg", "tkg", "rkg"][..],
+        ),
+        (a.cluster_size.is_some(), "--cluster-size", &["tree"][..]),
+        (
+            a.embed.given(),
+            "--embedder/--embedder-model",
+            &["tree"][..],
+        ),
+        (
+            a.llm.llm_url.is_some(),
+            "--llm-url",
+            &["kg", "tkg", "rkg", "tree"][..],
+        ),
+    ] {
+        if given && !kinds.contains(&kind) {
+            bail!("{flag} applies to --kind {} only", kinds.join(", "));
+        }
+    }
+    let stats = match kind {
+        "pg" => {
+            let d = PgOptions::default();
+            let opts = PgOptions {
+                overwrite: a.overwrite,
+                min_shared: a.min_shared.unwrap_or(d.min_shared),
+                max_df: a.max_df.unwrap_or(d.max_df),
+                ..d
+            };
+            serde_json::to_string(&build_pg_from_path(&a.corpus, &a.out, &opts)?)?
+        }
+        "tree" => {
+            let d = TreeOptions::default();
+            let embedder = match a.embed.embedder.as_deref() {
+                Some(name) => serde_json::from_value(serde_json::json!(name))?,
+                None => d.embedder,
+            };
+            let opts = TreeOptions {
+                overwrite: a.overwrite,
+                cluster_size: a.cluster_size.unwrap_or(d.cluster_size),
+                embedder,
+                embedder_model: a
+                    .embed
+                    .embedder_model
+                    .unwrap_or_else(|| d.embedder_model.clone()),
+                llm: a.llm.options()?,
+                ..d
+            };
+            serde_json::to_string(&build_tree_from_path(&a.corpus, &a.out, &opts)?)?
+        }
+        // kg, tkg or rkg (clap allows no other value).
+        _ => {
+            let graph_kind: GraphKind = serde_json::from_value(serde_json::json!(kind))?;
+            let d = KgOptions::default();
+            let opts = KgOptions {
+                overwrite: a.overwrite,
+                max_df: a.max_df.unwrap_or(d.max_df),
+                llm: a.llm.options()?,
+                ..d
+            };
+            serde_json::to_string(&build_kg_from_path(&a.corpus, &a.out, graph_kind, &opts)?)?
+        }
+    };
+    println!("{stats}");
+    Ok(())
 }
 
 fn cmd_plot(a: PlotArgs) -> Result<()> {
