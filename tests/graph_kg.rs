@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::{bm25_index, p, write_corpus};
+use common::{bm25_index, ok, p, sleuth, write_corpus};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sleuth::config::SearchSection;
 use sleuth::corpus::Passage;
@@ -903,17 +902,7 @@ fn a_graph_over_another_corpus_or_of_another_kind_is_refused() {
 fn cli_builds_each_kind_and_searches_it_through_a_config() {
     let dir = tempfile::tempdir().unwrap();
     let corpus_path = write_corpus(dir.path(), &corpus());
-    let sleuth = || Command::new(env!("CARGO_BIN_EXE_sleuth"));
     let index = dir.path().join("wiki");
-    let ok = |cmd: &mut Command| {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     ok(sleuth()
         .args(["index", "build", "--corpus"])
         .arg(&corpus_path)

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{bm25_index, p, write_corpus};
+use common::{bm25_index, ok, p, sleuth, write_corpus};
 use std::path::Path;
-use std::process::Command;
 
 use sleuth::config::SearchSection;
 use sleuth::corpus::Passage;
@@ -541,17 +540,7 @@ fn a_tree_over_another_corpus_or_of_another_kind_is_refused() {
 fn cli_builds_a_tree_and_searches_it_through_a_config() {
     let dir = tempfile::tempdir().unwrap();
     let corpus_path = write_corpus(dir.path(), &four_topics());
-    let sleuth = || Command::new(env!("CARGO_BIN_EXE_sleuth"));
     let index = dir.path().join("wiki");
-    let ok = |cmd: &mut Command| {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     ok(sleuth()
         .args(["index", "build", "--corpus"])
         .arg(&corpus_path)

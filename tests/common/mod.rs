@@ -1,9 +1,11 @@
 //! Helpers shared by the graph-RAG integration tests (`graph_pg`, `graph_kg`, `graph_tree`,
-//! `graph_llm`): hand-written passages, a JSONL corpus file, and a BM25 index over them.
+//! `graph_llm`): hand-written passages, a JSONL corpus file, a BM25 index over them, and
+//! running the `sleuth` binary.
 //! Each test binary compiles this module on its own, so not every helper is used by each.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sleuth::corpus::Passage;
 use sleuth::index::{build_bm25, IndexOptions};
@@ -37,6 +39,22 @@ pub fn bm25_index(dir: &Path, passages: &[Passage]) -> PathBuf {
     };
     build_bm25(passages.iter().cloned().map(Ok), &out, &opts).unwrap();
     out
+}
+
+/// A command running the `sleuth` binary under test.
+pub fn sleuth() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sleuth"))
+}
+
+/// Runs `cmd`, asserts it succeeded (showing its stderr if not) and returns its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Two topics with disjoint words: cats (t0–t2) and rockets (t3–t5). Each passage has one
