@@ -519,17 +519,15 @@ fn build_core(
                 c
             };
             let node_centroid = centroid(node_rows, d);
-            let lex_centroid = match dense_rows {
-                None => node_centroid.clone(),
-                Some(_) => centroid(&lex_rows, ld),
-            };
+            let dense_lex_centroid = dense_rows.as_ref().map(|_| centroid(&lex_rows, ld));
+            let lex_centroid = dense_lex_centroid.as_deref().unwrap_or(&node_centroid);
             let summary = match llm_summaries.next() {
                 Some(Ok(text)) => text,
                 // No LLM, or its reply was unusable (counted by the client): extractive.
                 _ => extractive_summary(
                     cluster.iter().map(|&c| node_text(a + c as usize)),
                     &lexical,
-                    &lex_centroid,
+                    lex_centroid,
                     opts,
                 ),
             };
@@ -583,6 +581,7 @@ fn build_core(
         .map(|w| (w[1] - w[0]) as u64)
         .collect();
     let summary_words: usize = summaries.iter().map(|s| s.split_whitespace().count()).sum();
+    let llm_stats = llm.map(LlmClient::stats).unwrap_or_default();
     let stats = TreeStats {
         kind: GraphKind::Tree,
         passages: p as u64,
@@ -599,9 +598,9 @@ fn build_core(
         dims: d as u64,
         seconds: 0.0,
         bytes_on_disk: 0,
-        llm_requests: llm.map_or(0, |c| c.stats().requests),
-        llm_cached: llm.map_or(0, |c| c.stats().cached),
-        llm_failures: llm.map_or(0, |c| c.stats().failures),
+        llm_requests: llm_stats.requests,
+        llm_cached: llm_stats.cached,
+        llm_failures: llm_stats.failures,
     };
     let tree = TreeIndex::from_parts(TreeParts {
         passage_ids: passages.iter().map(|q| q.id.clone()).collect(),

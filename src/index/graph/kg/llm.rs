@@ -144,9 +144,7 @@ where
             break;
         }
     }
-    let graph = assemble(got, ids, kind, opts);
-    let too_common = graph.1;
-    let graph = graph.0;
+    let (graph, too_common) = assemble(got, ids, kind, opts);
     let mut stats = graph_stats(&graph, kind, total_sentences, too_common);
     let llm = client.stats();
     stats.llm_requests = llm.requests;
