@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use super::EmbedError;
 use crate::model::llama::Linear;
+use crate::model::load::transpose;
 
 /// The hyper-parameters of a BERT checkpoint, read from its Hugging Face `config.json`
 /// (the fields sleuth uses; others are ignored).
@@ -286,14 +287,8 @@ impl<B: Backend> Bert<B> {
         // HF stores [out, in]; burn's Linear wants [in, out].
         let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear<B>, EmbedError> {
             let w = read(&format!("{name}.weight"), &[d_out, d_in])?;
-            let mut t = vec![0.0; w.len()];
-            for o in 0..d_out {
-                for i in 0..d_in {
-                    t[i * d_out + o] = w[o * d_in + i];
-                }
-            }
             Ok(Linear {
-                weight: p2(t, [d_in, d_out]),
+                weight: p2(transpose(&w, d_out, d_in), [d_in, d_out]),
                 bias: Some(p1(read(&format!("{name}.bias"), &[d_out])?)),
             })
         };

@@ -30,7 +30,7 @@ fn read(gguf: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelE
 }
 
 /// Transposes a row-major `[rows, cols]` matrix to `[cols, rows]`.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len()];
     for r in 0..rows {
         for c in 0..cols {
