@@ -22,6 +22,8 @@ fn qa(idx: i64, question: &str, answer: &str) -> QaExample {
         idx: Some(idx),
         question: question.into(),
         answers: vec![answer.into()],
+        support_titles: Vec::new(),
+        kind: None,
     }
 }
 

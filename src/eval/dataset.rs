@@ -1,5 +1,8 @@
 //! QA sets: JSONL rows with `question` and `answer` (a string or a list of strings), as in
-//! R1-Searcher's `data/` folder and the HotpotQA / 2WikiMultiHopQA eval files.
+//! R1-Searcher's `data/` folder and the HotpotQA / 2WikiMultiHopQA eval files. Optional
+//! HotpotQA fields are kept when present: `support_titles` (gold paragraph titles, for the
+//! step-level retrieval reward and multi-hop scripted episodes) and `type`
+//! (`bridge` / `comparison`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -18,6 +21,11 @@ pub struct QaExample {
     pub question: String,
     /// Acceptable answers (at least one).
     pub answers: Vec<String>,
+    /// Gold support-paragraph titles (`support_titles`), in order of first mention; empty
+    /// when the row has none.
+    pub support_titles: Vec<String>,
+    /// HotpotQA question type (`type`: `bridge` or `comparison`) when present.
+    pub kind: Option<String>,
 }
 
 /// Reads a QA JSONL file. Blank lines are skipped.
@@ -72,10 +80,26 @@ pub fn read_qa(path: &Path) -> Result<Vec<QaExample>, EvalError> {
                 .ok_or_else(|| invalid("answer", "a string or a non-empty list of strings"))?,
             Some(_) => return Err(invalid("answer", "a string or a non-empty list of strings")),
         };
+        let support_titles = match row.get("support_titles") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| invalid("support_titles", "a list of strings"))?,
+            Some(_) => return Err(invalid("support_titles", "a list of strings")),
+        };
+        let kind = match row.get("type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(invalid("type", "a string")),
+        };
         out.push(QaExample {
             idx: row.get("idx").and_then(Value::as_i64),
             question,
             answers,
+            support_titles,
+            kind,
         });
     }
     Ok(out)
@@ -100,6 +124,50 @@ mod tests {
         writeln!(f, r#"{{"question": "Q3?"}}"#).unwrap();
         let err = read_qa(f.path()).unwrap_err().to_string();
         assert!(err.contains(":4:") && err.contains("answer"), "{err}");
+    }
+
+    #[test]
+    fn support_titles_and_type_are_read_and_checked() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            r#"{{"question": "Q?", "answer": "A", "type": "bridge", "support_titles": ["X", "Y"]}}"#
+        )
+        .unwrap();
+        let rows = read_qa(f.path()).unwrap();
+        assert_eq!(
+            rows[0].support_titles,
+            vec!["X".to_string(), "Y".to_string()]
+        );
+        assert_eq!(rows[0].kind.as_deref(), Some("bridge"));
+        writeln!(
+            f,
+            r#"{{"question": "Q?", "answer": "A", "support_titles": "X"}}"#
+        )
+        .unwrap();
+        let err = read_qa(f.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(":2:") && err.contains("support_titles"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn real_training_set_with_evidence_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/qa/hotpotqa_train_100.jsonl");
+        if !path.exists() {
+            eprintln!("skipping: {} not found", path.display());
+            return;
+        }
+        let rows = read_qa(&path).unwrap();
+        assert_eq!(rows.len(), 100);
+        assert!(rows.iter().all(|r| r.support_titles.len() == 2));
+        let comparison = rows
+            .iter()
+            .filter(|r| r.kind.as_deref() == Some("comparison"))
+            .count();
+        assert_eq!(comparison, 22);
     }
 
     #[test]
