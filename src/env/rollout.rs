@@ -78,6 +78,10 @@ pub struct SearchCall {
     pub query: String,
     /// Rendered passages returned (`"title" text`), best first.
     pub documents: Vec<String>,
+    /// The titles of those passages, same order (the step-level retrieval reward compares
+    /// them with gold support titles).
+    #[serde(default)]
+    pub titles: Vec<String>,
     /// Error text when the backend failed (the documents block then says `None`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -297,19 +301,32 @@ pub fn rollout_observed<B: Backend>(
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
             let block = documents_block(&hits, cfg.doc_max_words);
+            // The token that closed the query may have written the block's first bytes
+            // (`|>\n`): insert only the rest, so the text is the block exactly once.
+            let overshoot = &gen.rows()[r].overshoot;
+            let inserted = std::str::from_utf8(overshoot)
+                .ok()
+                .and_then(|o| block.strip_prefix(o))
+                .unwrap_or(&block)
+                .to_string();
             let call = SearchCall {
                 query,
                 documents: hits.iter().map(|h| h.render()).collect(),
+                titles: hits.iter().map(|h| h.title.clone()).collect(),
                 error,
             };
-            observer.on_search(r, &call, &block);
-            searches[r].push(call);
             let ids = tokenizer
-                .encode(&block, false)
+                .encode(&inserted, false)
                 .map_err(crate::model::ModelError::from)?;
             if gen.resume(r, &ids).is_err() {
+                // The documents do not fit the context: the episode ends without them (its
+                // trajectory holds none of their tokens, so no reward pays for a block the
+                // policy never saw).
                 ends[r] = Some(EpisodeEnd::Length);
+                continue;
             }
+            observer.on_search(r, &call, &inserted);
+            searches[r].push(call);
         }
     }
     let stats = gen.stats();

@@ -11,11 +11,15 @@
 //! re-scores the same ids (no re-tokenization drift).
 //!
 //! **Stop strings inside a token.** Byte-level BPE tokens can run past a stop string (the
-//! token `>\n` completes `<|end_of_query|>` and adds a newline). The segment text is cut right
-//! after the stop string: the overshooting token is dropped (it was never fed to the model)
-//! and the bytes it contributed up to the cut are re-encoded as inserted tokens (mask 0). The
-//! decoded text therefore ends exactly at the stop string, the policy's sampled tokens stay
-//! exactly as sampled, and no loss falls on tokens the policy did not choose.
+//! token `>\n` completes `<|end_of_query|>` and adds a newline). The token the policy sampled
+//! is kept as sampled, with mask 1: closing a query or an answer is a decision of the policy
+//! and must carry loss (an earlier version dropped it and re-encoded the text with mask 0, so
+//! the act of closing a query was never reinforced). The *segment text* — what the caller
+//! reads the query from — is cut right after the stop string, and the bytes past the cut are
+//! kept in [`Row::overshoot`] so the caller can insert only what the policy did not already
+//! write (the rollout strips them from the front of the documents block when they are its
+//! prefix). Row tokens stay exactly the tokens fed to the model, in order: the kept token is
+//! fed before any insertion when the row resumes.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -79,6 +83,9 @@ pub struct Row {
     pub generated: usize,
     /// Why the current segment stopped (`None` while generating).
     pub stop: Option<StopReason>,
+    /// Bytes the last sampled token added past the stop string it completed (empty when it
+    /// ended exactly there, or when the segment did not stop at a stop string).
+    pub overshoot: Vec<u8>,
     segment_start: usize,
     segment_bytes: Vec<u8>,
     fed: usize,
@@ -86,6 +93,24 @@ pub struct Row {
 }
 
 impl Row {
+    /// Appends the sampled token `id` (mask 1) whose bytes are `bytes`; when it completes one
+    /// of `stops` (longest `max_stop` bytes), stops the row at it, cuts the segment text right
+    /// after the stop string and keeps the bytes past it in [`Row::overshoot`]. Returns
+    /// whether the row stopped. The token itself is always kept (module docs).
+    fn push_sampled(&mut self, id: u32, bytes: &[u8], stops: &[String], max_stop: usize) -> bool {
+        self.generated += 1;
+        self.tokens.push(id);
+        self.mask.push(1);
+        let before = self.segment_bytes.len();
+        self.segment_bytes.extend_from_slice(bytes);
+        let Some((i, end)) = find_stop(&self.segment_bytes, before, stops, max_stop) else {
+            return false;
+        };
+        self.stop = Some(StopReason::Stop(i));
+        self.overshoot = self.segment_bytes.split_off(end);
+        true
+    }
+
     /// Bytes of the current segment (since the prompt or the last insertion), as text.
     pub fn segment_text(&self) -> String {
         String::from_utf8_lossy(&self.segment_bytes).into_owned()
@@ -155,6 +180,7 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
                 prompt_len: p.len(),
                 generated: 0,
                 stop: None,
+                overshoot: Vec::new(),
                 segment_start: p.len(),
                 segment_bytes: Vec::new(),
                 fed: 0,
@@ -220,20 +246,24 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
     }
 
     /// Feeds row `r`'s unfed tokens plus `insert` (mask 0) to the model.
+    ///
+    /// The capacity is checked before anything is appended: an insertion that does not fit
+    /// leaves the row's tokens as they were, so a trajectory never holds tokens (e.g. a
+    /// documents block) that the model did not see.
     fn feed(&mut self, r: usize, insert: &[u32]) -> Result<(), ModelError> {
         let row = &mut self.rows[r];
+        let needed = row.tokens.len() + insert.len();
+        if needed > row.fed && needed >= self.cache.capacity() {
+            return Err(ModelError::ContextOverflow {
+                tokens: needed,
+                capacity: self.cache.capacity(),
+            });
+        }
         row.tokens.extend_from_slice(insert);
         row.mask.extend(std::iter::repeat_n(0u8, insert.len()));
         let pending = &row.tokens[row.fed..];
         if pending.is_empty() {
             return Ok(());
-        }
-        let needed = row.fed + pending.len();
-        if needed >= self.cache.capacity() {
-            return Err(ModelError::ContextOverflow {
-                tokens: needed,
-                capacity: self.cache.capacity(),
-            });
         }
         let t0 = std::time::Instant::now();
         let logits = self.model.prefill_row(r, pending, &mut self.cache);
@@ -257,6 +287,7 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
         }
         let row = &mut self.rows[r];
         row.stop = None;
+        row.overshoot.clear();
         row.segment_start = row.tokens.len();
         row.segment_bytes.clear();
         Ok(())
@@ -303,33 +334,14 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
                 };
                 let id = sampler.sample(&logits);
                 self.stats.sampled_tokens += 1;
-                row.generated += 1;
-                row.tokens.push(id);
-                row.mask.push(1);
                 if self.eos.contains(&id) {
+                    row.push_sampled(id, &[], &[], 0);
                     row.stop = Some(StopReason::Eos);
                     let _ = on_token(r, id, &[]);
                     continue;
                 }
                 let before = row.segment_bytes.len();
-                row.segment_bytes
-                    .extend_from_slice(&piece(self.tokenizer, id));
-                if let Some((i, end)) = find_stop(&row.segment_bytes, before, &self.stops, max_stop)
-                {
-                    row.stop = Some(StopReason::Stop(i));
-                    if end < row.segment_bytes.len() {
-                        // The token overshot the stop string: replace it by inserted tokens
-                        // spelling the text up to the cut (module docs).
-                        row.tokens.pop();
-                        row.mask.pop();
-                        row.generated -= 1;
-                        let tail =
-                            String::from_utf8_lossy(&row.segment_bytes[before..end]).into_owned();
-                        let ids = self.tokenizer.encode(&tail, false).unwrap_or_default();
-                        row.mask.extend(std::iter::repeat_n(0u8, ids.len()));
-                        row.tokens.extend(ids);
-                        row.segment_bytes.truncate(end);
-                    }
+                if row.push_sampled(id, &piece(self.tokenizer, id), &self.stops, max_stop) {
                     let _ = on_token(r, id, &row.segment_bytes[before..]);
                     continue;
                 }
@@ -391,6 +403,44 @@ fn find_stop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn empty_row() -> Row {
+        Row {
+            tokens: vec![7],
+            mask: vec![0],
+            prompt_len: 1,
+            generated: 0,
+            stop: None,
+            overshoot: Vec::new(),
+            segment_start: 1,
+            segment_bytes: Vec::new(),
+            fed: 1,
+            next_logits: None,
+        }
+    }
+
+    /// The token that completes a stop string and runs past it is kept with mask 1 (the
+    /// policy chose it), the segment text ends at the stop string, and the extra bytes are
+    /// reported as overshoot.
+    #[test]
+    fn overshooting_stop_token_is_kept_and_trained() {
+        let stops = vec!["<|end_of_query|>".to_string(), "</answer>".to_string()];
+        let mut row = empty_row();
+        assert!(!row.push_sampled(10, b"<|begin_of_query|> cats <|end_of_query", &stops, 16));
+        assert!(row.push_sampled(11, b"|>\n", &stops, 16));
+        assert_eq!(row.stop, Some(StopReason::Stop(0)));
+        assert_eq!(row.tokens, vec![7, 10, 11]);
+        assert_eq!(row.mask, vec![0, 1, 1]);
+        assert_eq!(row.generated, 2);
+        assert!(row.segment_text().ends_with("<|end_of_query|>"));
+        assert_eq!(row.overshoot, b"\n");
+        // A token ending exactly at the stop leaves no overshoot.
+        let mut row = empty_row();
+        assert!(row.push_sampled(12, b" x </answer>", &stops, 16));
+        assert_eq!(row.stop, Some(StopReason::Stop(1)));
+        assert!(row.overshoot.is_empty());
+        assert_eq!(row.mask, vec![0, 1]);
+    }
 
     #[test]
     fn find_stop_only_counts_new_matches() {

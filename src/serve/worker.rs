@@ -681,6 +681,7 @@ mod tests {
         let call = SearchCall {
             query: "Paris".into(),
             documents: vec!["\"Paris\" capital".into()],
+            titles: vec!["Paris".into()],
             error: None,
         };
         s.on_search(
