@@ -9,6 +9,8 @@
 //!   [`FormatReport`], together with the extracted answer and the number of searches.
 //! - [`rules`]: the [`RewardFn`] seam and its two rules, [`Stage1Reward`] (learn to search)
 //!   and [`Stage2Reward`] (learn to answer), picked in configs by [`RewardKind`].
+//! - [`step`]: the optional step-level retrieval reward (StepSearch): paid per search that
+//!   brings a new gold support paragraph, charged per search that only repeats earlier ones.
 //!
 //! Everything here is a pure function of the solution text and the gold answers: no model, no
 //! retriever, no I/O. That keeps rewards unit-testable rule by rule and lets the trainer score
@@ -32,6 +34,7 @@
 pub mod format;
 pub mod metrics;
 pub mod rules;
+pub mod step;
 
 pub use format::{extract_answer, is_cjk, FormatReport};
 pub use metrics::{
@@ -40,3 +43,4 @@ pub use metrics::{
 pub use rules::{
     RewardBreakdown, RewardFn, RewardKind, Stage1Reward, Stage2Reward, UnknownRewardKind,
 };
+pub use step::{step_retrieval_reward, StepReward, StepRewardConfig};
