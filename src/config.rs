@@ -157,12 +157,16 @@ impl SearchSection {
 pub struct RewardSection {
     /// `stage1` or `stage2` (DESIGN §4). Default `stage1`.
     pub kind: RewardKind,
+    /// `[reward.step]`: the optional step-level retrieval reward added to `kind`'s; defaults
+    /// (off) in [`crate::reward::StepRewardConfig`].
+    pub step: crate::reward::StepRewardConfig,
 }
 
 impl Default for RewardSection {
     fn default() -> Self {
         Self {
             kind: RewardKind::Stage1,
+            step: crate::reward::StepRewardConfig::default(),
         }
     }
 }
@@ -171,9 +175,11 @@ impl Default for RewardSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataSection {
-    /// Training questions (JSONL with `question`, `answer`). Default
+    /// Training questions: one JSONL file (`question`, `answer`, optionally `support_titles`
+    /// and `type`) or a list of them, read in order and concatenated. Default
     /// `../shared/data/qa/stage_1.jsonl`.
-    pub train: PathBuf,
+    #[serde(deserialize_with = "one_or_many_paths")]
+    pub train: Vec<PathBuf>,
     /// Default evaluation set. Default `../shared/data/qa/hotpotqa_500.jsonl`.
     pub eval: PathBuf,
 }
@@ -181,8 +187,186 @@ pub struct DataSection {
 impl Default for DataSection {
     fn default() -> Self {
         Self {
-            train: PathBuf::from("../shared/data/qa/stage_1.jsonl"),
+            train: vec![PathBuf::from("../shared/data/qa/stage_1.jsonl")],
             eval: PathBuf::from("../shared/data/qa/hotpotqa_500.jsonl"),
+        }
+    }
+}
+
+impl DataSection {
+    /// Reads every `train` file in order and concatenates their questions.
+    ///
+    /// # Errors
+    /// The first [`crate::eval::EvalError`], naming the file and line at fault.
+    pub fn read_train(&self) -> Result<Vec<crate::eval::QaExample>, crate::eval::EvalError> {
+        let mut out = Vec::new();
+        for path in &self.train {
+            out.extend(crate::eval::read_qa(path)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Accepts `train = "a.jsonl"` as well as `train = ["a.jsonl", "b.jsonl"]`.
+fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// What a phase does (see [`crate::curriculum`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseKind {
+    /// Write cold-start episodes.
+    Collect,
+    /// Supervised fine-tuning on the latest collected episodes.
+    Sft,
+    /// Reinforcement learning steps.
+    Rl,
+    /// Evaluate the current policy.
+    Eval,
+}
+
+/// One `[[phase]]` of a config. Only `name` and `kind` are required; the override tables
+/// hold any keys of the base config's section of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSection {
+    /// Unique name, e.g. `stage1`; labels metrics lines and the phase's folder.
+    pub name: String,
+    /// What the phase does.
+    pub kind: PhaseKind,
+    /// `sft` / `rl`: optimizer steps. `sleuth train --phase-steps N` caps it. Default 0.
+    #[serde(default)]
+    pub steps: usize,
+    /// `collect`: write scripted episodes (`true`, the default) or rejection-sample from the
+    /// current policy (`false`).
+    #[serde(default = "yes")]
+    pub scripted: bool,
+    /// `collect` (rejection sampling) / `eval`: questions per batched rollout. Default 4.
+    #[serde(default = "four")]
+    pub batch: usize,
+    /// `collect` / `eval`: use only the first N questions of each set. Default: all.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// `eval`: the held-out QA files (never the training questions). Default: `[data] eval`.
+    #[serde(default)]
+    pub sets: Vec<PathBuf>,
+    /// Overrides of `[train]` for this phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<toml::Table>,
+    /// Overrides of `[rollout]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<toml::Table>,
+    /// Overrides of `[reward]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<toml::Table>,
+    /// Overrides of `[prompt]` (inline keys only: `demonstrations_file` is read once, from the
+    /// base config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<toml::Table>,
+    /// Overrides of `[data]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<toml::Table>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn four() -> usize {
+    4
+}
+
+/// A phase whose settings do not make a valid config.
+#[derive(Debug, thiserror::Error)]
+#[error("[[phase]] {name:?}: {reason}")]
+pub struct PhaseError {
+    /// Phase name.
+    pub name: String,
+    /// What is wrong (names the key).
+    pub reason: String,
+}
+
+impl RunConfig {
+    /// The config phase `p` runs with: this config with `p`'s override tables merged in key by
+    /// key (nested tables merge, other values replace).
+    ///
+    /// # Errors
+    /// [`PhaseError::Phase`] naming the phase and the bad key.
+    pub fn phase_config(&self, p: &PhaseSection) -> Result<RunConfig, PhaseError> {
+        let err = |reason: String| PhaseError {
+            name: p.name.clone(),
+            reason,
+        };
+        let base = RunConfig {
+            phase: Vec::new(),
+            ..self.clone()
+        };
+        let mut v = toml::Table::try_from(&base).map_err(|e| err(e.to_string()))?;
+        if p.prompt
+            .as_ref()
+            .is_some_and(|t| t.contains_key("demonstrations_file"))
+        {
+            return Err(err(
+                "prompt.demonstrations_file cannot be set per phase (set it in [prompt])".into(),
+            ));
+        }
+        for (section, table) in [
+            ("train", &p.train),
+            ("rollout", &p.rollout),
+            ("reward", &p.reward),
+            ("prompt", &p.prompt),
+            ("data", &p.data),
+        ] {
+            if let Some(t) = table {
+                let slot = v
+                    .entry(section)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(dst) = slot {
+                    merge(dst, t);
+                }
+            }
+        }
+        toml::Value::Table(v)
+            .try_into()
+            .map_err(|e: toml::de::Error| err(e.to_string()))
+    }
+
+    /// Checks every phase: unique names, overrides that parse.
+    ///
+    /// # Errors
+    /// [`PhaseError::Phase`] for the first bad phase.
+    pub fn check_phases(&self) -> Result<(), PhaseError> {
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.phase {
+            if !seen.insert(p.name.as_str()) {
+                return Err(PhaseError {
+                    name: p.name.clone(),
+                    reason: "duplicate phase name".into(),
+                });
+            }
+            self.phase_config(p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Merges `src` into `dst`: tables recursively, other values replace.
+fn merge(dst: &mut toml::Table, src: &toml::Table) {
+    for (k, v) in src {
+        match (dst.get_mut(k), v) {
+            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge(d, s),
+            _ => {
+                dst.insert(k.clone(), v.clone());
+            }
         }
     }
 }
@@ -205,6 +389,10 @@ pub struct RunConfig {
     pub data: DataSection,
     /// Trainer settings.
     pub train: TrainConfig,
+    /// Curriculum phases (`[[phase]]`), run in order by `sleuth train`
+    /// ([`crate::curriculum`]); empty for a single-phase config.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase: Vec<PhaseSection>,
 }
 
 /// Errors loading a config file.
@@ -229,6 +417,14 @@ pub enum ConfigError {
     /// A referenced file could not be read.
     #[error(transparent)]
     Prompt(#[from] crate::env::prompt::PromptError),
+    /// A `[[phase]]` is invalid.
+    #[error("{path}: {source}")]
+    Phase {
+        /// Config path.
+        path: PathBuf,
+        /// What is wrong.
+        source: PhaseError,
+    },
 }
 
 impl RunConfig {
@@ -247,6 +443,10 @@ impl RunConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.prompt.resolve_files(base)?;
+        cfg.check_phases().map_err(|source| ConfigError::Phase {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(cfg)
     }
 }
@@ -274,6 +474,17 @@ mod tests {
                 !cfg.prompt.demonstrations.is_empty(),
                 "{name} should carry a demonstration"
             );
+        }
+        // The curriculum's phases all make valid configs; it trains on the questions whose
+        // evidence is in the corpus and evaluates on other sets.
+        let cur = RunConfig::load(&root.join("envs/curriculum.toml")).unwrap();
+        assert!(cur.phase.len() >= 4);
+        for p in &cur.phase {
+            let c = cur.phase_config(p).unwrap();
+            assert!(c.data.train[0].ends_with("hotpotqa_train_100.jsonl"));
+            if p.kind == PhaseKind::Eval {
+                assert!(p.sets.iter().all(|s| !c.data.train.contains(s)));
+            }
         }
         // The cold-started policy is trained and evaluated without the crutch.
         let cold = RunConfig::load(&root.join("envs/learning-coldstart.toml")).unwrap();
@@ -311,6 +522,68 @@ mod tests {
             e.contains("unknown backend") && e.contains("graph-tree"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn data_train_takes_one_file_or_a_list() {
+        let one: RunConfig = toml::from_str("[data]\ntrain = \"a.jsonl\"\n").unwrap();
+        assert_eq!(one.data.train, vec![PathBuf::from("a.jsonl")]);
+        let many: RunConfig =
+            toml::from_str("[data]\ntrain = [\"a.jsonl\", \"b.jsonl\"]\n").unwrap();
+        assert_eq!(
+            many.data.train,
+            vec![PathBuf::from("a.jsonl"), PathBuf::from("b.jsonl")]
+        );
+        // A written config reads back the same.
+        let back: RunConfig = toml::from_str(&toml::to_string(&many).unwrap()).unwrap();
+        assert_eq!(back.data, many.data);
+        assert!(toml::from_str::<RunConfig>("[data]\ntrain = 3\n").is_err());
+    }
+
+    #[test]
+    fn phase_overrides_merge_key_by_key_and_bad_keys_name_the_phase() {
+        let cfg: RunConfig = toml::from_str(
+            r#"
+[rollout]
+temperature = 1.0
+top_k = 3
+[train]
+learning_rate = 1e-5
+[[phase]]
+name = "stage2"
+kind = "rl"
+steps = 3
+reward = { kind = "stage2" }
+rollout = { temperature = 1.2 }
+"#,
+        )
+        .unwrap();
+        let p = cfg.phase_config(&cfg.phase[0]).unwrap();
+        assert_eq!(p.rollout.temperature, 1.2);
+        assert_eq!(p.rollout.top_k, 3, "keys the phase does not name are kept");
+        assert_eq!(p.train.learning_rate, 1e-5);
+        assert_eq!(p.reward.kind, RewardKind::Stage2);
+        assert!(p.phase.is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "[[phase]]\nname = \"s1\"\nkind = \"rl\"\nrollout = { temprature = 1.2 }\n",
+        )
+        .unwrap();
+        let e = RunConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("s1") && e.contains("temprature") && e.contains("bad.toml"),
+            "{e}"
+        );
+        std::fs::write(
+            &path,
+            "[[phase]]\nname = \"a\"\nkind = \"eval\"\n[[phase]]\nname = \"a\"\nkind = \"rl\"\n",
+        )
+        .unwrap();
+        let e = RunConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("duplicate"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod corpus;
+pub mod curriculum;
 pub mod embed;
 pub mod env;
 pub mod eval;

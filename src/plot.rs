@@ -108,12 +108,14 @@ impl RunMetrics {
         Ok(Self { label, steps })
     }
 
-    /// `(step, value)` of a numeric field, skipping steps where it is missing or `null`.
+    /// `(step, value)` of a numeric field, skipping steps where it is missing or `null`. The
+    /// x value is `run_step` when the line has one (a curriculum's steps count on across
+    /// phases), else `step`.
     pub fn series(&self, field: &str) -> Vec<(f64, f64)> {
         self.steps
             .iter()
             .filter_map(|v| {
-                let s = v.get("step")?.as_f64()?;
+                let s = x_of(v)?;
                 let y = v.get(field)?.as_f64()?;
                 y.is_finite().then_some((s, y))
             })
@@ -125,9 +127,16 @@ impl RunMetrics {
         self.steps
             .iter()
             .filter(|v| v.get("guard").is_some_and(|g| !g.is_null()))
-            .filter_map(|v| v.get("step")?.as_f64())
+            .filter_map(x_of)
             .collect()
     }
+}
+
+/// The x value of a metrics line: `run_step` when present, else `step`.
+fn x_of(v: &Value) -> Option<f64> {
+    v.get("run_step")
+        .and_then(Value::as_f64)
+        .or_else(|| v.get("step")?.as_f64())
 }
 
 /// Trailing moving average over `window` points (`window` ≤ 1 returns the input).

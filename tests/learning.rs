@@ -21,7 +21,10 @@ use sleuth::rl::{Algo, GuardConfig, TrainConfig, TrainError, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
 const MAX_NEW: usize = 12;
-const TOP_K: usize = 4;
+/// Rollouts sample the untruncated softmax at this temperature (RL refuses top-k / top-p,
+/// since the loss scores the same tempered distribution); a low temperature keeps a random
+/// model's choices few, so the target token recurs often enough to be rewarded.
+const TEMPERATURE: f32 = 0.35;
 /// Embedding scale over the default N(0, 0.02) init: gives a peaked output distribution, as a
 /// pretrained model has (near-uniform logits over 49k tokens leave no token frequent enough
 /// to reward).
@@ -74,9 +77,7 @@ fn rollout_cfg() -> RolloutConfig {
         samples_per_question: 8,
         max_new_tokens: MAX_NEW,
         context_tokens: 64,
-        // Sampling among the 4 likeliest tokens keeps a random model's choices few, so the
-        // target token recurs often enough to be rewarded.
-        top_k_sampling: TOP_K,
+        temperature: TEMPERATURE,
         ..Default::default()
     }
 }
@@ -96,7 +97,7 @@ fn most_sampled_token(model: &Llama<Train>, tok: &Tokenizer) -> String {
     let qs: Vec<String> = QUESTIONS.iter().map(|s| s.to_string()).collect();
     let mut sampler = Sampler::new(SamplingConfig {
         seed: 1,
-        top_k: TOP_K,
+        temperature: TEMPERATURE,
         ..Default::default()
     });
     let (eps, _) = rollout(
@@ -148,6 +149,7 @@ fn trainer(tok: Tokenizer, algo: Algo, lr: f64, seed: u64) -> Trainer<Train> {
         .map(|q| Question {
             question: q.to_string(),
             answers: vec![],
+            ..Default::default()
         })
         .collect();
     Trainer::new(
@@ -221,8 +223,8 @@ fn reinforce_pp_baseline_steps_and_checkpoint_resumes() {
 fn collapse_guard_restores_last_good_weights_and_lowers_lr() {
     let Some(tok) = tokenizer() else { return };
     let mut t = trainer(tok, Algo::Grpo, 1e-2, 7);
-    // The tiny random model's full-vocabulary entropy is ~9.8 nats (it samples from its top 4
-    // only), above the default bound meant for a pretrained policy, and lr 1e-2 moves it far
+    // The tiny random model's entropy can exceed the default bound meant for a pretrained
+    // policy, and lr 1e-2 moves it far
     // from the reference in one step: loosen those two bounds, test the mechanism.
     let pass = GuardConfig {
         max_trips: 1,
@@ -275,4 +277,186 @@ fn collapse_guard_restores_last_good_weights_and_lowers_lr() {
             other.map(|m| m.guard)
         ),
     }
+}
+
+/// The step-1 weights' guard figures pass, step 2's and step 3's format rates form a window
+/// that trips at step 3: the weights restored are from before the window (θ_0, measured by
+/// step 1), not θ_1, which step 2 measured inside the degraded window.
+#[test]
+fn windowed_guard_trip_restores_weights_from_before_the_window() {
+    let Some(tok) = tokenizer() else { return };
+    let mut t = trainer(tok, Algo::Grpo, 1e-2, 7);
+    let pass = GuardConfig {
+        max_trips: 3,
+        max_entropy: 20.0,
+        max_kl: 100.0,
+        window: 2,
+        ..Default::default()
+    };
+    t.cfg.guard = pass.clone();
+    let theta0 = t.model.embed_tokens.val().into_data();
+    assert!(t.step().unwrap().guard.is_none());
+    let theta1 = t.model.embed_tokens.val().into_data();
+    assert_ne!(theta1, theta0, "step 1 must move the weights");
+    assert!(t.step().unwrap().guard.is_none());
+    t.cfg.guard = GuardConfig {
+        max_format_drop: -1.0,
+        ..pass
+    };
+    let m3 = t.step().unwrap();
+    let ev = m3.guard.expect("step 3 trips on the 2-step window");
+    assert!(ev.reason.contains("over 2 steps"), "{}", ev.reason);
+    assert_eq!(ev.restored_step, Some(0));
+    assert_eq!(t.model.embed_tokens.val().into_data(), theta0);
+}
+
+/// Scores 0 for questions whose gold is "flat" (every group all-equal, no advantage) and the
+/// solution's length otherwise (samples differ).
+struct FlatOrLength;
+impl RewardFn for FlatOrLength {
+    fn score(&self, solution: &str, golds: &[String]) -> RewardBreakdown {
+        let total = if golds.iter().any(|g| g == "flat") {
+            0.0
+        } else {
+            solution.len() as f32
+        };
+        RewardBreakdown {
+            total,
+            ..Default::default()
+        }
+    }
+    fn name(&self) -> &'static str {
+        "flat_or_length"
+    }
+}
+
+fn dynamic_trainer(
+    tok: Tokenizer,
+    golds: &[&str],
+    max_resample: usize,
+    retire_after: usize,
+) -> Trainer<Train> {
+    let (model, cfg) = tiny_model(&tok, 5);
+    let train = TrainConfig {
+        questions_per_step: 2,
+        micro_batch: 8,
+        learning_rate: 1e-3,
+        seed: 5,
+        dynamic_sampling: true,
+        max_resample,
+        retire_after,
+        guard: GuardConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let data = golds
+        .iter()
+        .enumerate()
+        .map(|(i, g)| Question {
+            question: format!("{} {i}", QUESTIONS[i % QUESTIONS.len()]),
+            answers: vec![g.to_string()],
+            ..Default::default()
+        })
+        .collect();
+    Trainer::new(
+        model,
+        cfg,
+        tok,
+        Box::new(NoSearch),
+        Box::new(FlatOrLength),
+        prompt(),
+        rollout_cfg(),
+        train,
+        data,
+        backend::device(),
+    )
+    .unwrap()
+}
+
+/// DAPO dynamic sampling: groups whose rewards are all equal are not trained on; the step
+/// draws more questions until it holds `questions_per_step` informative groups, and never runs
+/// more than `max_resample` extra rounds.
+#[test]
+fn dynamic_sampling_resamples_flat_groups_within_its_bound() {
+    let Some(tok) = tokenizer() else { return };
+    // Every question flat: 1 + max_resample rounds of 2 groups, nothing kept, no update.
+    let mut t = dynamic_trainer(tok.clone(), &["flat", "flat", "flat"], 2, 0);
+    let m = t.step().unwrap();
+    assert_eq!((m.groups_sampled, m.groups_kept), (6, 0));
+    assert_eq!(m.episodes, 6 * 8);
+    assert_eq!(m.grad_norm, 0.0);
+    assert!(
+        m.entropy.is_none(),
+        "no forward pass without informative groups"
+    );
+
+    // Half the questions informative: the step ends with exactly 2 kept groups, each with
+    // reward variance, having sampled within the bound.
+    let mut t = dynamic_trainer(tok, &["flat", "x", "flat", "y"], 3, 0);
+    for _ in 0..3 {
+        let m = t.step().unwrap();
+        assert_eq!(m.groups_kept, 2, "{m:?}");
+        assert!(
+            m.groups_sampled >= 2 && m.groups_sampled <= 2 * (1 + 3),
+            "{m:?}"
+        );
+        assert!(m.grad_norm > 0.0);
+        assert_eq!(m.episodes, m.groups_sampled * 8);
+    }
+}
+
+/// Questions never solved (cover-EM) after `retire_after` groups are retired and no longer
+/// drawn, but never below `questions_per_step` active questions; the pass records are part
+/// of the checkpointed state.
+#[test]
+fn never_solved_questions_retire_down_to_the_step_size() {
+    let Some(tok) = tokenizer() else { return };
+    let mut t = dynamic_trainer(tok, &["flat", "flat", "flat", "flat"], 0, 1);
+    let mut retired = Vec::new();
+    for _ in 0..4 {
+        retired.push(t.step().unwrap().questions_retired);
+    }
+    assert!(retired.windows(2).all(|w| w[0] <= w[1]), "{retired:?}");
+    assert_eq!(*retired.last().unwrap(), 2, "{retired:?}");
+    let active: Vec<usize> = (0..4).filter(|&i| !t.state.pass[i].retired).collect();
+    assert_eq!(active.len(), 2);
+    // Retired questions are not drawn again: their group counts stop growing.
+    let before: Vec<usize> = t.state.pass.iter().map(|p| p.groups).collect();
+    t.step().unwrap();
+    for (i, p) in t.state.pass.iter().enumerate() {
+        if p.retired {
+            assert_eq!(p.groups, before[i]);
+        }
+    }
+}
+
+/// RL refuses truncated sampling: the loss scores the untruncated tempered softmax.
+#[test]
+fn truncated_rollout_sampling_is_refused() {
+    let Some(tok) = tokenizer() else { return };
+    let (model, cfg) = tiny_model(&tok, 1);
+    let rollout = RolloutConfig {
+        top_p: 0.9,
+        ..rollout_cfg()
+    };
+    let err = Trainer::new(
+        model,
+        cfg,
+        tok,
+        Box::new(NoSearch),
+        Box::new(FlatOrLength),
+        prompt(),
+        rollout,
+        TrainConfig::default(),
+        vec![Question {
+            question: "q".into(),
+            ..Default::default()
+        }],
+        backend::device(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("top_p"), "{err}");
 }

@@ -32,6 +32,9 @@ pub struct EvalReport {
     pub format_ok_rate: f64,
     /// Mean searches per question.
     pub searches_mean: f64,
+    /// Questions whose episode searched twice or more, %.
+    #[serde(default)]
+    pub multi_search_rate: f64,
     /// Policy tokens sampled per second of generation.
     pub tokens_per_s: f64,
     /// Wall-clock seconds of the run.
@@ -124,6 +127,7 @@ pub fn evaluate<B: Backend>(
         finished_rate: pct(mean(&|r| (r.end == EpisodeEnd::Answered) as u8 as f64)),
         format_ok_rate: pct(mean(&|r| r.format_ok as u8 as f64)),
         searches_mean: (mean(&|r| r.searches.len() as f64) * 100.0).round() / 100.0,
+        multi_search_rate: pct(mean(&|r| (r.searches.len() >= 2) as u8 as f64)),
         tokens_per_s: (tokens as f64 / gen_seconds.max(1e-9) * 10.0).round() / 10.0,
         seconds: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     };

@@ -37,6 +37,36 @@ pub struct TrainState {
     /// Collapse-guard trips so far.
     #[serde(default)]
     pub guard_trips: usize,
+    /// Per training question (by index in the data): how often it was sampled and solved, and
+    /// whether it was retired (`[train] retire_after`). Empty in checkpoints written before
+    /// pass rates were tracked; grown on demand.
+    #[serde(default)]
+    pub pass: Vec<PassRecord>,
+}
+
+/// One training question's record over a run (DAPO / DeepResearcher-style difficulty
+/// tracking): groups drawn, samples drawn, samples solved (cover-EM correct).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PassRecord {
+    /// Groups (rollouts of G samples) drawn for the question.
+    pub groups: usize,
+    /// Samples drawn.
+    pub samples: usize,
+    /// Samples whose answer was cover-EM correct.
+    pub solved: usize,
+    /// Retired: always or never solved after `retire_after` groups; no longer drawn.
+    pub retired: bool,
+}
+
+impl PassRecord {
+    /// Solved share of the samples (0 when never sampled).
+    pub fn pass_rate(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.solved as f64 / self.samples as f64
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -52,6 +82,7 @@ impl Default for TrainState {
             seed: 0,
             lr_scale: 1.0,
             guard_trips: 0,
+            pass: Vec::new(),
         }
     }
 }

@@ -15,6 +15,15 @@
 //! and promotes it to last-good only when step N's figures pass. Rolling back to the latest
 //! checkpoint instead would restore exactly the weights that misbehaved.
 //!
+//! **Windowed trips.** The format-valid check averages `window` steps, so when it trips at
+//! step N the degraded figures span steps N−window+1 … N, which measured θ_{N−window} …
+//! θ_{N−1}. Restoring the newest passing weights would restore weights from *inside* that
+//! window; the trainer keeps the last `window + 1` passing snapshots and restores the newest
+//! one from before the window (θ_{N−window−1} or older). Snapshots hold weights only (a full
+//! copy of AdamW's moments per snapshot would triple their memory), so a rollback also
+//! restarts AdamW's moments: the gradient history that led into the collapse is dropped with
+//! it.
+//!
 //! The step counter, data position and sampling seed keep moving forward after a rollback,
 //! so the restored policy sees new questions and new samples rather than replaying the
 //! rollout that tripped. The learning-rate scale is part of the checkpointed
@@ -24,7 +33,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::trainer::StepMetrics;
+use super::metrics::StepMetrics;
 
 /// Bounds of the collapse guard (`[train.guard]` in an env config). Defaults stated once, here;
 /// they are loose on purpose (they catch collapse, not ordinary noise of 8-episode steps).
@@ -79,6 +88,17 @@ pub struct GuardEvent {
     pub lr_scale: f64,
 }
 
+/// A tripped bound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardTrip {
+    /// Which bound tripped, with the measured value.
+    pub reason: String,
+    /// Steps whose figures the verdict rests on, ending at the tripping step: 1 for entropy
+    /// and KL, `window` for the format-valid rate. Every weight those steps measured is
+    /// suspect, so the trainer restores weights from before the first of them.
+    pub steps: usize,
+}
+
 /// Running state of the checks (format-rate window and its best mean).
 #[derive(Debug, Clone, Default)]
 pub struct CollapseGuard {
@@ -87,23 +107,32 @@ pub struct CollapseGuard {
 }
 
 impl CollapseGuard {
-    /// Tests one step's figures; `Err(reason)` when a bound is crossed. `entropy` and `kl` are
+    /// Tests one step's figures; `Err` when a bound is crossed. `entropy` and `kl` are
     /// skipped when the step ran no forward pass (`None`).
     ///
     /// # Errors
-    /// The tripped bound as text, e.g. `"entropy 0.012 < min_entropy 0.05"`.
-    pub fn check(&mut self, cfg: &GuardConfig, m: &StepMetrics) -> Result<(), String> {
+    /// A [`GuardTrip`]: the tripped bound as text, e.g. `"entropy 0.012 < min_entropy 0.05"`,
+    /// and how many steps of evidence it spans (1 for entropy and KL, `window` for the
+    /// format-valid rate).
+    pub fn check(&mut self, cfg: &GuardConfig, m: &StepMetrics) -> Result<(), GuardTrip> {
+        let one = |reason| GuardTrip { reason, steps: 1 };
         if let Some(e) = m.entropy {
             if e < cfg.min_entropy {
-                return Err(format!("entropy {e:.4} < min_entropy {}", cfg.min_entropy));
+                return Err(one(format!(
+                    "entropy {e:.4} < min_entropy {}",
+                    cfg.min_entropy
+                )));
             }
             if e > cfg.max_entropy {
-                return Err(format!("entropy {e:.4} > max_entropy {}", cfg.max_entropy));
+                return Err(one(format!(
+                    "entropy {e:.4} > max_entropy {}",
+                    cfg.max_entropy
+                )));
             }
         }
         if let Some(k) = m.kl {
             if k > cfg.max_kl {
-                return Err(format!("kl {k:.4} > max_kl {}", cfg.max_kl));
+                return Err(one(format!("kl {k:.4} > max_kl {}", cfg.max_kl)));
             }
         }
         let w = cfg.window.max(1);
@@ -116,11 +145,14 @@ impl CollapseGuard {
             let best = self.best_format.map_or(mean, |b| b.max(mean));
             self.best_format = Some(best);
             if best - mean > cfg.max_format_drop {
-                return Err(format!(
-                    "format-valid rate over {w} steps {mean:.3} fell {:.3} below its best {best:.3} (max_format_drop {})",
-                    best - mean,
-                    cfg.max_format_drop
-                ));
+                return Err(GuardTrip {
+                    reason: format!(
+                        "format-valid rate over {w} steps {mean:.3} fell {:.3} below its best {best:.3} (max_format_drop {})",
+                        best - mean,
+                        cfg.max_format_drop
+                    ),
+                    steps: w,
+                });
             }
         }
         Ok(())
@@ -150,9 +182,15 @@ mod tests {
         let cfg = GuardConfig::default();
         let mut g = CollapseGuard::default();
         assert!(g.check(&cfg, &metrics(Some(1.5), None, 0.0)).is_ok());
-        let low = g.check(&cfg, &metrics(Some(0.01), None, 0.0)).unwrap_err();
+        let low = g
+            .check(&cfg, &metrics(Some(0.01), None, 0.0))
+            .unwrap_err()
+            .reason;
         assert!(low.contains("min_entropy"), "{low}");
-        let high = g.check(&cfg, &metrics(Some(9.0), None, 0.0)).unwrap_err();
+        let high = g
+            .check(&cfg, &metrics(Some(9.0), None, 0.0))
+            .unwrap_err()
+            .reason;
         assert!(high.contains("max_entropy"), "{high}");
         assert!(g.check(&cfg, &metrics(None, None, 0.0)).is_ok());
     }
@@ -165,7 +203,8 @@ mod tests {
         let e = g
             .check(&cfg, &metrics(Some(1.0), Some(0.8), 0.0))
             .unwrap_err();
-        assert!(e.starts_with("kl 0.8000 > max_kl"), "{e}");
+        assert!(e.reason.starts_with("kl 0.8000 > max_kl"), "{e:?}");
+        assert_eq!(e.steps, 1);
     }
 
     #[test]
@@ -182,7 +221,11 @@ mod tests {
             assert!(g.check(&cfg, &metrics(None, None, f)).is_ok());
         }
         let e = g.check(&cfg, &metrics(None, None, 0.2)).unwrap_err();
-        assert!(e.contains("fell 0.500 below its best 0.800"), "{e}");
+        assert!(
+            e.reason.contains("fell 0.500 below its best 0.800"),
+            "{e:?}"
+        );
+        assert_eq!(e.steps, 2, "the verdict rests on the whole window");
         // After a reset the low rate is the new baseline.
         g.reset();
         for f in [0.2, 0.2, 0.3] {

@@ -62,28 +62,42 @@ pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> 
     }
 }
 
-/// Log-probabilities of each next token: `[B, T − 1 − start]`.
+/// Log-probabilities of each next token under the model's own distribution (temperature 1):
+/// `[B, T − 1 − start]`.
 pub fn token_logprobs<B: Backend>(
     model: &Llama<B>,
     tokens: Tensor<B, 2, Int>,
     start: usize,
 ) -> Tensor<B, 2> {
-    token_logprobs_entropy(model, tokens, start, false).0
+    token_logprobs_entropy(model, tokens, start, 1.0, false).0
 }
 
-/// [`token_logprobs`] plus, when `entropy` is set, the policy's entropy at each position
-/// (`−Σ_v p_v log p_v` over the vocabulary, nats, `[B, T − 1 − start]`, detached).
+/// Log-probabilities of each next token under the distribution the rollout sampled from,
+/// `softmax(logits / temperature)` (`[B, T − 1 − start]`), plus, when `entropy` is set, that
+/// distribution's entropy at each position (`−Σ_v p_v log p_v` over the vocabulary, nats,
+/// `[B, T − 1 − start]`, detached).
+///
+/// The policy gradient is only unbiased when the loss scores the tokens under the
+/// distribution they were drawn from, so RL passes the rollout temperature here (as verl's
+/// `compute_log_prob` divides logits by the rollout temperature) and samples without top-k /
+/// top-p truncation (which this function does not model; the trainer refuses truncated
+/// rollouts). `temperature` must be > 0.
 pub fn token_logprobs_entropy<B: Backend>(
     model: &Llama<B>,
     tokens: Tensor<B, 2, Int>,
     start: usize,
+    temperature: f32,
     entropy: bool,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
     let [b, t] = tokens.dims();
     let hidden = model.forward(tokens.clone());
     let h = hidden.dims()[2];
     let hidden = hidden.slice([0..b, start..t - 1, 0..h]);
-    let logp = log_softmax(model.logits(hidden), 2);
+    let mut logits = model.logits(hidden);
+    if temperature != 1.0 {
+        logits = logits.div_scalar(temperature);
+    }
+    let logp = log_softmax(logits, 2);
     let ent = entropy.then(|| {
         let lp = logp.clone().detach();
         (lp.clone().exp() * lp).sum_dim(2).squeeze_dim::<2>(2).neg()

@@ -4,8 +4,9 @@
 //! [`advantage`] holds GRPO and Reinforce++ estimators (host-side, per sample or per token);
 //! [`loss`] the token log-prob computation and the clipped surrogate with k3 KL;
 //! [`checkpoint`] atomic, resumable checkpoints; [`guard`] the collapse guard (rollback and
-//! learning-rate cut); [`trainer`] the loop that ties rollout, reward, update, metrics and
-//! checkpoints together.
+//! learning-rate cut); [`metrics`] the per-step figures both the trainer and the guard use;
+//! [`trainer`] one RL step that ties rollout, dynamic sampling, reward, update and metrics
+//! together.
 //!
 //! One rollout batch feeds exactly one optimizer step (gradients accumulated over
 //! micro-batches), so the rollout policy π_old equals π_θ at update time: the ratio is 1 and
@@ -17,10 +18,13 @@ pub mod checkpoint;
 pub mod collect;
 pub mod guard;
 pub mod loss;
+pub mod metrics;
+pub mod run;
 pub mod sft;
 pub mod trainer;
 
 pub use advantage::Algo;
 pub use guard::{GuardConfig, GuardEvent};
 pub use loss::KlEstimator;
-pub use trainer::{StepMetrics, TrainConfig, TrainError, Trainer};
+pub use metrics::StepMetrics;
+pub use trainer::{TrainConfig, TrainError, Trainer};

@@ -19,7 +19,7 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
-use super::loss::{pack, token_logprobs};
+use super::loss::{pack, token_logprobs_entropy};
 use super::trainer::{adamw, clip_global_norm, Optim, TrainConfig, TrainError};
 use crate::model::{Llama, LlamaConfig};
 
@@ -115,6 +115,11 @@ pub struct SftMetrics {
     pub loss: f64,
     /// Policy tokens in the batch.
     pub tokens: usize,
+    /// Mean policy entropy over the batch's policy tokens (nats per token, temperature 1),
+    /// measured in the step's forward pass, before the update. `[train] sft_stop_entropy`
+    /// stops the run when it falls below that bound.
+    #[serde(default)]
+    pub entropy: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Learning rate used.
@@ -195,6 +200,12 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         Ok(())
     }
 
+    /// Whether the entropy stop rule (`sft_stop_entropy`) says the run should end after a step
+    /// with these figures.
+    pub fn should_stop(&self, m: &SftMetrics) -> bool {
+        self.cfg.sft_stop_entropy > 0.0 && m.tokens > 0 && m.entropy < self.cfg.sft_stop_entropy
+    }
+
     /// One optimizer step on the next `questions_per_step` examples.
     pub fn step(&mut self) -> SftMetrics {
         let t0 = Instant::now();
@@ -218,7 +229,7 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         };
         if total > 0 {
             let mut accum = GradientsAccumulator::<Llama<B>>::new();
-            let mut nll = 0.0;
+            let (mut nll, mut entropy_sum) = (0.0, 0.0);
             for chunk in batch.chunks(self.cfg.micro_batch.max(1)) {
                 let seqs: Vec<_> = chunk
                     .iter()
@@ -227,7 +238,14 @@ impl<B: AutodiffBackend> SftTrainer<B> {
                 let packed = pack::<B::InnerBackend>(&seqs, &self.device);
                 let tokens = Tensor::<B, 2, Int>::from_inner(packed.tokens);
                 let mask = Tensor::<B, 2>::from_inner(packed.mask);
-                let logp = token_logprobs(&self.model, tokens, packed.start);
+                let (logp, ent) =
+                    token_logprobs_entropy(&self.model, tokens, packed.start, 1.0, true);
+                if let Some(e) = ent {
+                    entropy_sum += (e * mask.clone().detach())
+                        .sum()
+                        .into_scalar()
+                        .elem::<f64>();
+                }
                 let loss = (logp * mask).sum().neg().div_scalar(total as f64);
                 nll += loss.clone().detach().into_scalar().elem::<f64>();
                 let grads = GradientsParams::from_grads(loss.backward(), &self.model);
@@ -236,10 +254,33 @@ impl<B: AutodiffBackend> SftTrainer<B> {
             let mut grads = accum.grads();
             metrics.grad_norm = clip_global_norm::<B>(&self.model, &mut grads, self.cfg.grad_clip);
             metrics.loss = nll;
+            metrics.entropy = entropy_sum / total as f64;
             self.model = self.optim.step(lr, self.model.clone(), grads);
         }
         self.state.step = step;
         metrics.seconds = t0.elapsed().as_secs_f64();
         metrics
+    }
+}
+
+impl<B: AutodiffBackend> super::run::Steps for SftTrainer<B> {
+    type Metrics = SftMetrics;
+    fn steps_done(&self) -> usize {
+        self.state.step
+    }
+    fn step(&mut self) -> Result<SftMetrics, TrainError> {
+        Ok(SftTrainer::step(self))
+    }
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        SftTrainer::save(self, dir)
+    }
+    fn summary(m: &SftMetrics) -> String {
+        format!(
+            "nll {:.3} entropy {:.3} {} tokens {:.1} s/step",
+            m.loss, m.entropy, m.tokens, m.seconds
+        )
+    }
+    fn stop_after(&self, m: &SftMetrics) -> bool {
+        self.should_stop(m)
     }
 }

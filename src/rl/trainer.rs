@@ -1,5 +1,4 @@
-//! The training loop: rollout → reward → advantages → accumulated update → metrics →
-//! checkpoint.
+//! One RL step: rollout → reward → advantages → accumulated update → metrics.
 //!
 //! [`Trainer`] owns the policy (on the autodiff backend), an optional frozen reference copy
 //! (inference backend), AdamW, the retriever, the reward rule and the question order. Each
@@ -7,7 +6,19 @@
 //! them, and takes one optimizer step whose gradient is the masked-token mean over the whole
 //! batch (micro-batches of `micro_batch` sequences are accumulated). The step's figures come
 //! back as [`StepMetrics`], one JSON line of `metrics.jsonl`.
+//!
+//! **Informative groups.** A GRPO group whose G rewards are equal has zero advantage. With
+//! `dynamic_sampling` (DAPO) the step keeps drawing questions until it holds
+//! `questions_per_step` groups whose rewards differ, for at most `max_resample` extra rounds,
+//! and trains on those only; `groups_sampled` / `groups_kept` report it. Every question's
+//! pass rate is tracked in the checkpointed [`TrainState`]; with `retire_after` a question
+//! that is always or never solved after that many groups stops being drawn.
+//!
+//! **Sampling and scoring agree.** Rollouts sample `softmax(logits / T)` without truncation
+//! and the loss scores the same distribution (the rollout temperature is applied in
+//! [`super::loss::token_logprobs_entropy`]); configs with top-k / top-p are refused.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
@@ -18,14 +29,27 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::advantage::{self, Algo};
-use super::checkpoint::{self, CheckpointError, TrainState};
+use super::checkpoint::{self, CheckpointError, PassRecord, TrainState};
 use super::guard::{CollapseGuard, GuardConfig, GuardEvent};
 use super::loss::{
-    pack, policy_loss, token_logprobs, token_logprobs_entropy, KlEstimator, LossInputs, PackedBatch,
+    pack, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs, PackedBatch,
 };
+pub use super::metrics::StepMetrics;
+
+/// Log-probs of the next tokens at the rollout temperature, no entropy.
+fn logprobs_at<B: Backend>(
+    model: &Llama<B>,
+    tokens: Tensor<B, 2, Int>,
+    start: usize,
+    temperature: f32,
+) -> Tensor<B, 2> {
+    token_logprobs_entropy(model, tokens, start, temperature, false).0
+}
 use crate::env::{rollout, Episode, PromptConfig, RolloutConfig};
 use crate::model::{Llama, LlamaConfig, Sampler, Tokenizer};
-use crate::reward::RewardFn;
+use crate::reward::{
+    step_retrieval_reward, RewardBreakdown, RewardFn, StepReward, StepRewardConfig,
+};
 use crate::search::Retriever;
 
 /// Training hyper-parameters (`[train]` in an env config). Defaults stated once, here.
@@ -65,6 +89,24 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Seed for question order and sampling. Default 0.
     pub seed: u64,
+    /// Dynamic sampling (DAPO, Yu et al. 2025, arXiv 2503.14476): keep drawing questions
+    /// until the step holds `questions_per_step` groups whose rewards differ (a group of
+    /// equal rewards has zero advantage and teaches nothing), for at most `max_resample` extra
+    /// rollout rounds. Default false.
+    pub dynamic_sampling: bool,
+    /// Extra rollout rounds a step may run to fill its informative groups (with
+    /// `dynamic_sampling`); after them the step trains on the informative groups it has.
+    /// Default 4.
+    pub max_resample: usize,
+    /// Retire a question once it has been drawn this many groups and its pass rate (cover-EM
+    /// correct samples) is 0 or 1: always or never solved, it has nothing left to teach
+    /// (DeepResearcher and Logic-RL grade difficulty the same way). Retirement never leaves
+    /// fewer than `questions_per_step` questions active. 0 disables. Default 0.
+    pub retire_after: usize,
+    /// SFT only: stop the run once the mean policy entropy (nats per policy token, measured
+    /// in the step's forward pass) falls below this, so the cold start leaves variance for
+    /// RL. 0 disables. Default 0.0.
+    pub sft_stop_entropy: f64,
     /// Collapse guard bounds (`[train.guard]`); see [`super::guard`].
     pub guard: GuardConfig,
 }
@@ -100,74 +142,13 @@ impl Default for TrainConfig {
             track_kl: true,
             checkpoint_every: 1,
             seed: 0,
+            dynamic_sampling: false,
+            max_resample: 4,
+            retire_after: 0,
+            sft_stop_entropy: 0.0,
             guard: GuardConfig::default(),
         }
     }
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StepMetrics {
-    /// Optimizer step just taken (1-based).
-    pub step: usize,
-    /// Mean scalar reward.
-    pub reward_mean: f64,
-    /// Standard deviation of the reward over the batch.
-    pub reward_std: f64,
-    /// Mean answer component of the reward.
-    pub reward_answer: f64,
-    /// Mean retrieval-format component.
-    pub reward_retrieval_format: f64,
-    /// Mean answer-format component.
-    pub reward_answer_format: f64,
-    /// Mean format penalty.
-    pub reward_penalty: f64,
-    /// Fraction of episodes whose format checks all hold.
-    pub format_ok_rate: f64,
-    /// Fraction of episodes that closed `</answer>`.
-    pub finished_rate: f64,
-    /// Mean exact match of the predictions.
-    pub em: f64,
-    /// Mean cover-EM.
-    pub cover_em: f64,
-    /// Mean token F1.
-    pub f1: f64,
-    /// Mean searches per episode.
-    pub searches_mean: f64,
-    /// Mean policy tokens per episode.
-    pub response_tokens_mean: f64,
-    /// Mean KL estimate (`kl_estimator`) to the reference over the policy tokens of the micro-batches that carried
-    /// gradient; `null` without a reference model or when no micro-batch carried gradient
-    /// (all advantages zero), since then no forward pass ran.
-    pub kl: Option<f64>,
-    /// Mean policy entropy (nats) over the same tokens as `kl`; `null` when no pass ran.
-    pub entropy: Option<f64>,
-    /// Mean loss per policy token.
-    pub loss: f64,
-    /// Fraction of policy tokens whose ratio was clipped.
-    pub clip_frac: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Episodes in the batch (questions × G).
-    pub episodes: usize,
-    /// Seconds generating (prefill + decode), excluding search.
-    pub seconds_generate: f64,
-    /// Seconds in the retriever.
-    pub seconds_search: f64,
-    /// Seconds of the whole rollout phase (generate + search + bookkeeping).
-    pub seconds_rollout: f64,
-    /// Seconds computing rewards.
-    pub seconds_reward: f64,
-    /// Seconds in reference/old log-probs, backward passes and the optimizer step.
-    pub seconds_update: f64,
-    /// Policy tokens sampled per rollout second.
-    pub tokens_per_s: f64,
-    /// Set when the collapse guard tripped at this step: why, which weights it restored, and
-    /// the learning-rate scale from now on. Absent otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guard: Option<GuardEvent>,
 }
 
 /// Errors that stop training.
@@ -182,6 +163,15 @@ pub enum TrainError {
     /// The training set is empty.
     #[error("no training questions")]
     NoData,
+    /// The run directory already holds a run and `--resume` was not given.
+    #[error("{0} already holds a run; pass --resume to continue it or choose another --out")]
+    AlreadyExists(std::path::PathBuf),
+    /// The rollout's sampling settings cannot be trained on.
+    #[error("{reason}")]
+    Sampling {
+        /// Which setting and why.
+        reason: String,
+    },
     /// The collapse guard tripped `max_trips` times.
     #[error("collapse guard tripped {trips} times (max_trips); last: {reason}. Lower [train].learning_rate or loosen [train.guard]")]
     Collapsed {
@@ -192,24 +182,70 @@ pub enum TrainError {
     },
 }
 
-/// A question with its gold answers.
-#[derive(Debug, Clone)]
+/// A training question with its gold answers and, when the data has them, its gold support
+/// titles (HotpotQA `support_titles`) and type (`bridge` / `comparison`).
+#[derive(Debug, Clone, Default)]
 pub struct Question {
     /// Question text.
     pub question: String,
     /// Acceptable answers.
     pub answers: Vec<String>,
+    /// Gold support-paragraph titles; empty when unknown. Used by the step-level retrieval
+    /// reward and by multi-hop scripted episodes.
+    pub support_titles: Vec<String>,
+    /// HotpotQA question type when known (`bridge`, `comparison`).
+    pub kind: Option<String>,
+}
+
+impl From<crate::eval::QaExample> for Question {
+    fn from(q: crate::eval::QaExample) -> Self {
+        Self {
+            question: q.question,
+            answers: q.answers,
+            support_titles: q.support_titles,
+            kind: q.kind,
+        }
+    }
 }
 
 pub(crate) type Optim<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
-type OptimRecord<B> = <Optim<B> as Optimizer<Llama<B>, B>>::Record;
 
-/// Policy and optimizer moments as they were after optimizer step `step` (cheap: burn
-/// tensors are reference-counted and updates allocate new ones).
+/// Policy weights as they were after optimizer step `step` (cheap to take: burn tensors are
+/// reference-counted and updates allocate new ones; each kept snapshot holds one copy of the
+/// weights).
 struct Snapshot<B: AutodiffBackend> {
     model: Llama<B>,
-    optim: OptimRecord<B>,
     step: usize,
+}
+
+/// One sampled episode with its scores.
+struct Sampled {
+    episode: Episode,
+    rule: RewardBreakdown,
+    step: StepReward,
+    /// `rule.total + step.total`: what the advantage is computed from.
+    reward: f32,
+}
+
+/// RL scores tokens under the distribution the rollout sampled from ([`super::loss`]); top-k
+/// and top-p truncation are not modelled in the loss, so they are refused.
+fn check_sampling(r: &RolloutConfig) -> Result<(), TrainError> {
+    let bad = |reason: String| Err(TrainError::Sampling { reason });
+    if r.temperature <= 0.0 {
+        return bad(format!(
+            "[rollout] temperature = {} (RL needs sampling: temperature > 0)",
+            r.temperature
+        ));
+    }
+    if r.top_p < 1.0 || r.top_k_sampling > 0 {
+        return bad(format!(
+            "[rollout] top_p = {}, top_k_sampling = {}: RL rollouts must sample the untruncated \
+             distribution (top_p = 1.0, top_k_sampling = 0) so the loss scores tokens under the \
+             distribution they were drawn from; lower `temperature` to sharpen instead",
+            r.top_p, r.top_k_sampling
+        ));
+    }
+    Ok(())
 }
 
 /// AdamW with the config's betas, epsilon and weight decay (the learning rate is passed per
@@ -245,8 +281,10 @@ pub struct Trainer<B: AutodiffBackend> {
     pub state: TrainState,
     device: B::Device,
     guard: CollapseGuard,
-    /// The newest weights whose figures passed the guard.
-    last_good: Option<Snapshot<B>>,
+    /// The newest `window + 1` weights whose figures passed the guard, oldest first.
+    passing: VecDeque<Snapshot<B>>,
+    /// `[reward.step]` weights of the step-level retrieval reward (off by default).
+    pub step_reward: StepRewardConfig,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -270,6 +308,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if data.is_empty() {
             return Err(TrainError::NoData);
         }
+        check_sampling(&rollout)?;
         let reference = (cfg.track_kl || cfg.kl_coef != 0.0).then(|| model.valid());
         let optim = adamw(&cfg);
         let state = TrainState {
@@ -291,7 +330,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             state,
             device,
             guard: CollapseGuard::default(),
-            last_good: None,
+            passing: VecDeque::new(),
+            step_reward: StepRewardConfig::default(),
         })
     }
 
@@ -307,7 +347,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model = model;
         self.state = state;
         self.guard.reset();
-        self.last_good = None;
+        self.passing.clear();
         Ok(())
     }
 
@@ -326,27 +366,80 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    /// The next `n` questions, advancing the data position.
-    fn next_questions(&mut self, n: usize) -> Vec<Question> {
-        self.state
-            .next_indices(self.data.len(), n)
-            .into_iter()
-            .map(|i| self.data[i].clone())
-            .collect()
+    /// The indices of the next `n` questions that are not retired, advancing the data
+    /// position (retired questions are skipped; at most two passes over the data are read).
+    fn next_question_indices(&mut self, n: usize) -> Vec<usize> {
+        let len = self.data.len();
+        let mut out = Vec::with_capacity(n);
+        let mut reads = 0;
+        while out.len() < n && reads < 2 * len.max(1) {
+            reads += 1;
+            let i = self.state.next_indices(len, 1)[0];
+            if !self.state.pass.get(i).is_some_and(|p| p.retired) {
+                out.push(i);
+            }
+        }
+        out
     }
 
-    /// Runs one RL step (rollout, reward, update) and returns its metrics.
+    /// Questions retired so far.
+    pub fn questions_retired(&self) -> usize {
+        self.state.pass.iter().filter(|p| p.retired).count()
+    }
+
+    /// Records a group's outcome for question `qi`; retires the question when it has been
+    /// drawn `retire_after` groups and is always or never solved, unless that would leave fewer
+    /// than `questions_per_step` active questions.
+    fn record_group(&mut self, qi: usize, samples: usize, solved: usize, step: usize) {
+        if self.state.pass.len() < self.data.len() {
+            self.state
+                .pass
+                .resize(self.data.len(), PassRecord::default());
+        }
+        let active = self.data.len() - self.questions_retired();
+        let k = self.cfg.retire_after;
+        let rec = &mut self.state.pass[qi];
+        rec.groups += 1;
+        rec.samples += samples;
+        rec.solved += solved;
+        if k > 0
+            && !rec.retired
+            && rec.groups >= k
+            && (rec.solved == 0 || rec.solved == rec.samples)
+            && active > self.cfg.questions_per_step.max(1)
+        {
+            rec.retired = true;
+            tracing::info!(
+                step,
+                question = qi,
+                groups = rec.groups,
+                pass_rate = rec.pass_rate(),
+                text = %self.data[qi].question,
+                "question retired: {} after {} groups",
+                if rec.solved == 0 { "never solved" } else { "always solved" },
+                rec.groups
+            );
+        }
+    }
+
+    /// Runs one RL step and returns its metrics: rollouts (repeated under dynamic sampling
+    /// until the step holds `questions_per_step` informative groups or `max_resample` extra
+    /// rounds ran), rewards (rule + optional step-level retrieval reward), one optimizer step
+    /// on the kept groups, and the collapse guard's verdict.
     ///
     /// # Errors
-    /// [`TrainError::Rollout`] when generation fails (e.g. a prompt longer than the context).
+    /// [`TrainError::Rollout`] when generation fails (e.g. a prompt longer than the context);
+    /// [`TrainError::Sampling`] when the rollout settings truncate the distribution;
+    /// [`TrainError::Collapsed`] when the guard has tripped `max_trips` times.
     pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
+        check_sampling(&self.rollout)?;
         let step = self.state.step + 1;
         let _span = tracing::info_span!("train_step", step).entered();
-        let questions = self.next_questions(self.cfg.questions_per_step);
         let g = self.rollout.samples_per_question.max(1);
+        let qps = self.cfg.questions_per_step.max(1);
 
-        // Rollout with the current policy (inference backend, no graph).
-        let t0 = Instant::now();
+        // Rollout with the current policy (inference backend, no graph). One sampler per step,
+        // seeded by the step, drawn on across resampling rounds: a resumed run replays it.
         let policy = self.model.valid();
         let mut sampler = Sampler::new(
             self.rollout.sampling(
@@ -356,76 +449,139 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .wrapping_add(step as u64),
             ),
         );
-        let texts: Vec<String> = questions.iter().map(|q| q.question.clone()).collect();
-        let (episodes, rstats) = rollout(
-            &policy,
-            &self.tokenizer,
-            self.retriever.as_ref(),
-            &self.prompt,
-            &self.rollout,
-            &texts,
-            &mut sampler,
-        )?;
+        let mut sampled: Vec<Sampled> = Vec::new();
+        let mut kept: Vec<usize> = Vec::new(); // indices into `sampled`, whole groups in order
+        let (mut groups_sampled, mut groups_kept, mut rounds) = (0usize, 0usize, 0usize);
+        let (mut seconds_rollout, mut seconds_reward) = (0.0, 0.0);
+        let (mut seconds_generate, mut seconds_search, mut sampled_tokens, mut rollout_total) =
+            (0.0, 0.0, 0usize, 0.0);
+        loop {
+            let need = if self.cfg.dynamic_sampling {
+                qps - groups_kept
+            } else {
+                qps
+            };
+            let qidx = self.next_question_indices(need);
+            if qidx.is_empty() {
+                break;
+            }
+            let t0 = Instant::now();
+            let texts: Vec<String> = qidx
+                .iter()
+                .map(|&i| self.data[i].question.clone())
+                .collect();
+            let (episodes, rstats) = rollout(
+                &policy,
+                &self.tokenizer,
+                self.retriever.as_ref(),
+                &self.prompt,
+                &self.rollout,
+                &texts,
+                &mut sampler,
+            )?;
+            seconds_rollout += t0.elapsed().as_secs_f64();
+            seconds_generate += rstats.seconds_generate;
+            seconds_search += rstats.seconds_search;
+            sampled_tokens += rstats.sampled_tokens;
+            rollout_total += rstats.seconds_total;
+
+            let t0 = Instant::now();
+            let mut by_group: Vec<Vec<Sampled>> = (0..qidx.len()).map(|_| Vec::new()).collect();
+            for e in episodes {
+                let q = &self.data[qidx[e.question_index]];
+                let rule = self.reward.score(&e.solution, &q.answers);
+                let titles: Vec<Vec<String>> =
+                    e.searches.iter().map(|c| c.titles.clone()).collect();
+                let step_r = step_retrieval_reward(&titles, &q.support_titles, &self.step_reward);
+                let reward = rule.total + step_r.total;
+                by_group[e.question_index].push(Sampled {
+                    episode: e,
+                    rule,
+                    step: step_r,
+                    reward,
+                });
+            }
+            seconds_reward += t0.elapsed().as_secs_f64();
+            for (j, group) in by_group.into_iter().enumerate() {
+                groups_sampled += 1;
+                let solved = group.iter().filter(|s| s.rule.metrics.cover_em).count();
+                self.record_group(qidx[j], group.len(), solved, step);
+                let informative = group.iter().any(|s| s.reward != group[0].reward);
+                let keep = !self.cfg.dynamic_sampling || (informative && groups_kept < qps);
+                let first = sampled.len();
+                sampled.extend(group);
+                if keep {
+                    groups_kept += 1;
+                    kept.extend(first..sampled.len());
+                }
+            }
+            if !self.cfg.dynamic_sampling || groups_kept >= qps || rounds >= self.cfg.max_resample {
+                break;
+            }
+            rounds += 1;
+        }
         drop(policy);
-        let seconds_rollout = t0.elapsed().as_secs_f64();
+        if sampled.is_empty() {
+            return Err(TrainError::NoData);
+        }
 
-        // Rewards.
-        let t0 = Instant::now();
-        let scored: Vec<_> = episodes
-            .iter()
-            .map(|e| {
-                self.reward
-                    .score(&e.solution, &questions[e.question_index].answers)
-            })
-            .collect();
-        let rewards: Vec<f32> = scored.iter().map(|s| s.total).collect();
-        let seconds_reward = t0.elapsed().as_secs_f64();
-
-        // Update. The weights the rollout used (θ_{N−1}) are kept until the guard has judged
-        // this step's figures, which all describe them.
+        // Update on the kept groups. The weights the rollout used (θ_{N−1}) are kept until the
+        // guard has judged this step's figures, which all describe them.
         let before = self.cfg.guard.enabled.then(|| Snapshot {
             model: self.model.clone(),
-            optim: self.optim.to_record(),
             step: step - 1,
         });
         let t0 = Instant::now();
         let lr = self.cfg.lr_at(step) * self.state.lr_scale;
-        let upd = self.update(&episodes, &rewards, g, lr);
+        let train_eps: Vec<Episode> = kept.iter().map(|&i| sampled[i].episode.clone()).collect();
+        let train_rewards: Vec<f32> = kept.iter().map(|&i| sampled[i].reward).collect();
+        let upd = if train_eps.is_empty() {
+            UpdateStats::default()
+        } else {
+            self.update(&train_eps, &train_rewards, g, lr)
+        };
         let seconds_update = t0.elapsed().as_secs_f64();
         self.state.step = step;
 
-        let n = episodes.len().max(1) as f64;
-        let mean = |f: &dyn Fn(usize) -> f64| (0..episodes.len()).map(f).sum::<f64>() / n;
-        let reward_mean = mean(&|i| rewards[i] as f64);
-        let reward_std = (mean(&|i| (rewards[i] as f64 - reward_mean).powi(2))).sqrt();
+        let n = sampled.len() as f64;
+        let mean = |f: &dyn Fn(&Sampled) -> f64| sampled.iter().map(f).sum::<f64>() / n;
+        let reward_mean = mean(&|s| s.reward as f64);
+        let reward_std = mean(&|s| (s.reward as f64 - reward_mean).powi(2)).sqrt();
         let mut metrics = StepMetrics {
+            phase: None,
             step,
             reward_mean,
             reward_std,
-            reward_answer: mean(&|i| scored[i].answer as f64),
-            reward_retrieval_format: mean(&|i| scored[i].retrieval_format as f64),
-            reward_answer_format: mean(&|i| scored[i].answer_format as f64),
-            reward_penalty: mean(&|i| scored[i].penalty as f64),
-            format_ok_rate: mean(&|i| scored[i].format_ok as u8 as f64),
-            finished_rate: mean(&|i| episodes[i].finished() as u8 as f64),
-            em: mean(&|i| scored[i].metrics.em as u8 as f64),
-            cover_em: mean(&|i| scored[i].metrics.cover_em as u8 as f64),
-            f1: mean(&|i| scored[i].metrics.f1),
-            searches_mean: mean(&|i| episodes[i].searches.len() as f64),
-            response_tokens_mean: mean(&|i| episodes[i].policy_tokens() as f64),
+            reward_answer: mean(&|s| s.rule.answer as f64),
+            reward_retrieval_format: mean(&|s| s.rule.retrieval_format as f64),
+            reward_answer_format: mean(&|s| s.rule.answer_format as f64),
+            reward_penalty: mean(&|s| s.rule.penalty as f64),
+            reward_retrieval_step: mean(&|s| s.step.total as f64),
+            format_ok_rate: mean(&|s| s.rule.format_ok as u8 as f64),
+            finished_rate: mean(&|s| s.episode.finished() as u8 as f64),
+            em: mean(&|s| s.rule.metrics.em as u8 as f64),
+            cover_em: mean(&|s| s.rule.metrics.cover_em as u8 as f64),
+            f1: mean(&|s| s.rule.metrics.f1),
+            searches_mean: mean(&|s| s.episode.searches.len() as f64),
+            multi_search_rate: mean(&|s| (s.episode.searches.len() >= 2) as u8 as f64),
+            support_found_mean: mean(&|s| s.step.support_found as f64),
+            response_tokens_mean: mean(&|s| s.episode.policy_tokens() as f64),
             kl: upd.kl,
             entropy: upd.entropy,
             loss: upd.loss,
             clip_frac: upd.clip_frac,
             grad_norm: upd.grad_norm,
             lr,
-            episodes: episodes.len(),
-            seconds_generate: rstats.seconds_generate,
-            seconds_search: rstats.seconds_search,
+            episodes: sampled.len(),
+            groups_sampled,
+            groups_kept,
+            questions_retired: self.questions_retired(),
+            seconds_generate,
+            seconds_search,
             seconds_rollout,
             seconds_reward,
             seconds_update,
-            tokens_per_s: rstats.sampled_tokens as f64 / rstats.seconds_total.max(1e-9),
+            tokens_per_s: sampled_tokens as f64 / rollout_total.max(1e-9),
             guard: None,
         };
         if let Some(before) = before {
@@ -435,8 +591,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Judges a step's figures (which describe `before`, the weights the step started from).
-    /// On a pass `before` becomes the last good state; on a trip the last good state is
-    /// restored and the learning-rate scale multiplied by `lr_factor`.
+    /// On a pass `before` joins the passing snapshots (the last `window + 1` are kept); on a
+    /// trip the newest passing snapshot older than the trip's evidence is restored (module
+    /// docs of [`super::guard`]), AdamW's moments restart, and the learning-rate scale is
+    /// multiplied by `lr_factor`.
     ///
     /// # Errors
     /// [`TrainError::Collapsed`] once the guard has tripped `max_trips` times.
@@ -446,29 +604,38 @@ impl<B: AutodiffBackend> Trainer<B> {
         before: Snapshot<B>,
     ) -> Result<Option<GuardEvent>, TrainError> {
         let cfg = self.cfg.guard.clone();
-        let reason = match self.guard.check(&cfg, m) {
+        let trip = match self.guard.check(&cfg, m) {
             Ok(()) => {
-                self.last_good = Some(before);
+                self.passing.push_back(before);
+                while self.passing.len() > cfg.window.max(1) + 1 {
+                    self.passing.pop_front();
+                }
                 return Ok(None);
             }
-            Err(r) => r,
+            Err(t) => t,
         };
         self.state.guard_trips += 1;
         if self.state.guard_trips > cfg.max_trips {
             return Err(TrainError::Collapsed {
                 trips: self.state.guard_trips,
-                reason,
+                reason: trip.reason,
             });
         }
-        let restored_step = self.last_good.as_ref().map(|good| {
+        // The trip's evidence spans steps N − steps + 1 ..= N (N = m.step), which measured the
+        // weights after steps N − steps … N − 1; restore weights from before those: the newest
+        // passing snapshot taken after step N − steps − 1 or earlier.
+        let newest_trusted = m.step.checked_sub(trip.steps + 1);
+        let restored_step = newest_trusted.and_then(|limit| {
+            let good = self.passing.iter().rev().find(|s| s.step <= limit)?;
             self.model = good.model.clone();
-            self.optim = adamw::<B>(&self.cfg).load_record(good.optim.clone());
-            good.step
+            self.optim = adamw::<B>(&self.cfg);
+            Some(good.step)
         });
+        self.passing.clear();
         self.state.lr_scale *= cfg.lr_factor;
         self.guard.reset();
         let event = GuardEvent {
-            reason,
+            reason: trip.reason,
             restored_step,
             lr_scale: self.state.lr_scale,
         };
@@ -516,6 +683,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             .iter()
             .map(|c| pack::<B::InnerBackend>(&seqs(c), &inner_device))
             .collect();
+        // Score tokens under the distribution they were sampled from (loss module docs).
+        let temp = self.rollout.temperature;
         let kl_in_loss = if self.cfg.algo == Algo::Grpo {
             self.cfg.kl_coef
         } else {
@@ -533,9 +702,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if needs_kl_reward {
             let inner = self.model.valid();
             for (ci, p) in packed.iter().enumerate() {
-                let old = rows(token_logprobs(&inner, p.tokens.clone(), p.start));
+                let old = rows(logprobs_at(&inner, p.tokens.clone(), p.start, temp));
                 if let Some(r) = &self.reference {
-                    let rf = rows(token_logprobs(r, p.tokens.clone(), p.start));
+                    let rf = rows(logprobs_at(r, p.tokens.clone(), p.start, temp));
                     kl_reward[ci] = old
                         .iter()
                         .zip(&rf)
@@ -596,11 +765,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ref_lp[ci] = self
                     .reference
                     .as_ref()
-                    .map(|r| rows(token_logprobs(r, p.tokens.clone(), p.start)));
+                    .map(|r| rows(logprobs_at(r, p.tokens.clone(), p.start, temp)));
             }
             let tokens = Tensor::<B, 2, Int>::from_inner(p.tokens.clone());
             let mask = Tensor::<B, 2>::from_inner(p.mask.clone());
-            let (logp, ent) = token_logprobs_entropy(&self.model, tokens, p.start, true);
+            let (logp, ent) = token_logprobs_entropy(&self.model, tokens, p.start, temp, true);
             if let Some(e) = ent {
                 let m = Tensor::<B, 2>::from_inner(p.mask.clone());
                 entropy_sum += (e * m).sum().into_scalar().elem::<f64>();
@@ -725,4 +894,28 @@ pub(crate) fn clip_global_norm<B: AutodiffBackend>(
         model.visit(&mut v);
     }
     norm
+}
+
+impl<B: AutodiffBackend> super::run::Steps for Trainer<B> {
+    type Metrics = StepMetrics;
+    fn steps_done(&self) -> usize {
+        self.state.step
+    }
+    fn step(&mut self) -> Result<StepMetrics, TrainError> {
+        Trainer::step(self)
+    }
+    fn save(&self, dir: &std::path::Path) -> Result<(), TrainError> {
+        Trainer::save(self, dir)
+    }
+    fn summary(m: &StepMetrics) -> String {
+        format!(
+            "reward {:+.2} fmt {:.2} search {:.2} groups {}/{} {:.0} tok/s",
+            m.reward_mean,
+            m.format_ok_rate,
+            m.searches_mean,
+            m.groups_kept,
+            m.groups_sampled,
+            m.tokens_per_s
+        )
+    }
 }

@@ -1,0 +1,507 @@
+//! A curriculum as one resumable run: the `[[phase]]`s of a config, in order.
+//!
+//! R1-Searcher trains in stages (stage 1: learn to search; stage 2: learn to answer) and
+//! DeepSeek-R1 puts a cold start (supervised fine-tuning on well-formed episodes) before RL.
+//! Run by hand that is four or five commands whose outputs feed each other; a kill in the
+//! middle leaves the user to work out where they were. Here a config lists the phases and
+//! `sleuth train --config envs/curriculum.toml --out runs/NAME` runs them all:
+//!
+//! | kind | does | writes (under `runs/NAME/NN-name/`) |
+//! |---|---|---|
+//! | `collect` | cold-start episodes: scripted from real retrieval and gold support titles, or rejection-sampled from the current policy | `episodes.jsonl`, `stats.json` |
+//! | `sft` | supervised fine-tuning on the latest `collect` phase's episodes | `checkpoint/` |
+//! | `rl` | GRPO / Reinforce++ steps ([`crate::rl::Trainer`]) | `checkpoint/` |
+//! | `eval` | greedy evaluation of the current policy on held-out sets | `eval-<set>.json` |
+//!
+//! Each phase starts from the weights the latest `sft`/`rl` phase before it ended with (the
+//! config's model for the first), with a fresh optimizer; an `rl` phase's KL reference is its
+//! starting policy. A phase overrides the base config with its own `train`, `rollout`,
+//! `reward`, `prompt` and `data` tables (merged key by key), so for instance stage 2 can switch
+//! the reward and raise the sampling temperature without repeating the rest.
+//!
+//! **One log, resumable.** Every step of every training phase is one line of
+//! `runs/NAME/metrics.jsonl` carrying `"phase"` and a `"run_step"` that counts on across
+//! phases. `curriculum.json` records the phases completed (written atomically after each).
+//! With `--resume` a killed run skips completed phases, resumes the interrupted one from its
+//! checkpoint (or restarts it when it had none, e.g. a `collect` or `eval` phase), and drops
+//! the metrics lines past that checkpoint, so each step appears once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{PhaseError, PhaseKind, PhaseSection, RunConfig};
+use crate::eval::{evaluate, read_qa, EvalReport};
+use crate::model::{Llama, LlamaConfig, Tokenizer};
+use crate::rl::checkpoint::{self, CheckpointError};
+use crate::rl::run::{line_step, run_steps, truncate_metrics, LoopOptions};
+use crate::rl::sft::{read_examples, write_example, SftExample, SftTrainer};
+use crate::rl::trainer::{Question, TrainError, Trainer};
+use crate::search::{Hit, Retriever, SearchError};
+
+/// Errors of a curriculum run.
+#[derive(Debug, thiserror::Error)]
+pub enum CurriculumError {
+    /// A phase's overrides do not make a valid config.
+    #[error(transparent)]
+    Phase(#[from] PhaseError),
+    /// Training, checkpoint or rollout failure inside a phase.
+    #[error("phase {phase:?}: {source}")]
+    Train {
+        /// Phase name.
+        phase: String,
+        /// Cause.
+        source: TrainError,
+    },
+    /// Reading data or writing a phase's output failed.
+    #[error("phase {phase:?}: {source}")]
+    Other {
+        /// Phase name.
+        phase: String,
+        /// Cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Options of [`run_curriculum`] that come from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct CurriculumOptions {
+    /// Continue a killed run (skip completed phases, resume the interrupted one).
+    pub resume: bool,
+    /// Cap every `sft` / `rl` phase's step count (a smoke run, e.g. in CI).
+    pub phase_steps: Option<usize>,
+    /// Cap every `eval` and `collect` phase's question count.
+    pub limit: Option<usize>,
+    /// Print each metrics line to stdout even on a terminal.
+    pub echo_json: bool,
+    /// Stop, as if interrupted, once the run has taken this many training steps in all
+    /// (`run_step`, counting every sft/rl phase); the interrupted phase is not marked
+    /// completed and `resume` continues it. For tests and interruption drills.
+    pub max_total_steps: Option<usize>,
+}
+
+/// Progress of a curriculum, `runs/NAME/curriculum.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CurriculumState {
+    /// Names of completed phases, in order.
+    pub completed: Vec<String>,
+    /// Steps each completed training phase took (SFT may stop early on entropy).
+    pub steps: Vec<(String, usize)>,
+}
+
+/// What an eval phase measured, per set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseEval {
+    /// Phase name.
+    pub phase: String,
+    /// (set file name, report).
+    pub reports: Vec<(String, EvalReport)>,
+}
+
+/// A retriever shared by every phase.
+struct Shared(Arc<dyn Retriever>);
+
+impl Retriever for Shared {
+    fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>, SearchError> {
+        self.0.search(query, k)
+    }
+    fn search_batch(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, SearchError> {
+        self.0.search_batch(queries, k)
+    }
+}
+
+/// Runs the phases of `cfg` into `out` (see the module docs), starting from `base` (the
+/// config's model, loaded by the caller on the autodiff backend) and searching with
+/// `retriever`. Returns the eval phases' reports in order.
+///
+/// # Errors
+/// [`CurriculumError`] naming the phase that failed.
+pub fn run_curriculum<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    base: (Llama<B>, LlamaConfig, Tokenizer),
+    retriever: Arc<dyn Retriever>,
+    out: &Path,
+    opts: &CurriculumOptions,
+    device: &B::Device,
+) -> Result<Vec<PhaseEval>, CurriculumError> {
+    cfg.check_phases()?;
+    let (base_model, arch, tokenizer) = base;
+    let top = |source: Box<dyn std::error::Error + Send + Sync>| CurriculumError::Other {
+        phase: "(run)".into(),
+        source,
+    };
+    std::fs::create_dir_all(out).map_err(|e| top(Box::new(e)))?;
+    let state_path = out.join("curriculum.json");
+    let metrics_path = out.join("metrics.jsonl");
+    let mut state: CurriculumState = if state_path.exists() {
+        if !opts.resume {
+            return Err(top(format!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                out.display()
+            )
+            .into()));
+        }
+        let text = std::fs::read_to_string(&state_path).map_err(|e| top(Box::new(e)))?;
+        serde_json::from_str(&text)
+            .map_err(|e| top(format!("{}: {e}", state_path.display()).into()))?
+    } else {
+        CurriculumState::default()
+    };
+    let save_state = |s: &CurriculumState| -> Result<(), CurriculumError> {
+        let tmp = state_path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(s).expect("state"))
+            .and_then(|_| std::fs::rename(&tmp, &state_path))
+            .map_err(|e| top(Box::new(e)))
+    };
+    save_state(&state)?;
+
+    let mut weights: Option<PathBuf> = None; // checkpoint dir of the latest sft/rl phase
+    let mut episodes: Option<PathBuf> = None; // latest collect phase's output
+    let mut run_steps_before = 0usize;
+    let mut evals = Vec::new();
+    for (i, p) in cfg.phase.iter().enumerate() {
+        let phase_cfg = cfg.phase_config(p)?;
+        let dir = out.join(format!("{:02}-{}", i + 1, p.name));
+        let perr = |source: Box<dyn std::error::Error + Send + Sync>| CurriculumError::Other {
+            phase: p.name.clone(),
+            source,
+        };
+        let terr = |source: TrainError| CurriculumError::Train {
+            phase: p.name.clone(),
+            source,
+        };
+        let done = state.completed.contains(&p.name);
+        let steps = opts.phase_steps.map_or(p.steps, |cap| p.steps.min(cap));
+        let limit = match (p.limit, opts.limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match p.kind {
+            PhaseKind::Collect => {
+                let file = dir.join("episodes.jsonl");
+                if !done {
+                    std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
+                    eprintln!("[{}] collecting cold-start episodes", p.name);
+                    let model = match &weights {
+                        Some(w) => checkpoint::load_model(w, base_model.clone(), device)
+                            .map_err(|e| terr(e.into()))?,
+                        None => base_model.clone(),
+                    };
+                    let stats = collect_phase(
+                        &phase_cfg,
+                        p,
+                        limit,
+                        &model,
+                        &tokenizer,
+                        &Shared(retriever.clone()),
+                        &file,
+                    )
+                    .map_err(perr)?;
+                    eprintln!("[{}] {stats}", p.name);
+                    std::fs::write(dir.join("stats.json"), &stats)
+                        .map_err(|e| perr(Box::new(e)))?;
+                    state.completed.push(p.name.clone());
+                    save_state(&state)?;
+                }
+                episodes = Some(file);
+            }
+            PhaseKind::Sft | PhaseKind::Rl => {
+                if done {
+                    run_steps_before += state
+                        .steps
+                        .iter()
+                        .find(|(n, _)| n == &p.name)
+                        .map_or(0, |(_, s)| *s);
+                    if checkpoint::exists(&dir) {
+                        weights = Some(dir);
+                    }
+                    continue;
+                }
+                std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
+                let start = match &weights {
+                    Some(w) => checkpoint::load_model(w, base_model.clone(), device)
+                        .map_err(|e| terr(e.into()))?,
+                    None => base_model.clone(),
+                };
+                let budget = opts
+                    .max_total_steps
+                    .map_or(usize::MAX, |m| m.saturating_sub(run_steps_before));
+                let interrupted = budget < steps;
+                let loop_opts = LoopOptions {
+                    steps: steps.min(budget),
+                    checkpoint_every: phase_cfg.train.checkpoint_every,
+                    phase: Some(p.name.clone()),
+                    run_step_offset: Some(run_steps_before),
+                    echo_json: opts.echo_json,
+                };
+                let resumed = opts.resume && checkpoint::exists(&dir);
+                let outcome = if p.kind == PhaseKind::Sft {
+                    let data_path = episodes.clone().ok_or_else(|| {
+                        perr("an sft phase needs a collect phase before it".into())
+                    })?;
+                    let data = read_examples(&data_path).map_err(|e| perr(Box::new(e)))?;
+                    let mut sft = SftTrainer::new(
+                        start,
+                        arch.clone(),
+                        phase_cfg.train.clone(),
+                        data,
+                        device.clone(),
+                    )
+                    .map_err(terr)?;
+                    if resumed {
+                        sft.resume_from(&dir).map_err(terr)?;
+                    }
+                    truncate_phase_lines(&metrics_path, &state, &p.name, sft.state.step)
+                        .map_err(|e| terr(e.into()))?;
+                    eprintln!(
+                        "[{}] SFT from step {} to {steps} ({} episodes)",
+                        p.name,
+                        sft.state.step,
+                        read_count(&data_path)
+                    );
+                    run_steps(&mut sft, &dir, &metrics_path, &loop_opts).map_err(terr)?
+                } else {
+                    let mut data = phase_cfg.data.read_train().map_err(|e| perr(Box::new(e)))?;
+                    if let Some(n) = limit {
+                        data.truncate(n);
+                    }
+                    let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
+                    let mut trainer = Trainer::new(
+                        start,
+                        arch.clone(),
+                        tokenizer.clone(),
+                        Box::new(Shared(retriever.clone())),
+                        phase_cfg.reward.kind.build(),
+                        phase_cfg.prompt.clone(),
+                        phase_cfg.rollout.clone(),
+                        phase_cfg.train.clone(),
+                        questions,
+                        device.clone(),
+                    )
+                    .map_err(terr)?;
+                    trainer.step_reward = phase_cfg.reward.step.clone();
+                    if resumed {
+                        trainer.resume_from(&dir).map_err(terr)?;
+                    }
+                    truncate_phase_lines(&metrics_path, &state, &p.name, trainer.state.step)
+                        .map_err(|e| terr(e.into()))?;
+                    eprintln!(
+                        "[{}] RL ({}, reward {}) from step {} to {steps}: {} questions × G={}, T={}",
+                        p.name,
+                        phase_cfg.train.algo.as_str(),
+                        phase_cfg.reward.kind.build().name(),
+                        trainer.state.step,
+                        phase_cfg.train.questions_per_step,
+                        phase_cfg.rollout.samples_per_question,
+                        phase_cfg.rollout.temperature,
+                    );
+                    run_steps(&mut trainer, &dir, &metrics_path, &loop_opts).map_err(terr)?
+                };
+                if interrupted && !outcome.stopped_early {
+                    eprintln!(
+                        "[{}] interrupted at step {} (max_total_steps)",
+                        p.name, outcome.steps_done
+                    );
+                    return Ok(evals);
+                }
+                if checkpoint::exists(&dir) {
+                    weights = Some(dir);
+                } // else a zero-step phase: the weights pass on unchanged.
+                run_steps_before += outcome.steps_done;
+                state.completed.push(p.name.clone());
+                state.steps.push((p.name.clone(), outcome.steps_done));
+                save_state(&state)?;
+            }
+            PhaseKind::Eval => {
+                let sets = if p.sets.is_empty() {
+                    vec![phase_cfg.data.eval.clone()]
+                } else {
+                    p.sets.clone()
+                };
+                let mut reports = Vec::new();
+                for set in &sets {
+                    let name = set
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "eval".into());
+                    let report_path = dir.join(format!("eval-{name}.json"));
+                    let report: EvalReport = if done && report_path.exists() {
+                        let text =
+                            std::fs::read_to_string(&report_path).map_err(|e| perr(Box::new(e)))?;
+                        serde_json::from_str(&text).map_err(|e| perr(Box::new(e)))?
+                    } else {
+                        std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
+                        let mut examples = read_qa(set).map_err(|e| perr(Box::new(e)))?;
+                        if let Some(n) = limit {
+                            examples.truncate(n);
+                        }
+                        let model = match &weights {
+                            Some(w) => checkpoint::load_model(w, base_model.clone(), device)
+                                .map_err(|e| terr(e.into()))?,
+                            None => base_model.clone(),
+                        };
+                        let greedy = crate::env::RolloutConfig {
+                            temperature: 0.0,
+                            ..phase_cfg.rollout.clone()
+                        };
+                        eprintln!(
+                            "[{}] evaluating on {} questions of {}",
+                            p.name,
+                            examples.len(),
+                            set.display()
+                        );
+                        let (report, records) = evaluate(
+                            &model.valid(),
+                            &tokenizer,
+                            &Shared(retriever.clone()),
+                            &phase_cfg.prompt,
+                            &greedy,
+                            0,
+                            &examples,
+                            p.batch,
+                            |_| {},
+                        )
+                        .map_err(|e| perr(Box::new(e)))?;
+                        let traj: String = records
+                            .iter()
+                            .map(|r| serde_json::to_string(r).expect("record") + "\n")
+                            .collect();
+                        write_atomic(&dir.join(format!("eval-{name}.trajectories.jsonl")), &traj)
+                            .map_err(|e| perr(Box::new(e)))?;
+                        write_atomic(
+                            &report_path,
+                            &serde_json::to_string_pretty(&report).expect("report"),
+                        )
+                        .map_err(|e| perr(Box::new(e)))?;
+                        report
+                    };
+                    eprintln!("[{}] {name}: {}", p.name, eval_line(&report));
+                    reports.push((name, report));
+                }
+                if !done {
+                    state.completed.push(p.name.clone());
+                    save_state(&state)?;
+                }
+                evals.push(PhaseEval {
+                    phase: p.name.clone(),
+                    reports,
+                });
+            }
+        }
+    }
+    Ok(evals)
+}
+
+/// `cover-EM 20.0 EM 18.0 F1 24.8 format-valid 96.0% searches 1.00 ≥2 searches 12.0%`.
+pub fn eval_line(r: &EvalReport) -> String {
+    format!(
+        "cover-EM {:.1} EM {:.1} F1 {:.1} format-valid {:.1}% searches {:.2} ≥2 searches {:.1}% (n={}, {:.0} s)",
+        r.cover_em, r.em, r.f1, r.format_ok_rate, r.searches_mean, r.multi_search_rate, r.n, r.seconds
+    )
+}
+
+/// The before/after lines: for each set, the first eval phase against the last.
+pub fn before_after(evals: &[PhaseEval]) -> Vec<String> {
+    let (Some(first), Some(last)) = (evals.first(), evals.last()) else {
+        return Vec::new();
+    };
+    if evals.len() < 2 {
+        return Vec::new();
+    }
+    first
+        .reports
+        .iter()
+        .filter_map(|(set, before)| {
+            let after = &last.reports.iter().find(|(s, _)| s == set)?.1;
+            Some(format!(
+                "{set}: before ({}) cover-EM {:.1} → after ({}) {:.1}; F1 {:.1} → {:.1}; format-valid {:.1}% → {:.1}%; searches {:.2} → {:.2}; ≥2 searches {:.1}% → {:.1}%",
+                first.phase, before.cover_em, last.phase, after.cover_em, before.f1, after.f1,
+                before.format_ok_rate, after.format_ok_rate, before.searches_mean,
+                after.searches_mean, before.multi_search_rate, after.multi_search_rate
+            ))
+        })
+        .collect()
+}
+
+/// Drops the run's metrics lines that a resumed phase `phase` will write again: its lines past
+/// `step`, and any line of a phase not yet completed.
+fn truncate_phase_lines(
+    path: &Path,
+    state: &CurriculumState,
+    phase: &str,
+    step: usize,
+) -> Result<(), CheckpointError> {
+    truncate_metrics(path, |v| match v.get("phase").and_then(|p| p.as_str()) {
+        Some(p) if state.completed.iter().any(|c| c == p) => true,
+        Some(p) if p == phase => line_step(v) <= step,
+        _ => false,
+    })
+}
+
+fn read_count(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0)
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Runs a collect phase into `file` (atomically); returns the stats as JSON text.
+fn collect_phase<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    p: &PhaseSection,
+    limit: Option<usize>,
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    retriever: &dyn Retriever,
+    file: &Path,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let mut data = cfg.data.read_train()?;
+    if let Some(n) = limit {
+        data.truncate(n);
+    }
+    let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
+    let mut kept: Vec<SftExample> = Vec::new();
+    let stats = if p.scripted {
+        serde_json::to_string(&crate::rl::collect::scripted(
+            tokenizer,
+            retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            &Default::default(),
+            &questions,
+            cfg.train.seed,
+            |ex: &SftExample| kept.push(ex.clone()),
+        )?)?
+    } else {
+        serde_json::to_string(&crate::rl::collect::collect(
+            &model.valid(),
+            tokenizer,
+            retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            &questions,
+            p.batch,
+            true,
+            1,
+            cfg.train.seed,
+            |ex: &SftExample| kept.push(ex.clone()),
+        )?)?
+    };
+    let tmp = file.with_extension("jsonl.part");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for ex in &kept {
+        write_example(&mut w, ex)?;
+    }
+    std::io::Write::flush(&mut w)?;
+    drop(w);
+    std::fs::rename(&tmp, file)?;
+    Ok(stats)
+}

@@ -1,0 +1,97 @@
+//! The figures of one RL step: the `metrics.jsonl` line the trainer writes and the collapse
+//! guard reads. They live apart from both so that neither imports the other.
+
+use serde::{Deserialize, Serialize};
+
+use super::guard::GuardEvent;
+
+/// One line of an RL run's `metrics.jsonl`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Curriculum phase that ran the step (`sleuth train` with `[[phase]]`s); absent for a
+    /// single-phase run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Optimizer step just taken (1-based).
+    pub step: usize,
+    /// Mean scalar reward.
+    pub reward_mean: f64,
+    /// Standard deviation of the reward over the batch.
+    pub reward_std: f64,
+    /// Mean answer component of the reward.
+    pub reward_answer: f64,
+    /// Mean retrieval-format component.
+    pub reward_retrieval_format: f64,
+    /// Mean answer-format component.
+    pub reward_answer_format: f64,
+    /// Mean format penalty.
+    pub reward_penalty: f64,
+    /// Mean step-level retrieval reward (`[reward.step]`; 0 when off), included in
+    /// `reward_mean`.
+    #[serde(default)]
+    pub reward_retrieval_step: f64,
+    /// Fraction of episodes whose format checks all hold.
+    pub format_ok_rate: f64,
+    /// Fraction of episodes that closed `</answer>`.
+    pub finished_rate: f64,
+    /// Mean exact match of the predictions.
+    pub em: f64,
+    /// Mean cover-EM.
+    pub cover_em: f64,
+    /// Mean token F1.
+    pub f1: f64,
+    /// Mean searches per episode.
+    pub searches_mean: f64,
+    /// Fraction of episodes with two searches or more.
+    #[serde(default)]
+    pub multi_search_rate: f64,
+    /// Mean number of distinct gold support titles the episode's searches returned (0 when the
+    /// data has none).
+    #[serde(default)]
+    pub support_found_mean: f64,
+    /// Mean policy tokens per episode.
+    pub response_tokens_mean: f64,
+    /// Mean KL estimate (`kl_estimator`) to the reference over the policy tokens of the micro-batches that carried
+    /// gradient; `null` without a reference model or when no micro-batch carried gradient
+    /// (all advantages zero), since then no forward pass ran.
+    pub kl: Option<f64>,
+    /// Mean policy entropy (nats) over the same tokens as `kl`; `null` when no pass ran.
+    pub entropy: Option<f64>,
+    /// Mean loss per policy token.
+    pub loss: f64,
+    /// Fraction of policy tokens whose ratio was clipped.
+    pub clip_frac: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Episodes sampled in the step (groups sampled × G), all of which the reward and rate
+    /// figures above describe.
+    pub episodes: usize,
+    /// Groups (questions × G samples) rolled out in the step, over every resampling round.
+    #[serde(default)]
+    pub groups_sampled: usize,
+    /// Groups the update trained on: with dynamic sampling, those whose rewards differ;
+    /// otherwise all of them.
+    #[serde(default)]
+    pub groups_kept: usize,
+    /// Training questions retired so far (always or never solved, `retire_after`).
+    #[serde(default)]
+    pub questions_retired: usize,
+    /// Seconds generating (prefill + decode), excluding search.
+    pub seconds_generate: f64,
+    /// Seconds in the retriever.
+    pub seconds_search: f64,
+    /// Seconds of the whole rollout phase (generate + search + bookkeeping).
+    pub seconds_rollout: f64,
+    /// Seconds computing rewards.
+    pub seconds_reward: f64,
+    /// Seconds in reference/old log-probs, backward passes and the optimizer step.
+    pub seconds_update: f64,
+    /// Policy tokens sampled per rollout second.
+    pub tokens_per_s: f64,
+    /// Set when the collapse guard tripped at this step: why, which weights it restored, and
+    /// the learning-rate scale from now on. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardEvent>,
+}

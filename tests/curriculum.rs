@@ -1,0 +1,213 @@
+//! The curriculum as one resumable run, on a tiny random model with the real tokenizer and a
+//! fake retriever: collect (scripted) → SFT → RL stage 1 → RL stage 2 → eval. A run
+//! interrupted inside each training phase (and right after a metrics line whose checkpoint
+//! was never written) resumes into the same sequence of metrics lines as an uninterrupted
+//! run, with no step lost or repeated.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::Param;
+use serde_json::Value;
+use sleuth::config::RunConfig;
+use sleuth::curriculum::{run_curriculum, CurriculumOptions};
+use sleuth::model::backend::{self, Train};
+use sleuth::model::gguf::GgufFile;
+use sleuth::model::{Llama, LlamaConfig, Tokenizer};
+use sleuth::search::{Hit, Retriever, SearchError};
+
+struct Docs;
+impl Retriever for Docs {
+    fn search(&self, q: &str, _k: usize) -> Result<Vec<Hit>, SearchError> {
+        let hit = |title: &str, text: &str| Hit {
+            id: title.into(),
+            title: title.into(),
+            text: text.into(),
+            score: 1.0,
+        };
+        Ok(if q.contains("Arrowhead") {
+            vec![hit(
+                "Arrowhead Stadium",
+                "Arrowhead Stadium is in Kansas City.",
+            )]
+        } else {
+            vec![hit(
+                "Kansas City Chiefs",
+                "The Chiefs play at Arrowhead Stadium.",
+            )]
+        })
+    }
+}
+
+fn tokenizer() -> Option<Tokenizer> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
+        return None;
+    }
+    Some(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap())
+}
+
+fn base(tok: &Tokenizer) -> (Llama<Train>, LlamaConfig, Tokenizer) {
+    let device = backend::device();
+    <Train as burn::tensor::backend::Backend>::seed(&device, 7);
+    let cfg = LlamaConfig::tiny(tok.vocab_size());
+    let mut model = Llama::<Train>::random(&cfg, &device);
+    model.embed_tokens = Param::from_tensor(model.embed_tokens.val().mul_scalar(6.0).detach());
+    (model, cfg, tok.clone())
+}
+
+fn config(dir: &Path) -> RunConfig {
+    let qa = dir.join("qa.jsonl");
+    let rows = [
+        r#"{"question": "Where do the Kansas City Chiefs play?", "answer": "Arrowhead Stadium", "type": "bridge", "support_titles": ["Kansas City Chiefs", "Arrowhead Stadium"]}"#,
+        r#"{"question": "Which team plays at Arrowhead?", "answer": "Kansas City Chiefs", "type": "bridge", "support_titles": ["Arrowhead Stadium"]}"#,
+    ];
+    std::fs::write(&qa, rows.join("\n") + "\n").unwrap();
+    let text = format!(
+        r#"
+[prompt]
+template = "User:{{question}}\nAssistant: <think>"
+[rollout]
+samples_per_question = 2
+max_new_tokens = 8
+context_tokens = 256
+top_k = 1
+[reward.step]
+new_support = 0.25
+repeat = -0.25
+[data]
+train = [{qa:?}]
+eval = {qa:?}
+[train]
+questions_per_step = 1
+micro_batch = 2
+learning_rate = 1e-3
+seed = 3
+dynamic_sampling = true
+max_resample = 1
+guard = {{ enabled = false }}
+[[phase]]
+name = "collect"
+kind = "collect"
+[[phase]]
+name = "sft"
+kind = "sft"
+steps = 2
+[[phase]]
+name = "stage1"
+kind = "rl"
+steps = 2
+[[phase]]
+name = "stage2"
+kind = "rl"
+steps = 2
+reward = {{ kind = "stage2" }}
+train = {{ algo = "reinforce_pp_baseline" }}
+[[phase]]
+name = "after"
+kind = "eval"
+batch = 2
+"#
+    );
+    let path = dir.join("cur.toml");
+    std::fs::write(&path, text).unwrap();
+    RunConfig::load(&path).unwrap()
+}
+
+/// (phase, step, run_step, reward_mean or loss) of each metrics line.
+fn lines(run: &Path) -> Vec<(String, u64, u64, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let figure = v.get("reward_mean").or(v.get("loss")).unwrap();
+            (
+                v["phase"].as_str().unwrap().to_string(),
+                v["step"].as_u64().unwrap(),
+                v["run_step"].as_u64().unwrap(),
+                format!("{:.4}", figure.as_f64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+fn run(cfg: &RunConfig, tok: &Tokenizer, out: &PathBuf, resume: bool, max: Option<usize>) {
+    let opts = CurriculumOptions {
+        resume,
+        max_total_steps: max,
+        ..Default::default()
+    };
+    run_curriculum(
+        cfg,
+        base(tok),
+        Arc::new(Docs),
+        out,
+        &opts,
+        &backend::device(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
+    let Some(tok) = tokenizer() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+
+    let whole = dir.path().join("whole");
+    run(&cfg, &tok, &whole, false, None);
+    let expected = lines(&whole);
+    let phases: Vec<&str> = expected.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(
+        phases,
+        ["sft", "sft", "stage1", "stage1", "stage2", "stage2"]
+    );
+    let run_steps: Vec<u64> = expected.iter().map(|l| l.2).collect();
+    assert_eq!(run_steps, [1, 2, 3, 4, 5, 6]);
+    assert!(whole.join("05-after/eval-qa.json").exists());
+    // Re-running without --resume refuses to overwrite.
+    let again = run_curriculum(
+        &cfg,
+        base(&tok),
+        Arc::new(Docs),
+        &whole,
+        &CurriculumOptions::default(),
+        &backend::device(),
+    );
+    assert!(again.unwrap_err().to_string().contains("--resume"));
+
+    // Interrupted after run steps 1 (inside SFT), 3 (inside stage 1) and 5 (inside stage 2).
+    let cut = dir.path().join("cut");
+    for stop in [1, 3, 5] {
+        run(&cfg, &tok, &cut, stop > 1, Some(stop));
+        let got = lines(&cut);
+        assert_eq!(got.len(), stop, "{got:?}");
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(cut.join("curriculum.json")).unwrap())
+                .unwrap();
+        assert!(!state["completed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "stage2"));
+    }
+    // A line written after the last checkpoint (killed between the two) is dropped on resume.
+    let mut text = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
+    text.push_str(r#"{"phase":"stage2","step":2,"run_step":6,"reward_mean":9.0}"#);
+    text.push('\n');
+    std::fs::write(cut.join("metrics.jsonl"), text).unwrap();
+    run(&cfg, &tok, &cut, true, None);
+    let got = lines(&cut);
+    let key = |v: &[(String, u64, u64, String)]| -> Vec<(String, u64, u64)> {
+        v.iter().map(|l| (l.0.clone(), l.1, l.2)).collect()
+    };
+    assert_eq!(key(&got), key(&expected), "no step lost or repeated");
+    assert_ne!(
+        got.last().unwrap().3,
+        "9.0000",
+        "the orphan line was dropped"
+    );
+    assert!(cut.join("05-after/eval-qa.json").exists());
+}
