@@ -4,6 +4,7 @@
 //! that checkpoint (`sleuth train --init`).
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use burn::module::AutodiffModule;
 use sleuth::env::protocol::documents_block;
@@ -12,7 +13,7 @@ use sleuth::model::backend::{self, Train};
 use sleuth::model::gguf::GgufFile;
 use sleuth::model::{Llama, LlamaConfig, Tokenizer};
 use sleuth::reward::{FormatReport, RewardKind};
-use sleuth::rl::collect::collect;
+use sleuth::rl::collect::{collect, entity_query, judge, scripted, ScriptPhrases, Verdict};
 use sleuth::rl::sft::{SftExample, SftTrainer};
 use sleuth::rl::trainer::Question;
 use sleuth::rl::{checkpoint, TrainConfig, Trainer};
@@ -134,6 +135,7 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
     let questions = vec![Question {
         question: QUESTION.into(),
         answers: vec!["Kansas City".into()],
+        ..Default::default()
     }];
     let mut kept = Vec::new();
     let stats = collect(
@@ -145,12 +147,14 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
         &questions,
         1,
         true,
+        1,
         0,
         |ex| kept.push(ex.clone()),
     )
     .unwrap();
     assert_eq!(stats.sampled, 2);
     assert_eq!(stats.kept, 2, "{stats:?}");
+    assert_eq!(stats.kept_by_searches, [0, 2, 0, 0], "{stats:?}");
     for ex in &kept {
         assert_eq!(ex.prompt_len, example.prompt_len);
         assert_eq!(
@@ -178,6 +182,7 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
         &questions,
         1,
         false,
+        1,
         0,
         |ex| {
             assert_eq!(
@@ -188,6 +193,27 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
     )
     .unwrap();
     assert_eq!(stats.sampled, 2);
+
+    // The same rollouts, asked for two searches each: none is kept.
+    let stats = collect(
+        &sft.model.valid(),
+        &tok,
+        &OneDoc,
+        &prompt(),
+        &rollout_cfg,
+        &questions,
+        1,
+        false,
+        2,
+        0,
+        |_| panic!("a one-search trajectory kept under --min-searches 2"),
+    )
+    .unwrap();
+    assert_eq!(
+        (stats.format_ok, stats.too_few_searches, stats.kept),
+        (2, 2, 0),
+        "{stats:?}"
+    );
 
     // 3. SFT on the collected trajectories, then checkpoint.
     let dir = tempfile::tempdir().unwrap();
@@ -214,9 +240,11 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
         Box::new(OneDoc),
         RewardKind::Stage1.build(),
         prompt(),
+        // RL samples the untruncated distribution (the trainer refuses top-k/top-p cuts).
         RolloutConfig {
             temperature: 1.0,
-            top_k_sampling: 5,
+            top_p: 1.0,
+            top_k_sampling: 0,
             ..rollout_cfg
         },
         TrainConfig {
@@ -257,10 +285,12 @@ fn scripted_episodes_are_grounded_masked_and_format_valid() {
                 "a very long answer that has more than ten words in it, so skipped".into(),
                 "Kansas City".into(),
             ],
+            ..Default::default()
         },
         Question {
             question: "What is the capital of Kansas?".into(),
             answers: vec!["Topeka".into()],
+            ..Default::default()
         },
     ];
     let mut kept = Vec::new();
@@ -271,10 +301,13 @@ fn scripted_episodes_are_grounded_masked_and_format_valid() {
         &rollout,
         &Default::default(),
         &questions,
+        0,
         |ex| kept.push(ex.clone()),
     )
     .unwrap();
     assert_eq!((stats.questions, stats.format_ok, stats.kept), (2, 1, 1));
+    assert_eq!(stats.kept_by_searches, [0, 1, 0, 0]);
+    assert_eq!(stats.uncovered, 1, "Topeka is not in the documents");
     let ex = &kept[0];
     assert_eq!(ex.question, QUESTION);
     let bare = prompt().encode(&tok, QUESTION).unwrap();
@@ -301,4 +334,323 @@ fn scripted_episodes_are_grounded_masked_and_format_valid() {
     assert!(report.all_ok(), "{solution}");
     assert_eq!(report.answer.as_deref().map(str::trim), Some("Kansas City"));
     assert!(solution.contains(&format!("<|begin_of_query|> {QUESTION} <|end_of_query|>")));
+}
+
+fn tokenizer() -> Option<Tokenizer> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
+        return None;
+    }
+    Some(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap())
+}
+
+fn page(title: &str, text: &str) -> Hit {
+    Hit {
+        id: title.into(),
+        title: title.into(),
+        text: text.into(),
+        score: 1.0,
+    }
+}
+
+/// A fake search engine: exact queries get their own pages, any other query the fallback
+/// pages; every query is recorded.
+struct ByQuery {
+    pages: Vec<(&'static str, Vec<Hit>)>,
+    fallback: Vec<Hit>,
+    queries: Mutex<Vec<String>>,
+}
+
+impl ByQuery {
+    fn new(fallback: Vec<Hit>, pages: Vec<(&'static str, Vec<Hit>)>) -> Self {
+        Self {
+            pages,
+            fallback,
+            queries: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Retriever for ByQuery {
+    fn search(&self, q: &str, k: usize) -> Result<Vec<Hit>, SearchError> {
+        self.queries.lock().unwrap().push(q.to_string());
+        let hits = self
+            .pages
+            .iter()
+            .find(|(query, _)| *query == q)
+            .map_or(&self.fallback, |(_, hits)| hits);
+        Ok(hits.iter().take(k).cloned().collect())
+    }
+}
+
+/// The response's mask-0 tokens as text, and the whole response as text.
+fn masked_and_solution(tok: &Tokenizer, ex: &SftExample) -> (String, String) {
+    let response = &ex.tokens[ex.prompt_len..];
+    let mask = &ex.mask[ex.prompt_len..];
+    let masked: Vec<u32> = response
+        .iter()
+        .zip(mask)
+        .filter(|(_, &m)| m == 0)
+        .map(|(&t, _)| t)
+        .collect();
+    (
+        sleuth::model::text_of(tok, &masked),
+        sleuth::model::text_of(tok, response),
+    )
+}
+
+#[test]
+fn entity_queries_drop_the_disambiguator() {
+    assert_eq!(entity_query("Lilu (mythology)"), "Lilu");
+    assert_eq!(
+        entity_query("Alexandria International Airport (Louisiana)"),
+        "Alexandria International Airport"
+    );
+    assert_eq!(
+        entity_query("Leland, North Carolina"),
+        "Leland, North Carolina"
+    );
+    assert_eq!(entity_query("(What) If"), "(What) If");
+}
+
+/// A bridge question whose first search finds the first-hop page, which names the bridge
+/// entity: a second search for that entity, both documents blocks masked out, the answer
+/// grounded in the second block.
+#[test]
+fn scripted_bridge_question_searches_the_bridge_entity() {
+    let Some(tok) = tokenizer() else { return };
+    let question = "Who directed the film that was shot in Leland, North Carolina in 1986?";
+    let leland = page(
+        "Leland, North Carolina",
+        "Leland is a town in Brunswick County. The film Maximum Overdrive was shot there in 1986.",
+    );
+    let film = page(
+        "Maximum Overdrive (film)",
+        "Maximum Overdrive is a 1986 horror film written and directed by Stephen King.",
+    );
+    let engine = ByQuery::new(
+        vec![leland.clone(), page("Brunswick County", "A county.")],
+        vec![("Maximum Overdrive", vec![film.clone()])],
+    );
+    let rollout = RolloutConfig::default();
+    let with_demo = PromptConfig {
+        demonstrations: vec!["User:Q?\nAssistant: <think> demo </think>".into()],
+        ..prompt()
+    };
+    let questions = vec![Question {
+        question: question.into(),
+        answers: vec!["Stephen King".into()],
+        support_titles: vec![
+            "Leland, North Carolina".into(),
+            "Maximum Overdrive (film)".into(),
+        ],
+        kind: Some("bridge".into()),
+    }];
+    let mut kept = Vec::new();
+    let stats = scripted(
+        &tok,
+        &engine,
+        &with_demo,
+        &rollout,
+        &ScriptPhrases::default(),
+        &questions,
+        7,
+        |ex| kept.push(ex.clone()),
+    )
+    .unwrap();
+    assert_eq!(stats.kept, 1, "{stats:?}");
+    assert_eq!(stats.kept_by_searches, [0, 0, 1, 0]);
+    assert_eq!(
+        *engine.queries.lock().unwrap(),
+        vec![question.to_string(), "Maximum Overdrive".to_string()]
+    );
+    let ex = &kept[0];
+    assert_eq!(
+        &ex.tokens[..ex.prompt_len],
+        &prompt().encode(&tok, question).unwrap()[..],
+        "prompt without demonstrations"
+    );
+    assert!(ex.mask[..ex.prompt_len].iter().all(|&m| m == 0));
+    let (masked, solution) = masked_and_solution(&tok, ex);
+    let blocks = format!(
+        "{}{}",
+        documents_block(&[leland.clone(), page("Brunswick County", "A county.")], 0),
+        documents_block(&[film], 0)
+    );
+    assert_eq!(
+        masked, blocks,
+        "exactly the two documents blocks carry mask 0"
+    );
+    let report = FormatReport::check(&solution);
+    assert!(report.all_ok(), "{solution}");
+    assert_eq!(report.searches, 2);
+    assert_eq!(report.answer.as_deref(), Some("Stephen King"));
+    assert!(
+        solution.contains("<|begin_of_query|> Maximum Overdrive <|end_of_query|>"),
+        "{solution}"
+    );
+    // The first documents named the bridge entity, and the reasoning says so.
+    let named = ScriptPhrases::default().bridge_named;
+    assert!(
+        named
+            .iter()
+            .any(|p| solution.contains(&p.replace("{entity}", "Maximum Overdrive"))),
+        "{solution}"
+    );
+}
+
+/// A comparison question whose first search finds neither compared entity: one search per
+/// entity (3 in all), unless `max_searches` caps them.
+#[test]
+fn scripted_comparison_question_searches_each_entity() {
+    let Some(tok) = tokenizer() else { return };
+    let question = "Who was born first, Alice Example or Bob Sample?";
+    let alice = page("Alice Example", "Alice Example (born 1900) was a painter.");
+    let bob = page(
+        "Bob Sample (writer)",
+        "Bob Sample (born 1920) was a writer.",
+    );
+    let engine = || {
+        ByQuery::new(
+            vec![page("Birth order", "Birth order is the rank by age.")],
+            vec![
+                ("Alice Example", vec![alice.clone()]),
+                ("Bob Sample", vec![bob.clone()]),
+            ],
+        )
+    };
+    let questions = vec![Question {
+        question: question.into(),
+        answers: vec!["Alice Example".into()],
+        support_titles: vec!["Alice Example".into(), "Bob Sample (writer)".into()],
+        kind: Some("comparison".into()),
+    }];
+    let run = |engine: &ByQuery, max_searches: usize| {
+        let rollout = RolloutConfig {
+            max_searches,
+            ..Default::default()
+        };
+        let mut kept = Vec::new();
+        let stats = scripted(
+            &tok,
+            engine,
+            &prompt(),
+            &rollout,
+            &ScriptPhrases::default(),
+            &questions,
+            0,
+            |ex| kept.push(ex.clone()),
+        )
+        .unwrap();
+        (stats, kept)
+    };
+    let three = engine();
+    let (stats, kept) = run(&three, 8);
+    assert_eq!(stats.kept_by_searches, [0, 0, 0, 1], "{stats:?}");
+    assert_eq!(
+        *three.queries.lock().unwrap(),
+        vec![question, "Alice Example", "Bob Sample"]
+    );
+    let (masked, solution) = masked_and_solution(&tok, &kept[0]);
+    assert_eq!(
+        masked,
+        format!(
+            "{}{}{}",
+            documents_block(&[page("Birth order", "Birth order is the rank by age.")], 0),
+            documents_block(std::slice::from_ref(&alice), 0),
+            documents_block(std::slice::from_ref(&bob), 0)
+        )
+    );
+    let report = FormatReport::check(&solution);
+    assert!(report.all_ok(), "{solution}");
+    assert_eq!(report.searches, 3);
+    assert_eq!(report.answer.as_deref(), Some("Alice Example"));
+    let comparison = ScriptPhrases::default().comparison;
+    for entity in ["Alice Example", "Bob Sample"] {
+        assert!(
+            comparison
+                .iter()
+                .any(|p| solution.contains(&p.replace("{entity}", entity))),
+            "{solution}"
+        );
+    }
+
+    // Capped at two searches: the second entity is never looked up, the answer is still
+    // covered by the first two blocks.
+    let two = engine();
+    let (stats, _) = run(&two, 2);
+    assert_eq!(stats.kept_by_searches, [0, 0, 1, 0], "{stats:?}");
+    assert_eq!(two.queries.lock().unwrap().len(), 2);
+}
+
+/// The reasoning varies across questions (a deterministic choice from the seed and the
+/// question index), and is the same again for the same seed.
+#[test]
+fn scripted_reasoning_varies_across_questions() {
+    let Some(tok) = tokenizer() else { return };
+    let questions: Vec<Question> = (0..8)
+        .map(|i| Question {
+            question: format!("Question {i}: in which city do the Kansas City Chiefs play?"),
+            answers: vec!["Kansas City".into()],
+            ..Default::default()
+        })
+        .collect();
+    let solutions = |seed: u64| {
+        let mut out = Vec::new();
+        scripted(
+            &tok,
+            &OneDoc,
+            &prompt(),
+            &RolloutConfig::default(),
+            &ScriptPhrases::default(),
+            &questions,
+            seed,
+            |ex| out.push(masked_and_solution(&tok, ex).1),
+        )
+        .unwrap();
+        out
+    };
+    let first = solutions(0);
+    assert_eq!(first.len(), 8);
+    let think = |s: &String| s.split("<|begin_of_query|>").next().unwrap().to_string();
+    let answer_reason = |s: &String| {
+        s.split("<|end_of_documents|>\n\n")
+            .last()
+            .unwrap()
+            .to_string()
+    };
+    let firsts: std::collections::BTreeSet<String> = first.iter().map(think).collect();
+    let lasts: std::collections::BTreeSet<String> = first.iter().map(answer_reason).collect();
+    assert!(firsts.len() >= 3, "{firsts:?}");
+    assert!(lasts.len() >= 3, "{lasts:?}");
+    assert_eq!(solutions(0), first, "deterministic for a seed");
+    assert_ne!(solutions(1), first, "another seed, other phrasings");
+}
+
+/// Rejection sampling keeps only trajectories that searched at least `min_searches` times.
+#[test]
+fn judge_rejects_trajectories_with_too_few_searches() {
+    let answers = vec!["Kansas City".to_string()];
+    let no_search = FormatReport::check(" I know this. </think>\n<answer> Kansas City </answer>");
+    assert!(no_search.all_ok());
+    assert_eq!(
+        judge(&no_search, &answers, true, 1),
+        Verdict::TooFewSearches
+    );
+    assert_eq!(judge(&no_search, &answers, true, 0), Verdict::Keep);
+    let one_search = FormatReport::check(&format!(
+        " Search. <|begin_of_query|> Chiefs <|end_of_query|>{}It is Kansas City. </think>\n<answer> Kansas City </answer>",
+        documents_block(&[hit()], 0)
+    ));
+    assert_eq!(judge(&one_search, &answers, true, 1), Verdict::Keep);
+    assert_eq!(
+        judge(&one_search, &answers, true, 2),
+        Verdict::TooFewSearches
+    );
+    let wrong = vec!["Topeka".to_string()];
+    assert_eq!(judge(&one_search, &wrong, true, 1), Verdict::Incorrect);
+    assert_eq!(judge(&one_search, &wrong, false, 1), Verdict::Keep);
+    let broken = FormatReport::check(" <|begin_of_query|> Chiefs </think>\n<answer> x </answer>");
+    assert_eq!(judge(&broken, &answers, false, 0), Verdict::BadFormat);
 }
