@@ -54,7 +54,7 @@ pub enum CurriculumError {
         /// Phase name.
         phase: String,
         /// Cause.
-        source: TrainError,
+        source: Box<TrainError>,
     },
     /// Reading data or writing a phase's output failed.
     #[error("phase {phase:?}: {source}")]
@@ -171,7 +171,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
         };
         let terr = |source: TrainError| CurriculumError::Train {
             phase: p.name.clone(),
-            source,
+            source: Box::new(source),
         };
         let done = state.completed.contains(&p.name);
         let steps = opts.phase_steps.map_or(p.steps, |cap| p.steps.min(cap));

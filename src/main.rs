@@ -17,7 +17,7 @@ use sleuth::model::{
     load_gguf, text_of, BatchGenerator, Llama, LoadedModel, Sampler, SamplingConfig,
 };
 use sleuth::rl::trainer::Question;
-use sleuth::rl::{checkpoint, Trainer};
+use sleuth::rl::{checkpoint, run, Trainer};
 use sleuth::search::{Bm25Retriever, Retriever};
 
 #[derive(Parser)]
@@ -79,18 +79,31 @@ struct CollectArgs {
     /// Use only the first N training questions.
     #[arg(long)]
     limit: Option<usize>,
-    /// Keep only cover-EM correct answers (default: on for stage2 configs, off for stage1).
+    /// Keep only cover-EM correct answers (default: on with --checkpoint and for stage2
+    /// configs, off otherwise).
     #[arg(long)]
     require_correct: Option<bool>,
+    /// Keep only trajectories that searched at least N times (a cold start meant to teach
+    /// searching must not keep episodes that never searched). Ignored with --scripted.
+    #[arg(long, default_value_t = 1)]
+    min_searches: usize,
+    /// Sample from the weights saved in this SFT/RL run directory instead of the config's
+    /// model (DeepSeek-R1's second SFT round: sample the cold-started policy, keep its correct
+    /// well-formed trajectories, fine-tune again). Turns --require-correct on by default.
+    #[arg(long, value_name = "RUN")]
+    checkpoint: Option<PathBuf>,
     /// Questions per batched rollout.
     #[arg(long, default_value_t = 2)]
     batch: usize,
-    /// RNG seed.
+    /// RNG seed (sampling; with --scripted, the choice of reasoning phrases).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Write scripted episodes instead of sampling (no model run): per question, the question
-    /// as the query, the retriever's real documents, and a gold answer those documents cover
-    /// (questions whose documents cover none are skipped). For policies too weak for
+    /// as the first query, then, when the question's gold support titles are not all among
+    /// the hits, one search per missing title (the bridge entity, or each compared entity; at
+    /// most the config's max_searches), the retriever's real documents after each query, and a
+    /// gold answer those documents cover (questions whose documents cover none are skipped).
+    /// The reasoning between searches varies per question. For policies too weak for
     /// rejection sampling to keep anything.
     #[arg(long)]
     scripted: bool,
@@ -133,9 +146,16 @@ struct SftArgs {
     /// Learning rate (overrides the config's).
     #[arg(long)]
     lr: Option<f64>,
+    /// Stop once the policy entropy (nats per policy token) falls below this, so the cold
+    /// start leaves sampling variance for RL (overrides `[train] sft_stop_entropy`; 0 = never).
+    #[arg(long)]
+    stop_entropy: Option<f64>,
     /// Continue from the run directory's last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Print each metrics line to stdout even on a terminal.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -341,18 +361,31 @@ struct TrainArgs {
     /// Env config (envs/stage1.toml, envs/stage2.toml).
     #[arg(long)]
     config: PathBuf,
-    /// Optimizer steps to reach (a resumed run continues up to this step count).
+    /// Optimizer steps to reach (a resumed run continues up to this step count). Required
+    /// for a single-phase config; a curriculum config (`[[phase]]`s) runs each phase's steps.
     #[arg(long)]
-    steps: usize,
-    /// Run directory: metrics.jsonl and checkpoint/ go here.
+    steps: Option<usize>,
+    /// Run directory: metrics.jsonl and checkpoint/ go here (a curriculum: one folder per
+    /// phase, curriculum.json, and one metrics.jsonl for all phases).
     #[arg(long)]
     out: PathBuf,
-    /// Continue from the run directory's last checkpoint.
+    /// Continue from the run directory's last checkpoint (a curriculum: skip completed
+    /// phases and resume the interrupted one); starts fresh when there is none.
     #[arg(long)]
     resume: bool,
     /// Use at most this many training questions (the first N of the file).
     #[arg(long)]
     limit: Option<usize>,
+    /// Curriculum only: cap every sft/rl phase at this many steps (a short smoke run).
+    #[arg(long)]
+    phase_steps: Option<usize>,
+    /// Curriculum only: cap every eval and collect phase at this many questions per set.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Print each metrics line to stdout even on a terminal (always printed when stdout is
+    /// not a terminal; always appended to metrics.jsonl).
+    #[arg(long)]
+    json: bool,
     /// Start from the weights of this run's checkpoint (e.g. an `sleuth sft` run) instead of
     /// the config's model file; optimizer and progress start fresh.
     #[arg(long)]
@@ -791,20 +824,22 @@ fn cmd_rollout(a: RolloutArgs) -> Result<()> {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let cfg = load_config(&a.config)?;
     let device = backend::device();
+    if !cfg.phase.is_empty() {
+        return cmd_curriculum(a, cfg, device);
+    }
+    let Some(steps) = a.steps else {
+        bail!(
+            "--steps is required: {} has no [[phase]]s (a curriculum config runs each phase's own steps)",
+            a.config.display()
+        );
+    };
     let m = load_policy::<Train>(&cfg, a.init.as_deref(), &device)?;
     let retriever = open_search(&cfg)?;
-    let mut data = read_qa(&cfg.data.train)?;
+    let mut data = cfg.data.read_train()?;
     if let Some(n) = a.limit {
         data.truncate(n);
     }
-    let questions = data
-        .into_iter()
-        .map(|q| Question {
-            question: q.question,
-            answers: q.answers,
-        })
-        .collect();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let questions = data.into_iter().map(Question::from).collect();
     let mut trainer = Trainer::new(
         m.model,
         m.config,
@@ -817,35 +852,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         questions,
         device,
     )?;
-    let metrics_path = a.out.join("metrics.jsonl");
-    if a.resume {
-        if checkpoint::exists(&a.out) {
-            trainer.resume_from(&a.out)?;
-            truncate_metrics(&metrics_path, trainer.state.step)?;
-            eprintln!("resumed {} at step {}", a.out.display(), trainer.state.step);
-        } else {
-            eprintln!("no checkpoint in {}; starting fresh", a.out.display());
-        }
-    } else if metrics_path.exists() && checkpoint::exists(&a.out) {
-        bail!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            a.out.display()
-        );
+    trainer.step_reward = cfg.reward.step.clone();
+    let restored = run::prepare_dir(&a.out, a.resume, |dir| {
+        trainer.resume_from(dir)?;
+        Ok(trainer.state.step)
+    })?;
+    if restored {
+        eprintln!("resumed {} at step {}", a.out.display(), trainer.state.step);
+    } else if a.resume {
+        eprintln!("no checkpoint in {}; starting fresh", a.out.display());
     }
     std::fs::write(a.out.join("config.toml"), toml::to_string(&cfg)?)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let bar = indicatif::ProgressBar::new(a.steps as u64);
-    bar.set_position(trainer.state.step as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} step {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-        )
-        .expect("template"),
-    );
     eprintln!(
         "training {} ({} backend): {} questions × G={} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
@@ -855,46 +872,63 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         cfg.rollout.max_new_tokens,
         cfg.train.algo.as_str()
     );
-    while trainer.state.step < a.steps {
-        let m = trainer.step()?;
-        let line = serde_json::to_string(&m)?;
-        writeln!(metrics, "{line}")?;
-        metrics.flush()?;
-        bar.suspend(|| println!("{line}"));
-        bar.set_position(m.step as u64);
-        bar.set_message(format!(
-            "reward {:.3} fmt {:.2} search {:.2}",
-            m.reward_mean, m.format_ok_rate, m.searches_mean
-        ));
-        if m.step % cfg.train.checkpoint_every.max(1) == 0 || m.step == a.steps {
-            trainer.save(&a.out)?;
-        }
-    }
-    bar.finish();
+    let opts = run::LoopOptions {
+        steps,
+        checkpoint_every: cfg.train.checkpoint_every,
+        echo_json: a.json,
+        ..Default::default()
+    };
+    run::run_steps(&mut trainer, &a.out, &a.out.join("metrics.jsonl"), &opts)?;
     Ok(())
 }
 
-/// Drops metrics lines past the checkpoint's step so a resumed run does not log a step twice.
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
+/// `sleuth train` on a config with `[[phase]]`s: the whole curriculum as one run.
+fn cmd_curriculum(
+    a: TrainArgs,
+    cfg: RunConfig,
+    device: burn::tensor::Device<Inference>,
+) -> Result<()> {
+    if a.init.is_some() || a.limit.is_some() || a.steps.is_some() {
+        bail!(
+            "{} is a curriculum ([[phase]]s): --steps, --limit and --init do not apply; use --phase-steps / --eval-limit to shorten it",
+            a.config.display()
+        );
     }
-    let text = std::fs::read_to_string(path)?;
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s as usize <= step)
-        })
-        .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(
-        &tmp,
-        kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    let m = load_policy::<Train>(&cfg, None, &device)?;
+    let retriever: std::sync::Arc<dyn Retriever> = std::sync::Arc::from(open_search(&cfg)?);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::fs::write(a.out.join("config.toml"), toml::to_string(&cfg)?)?;
+    let names: Vec<&str> = cfg.phase.iter().map(|p| p.name.as_str()).collect();
+    eprintln!(
+        "curriculum {} ({} backend): phases {}",
+        a.config.display(),
+        backend::name(),
+        names.join(" → ")
+    );
+    let t0 = std::time::Instant::now();
+    let opts = sleuth::curriculum::CurriculumOptions {
+        resume: a.resume,
+        phase_steps: a.phase_steps,
+        limit: a.eval_limit,
+        echo_json: a.json,
+        max_total_steps: None,
+    };
+    let evals = sleuth::curriculum::run_curriculum(
+        &cfg,
+        (m.model, m.config, m.tokenizer),
+        retriever,
+        &a.out,
+        &opts,
+        &device,
     )?;
-    std::fs::rename(&tmp, path)?;
+    for line in sleuth::curriculum::before_after(&evals) {
+        println!("{line}");
+    }
+    eprintln!(
+        "curriculum finished in {:.0} s; metrics in {}",
+        t0.elapsed().as_secs_f64(),
+        a.out.join("metrics.jsonl").display()
+    );
     Ok(())
 }
 
@@ -1126,21 +1160,18 @@ fn cmd_collect(a: CollectArgs) -> Result<()> {
     if let Some(g) = a.samples_per_question {
         cfg.rollout.samples_per_question = g;
     }
+    if a.scripted && a.checkpoint.is_some() {
+        bail!("--scripted runs no model; drop --checkpoint");
+    }
     let require_correct = a
         .require_correct
-        .unwrap_or(cfg.reward.kind == sleuth::reward::RewardKind::Stage2);
+        .unwrap_or(a.checkpoint.is_some() || cfg.reward.kind == sleuth::reward::RewardKind::Stage2);
     let retriever = open_search(&cfg)?;
-    let mut data = read_qa(&cfg.data.train)?;
+    let mut data = cfg.data.read_train()?;
     if let Some(n) = a.limit {
         data.truncate(n);
     }
-    let questions: Vec<Question> = data
-        .into_iter()
-        .map(|q| Question {
-            question: q.question,
-            answers: q.answers,
-        })
-        .collect();
+    let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
     if let Some(parent) = a.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -1167,10 +1198,11 @@ fn cmd_collect(a: CollectArgs) -> Result<()> {
             &cfg.rollout,
             &Default::default(),
             &questions,
+            a.seed,
             keep,
         )?
     } else {
-        let m = load_model::<Inference>(&cfg.model.path, &backend::device())?;
+        let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &backend::device())?;
         sleuth::rl::collect::collect(
             &m.model,
             &m.tokenizer,
@@ -1180,6 +1212,7 @@ fn cmd_collect(a: CollectArgs) -> Result<()> {
             &questions,
             a.batch,
             require_correct,
+            a.min_searches,
             a.seed,
             keep,
         )?
@@ -1204,32 +1237,28 @@ fn cmd_sft(a: SftArgs) -> Result<()> {
     if let Some(lr) = a.lr {
         train_cfg.learning_rate = lr;
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut sft = sleuth::rl::sft::SftTrainer::new(m.model, m.config, train_cfg, data, device)?;
-    let metrics_path = a.out.join("metrics.jsonl");
-    if a.resume && checkpoint::exists(&a.out) {
-        sft.resume_from(&a.out)?;
-        truncate_metrics(&metrics_path, sft.state.step)?;
-        eprintln!("resumed {} at step {}", a.out.display(), sft.state.step);
-    } else if checkpoint::exists(&a.out) {
-        bail!(
-            "{} already holds a run; pass --resume or choose another --out",
-            a.out.display()
-        );
+    if let Some(e) = a.stop_entropy {
+        train_cfg.sft_stop_entropy = e;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
-    while sft.state.step < a.steps {
-        let m = sft.step();
-        let line = serde_json::to_string(&m)?;
-        writeln!(metrics, "{line}")?;
-        println!("{line}");
-        if m.step % cfg.train.checkpoint_every.max(1) == 0 || m.step == a.steps {
-            sft.save(&a.out)?;
-        }
+    let mut sft = sleuth::rl::sft::SftTrainer::new(m.model, m.config, train_cfg, data, device)?;
+    if run::prepare_dir(&a.out, a.resume, |dir| {
+        sft.resume_from(dir)?;
+        Ok(sft.state.step)
+    })? {
+        eprintln!("resumed {} at step {}", a.out.display(), sft.state.step);
+    }
+    let opts = run::LoopOptions {
+        steps: a.steps,
+        checkpoint_every: cfg.train.checkpoint_every,
+        echo_json: a.json,
+        ..Default::default()
+    };
+    let out = run::run_steps(&mut sft, &a.out, &a.out.join("metrics.jsonl"), &opts)?;
+    if out.stopped_early {
+        eprintln!(
+            "stopped at step {}: policy entropy fell below sft_stop_entropy {}",
+            out.steps_done, sft.cfg.sft_stop_entropy
+        );
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! was never written) resumes into the same sequence of metrics lines as an uninterrupted
 //! run, with no step lost or repeated.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::Param;
@@ -70,8 +70,8 @@ fn config(dir: &Path) -> RunConfig {
 template = "User:{{question}}\nAssistant: <think>"
 [rollout]
 samples_per_question = 2
-max_new_tokens = 8
-context_tokens = 256
+max_new_tokens = 160
+context_tokens = 1024
 top_k = 1
 [reward.step]
 new_support = 0.25
@@ -133,7 +133,7 @@ fn lines(run: &Path) -> Vec<(String, u64, u64, String)> {
         .collect()
 }
 
-fn run(cfg: &RunConfig, tok: &Tokenizer, out: &PathBuf, resume: bool, max: Option<usize>) {
+fn run(cfg: &RunConfig, tok: &Tokenizer, out: &Path, resume: bool, max: Option<usize>) {
     let opts = CurriculumOptions {
         resume,
         max_total_steps: max,

@@ -22,9 +22,10 @@ use sleuth::search::{Hit, Retriever, SearchError};
 
 const MAX_NEW: usize = 12;
 /// Rollouts sample the untruncated softmax at this temperature (RL refuses top-k / top-p,
-/// since the loss scores the same tempered distribution); a low temperature keeps a random
-/// model's choices few, so the target token recurs often enough to be rewarded.
-const TEMPERATURE: f32 = 0.35;
+/// since the loss scores the same tempered distribution). Below 1 it keeps a random model's
+/// choices few, so the target token recurs often enough to be rewarded; much lower (0.35)
+/// makes every sample of a group identical, and GRPO then has no variance to learn from.
+const TEMPERATURE: f32 = 0.65;
 /// Embedding scale over the default N(0, 0.02) init: gives a peaked output distribution, as a
 /// pretrained model has (near-uniform logits over 49k tokens leave no token frequent enough
 /// to reward).

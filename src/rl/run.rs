@@ -144,7 +144,7 @@ pub fn run_steps<S: Steps>(
         bar.set_position(step as u64);
         bar.set_message(S::summary(&m));
         let stop = s.stop_after(&m);
-        if step % opts.checkpoint_every.max(1) == 0 || step == opts.steps || stop {
+        if step.is_multiple_of(opts.checkpoint_every.max(1)) || step == opts.steps || stop {
             s.save(checkpoint_dir)?;
         }
         outcome.steps_done = step;
