@@ -119,6 +119,8 @@ pub fn run_steps<S: Steps>(
     );
     bar.set_prefix(opts.phase.clone().unwrap_or_else(|| "train".into()));
     bar.set_message("(first step running)");
+    // A step takes minutes on a CPU: tick once a second so the elapsed time moves.
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
     let mut outcome = LoopOutcome {
         steps_done: s.steps_done(),
         stopped_early: false,
@@ -153,7 +155,8 @@ pub fn run_steps<S: Steps>(
             break;
         }
     }
-    bar.finish_and_clear();
+    // Leave the last line (the phase's final figures) on screen.
+    bar.finish();
     Ok(outcome)
 }
 
