@@ -185,16 +185,20 @@ pub fn run_curriculum<B: AutodiffBackend>(
                 if !done {
                     std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
                     eprintln!("[{}] collecting cold-start episodes", p.name);
-                    let model = match &weights {
-                        Some(w) => checkpoint::load_model(w, base_model.clone(), device)
-                            .map_err(|e| terr(e.into()))?,
-                        None => base_model.clone(),
+                    // Scripted episodes need only the tokenizer; sampling needs the policy.
+                    let model = if p.scripted {
+                        None
+                    } else {
+                        Some(
+                            policy_at(weights.as_deref(), &base_model, device)
+                                .map_err(|e| terr(e.into()))?,
+                        )
                     };
                     let stats = collect_phase(
                         &phase_cfg,
                         p,
                         limit,
-                        &model,
+                        model.as_ref(),
                         &tokenizer,
                         &Shared(retriever.clone()),
                         &file,
@@ -221,11 +225,8 @@ pub fn run_curriculum<B: AutodiffBackend>(
                     continue;
                 }
                 std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
-                let start = match &weights {
-                    Some(w) => checkpoint::load_model(w, base_model.clone(), device)
-                        .map_err(|e| terr(e.into()))?,
-                    None => base_model.clone(),
-                };
+                let start = policy_at(weights.as_deref(), &base_model, device)
+                    .map_err(|e| terr(e.into()))?;
                 let budget = opts
                     .max_total_steps
                     .map_or(usize::MAX, |m| m.saturating_sub(run_steps_before));
@@ -243,6 +244,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         perr("an sft phase needs a collect phase before it".into())
                     })?;
                     let data = read_examples(&data_path).map_err(|e| perr(Box::new(e)))?;
+                    let episodes_read = data.len();
                     let mut sft = SftTrainer::new(
                         start,
                         arch.clone(),
@@ -258,9 +260,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         .map_err(|e| terr(e.into()))?;
                     eprintln!(
                         "[{}] SFT from step {} to {steps} ({} episodes)",
-                        p.name,
-                        sft.state.step,
-                        read_count(&data_path)
+                        p.name, sft.state.step, episodes_read
                     );
                     run_steps(&mut sft, &dir, &metrics_path, &loop_opts).map_err(terr)?
                 } else {
@@ -292,7 +292,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         "[{}] RL ({}, reward {}) from step {} to {steps}: {} questions × G={}, T={}",
                         p.name,
                         phase_cfg.train.algo.as_str(),
-                        phase_cfg.reward.kind.build().name(),
+                        phase_cfg.reward.kind.as_str(),
                         trainer.state.step,
                         phase_cfg.train.questions_per_step,
                         phase_cfg.rollout.samples_per_question,
@@ -322,6 +322,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                     p.sets.clone()
                 };
                 let mut reports = Vec::new();
+                let mut model: Option<Llama<B>> = None; // loaded once, when a set needs it
                 for set in &sets {
                     let name = set
                         .file_stem()
@@ -338,11 +339,13 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         if let Some(n) = limit {
                             examples.truncate(n);
                         }
-                        let model = match &weights {
-                            Some(w) => checkpoint::load_model(w, base_model.clone(), device)
-                                .map_err(|e| terr(e.into()))?,
-                            None => base_model.clone(),
-                        };
+                        if model.is_none() {
+                            model = Some(
+                                policy_at(weights.as_deref(), &base_model, device)
+                                    .map_err(|e| terr(e.into()))?,
+                            );
+                        }
+                        let policy = model.as_ref().expect("loaded above").valid();
                         let greedy = crate::env::RolloutConfig {
                             temperature: 0.0,
                             ..phase_cfg.rollout.clone()
@@ -354,7 +357,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                             set.display()
                         );
                         let (report, records) = evaluate(
-                            &model.valid(),
+                            &policy,
                             &tokenizer,
                             &Shared(retriever.clone()),
                             &phase_cfg.prompt,
@@ -441,10 +444,17 @@ fn truncate_phase_lines(
     })
 }
 
-fn read_count(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
-        .unwrap_or(0)
+/// The policy a phase starts from: the weights of the checkpoint in `weights` (the latest
+/// sft/rl phase), or the config's model when no such phase ran yet.
+fn policy_at<B: AutodiffBackend>(
+    weights: Option<&Path>,
+    base: &Llama<B>,
+    device: &B::Device,
+) -> Result<Llama<B>, CheckpointError> {
+    match weights {
+        Some(w) => checkpoint::load_model(w, base.clone(), device),
+        None => Ok(base.clone()),
+    }
 }
 
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
@@ -458,7 +468,7 @@ fn collect_phase<B: AutodiffBackend>(
     cfg: &RunConfig,
     p: &PhaseSection,
     limit: Option<usize>,
-    model: &Llama<B>,
+    model: Option<&Llama<B>>,
     tokenizer: &Tokenizer,
     retriever: &dyn Retriever,
     file: &Path,
@@ -481,6 +491,7 @@ fn collect_phase<B: AutodiffBackend>(
             |ex: &SftExample| kept.push(ex.clone()),
         )?)?
     } else {
+        let model = model.expect("a sampling collect phase is given the policy");
         serde_json::to_string(&crate::rl::collect::collect(
             &model.valid(),
             tokenizer,
