@@ -3,6 +3,8 @@
 //! documents masked) → SFT on what was collected → checkpoint → one RL step starting from
 //! that checkpoint (`sleuth train --init`).
 
+mod common;
+use common::default_tokenizer as tokenizer;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -334,15 +336,6 @@ fn scripted_episodes_are_grounded_masked_and_format_valid() {
     assert!(report.all_ok(), "{solution}");
     assert_eq!(report.answer.as_deref().map(str::trim), Some("Kansas City"));
     assert!(solution.contains(&format!("<|begin_of_query|> {QUESTION} <|end_of_query|>")));
-}
-
-fn tokenizer() -> Option<Tokenizer> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
-        return None;
-    }
-    Some(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap())
 }
 
 fn page(title: &str, text: &str) -> Hit {

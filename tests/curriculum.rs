@@ -4,6 +4,8 @@
 //! was never written) resumes into the same sequence of metrics lines as an uninterrupted
 //! run, with no step lost or repeated.
 
+mod common;
+use common::default_tokenizer as tokenizer;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +14,6 @@ use serde_json::Value;
 use sleuth::config::RunConfig;
 use sleuth::curriculum::{run_curriculum, CurriculumOptions};
 use sleuth::model::backend::{self, Train};
-use sleuth::model::gguf::GgufFile;
 use sleuth::model::{Llama, LlamaConfig, Tokenizer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
@@ -37,15 +38,6 @@ impl Retriever for Docs {
             )]
         })
     }
-}
-
-fn tokenizer() -> Option<Tokenizer> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
-        return None;
-    }
-    Some(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap())
 }
 
 fn base(tok: &Tokenizer) -> (Llama<Train>, LlamaConfig, Tokenizer) {

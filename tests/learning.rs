@@ -7,13 +7,13 @@
 //! untrained policy samples most often, so every GRPO group carries some signal from the
 //! start and a policy that learns to emit it everywhere earns 1.0.
 
+mod common;
+use common::default_tokenizer as tokenizer;
 use std::collections::HashMap;
-use std::path::Path;
 
 use burn::module::{AutodiffModule, Param};
 use sleuth::env::{rollout, PromptConfig, RolloutConfig};
 use sleuth::model::backend::{self, Train};
-use sleuth::model::gguf::GgufFile;
 use sleuth::model::{text_of, Llama, LlamaConfig, Sampler, SamplingConfig, Tokenizer};
 use sleuth::reward::{RewardBreakdown, RewardFn};
 use sleuth::rl::trainer::Question;
@@ -55,15 +55,6 @@ impl RewardFn for TargetShare {
     fn name(&self) -> &'static str {
         "target_share"
     }
-}
-
-fn tokenizer() -> Option<Tokenizer> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
-        return None;
-    }
-    Some(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap())
 }
 
 fn prompt() -> PromptConfig {

@@ -1,6 +1,6 @@
-//! Helpers shared by the graph-RAG integration tests (`graph_pg`, `graph_kg`, `graph_tree`,
-//! `graph_llm`): hand-written passages, a JSONL corpus file, a BM25 index over them, and
-//! running the `sleuth` binary.
+//! Helpers shared by the integration tests: hand-written passages, a JSONL corpus file, a BM25
+//! index over them, running the `sleuth` binary (graph-RAG tests), and the default model's
+//! tokenizer for the tiny-model training tests (`learning`, `cold_start`, `curriculum`).
 //! Each test binary compiles this module on its own, so not every helper is used by each.
 #![allow(dead_code)]
 
@@ -9,6 +9,18 @@ use std::process::Command;
 
 use sleuth::corpus::Passage;
 use sleuth::index::{build_bm25, IndexOptions};
+
+/// The default model's tokenizer, or `None` (with a note on stderr) when `scripts/setup` has
+/// not installed the model, so model-dependent tests skip.
+pub fn default_tokenizer() -> Option<sleuth::model::Tokenizer> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
+        return None;
+    }
+    let gguf = sleuth::model::gguf::GgufFile::open(&path).unwrap();
+    Some(sleuth::model::Tokenizer::from_gguf(&gguf).unwrap())
+}
 
 /// A passage from its id, title and text.
 pub fn p(id: &str, title: &str, text: &str) -> Passage {
