@@ -18,6 +18,11 @@
 //! - **Lenient on extra fields.** Unknown keys (`url`, `source`, …) are ignored, and a numeric
 //!   `id` is accepted and turned into its decimal string, since several public corpora number
 //!   their passages.
+//!
+//! [`text`] holds the stop-word list and term splitter shared by builders, retrievers and
+//! evaluation.
+
+pub mod text;
 
 use std::fmt;
 use std::fs::File;

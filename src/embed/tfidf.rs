@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{normalize, Embedder};
-use crate::index::graph::text_terms;
+use crate::corpus::text::text_terms;
 
 /// TF-IDF reduced to `D` dense dimensions by signed feature hashing.
 ///

@@ -28,20 +28,7 @@ use crate::search::{Bm25Options, Bm25Retriever, Hit, Retriever, SearchError};
 /// The cut-offs every metric is reported at.
 pub const CUTOFFS: [usize; 3] = [1, 5, 10];
 
-/// English stop words dropped by [`QueryRewrite::DropStopWords`]: articles, auxiliaries,
-/// pronouns, prepositions and question words, which carry no topic in a QA question.
-pub const STOP_WORDS: &[&str] = &[
-    "a", "an", "the", "and", "or", "but", "if", "of", "at", "by", "for", "with", "about",
-    "against", "between", "into", "through", "during", "before", "after", "above", "below", "to",
-    "from", "up", "down", "in", "out", "on", "off", "over", "under", "again", "further", "then",
-    "once", "here", "there", "when", "where", "why", "how", "all", "any", "both", "each", "few",
-    "more", "most", "other", "some", "such", "no", "nor", "not", "only", "own", "same", "so",
-    "than", "too", "very", "can", "will", "just", "should", "now", "is", "are", "was", "were",
-    "be", "been", "being", "have", "has", "had", "having", "do", "does", "did", "doing", "i", "me",
-    "my", "we", "our", "you", "your", "he", "him", "his", "she", "her", "it", "its", "they",
-    "them", "their", "what", "which", "who", "whom", "whose", "this", "that", "these", "those",
-    "as", "until", "while", "s",
-];
+pub use crate::corpus::text::STOP_WORDS;
 
 /// How a question is turned into a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::metrics::GuardEvent;
 use super::metrics::StepMetrics;
 
 /// Bounds of the collapse guard (`[train.guard]` in an env config). Defaults stated once, here;
@@ -74,18 +75,6 @@ impl Default for GuardConfig {
             max_trips: 5,
         }
     }
-}
-
-/// What the guard did at a step (logged as the `guard` field of that metrics line).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GuardEvent {
-    /// Which bound tripped, with the measured value.
-    pub reason: String,
-    /// The step whose weights were restored (its figures passed); `None` when no step had
-    /// passed yet, so nothing was restored and only the learning rate was lowered.
-    pub restored_step: Option<usize>,
-    /// Learning-rate scale in force from the next step on.
-    pub lr_scale: f64,
 }
 
 /// A tripped bound.

@@ -3,8 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::guard::GuardEvent;
-
 /// One line of an RL run's `metrics.jsonl`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -94,4 +92,16 @@ pub struct StepMetrics {
     /// the learning-rate scale from now on. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardEvent>,
+}
+
+/// What the guard did at a step (logged as the `guard` field of that metrics line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardEvent {
+    /// Which bound tripped, with the measured value.
+    pub reason: String,
+    /// The step whose weights were restored (its figures passed); `None` when no step had
+    /// passed yet, so nothing was restored and only the learning rate was lowered.
+    pub restored_step: Option<usize>,
+    /// Learning-rate scale in force from the next step on.
+    pub lr_scale: f64,
 }

@@ -24,7 +24,7 @@ pub mod sft;
 pub mod trainer;
 
 pub use advantage::Algo;
-pub use guard::{GuardConfig, GuardEvent};
+pub use guard::GuardConfig;
 pub use loss::KlEstimator;
-pub use metrics::StepMetrics;
+pub use metrics::{GuardEvent, StepMetrics};
 pub use trainer::{TrainConfig, TrainError, Trainer};

@@ -19,8 +19,12 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
+use burn::tensor::backend::AutodiffBackend;
+
 use super::checkpoint::{self, CheckpointError};
-use super::trainer::TrainError;
+use super::metrics::StepMetrics;
+use super::sft::{SftMetrics, SftTrainer};
+use super::trainer::{TrainError, Trainer};
 
 /// Something that takes optimizer steps and checkpoints itself.
 pub trait Steps {
@@ -44,6 +48,55 @@ pub trait Steps {
     fn stop_after(&self, m: &Self::Metrics) -> bool {
         let _ = m;
         false
+    }
+}
+
+// The two step sources the loop drives. Implemented here, not beside each trainer, so the
+// trainers never import the loop (the loop imports them).
+
+impl<B: AutodiffBackend> Steps for Trainer<B> {
+    type Metrics = StepMetrics;
+    fn steps_done(&self) -> usize {
+        self.state.step
+    }
+    fn step(&mut self) -> Result<StepMetrics, TrainError> {
+        Trainer::step(self)
+    }
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        Trainer::save(self, dir)
+    }
+    fn summary(m: &StepMetrics) -> String {
+        format!(
+            "reward {:+.2} fmt {:.2} search {:.2} groups {}/{} {:.0} tok/s",
+            m.reward_mean,
+            m.format_ok_rate,
+            m.searches_mean,
+            m.groups_kept,
+            m.groups_sampled,
+            m.tokens_per_s
+        )
+    }
+}
+
+impl<B: AutodiffBackend> Steps for SftTrainer<B> {
+    type Metrics = SftMetrics;
+    fn steps_done(&self) -> usize {
+        self.state.step
+    }
+    fn step(&mut self) -> Result<SftMetrics, TrainError> {
+        Ok(SftTrainer::step(self))
+    }
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        SftTrainer::save(self, dir)
+    }
+    fn summary(m: &SftMetrics) -> String {
+        format!(
+            "nll {:.3} entropy {:.3} {} tokens {:.1} s/step",
+            m.loss, m.entropy, m.tokens, m.seconds
+        )
+    }
+    fn stop_after(&self, m: &SftMetrics) -> bool {
+        self.should_stop(m)
     }
 }
 

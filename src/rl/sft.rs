@@ -262,25 +262,3 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         metrics
     }
 }
-
-impl<B: AutodiffBackend> super::run::Steps for SftTrainer<B> {
-    type Metrics = SftMetrics;
-    fn steps_done(&self) -> usize {
-        self.state.step
-    }
-    fn step(&mut self) -> Result<SftMetrics, TrainError> {
-        Ok(SftTrainer::step(self))
-    }
-    fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        SftTrainer::save(self, dir)
-    }
-    fn summary(m: &SftMetrics) -> String {
-        format!(
-            "nll {:.3} entropy {:.3} {} tokens {:.1} s/step",
-            m.loss, m.entropy, m.tokens, m.seconds
-        )
-    }
-    fn stop_after(&self, m: &SftMetrics) -> bool {
-        self.should_stop(m)
-    }
-}

@@ -895,27 +895,3 @@ pub(crate) fn clip_global_norm<B: AutodiffBackend>(
     }
     norm
 }
-
-impl<B: AutodiffBackend> super::run::Steps for Trainer<B> {
-    type Metrics = StepMetrics;
-    fn steps_done(&self) -> usize {
-        self.state.step
-    }
-    fn step(&mut self) -> Result<StepMetrics, TrainError> {
-        Trainer::step(self)
-    }
-    fn save(&self, dir: &std::path::Path) -> Result<(), TrainError> {
-        Trainer::save(self, dir)
-    }
-    fn summary(m: &StepMetrics) -> String {
-        format!(
-            "reward {:+.2} fmt {:.2} search {:.2} groups {}/{} {:.0} tok/s",
-            m.reward_mean,
-            m.format_ok_rate,
-            m.searches_mean,
-            m.groups_kept,
-            m.groups_sampled,
-            m.tokens_per_s
-        )
-    }
-}

@@ -49,8 +49,8 @@ use super::build::{progress_bar, refuse_existing, round3, title_linker};
 use super::{
     Entity, EntityLinker, GraphError, GraphKind, KnowledgeGraph, Relation, DEFAULT_MIN_TITLE_CHARS,
 };
+pub use crate::corpus::text::text_terms;
 use crate::corpus::{CorpusError, Passage, PassageReader};
-use crate::eval::retrieval::STOP_WORDS;
 use crate::llm::{LlmClient, LlmOptions};
 
 mod llm;
@@ -243,16 +243,6 @@ pub fn split_sentences(text: &str) -> Vec<&str> {
         out.push(s);
     }
     out
-}
-
-/// The lowercased terms of `text` used for RKG keywords and for matching queries against
-/// descriptions: alphanumeric words of at least two characters that are not English stop words
-/// ([`crate::eval::retrieval::STOP_WORDS`]), in text order, repeats kept.
-pub fn text_terms(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().count() >= 2)
-        .map(str::to_lowercase)
-        .filter(|w| !STOP_WORDS.contains(&w.as_str()))
 }
 
 /// Builds a knowledge graph of `kind` (KG, TKG or RKG) over an in-memory corpus (no file is
