@@ -356,6 +356,9 @@ pub fn run_curriculum<B: AutodiffBackend>(
                             examples.len(),
                             set.display()
                         );
+                        let bar =
+                            crate::progress::bar(examples.len(), &format!("[{}] {name}", p.name));
+                        let mut tally = crate::eval::EvalTally::default();
                         let (report, records) = evaluate(
                             &policy,
                             &tokenizer,
@@ -365,9 +368,14 @@ pub fn run_curriculum<B: AutodiffBackend>(
                             0,
                             &examples,
                             p.batch,
-                            |_| {},
+                            |rec| {
+                                tally.add(rec);
+                                bar.set_message(tally.line());
+                                bar.inc(1);
+                            },
                         )
                         .map_err(|e| perr(Box::new(e)))?;
+                        bar.finish_and_clear();
                         let traj: String = records
                             .iter()
                             .map(|r| serde_json::to_string(r).expect("record") + "\n")

@@ -68,6 +68,41 @@ pub struct EvalRecord {
     pub solution: String,
 }
 
+/// Running figures over the records seen so far, for a progress line while an evaluation
+/// runs (the final figures are the [`EvalReport`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalTally {
+    /// Questions seen.
+    pub n: usize,
+    /// Sum of cover-EM (0 or 1 each).
+    pub cover_em: f64,
+    /// Format-valid solutions.
+    pub format_ok: usize,
+    /// Searches run.
+    pub searches: usize,
+}
+
+impl EvalTally {
+    /// Counts one record.
+    pub fn add(&mut self, rec: &EvalRecord) {
+        self.n += 1;
+        self.cover_em += rec.cover_em;
+        self.format_ok += rec.format_ok as usize;
+        self.searches += rec.searches.len();
+    }
+
+    /// `cover-EM 12% · format-valid 80% · 1.4 searches/q` (zeros before the first record).
+    pub fn line(&self) -> String {
+        let n = self.n.max(1) as f64;
+        format!(
+            "cover-EM {:.0}% · format-valid {:.0}% · {:.1} searches/q",
+            100.0 * self.cover_em / n,
+            100.0 * self.format_ok as f64 / n,
+            self.searches as f64 / n
+        )
+    }
+}
+
 fn pct(x: f64) -> f64 {
     (x * 1000.0).round() / 10.0
 }

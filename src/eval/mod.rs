@@ -23,7 +23,7 @@ pub mod dataset;
 mod rescore;
 pub mod retrieval;
 
-pub use agent::{evaluate, EvalRecord, EvalReport};
+pub use agent::{evaluate, EvalRecord, EvalReport, EvalTally};
 pub use dataset::{read_qa, QaExample};
 pub use rescore::{rescore, RescoreReport};
 pub use retrieval::{evaluate_retrieval, read_support, QueryRewrite, RetrievalReport};

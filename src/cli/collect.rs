@@ -1,0 +1,132 @@
+//! `sleuth collect`: cold-start trajectories for SFT, sampled from a policy (rejection
+//! sampling, DeepSeek-R1's cold start and second round) or scripted from real retrieval
+//! ([`crate::rl::collect`]). Written to `OUT.jsonl.part`, renamed when complete.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::{load_config, load_policy, load_tokenizer, open_search};
+use crate::model::backend::{self, Inference};
+use crate::rl::trainer::Question;
+
+/// Flags of `sleuth collect`.
+#[derive(Args)]
+pub struct CollectArgs {
+    /// Env config: model, search, prompt (with demonstrations), rollout, reward, [data].train.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output JSONL of kept trajectories (tokens, mask, prompt_len), prompts without demonstrations.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Samples per question (default: the config's samples_per_question).
+    #[arg(long)]
+    pub samples_per_question: Option<usize>,
+    /// Use only the first N training questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep only cover-EM correct answers (default: on with --checkpoint and for stage2
+    /// configs, off otherwise).
+    #[arg(long)]
+    pub require_correct: Option<bool>,
+    /// Keep only trajectories that searched at least N times (a cold start meant to teach
+    /// searching must not keep episodes that never searched). Ignored with --scripted.
+    #[arg(long, default_value_t = 1)]
+    pub min_searches: usize,
+    /// Sample from the weights saved in this SFT/RL run directory instead of the config's
+    /// model (DeepSeek-R1's second SFT round: sample the cold-started policy, keep its correct
+    /// well-formed trajectories, fine-tune again). Turns --require-correct on by default.
+    #[arg(long, value_name = "RUN")]
+    pub checkpoint: Option<PathBuf>,
+    /// Questions per batched rollout.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// RNG seed (sampling; with --scripted, the choice of reasoning phrases).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write scripted episodes instead of sampling (no model run): per question, the question
+    /// as the first query, then, when the question's gold support titles are not all among
+    /// the hits, one search per missing title (the bridge entity, or each compared entity; at
+    /// most the config's max_searches), the retriever's real documents after each query, and a
+    /// gold answer those documents cover (questions whose documents cover none are skipped).
+    /// The reasoning between searches varies per question. For policies too weak for
+    /// rejection sampling to keep anything.
+    #[arg(long)]
+    pub scripted: bool,
+}
+
+/// `sleuth collect`: writes the kept trajectories and prints the collection statistics.
+pub fn run_collect(a: CollectArgs) -> Result<()> {
+    let mut cfg = load_config(&a.config)?;
+    if let Some(g) = a.samples_per_question {
+        cfg.rollout.samples_per_question = g;
+    }
+    if a.scripted && a.checkpoint.is_some() {
+        bail!("--scripted runs no model; drop --checkpoint");
+    }
+    let require_correct = a
+        .require_correct
+        .unwrap_or(a.checkpoint.is_some() || cfg.reward.kind == crate::reward::RewardKind::Stage2);
+    let retriever = open_search(&cfg)?;
+    let mut data = cfg.data.read_train()?;
+    if let Some(n) = a.limit {
+        data.truncate(n);
+    }
+    let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
+    if let Some(parent) = a.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = a.out.with_extension("jsonl.part");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let bar = crate::progress::spinner(&format!("collect ({} questions)", questions.len()));
+    let mut write_err = None;
+    let mut done = 0;
+    let keep = |ex: &crate::rl::sft::SftExample| {
+        if let Err(e) = crate::rl::sft::write_example(&mut file, ex) {
+            write_err.get_or_insert(e);
+        }
+        done += 1;
+        bar.set_message(format!("kept {done}"));
+    };
+    let stats = if a.scripted {
+        let tokenizer = load_tokenizer(&cfg.model.path)?;
+        crate::rl::collect::scripted(
+            &tokenizer,
+            &retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            &Default::default(),
+            &questions,
+            a.seed,
+            keep,
+        )?
+    } else {
+        let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &backend::device())?;
+        crate::rl::collect::collect(
+            &m.model,
+            &m.tokenizer,
+            &retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            &questions,
+            a.batch,
+            require_correct,
+            a.min_searches,
+            a.seed,
+            keep,
+        )?
+    };
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
+    file.flush()?;
+    drop(file);
+    std::fs::rename(&tmp, &a.out)?;
+    println!("{}", serde_json::to_string(&stats)?);
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The `sleuth` subcommands as library functions: each command's flags (a clap `Args`
+//! struct) and its body (`run_*`), one file per command family.
+//!
+//! The binary (`src/main.rs`) only parses the command line and dispatches here, as ripgrep's
+//! binary only turns flags into library objects. The bodies live in one folder rather than in
+//! each concept's module because most of them read a [`RunConfig`], which holds a section of
+//! every module: putting `train` in `rl` or `search` in `search` would make those modules
+//! import `config`, which imports them. `cli` sits at the top of the dependency order
+//! (`corpus → index → search → model → env → reward → rl → eval → config → curriculum → cli`)
+//! and nothing below imports it. `sleuth serve` and `sleuth chat` keep their flags in
+//! [`crate::serve`], which is already at the top.
+//!
+//! Every `run_*` returns `anyhow::Result`: a command glues several modules together, so its
+//! errors carry context (which file, which flag) rather than one module's error enum.
+
+pub mod collect;
+pub mod eval;
+pub mod index;
+pub mod model;
+pub mod plot;
+pub mod rollout;
+pub mod search;
+pub mod train;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::RunConfig;
+use crate::model::{load_gguf, Llama, LoadedModel};
+use crate::rl::checkpoint;
+use crate::search::{Bm25Retriever, Retriever};
+
+/// Opens a BM25 index; the error says how to build one.
+pub fn open_retriever(index: &Path) -> Result<Bm25Retriever> {
+    Bm25Retriever::open(index).with_context(|| {
+        format!(
+            "opening index {} (build it with `sleuth index build` or scripts/setup)",
+            index.display()
+        )
+    })
+}
+
+/// The retriever a config's `[search]` section names (BM25, a graph-RAG kind, or online).
+pub fn open_search(cfg: &RunConfig) -> Result<Box<dyn Retriever>> {
+    if cfg.search.backend == "bm25" {
+        return Ok(Box::new(open_retriever(&cfg.search.index)?));
+    }
+    Ok(cfg.search.open()?)
+}
+
+/// Reads an env/run TOML and checks its `[search]` backend name.
+pub fn load_config(path: &Path) -> Result<RunConfig> {
+    let cfg = RunConfig::load(path)?;
+    if !crate::config::SEARCH_BACKENDS.contains(&cfg.search.backend.as_str()) {
+        bail!(
+            "{}: unknown [search] backend {:?} (supported: {})",
+            path.display(),
+            cfg.search.backend,
+            crate::config::SEARCH_BACKENDS.join(", ")
+        );
+    }
+    Ok(cfg)
+}
+
+/// Loads a GGUF policy (weights, architecture, tokenizer); the error says how to install the
+/// default model.
+pub fn load_model<B: burn::tensor::backend::Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<LoadedModel<B>> {
+    load_gguf::<B>(path, device).with_context(|| {
+        format!(
+            "loading model {} (run scripts/setup to install the default model)",
+            path.display()
+        )
+    })
+}
+
+/// Loads only the tokenizer stored in a GGUF model file.
+pub fn load_tokenizer(path: &Path) -> Result<crate::model::Tokenizer> {
+    let gguf = crate::model::gguf::GgufFile::open(path)
+        .with_context(|| format!("opening model {}", path.display()))?;
+    crate::model::Tokenizer::from_gguf(&gguf)
+        .with_context(|| format!("reading the tokenizer of {}", path.display()))
+}
+
+/// Loads the model named by the config, replacing its weights by a checkpoint's when given.
+pub fn load_policy<B: burn::tensor::backend::Backend>(
+    cfg: &RunConfig,
+    checkpoint_dir: Option<&Path>,
+    device: &B::Device,
+) -> Result<LoadedModel<B>> {
+    let mut loaded = load_model::<B>(&cfg.model.path, device)?;
+    if let Some(run) = checkpoint_dir {
+        let arch = checkpoint::load_config(run)?;
+        let fresh = Llama::<B>::random(&arch, device);
+        loaded.model = checkpoint::load_model(run, fresh, device)?;
+        loaded.config = arch;
+    }
+    Ok(loaded)
+}

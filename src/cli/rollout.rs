@@ -1,0 +1,103 @@
+//! `sleuth rollout`: the search agent on one question, trajectories printed readably (or
+//! as JSON lines) with each search, the prediction and the rollout's timing.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{load_config, load_policy, open_search};
+use crate::env::rollout;
+use crate::model::backend::{self, Inference};
+use crate::model::Sampler;
+
+/// Flags of `sleuth rollout`.
+#[derive(Args)]
+pub struct RolloutArgs {
+    /// Env config (model, search, prompt, rollout settings).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The question to answer.
+    #[arg(long)]
+    pub question: String,
+    /// Samples to draw (default: the config's samples_per_question).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Sampling temperature (default: the config's).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Load policy weights from this run's checkpoint.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Print each trajectory as one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sleuth rollout`: samples trajectories for one question and prints them.
+pub fn run_rollout(a: RolloutArgs) -> Result<()> {
+    let mut cfg = load_config(&a.config)?;
+    if let Some(s) = a.samples {
+        cfg.rollout.samples_per_question = s;
+    }
+    if let Some(t) = a.temperature {
+        cfg.rollout.temperature = t;
+    }
+    let device = backend::device();
+    let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &device)?;
+    let retriever = open_search(&cfg)?;
+    let mut sampler = Sampler::new(cfg.rollout.sampling(a.seed));
+    let (episodes, stats) = rollout(
+        &m.model,
+        &m.tokenizer,
+        &retriever,
+        &cfg.prompt,
+        &cfg.rollout,
+        std::slice::from_ref(&a.question),
+        &mut sampler,
+    )?;
+    let reward = cfg.reward.kind.build();
+    for (i, ep) in episodes.iter().enumerate() {
+        let r = reward.score(&ep.solution, &[]);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"sample": i, "episode": ep, "format_ok": r.format_ok, "prediction": r.prediction})
+            );
+            continue;
+        }
+        println!(
+            "=== sample {i}: {:?}, {} searches, {} policy tokens / {} total, format_ok={} ===",
+            ep.end,
+            ep.searches.len(),
+            ep.policy_tokens(),
+            ep.tokens.len(),
+            r.format_ok
+        );
+        println!("Assistant: <think>{}", ep.solution);
+        for s in &ep.searches {
+            println!(
+                "  [search] {:?} -> {} passages{}",
+                s.query,
+                s.documents.len(),
+                s.error
+                    .as_ref()
+                    .map(|e| format!(" (error: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+        println!("  [prediction] {:?}", r.prediction);
+    }
+    eprintln!(
+        "[rollout {:.1}s: generate {:.1}s, search {:.2}s; {} tokens sampled, {:.1} tok/s]",
+        stats.seconds_total,
+        stats.seconds_generate,
+        stats.seconds_search,
+        stats.sampled_tokens,
+        stats.sampled_tokens as f64 / stats.seconds_generate.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `sleuth search` (print the top passages of one query) and `sleuth retrieval-server`
+//! (R1-Searcher's and Search-R1's HTTP retrieval APIs over any backend).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::{load_config, open_retriever, open_search};
+use crate::search::{Bm25Retriever, Retriever};
+
+/// Flags of `sleuth search`.
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Index directory (overrides the config's [search].index).
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// Env config whose [search] section names the index.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Number of passages to print.
+    #[arg(short = 'k', long, default_value_t = 5)]
+    pub k: usize,
+    /// The query (any text; operator characters are treated as text).
+    pub query: String,
+}
+
+/// Flags of `sleuth retrieval-server`.
+#[derive(Args)]
+pub struct RetrievalServerArgs {
+    /// Index directory built by `sleuth index build`.
+    #[arg(long, default_value = "index/wiki")]
+    pub index: PathBuf,
+    /// Serve the search backend this env config names (BM25, a graph kind, online) instead of
+    /// --index.
+    #[arg(long, conflicts_with = "title_boost")]
+    pub config: Option<PathBuf>,
+    /// Address to bind (use 0.0.0.0 to accept other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Multiplier on title matches (BM25 option).
+    #[arg(long)]
+    pub title_boost: Option<f32>,
+}
+
+/// `sleuth search`: the top-k passages of one query, with scores and ids.
+pub fn run_search(a: SearchArgs) -> Result<()> {
+    let r: Box<dyn Retriever> = match (&a.index, &a.config) {
+        (Some(i), _) => Box::new(open_retriever(i)?),
+        // The config's backend: BM25, a graph-RAG index, or online search.
+        (None, Some(c)) => open_search(&load_config(c)?)?,
+        (None, None) => bail!("give --index DIR or --config FILE"),
+    };
+    for (i, hit) in r.search(&a.query, a.k)?.iter().enumerate() {
+        println!(
+            "{:>2}. [{:.3}] {}  ({})",
+            i + 1,
+            hit.score,
+            hit.render(),
+            hit.id
+        );
+    }
+    Ok(())
+}
+
+/// `sleuth retrieval-server`: serves until interrupted (see [`crate::search::server`]).
+pub fn run_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
+    let mut opts = crate::search::Bm25Options::default();
+    if let Some(b) = a.title_boost {
+        opts.title_boost = b;
+    }
+    let retriever: std::sync::Arc<dyn Retriever> = match &a.config {
+        Some(c) => open_search(&load_config(c)?)?.into(),
+        None => std::sync::Arc::new(
+            Bm25Retriever::open_with(&a.index, opts)
+                .with_context(|| format!("opening index {}", a.index.display()))?,
+        ),
+    };
+    let addr = std::net::SocketAddr::new(a.host, a.port);
+    let cfg = crate::search::ServerConfig::default();
+    Ok(crate::search::server::run(retriever, addr, cfg, |bound| {
+        eprintln!("retrieval server listening on http://{bound}")
+    })?)
+}
