@@ -27,6 +27,35 @@ pub struct PackedBatch<B: Backend> {
     pub mask_host: Vec<Vec<u8>>,
 }
 
+/// Splits sequences of lengths `lens` (tokens), in order, into micro-batches of at most
+/// `max_seqs` sequences and at most `max_tokens` padded tokens (count × longest, the shape the
+/// forward pass allocates); a sequence longer than `max_tokens` goes alone. `max_tokens = 0`
+/// caps only the count. Returns indices into `lens`.
+///
+/// Why a token cap: training memory grows with the padded shape — the saved attention
+/// probabilities are `[B, heads, T, T]` per layer and the logits `[B, T, vocab]` — so two
+/// 2,048-token episodes (eight searches' documents) in one pass need about twice the memory
+/// of one, which on a 24 GiB machine is the difference between a step and the OOM killer.
+pub fn micro_batches(lens: &[usize], max_seqs: usize, max_tokens: usize) -> Vec<Vec<usize>> {
+    let max_seqs = max_seqs.max(1);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut longest = 0;
+    for (i, &len) in lens.iter().enumerate() {
+        let fits = out.last().is_some_and(|mb| {
+            mb.len() < max_seqs
+                && (max_tokens == 0 || (mb.len() + 1) * longest.max(len) <= max_tokens)
+        });
+        if fits {
+            out.last_mut().expect("checked").push(i);
+            longest = longest.max(len);
+        } else {
+            out.push(vec![i]);
+            longest = len;
+        }
+    }
+    out
+}
+
 /// Packs sequences (`tokens`, `mask`, `prompt_len`) into a [`PackedBatch`]; positions before
 /// the shortest prompt are skipped since they never carry loss.
 pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> PackedBatch<B> {
@@ -222,6 +251,30 @@ impl<B: Backend> IntoF64 for Tensor<B, 1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_batches_cap_count_and_padded_tokens() {
+        // Count cap only.
+        assert_eq!(micro_batches(&[5, 5, 5], 2, 0), vec![vec![0, 1], vec![2]]);
+        // 2 × 600 ≤ 1,500 pairs; a 1,000-token sequence cannot join (2 × 1,000 > 1,500), and
+        // one longer than the cap goes alone.
+        assert_eq!(
+            micro_batches(&[600, 500, 1000, 2000, 100, 100], 4, 1500),
+            vec![vec![0, 1], vec![2], vec![3], vec![4, 5]]
+        );
+        // Every index once, in order, whatever the caps.
+        let lens = [7, 300, 2048, 1, 1, 900, 900, 900];
+        for (s, t) in [(1, 0), (3, 0), (2, 2048), (8, 1000), (8, 1)] {
+            let flat: Vec<usize> = micro_batches(&lens, s, t).concat();
+            assert_eq!(flat, (0..lens.len()).collect::<Vec<_>>(), "caps {s}, {t}");
+            for mb in micro_batches(&lens, s, t) {
+                let longest = mb.iter().map(|&i| lens[i]).max().unwrap();
+                assert!(mb.len() <= s);
+                assert!(t == 0 || mb.len() == 1 || mb.len() * longest <= t);
+            }
+        }
+        assert!(micro_batches(&[], 2, 100).is_empty());
+    }
     use burn::backend::Flex;
 
     fn t(v: &[f32]) -> Tensor<Flex, 2> {

@@ -88,6 +88,10 @@ pub struct StepMetrics {
     pub seconds_update: f64,
     /// Policy tokens sampled per rollout second.
     pub tokens_per_s: f64,
+    /// Peak resident memory of the process so far, MiB (Linux `VmHWM`; absent elsewhere):
+    /// what a machine needs to run this configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_peak_mib: Option<f64>,
     /// Set when the collapse guard tripped at this step: why, which weights it restored, and
     /// the learning-rate scale from now on. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,4 +108,13 @@ pub struct GuardEvent {
     pub restored_step: Option<usize>,
     /// Learning-rate scale in force from the next step on.
     pub lr_scale: f64,
+}
+
+/// Peak resident set size of this process so far, in MiB: the `VmHWM` line of
+/// `/proc/self/status` (Linux). `None` where that file does not exist or does not parse.
+pub fn rss_peak_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kib / 1024.0 * 10.0).round() / 10.0)
 }

@@ -19,7 +19,7 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
-use super::loss::{pack, token_logprobs_entropy};
+use super::loss::{micro_batches, pack, token_logprobs_entropy};
 use super::trainer::{adamw, clip_global_norm, Optim, TrainConfig, TrainError};
 use crate::model::{Llama, LlamaConfig};
 
@@ -126,6 +126,9 @@ pub struct SftMetrics {
     pub lr: f64,
     /// Seconds for the step.
     pub seconds: f64,
+    /// Peak resident memory of the process so far, MiB (Linux `VmHWM`; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_peak_mib: Option<f64>,
 }
 
 /// Supervised fine-tuning state: policy, optimizer, data, progress.
@@ -230,10 +233,17 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         if total > 0 {
             let mut accum = GradientsAccumulator::<Llama<B>>::new();
             let (mut nll, mut entropy_sum) = (0.0, 0.0);
-            for chunk in batch.chunks(self.cfg.micro_batch.max(1)) {
+            let lens: Vec<usize> = batch.iter().map(|e| e.tokens.len()).collect();
+            for chunk in micro_batches(&lens, self.cfg.micro_batch, self.cfg.micro_batch_tokens) {
                 let seqs: Vec<_> = chunk
                     .iter()
-                    .map(|e| (&e.tokens[..], &e.mask[..], e.prompt_len))
+                    .map(|&i| {
+                        (
+                            &batch[i].tokens[..],
+                            &batch[i].mask[..],
+                            batch[i].prompt_len,
+                        )
+                    })
                     .collect();
                 let packed = pack::<B::InnerBackend>(&seqs, &self.device);
                 let tokens = Tensor::<B, 2, Int>::from_inner(packed.tokens);
@@ -259,6 +269,7 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         }
         self.state.step = step;
         metrics.seconds = t0.elapsed().as_secs_f64();
+        metrics.rss_peak_mib = super::metrics::rss_peak_mib();
         metrics
     }
 }

@@ -32,7 +32,7 @@ use super::advantage::{self, Algo};
 use super::checkpoint::{self, CheckpointError, PassRecord, TrainState};
 use super::guard::{CollapseGuard, GuardConfig, GuardEvent};
 use super::loss::{
-    pack, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs, PackedBatch,
+    micro_batches, pack, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs, PackedBatch,
 };
 pub use super::metrics::StepMetrics;
 
@@ -62,6 +62,10 @@ pub struct TrainConfig {
     pub questions_per_step: usize,
     /// Sequences per forward/backward pass; gradients are accumulated. Default 2.
     pub micro_batch: usize,
+    /// Most padded tokens (sequences × longest) per forward/backward pass, so episodes long
+    /// with documents go fewer to a pass ([`super::loss::micro_batches`]); one longer than
+    /// this goes alone; 0 = no cap. Default 2048.
+    pub micro_batch_tokens: usize,
     /// AdamW learning rate (after warmup). Default 1e-6.
     pub learning_rate: f64,
     /// Linear warmup length in steps. Default 0.
@@ -129,6 +133,7 @@ impl Default for TrainConfig {
             algo: Algo::Grpo,
             questions_per_step: 2,
             micro_batch: 2,
+            micro_batch_tokens: 2048,
             learning_rate: 1e-6,
             warmup_steps: 0,
             weight_decay: 0.01,
@@ -582,6 +587,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             seconds_reward,
             seconds_update,
             tokens_per_s: sampled_tokens as f64 / rollout_total.max(1e-9),
+            rss_peak_mib: super::metrics::rss_peak_mib(),
             guard: None,
         };
         if let Some(before) = before {
@@ -661,12 +667,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         if total_tokens == 0.0 {
             return UpdateStats::default();
         }
-        let mb = self.cfg.micro_batch.max(1);
-        let chunks: Vec<Vec<usize>> = (0..episodes.len())
-            .collect::<Vec<_>>()
-            .chunks(mb)
-            .map(|c| c.to_vec())
-            .collect();
+        let lens: Vec<usize> = episodes.iter().map(|e| e.tokens.len()).collect();
+        let chunks = micro_batches(&lens, self.cfg.micro_batch, self.cfg.micro_batch_tokens);
         let seqs = |c: &[usize]| -> Vec<(&[u32], &[u8], usize)> {
             c.iter()
                 .map(|&i| {
