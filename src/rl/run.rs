@@ -44,6 +44,10 @@ pub trait Steps {
     fn save(&self, dir: &Path) -> Result<(), TrainError>;
     /// A short human summary of a step for the progress line, e.g. `reward 0.41 fmt 0.88`.
     fn summary(m: &Self::Metrics) -> String;
+    /// The progress line's label when no curriculum phase names it.
+    fn label(&self) -> &'static str {
+        "train"
+    }
     /// Whether the run should stop after a step with these figures (e.g. SFT's entropy rule).
     fn stop_after(&self, m: &Self::Metrics) -> bool {
         let _ = m;
@@ -94,6 +98,9 @@ impl<B: AutodiffBackend> Steps for SftTrainer<B> {
             "nll {:.3} entropy {:.3} {} tokens {:.1} s/step",
             m.loss, m.entropy, m.tokens, m.seconds
         )
+    }
+    fn label(&self) -> &'static str {
+        "sft"
     }
     fn stop_after(&self, m: &SftMetrics) -> bool {
         self.should_stop(m)
@@ -166,11 +173,11 @@ pub fn run_steps<S: Steps>(
     bar.set_position(s.steps_done() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{prefix} {bar:24} step {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+            "{prefix} {bar:24} step {pos}/{len} {msg} [{elapsed_precise}]",
         )
         .expect("template"),
     );
-    bar.set_prefix(opts.phase.clone().unwrap_or_else(|| "train".into()));
+    bar.set_prefix(opts.phase.clone().unwrap_or_else(|| s.label().into()));
     bar.set_message("(first step running)");
     // A step takes minutes on a CPU: tick once a second so the elapsed time moves.
     bar.enable_steady_tick(std::time::Duration::from_secs(1));
@@ -178,6 +185,9 @@ pub fn run_steps<S: Steps>(
         steps_done: s.steps_done(),
         stopped_early: false,
     };
+    // The ETA is this run's mean step time × steps left (indicatif's own estimate, fed one
+    // position change every few minutes, swings by hours).
+    let (t0, first) = (std::time::Instant::now(), s.steps_done());
     while s.steps_done() < opts.steps {
         let m = s.step()?;
         let step = s.steps_done();
@@ -197,7 +207,9 @@ pub fn run_steps<S: Steps>(
             bar.suspend(|| println!("{text}"));
         }
         bar.set_position(step as u64);
-        bar.set_message(S::summary(&m));
+        let per_step = t0.elapsed().as_secs_f64() / (step - first).max(1) as f64;
+        let left = opts.steps.saturating_sub(step) as f64 * per_step;
+        bar.set_message(format!("{} · ETA {}", S::summary(&m), hms(left)));
         let stop = s.stop_after(&m);
         if step.is_multiple_of(opts.checkpoint_every.max(1)) || step == opts.steps || stop {
             s.save(checkpoint_dir)?;
@@ -211,6 +223,16 @@ pub fn run_steps<S: Steps>(
     // Leave the last line (the phase's final figures) on screen.
     bar.finish();
     Ok(outcome)
+}
+
+/// `h:mm:ss` (or `m:ss` under an hour) of a duration in seconds.
+fn hms(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
 }
 
 /// Keeps only the metrics lines `keep` accepts (e.g. steps up to a checkpoint's), rewriting
@@ -283,6 +305,14 @@ pub fn prepare_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hms_formats_minutes_and_hours() {
+        assert_eq!(hms(0.0), "0:00");
+        assert_eq!(hms(59.6), "1:00");
+        assert_eq!(hms(754.0), "12:34");
+        assert_eq!(hms(3600.0 * 5.0 + 61.0), "5:01:01");
+    }
 
     /// Counts steps; checkpoints are a file holding the step count.
     struct Counter {
