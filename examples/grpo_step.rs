@@ -25,15 +25,14 @@ use sleuth::rl::trainer::Question;
 use sleuth::rl::{Algo, TrainConfig, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
-/// A toy reward: +1 for solutions that contain the letter `e` more often than a fifth of
-/// their characters, −1 otherwise. Any rule works; a group needs reward *variance* for GRPO
-/// to learn (equal rewards give zero advantages).
+/// A toy reward: +1 for solutions that contain the letter `e`, −1 otherwise. Any rule works;
+/// a group needs reward *variance* for GRPO to learn (equal rewards give zero advantages, and
+/// the step skips its update), and a random policy's 16 tokens contain an `e` about as often
+/// as not.
 struct LikesE;
 impl RewardFn for LikesE {
     fn score(&self, solution: &str, _golds: &[String]) -> RewardBreakdown {
-        let n = solution.chars().count().max(1);
-        let e = solution.chars().filter(|&c| c == 'e').count();
-        let total = if e * 5 > n { 1.0 } else { -1.0 };
+        let total = if solution.contains('e') { 1.0 } else { -1.0 };
         RewardBreakdown {
             total,
             answer: total,
@@ -100,11 +99,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..2 {
         let m = trainer.step()?;
         println!(
-            "step {}: reward {:+.2} ± {:.2}, entropy {:.2} nats/token, {} groups kept of {}, rollout {:.1} s, update {:.1} s",
+            "step {}: reward {:+.2} ± {:.2}, entropy {:.2} nats/token (0 when no group varied), {} groups kept of {}, rollout {:.1} s, update {:.1} s",
             m.step,
             m.reward_mean,
             m.reward_std,
-            m.entropy.unwrap_or(f64::NAN),
+            m.entropy.unwrap_or(0.0),
             m.groups_kept,
             m.groups_sampled,
             m.seconds_rollout,
