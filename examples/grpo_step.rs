@@ -25,14 +25,18 @@ use sleuth::rl::trainer::Question;
 use sleuth::rl::{Algo, TrainConfig, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
-/// A toy reward: +1 for solutions that contain the letter `e`, −1 otherwise. Any rule works;
-/// a group needs reward *variance* for GRPO to learn (equal rewards give zero advantages, and
-/// the step skips its update), and a random policy's 16 tokens contain an `e` about as often
-/// as not.
-struct LikesE;
-impl RewardFn for LikesE {
+/// A toy reward: +1 for solutions with an even number of characters, −1 otherwise — an
+/// arbitrary rule that splits a random policy's samples about evenly. Any rule works as long
+/// as a group's rewards differ: GRPO needs reward *variance* (equal rewards give zero
+/// advantages, and the step skips its update).
+struct EvenLength;
+impl RewardFn for EvenLength {
     fn score(&self, solution: &str, _golds: &[String]) -> RewardBreakdown {
-        let total = if solution.contains('e') { 1.0 } else { -1.0 };
+        let total = if solution.chars().count().is_multiple_of(2) {
+            1.0
+        } else {
+            -1.0
+        };
         RewardBreakdown {
             total,
             answer: total,
@@ -40,7 +44,7 @@ impl RewardFn for LikesE {
         }
     }
     fn name(&self) -> &'static str {
-        "likes-e"
+        "even-length"
     }
 }
 
@@ -89,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         arch,
         tokenizer,
         Box::new(OnePassage),
-        Box::new(LikesE),
+        Box::new(EvenLength),
         PromptConfig::default(),
         rollout,
         train,
