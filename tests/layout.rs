@@ -161,12 +161,11 @@ fn files_of_a_folder_import_no_cycle() {
                 continue;
             }
             let text = code(&file);
-            let mut deps = names_after(&text, "super::");
-            deps.extend(names_after(&text, &format!("crate::{top}::")));
-            // A file of a nested folder (`graph/kg.rs`) names its own siblings with `super::`.
-            if file.parent() != Some(folder.as_path()) {
-                deps.clear();
-                deps.extend(names_after(&text, &format!("crate::{top}::")));
+            let mut deps = names_after(&text, &format!("crate::{top}::"));
+            // A file of a nested folder (`graph/kg.rs`) names its own siblings with `super::`,
+            // not this folder's; only a direct child's `super::` counts here.
+            if file.parent() == Some(folder.as_path()) {
+                deps.extend(names_after(&text, "super::"));
             }
             let entry = graph.entry(module.clone()).or_default();
             entry.extend(deps.into_iter().filter(|d| *d != module));

@@ -11,7 +11,7 @@ use super::load_model;
 use crate::config::RunConfig;
 use crate::env::PromptConfig;
 use crate::model::backend::{self, Inference};
-use crate::model::{text_of, BatchGenerator, Sampler, SamplingConfig};
+use crate::model::{text_of, BatchGenerator, LoadedModel, Sampler, SamplingConfig};
 
 /// The model-file flag shared by `generate` and `bench`.
 #[derive(Args)]
@@ -19,6 +19,14 @@ pub struct ModelArgs {
     /// GGUF model file (overrides the config's [model].path).
     #[arg(long)]
     pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Loads `--model`, or the default config's model when the flag is absent.
+    fn load(&self, device: &burn::tensor::Device<Inference>) -> Result<LoadedModel<Inference>> {
+        let default = RunConfig::default().model.path;
+        load_model::<Inference>(self.model.as_ref().unwrap_or(&default), device)
+    }
 }
 
 /// Flags of `sleuth generate`.
@@ -70,11 +78,7 @@ pub struct BenchArgs {
 /// `sleuth generate`: prints the completion on stdout and prefill/decode timing on stderr.
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let device = backend::device();
-    let path = a
-        .model
-        .model
-        .unwrap_or_else(|| RunConfig::default().model.path);
-    let m = load_model::<Inference>(&path, &device)?;
+    let m = a.model.load(&device)?;
     let text = if a.chat {
         format!(
             "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
@@ -123,11 +127,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
 /// `sleuth bench`: one JSON line with prefill tokens/s and decode tokens/s at batch 1 and G.
 pub fn run_bench(a: BenchArgs) -> Result<()> {
     let device = backend::device();
-    let path = a
-        .model
-        .model
-        .unwrap_or_else(|| RunConfig::default().model.path);
-    let m = load_model::<Inference>(&path, &device)?;
+    let m = a.model.load(&device)?;
     let prompt = PromptConfig::default();
     let base = m.tokenizer.encode(
         &prompt.render("Which stadium hosts the Kansas City Chiefs?")?,
