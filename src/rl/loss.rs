@@ -6,10 +6,17 @@
 //! "Approximating KL divergence"), averaged over all masked tokens of the whole batch: each
 //! micro-batch divides by the batch's total masked-token count, so accumulated gradients
 //! equal the gradient of the batch mean.
+//!
+//! Only the positions that carry loss reach the output head: the decoder runs over every
+//! token (documents are context), but the `[hidden → vocab]` projection, the log-softmax and
+//! its backward run on the rows of [`PackedBatch::scored`] alone. In a search episode most
+//! tokens are inserted documents (mask 0), and the head is the largest GEMM of the model
+//! (576 × 49,152 for the default) and its `[tokens, vocab]` activations the largest tensors
+//! of the pass, so this is the cheap half of the output-side cost (docs/performance.md).
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::model::Llama;
 
@@ -25,6 +32,10 @@ pub struct PackedBatch<B: Backend> {
     pub mask: Tensor<B, 2>,
     /// Host copy of the mask, row-major `[B][T']`.
     pub mask_host: Vec<Vec<u8>>,
+    /// Flat indices into `[B·T']` (row-major) of the targets with mask 1, `[N]`: the only
+    /// positions whose log-probs are computed. Never empty: a batch without policy tokens
+    /// lists position 0, which its mask then zeroes.
+    pub scored: Tensor<B, 1, Int>,
 }
 
 /// Splits sequences of lengths `lens` (tokens), in order, into micro-batches of at most
@@ -71,6 +82,7 @@ pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> 
     let mut ids = vec![0i64; b * t];
     let mut mask = vec![0f32; b * tp];
     let mut mask_host = vec![vec![0u8; tp]; b];
+    let mut scored: Vec<i64> = Vec::new();
     for (i, (tok, m, _)) in seqs.iter().enumerate() {
         for (j, &x) in tok.iter().enumerate() {
             ids[i * t + j] = x as i64;
@@ -80,10 +92,16 @@ pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> 
             if target < m.len() && m[target] == 1 {
                 mask[i * tp + j] = 1.0;
                 mask_host[i][j] = 1;
+                scored.push((i * tp + j) as i64);
             }
         }
     }
+    if scored.is_empty() {
+        scored.push(0);
+    }
+    let n = scored.len();
     PackedBatch {
+        scored: Tensor::from_data(TensorData::new(scored, [n]), device),
         tokens: Tensor::from_data(TensorData::new(ids, [b, t]), device),
         start,
         mask: Tensor::from_data(TensorData::new(mask, [b, tp]), device),
@@ -92,19 +110,24 @@ pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> 
 }
 
 /// Log-probabilities of each next token under the model's own distribution (temperature 1):
-/// `[B, T − 1 − start]`.
+/// `[B, T − 1 − start]`, at every position (the full-head path; see
+/// [`token_logprobs_entropy`] for scoring only the positions that carry loss).
 pub fn token_logprobs<B: Backend>(
     model: &Llama<B>,
     tokens: Tensor<B, 2, Int>,
     start: usize,
 ) -> Tensor<B, 2> {
-    token_logprobs_entropy(model, tokens, start, 1.0, false).0
+    token_logprobs_entropy(model, tokens, start, 1.0, false, None).0
 }
 
 /// Log-probabilities of each next token under the distribution the rollout sampled from,
 /// `softmax(logits / temperature)` (`[B, T − 1 − start]`), plus, when `entropy` is set, that
 /// distribution's entropy at each position (`−Σ_v p_v log p_v` over the vocabulary, nats,
 /// `[B, T − 1 − start]`, detached).
+///
+/// `scored` (flat indices into `[B·(T − 1 − start)]`, as [`PackedBatch::scored`]) limits the
+/// output head to those positions; every other position of both outputs is 0. `None` scores
+/// all positions. The values at scored positions are the same either way (tested).
 ///
 /// The policy gradient is only unbiased when the loss scores the tokens under the
 /// distribution they were drawn from, so RL passes the rollout temperature here (as verl's
@@ -117,22 +140,46 @@ pub fn token_logprobs_entropy<B: Backend>(
     start: usize,
     temperature: f32,
     entropy: bool,
+    scored: Option<Tensor<B, 1, Int>>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
     let [b, t] = tokens.dims();
+    let tp = t - 1 - start;
     let hidden = model.forward(tokens.clone());
     let h = hidden.dims()[2];
-    let hidden = hidden.slice([0..b, start..t - 1, 0..h]);
-    let mut logits = model.logits(hidden);
+    let hidden = hidden
+        .slice([0..b, start..t - 1, 0..h])
+        .reshape([b * tp, h]);
+    let targets = tokens.slice([0..b, start + 1..t]).reshape([b * tp]);
+    let (hidden, targets) = match &scored {
+        Some(idx) => (
+            hidden.select(0, idx.clone()),
+            targets.select(0, idx.clone()),
+        ),
+        None => (hidden, targets),
+    };
+    let n = targets.dims()[0];
+    let mut logits = model
+        .logits(hidden.unsqueeze_dim::<3>(0))
+        .reshape([n, model.vocab_size()]);
     if temperature != 1.0 {
         logits = logits.div_scalar(temperature);
     }
-    let logp = log_softmax(logits, 2);
+    let logp = log_softmax(logits, 1);
     let ent = entropy.then(|| {
         let lp = logp.clone().detach();
-        (lp.clone().exp() * lp).sum_dim(2).squeeze_dim::<2>(2).neg()
+        (lp.clone().exp() * lp).sum_dim(1).reshape([n]).neg()
     });
-    let targets = tokens.slice([0..b, start + 1..t]).unsqueeze_dim::<3>(2);
-    (logp.gather(2, targets).squeeze_dim::<2>(2), ent)
+    let lp = logp.gather(1, targets.unsqueeze_dim::<2>(1)).reshape([n]);
+    // Back to `[B, T']`, zeros where nothing was scored.
+    let spread = |v: Tensor<B, 1>| -> Tensor<B, 2> {
+        match &scored {
+            Some(idx) => Tensor::<B, 1>::zeros([b * tp], &v.device())
+                .select_assign(0, idx.clone(), v, IndexingUpdateOp::Add)
+                .reshape([b, tp]),
+            None => v.reshape([b, tp]),
+        }
+    };
+    (spread(lp), ent.map(spread))
 }
 
 /// Per-token estimators of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman 2020,
@@ -303,6 +350,70 @@ mod tests {
         // k3 is never negative; k1 is, where the policy is less likely than the reference.
         assert!(get(KlEstimator::K3).iter().all(|&x| x >= 0.0));
         assert!(get(KlEstimator::K1)[1] < 0.0);
+    }
+
+    /// Scoring only the policy positions gives the full head's log-probs and entropy there,
+    /// zeros elsewhere, and the same gradient of a masked loss (tiny random model, 1e-5).
+    #[test]
+    fn scored_positions_match_the_full_head() {
+        use crate::model::LlamaConfig;
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        A::seed(&device, 7);
+        let model = Llama::<A>::random(&LlamaConfig::tiny(97), &device);
+        // Two rows: prompt 3 / 2, documents (mask 0) inside the policy spans, padding.
+        let t1: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % 97).collect();
+        let m1 = [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1];
+        let t2: Vec<u32> = (0..9).map(|i| (i * 11 + 5) % 97).collect();
+        let m2 = [0, 0, 1, 0, 0, 1, 1, 0, 1];
+        let p = pack::<A>(&[(&t1, &m1, 3), (&t2, &m2, 2)], &device);
+        let run = |scored: Option<Tensor<A, 1, Int>>| {
+            let (lp, ent) =
+                token_logprobs_entropy(&model, p.tokens.clone(), p.start, 0.8, true, scored);
+            let loss = (lp.clone() * p.mask.clone()).sum();
+            let grads = loss.backward();
+            let g = model.layers[0]
+                .mlp
+                .up_proj
+                .weight
+                .grad(&grads)
+                .expect("gradient")
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let lp: Vec<f32> = lp.into_data().to_vec().unwrap();
+            let ent: Vec<f32> = ent.expect("entropy").into_data().to_vec().unwrap();
+            (lp, ent, g)
+        };
+        let (lp_full, ent_full, g_full) = run(None);
+        let (lp_s, ent_s, g_s) = run(Some(p.scored.clone()));
+        let mask: Vec<u8> = p.mask_host.concat();
+        assert_eq!(p.scored.dims()[0], mask.iter().filter(|&&m| m == 1).count());
+        for (i, &m) in mask.iter().enumerate() {
+            if m == 1 {
+                assert!((lp_full[i] - lp_s[i]).abs() < 1e-5, "log-prob {i}");
+                assert!((ent_full[i] - ent_s[i]).abs() < 1e-5, "entropy {i}");
+                assert!(lp_s[i] < 0.0);
+            } else {
+                assert_eq!((lp_s[i], ent_s[i]), (0.0, 0.0), "unscored position {i}");
+            }
+        }
+        let scale = g_full.iter().fold(0f32, |a, x| a.max(x.abs()));
+        assert!(scale > 0.0);
+        for (a, b) in g_full.iter().zip(&g_s) {
+            assert!((a - b).abs() <= 1e-5 * scale.max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn pack_lists_at_least_one_scored_position() {
+        let device = Default::default();
+        let p = pack::<Flex>(&[(&[1, 2, 3, 4], &[0, 0, 0, 0], 2)], &device);
+        assert_eq!(
+            p.scored.into_data().iter::<i64>().collect::<Vec<_>>(),
+            vec![0]
+        );
     }
 
     #[test]

@@ -248,8 +248,15 @@ impl<B: AutodiffBackend> SftTrainer<B> {
                 let packed = pack::<B::InnerBackend>(&seqs, &self.device);
                 let tokens = Tensor::<B, 2, Int>::from_inner(packed.tokens);
                 let mask = Tensor::<B, 2>::from_inner(packed.mask);
-                let (logp, ent) =
-                    token_logprobs_entropy(&self.model, tokens, packed.start, 1.0, true);
+                let scored = Tensor::<B, 1, Int>::from_inner(packed.scored);
+                let (logp, ent) = token_logprobs_entropy(
+                    &self.model,
+                    tokens,
+                    packed.start,
+                    1.0,
+                    true,
+                    Some(scored),
+                );
                 if let Some(e) = ent {
                     entropy_sum += (e * mask.clone().detach())
                         .sum()

@@ -37,13 +37,17 @@ use super::loss::{
 pub use super::metrics::StepMetrics;
 
 /// Log-probs of the next tokens at the rollout temperature, no entropy.
-fn logprobs_at<B: Backend>(
-    model: &Llama<B>,
-    tokens: Tensor<B, 2, Int>,
-    start: usize,
-    temperature: f32,
-) -> Tensor<B, 2> {
-    token_logprobs_entropy(model, tokens, start, temperature, false).0
+/// Only the batch's policy-token positions are scored (the rest read 0).
+fn logprobs_at<B: Backend>(model: &Llama<B>, p: &PackedBatch<B>, temperature: f32) -> Tensor<B, 2> {
+    token_logprobs_entropy(
+        model,
+        p.tokens.clone(),
+        p.start,
+        temperature,
+        false,
+        Some(p.scored.clone()),
+    )
+    .0
 }
 use crate::env::{rollout, Episode, PromptConfig, RolloutConfig};
 use crate::model::{Llama, LlamaConfig, Sampler, Tokenizer};
@@ -704,9 +708,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if needs_kl_reward {
             let inner = self.model.valid();
             for (ci, p) in packed.iter().enumerate() {
-                let old = rows(logprobs_at(&inner, p.tokens.clone(), p.start, temp));
+                let old = rows(logprobs_at(&inner, p, temp));
                 if let Some(r) = &self.reference {
-                    let rf = rows(logprobs_at(r, p.tokens.clone(), p.start, temp));
+                    let rf = rows(logprobs_at(r, p, temp));
                     kl_reward[ci] = old
                         .iter()
                         .zip(&rf)
@@ -767,11 +771,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ref_lp[ci] = self
                     .reference
                     .as_ref()
-                    .map(|r| rows(logprobs_at(r, p.tokens.clone(), p.start, temp)));
+                    .map(|r| rows(logprobs_at(r, p, temp)));
             }
             let tokens = Tensor::<B, 2, Int>::from_inner(p.tokens.clone());
             let mask = Tensor::<B, 2>::from_inner(p.mask.clone());
-            let (logp, ent) = token_logprobs_entropy(&self.model, tokens, p.start, temp, true);
+            let scored = Tensor::<B, 1, Int>::from_inner(p.scored.clone());
+            let (logp, ent) =
+                token_logprobs_entropy(&self.model, tokens, p.start, temp, true, Some(scored));
             if let Some(e) = ent {
                 let m = Tensor::<B, 2>::from_inner(p.mask.clone());
                 entropy_sum += (e * m).sum().into_scalar().elem::<f64>();

@@ -1,0 +1,140 @@
+//! Times the pieces of one policy update of the default model (for optimisation work):
+//! the reference forward (no gradients), the policy forward to token log-probs, the loss and
+//! backward pass, and the AdamW step, on synthetic sequences.
+//!
+//! `cargo run --release --example profile_update -- [SEQS] [TOKENS] [POLICY_FRACTION] [REPS]`
+//! (defaults 4 256 1.0 3). `POLICY_FRACTION` is the share of each sequence's scored tokens
+//! that carry loss (mask 1); the rest stand for inserted documents (mask 0), as in a search
+//! episode, where typically 20–40 % of tokens are the policy's. `SLEUTH_FULL_HEAD=1` scores
+//! every position instead of the policy tokens only (the earlier path), for comparison.
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use sleuth::model::backend::{self, Train};
+use sleuth::model::load_gguf;
+use sleuth::rl::loss::{pack, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs};
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, d: f64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let (seqs, tokens, frac, reps) = (
+        arg(0, 4.0) as usize,
+        arg(1, 256.0) as usize,
+        arg(2, 1.0),
+        arg(3, 3.0) as usize,
+    );
+    // `SLEUTH_FULL_HEAD=1` runs the output head over every position (the path before
+    // `PackedBatch::scored`), for before/after figures in one build.
+    let full_head = std::env::var("SLEUTH_FULL_HEAD").is_ok_and(|v| v == "1");
+    let device = backend::device();
+    let model = load_gguf::<Train>(
+        std::path::Path::new("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        &device,
+    )
+    .expect("run scripts/setup first")
+    .model;
+    let reference = model.valid();
+    let mut optim = AdamWConfig::new()
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init::<Train, _>();
+    let mut model = model;
+
+    // Synthetic episodes: a 32-token prompt, then alternating policy (mask 1) and document
+    // (mask 0) spans so `frac` of the rest carries loss.
+    let vocab = 49_152u32;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % vocab as u64) as u32
+    };
+    let prompt = 32.min(tokens / 2);
+    let episodes: Vec<(Vec<u32>, Vec<u8>)> = (0..seqs)
+        .map(|_| {
+            let toks: Vec<u32> = (0..tokens).map(|_| next()).collect();
+            let mask: Vec<u8> = (0..tokens)
+                .map(|i| {
+                    let j = i.saturating_sub(prompt);
+                    u8::from(i >= prompt && ((j % 100) as f64) < frac * 100.0)
+                })
+                .collect();
+            (toks, mask)
+        })
+        .collect();
+    let batch: Vec<(&[u32], &[u8], usize)> = episodes
+        .iter()
+        .map(|(t, m)| (&t[..], &m[..], prompt))
+        .collect();
+    let policy_tokens: usize = episodes
+        .iter()
+        .map(|(_, m)| m.iter().map(|&x| x as usize).sum::<usize>())
+        .sum();
+    println!(
+        "{seqs} sequences x {tokens} tokens, {policy_tokens} policy tokens, backend {}, head over {}",
+        backend::name(),
+        if full_head { "all positions" } else { "policy tokens" }
+    );
+    for rep in 0..reps {
+        let p = pack::<<Train as AutodiffBackend>::InnerBackend>(&batch, &device);
+        let t = Instant::now();
+        let ref_scored = (!full_head).then(|| p.scored.clone());
+        let ref_lp = token_logprobs_entropy(
+            &reference,
+            p.tokens.clone(),
+            p.start,
+            1.0,
+            false,
+            ref_scored,
+        )
+        .0;
+        let _ = ref_lp.clone().into_data();
+        let t_ref = secs(t);
+
+        let t = Instant::now();
+        let toks = Tensor::<Train, 2, Int>::from_inner(p.tokens.clone());
+        let scored = (!full_head).then(|| Tensor::<Train, 1, Int>::from_inner(p.scored.clone()));
+        let (logp, _) = token_logprobs_entropy(&model, toks, p.start, 1.0, false, scored);
+        let [b, tp] = logp.dims();
+        let adv: Vec<f32> = (0..b * tp)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let inputs = LossInputs {
+            old_logp: logp.clone().detach(),
+            ref_logp: Some(Tensor::from_inner(ref_lp)),
+            advantages: Tensor::from_data(TensorData::new(adv, [b, tp]), &device),
+            mask: Tensor::from_inner(p.mask.clone()),
+        };
+        let (loss, _) = policy_loss(
+            logp,
+            &inputs,
+            0.2,
+            0.001,
+            KlEstimator::K3,
+            policy_tokens as f64,
+        );
+        let _ = loss.clone().into_data();
+        let t_fwd = secs(t);
+
+        let t = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let t_bwd = secs(t);
+
+        let t = Instant::now();
+        model = optim.step(1e-6, model, grads);
+        let _ = model.embed_tokens.val().slice([0..1, 0..1]).into_data();
+        let t_opt = secs(t);
+        println!(
+            "rep {rep}: reference forward {t_ref:.2} s, policy forward+loss {t_fwd:.2} s, backward {t_bwd:.2} s, AdamW {t_opt:.2} s, total {:.2} s",
+            t_ref + t_fwd + t_bwd + t_opt
+        );
+    }
+}
