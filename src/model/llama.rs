@@ -151,12 +151,19 @@ pub struct DecoderLayer<B: Backend> {
 
 /// Rotary position tables for a set of query positions.
 ///
-/// `cos`/`sin` broadcast against `[batch, heads, tokens, head_dim]`: shape `[1, 1, T, hd]`
-/// when all rows share positions, `[B, 1, 1, hd]` in a decode step where each row has its own.
+/// `cos`/`sin` broadcast against `[batch, tokens, heads, head_dim]` (the projections' own
+/// contiguous layout, before heads are moved forward): shape `[1, T, 1, hd]` when all rows
+/// share positions, `[B, 1, 1, hd]` in a decode step where each row has its own.
+///
+/// `rotate_half` is a product with the signed permutation `rot` (`[hd, hd]`, one ±1 per
+/// column, so the product is exact): one contiguous GEMM instead of slicing the last
+/// dimension in two and concatenating, which on burn-flex walks strided views element by
+/// element in the forward and again in the backward (docs/performance.md).
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
+    rot: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -183,19 +190,27 @@ impl<B: Backend> Rope<B> {
             cos.extend_from_within(start..start + half);
             sin.extend_from_within(start..start + half);
         }
+        // rotate_half(x)[i] = −x[i + half] (i < half), x[i − half] (i ≥ half), as x · rot.
+        let mut rot = vec![0f32; head_dim * head_dim];
+        for i in 0..half {
+            rot[(i + half) * head_dim + i] = -1.0;
+            rot[i * head_dim + i + half] = 1.0;
+        }
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            rot: Tensor::from_data(TensorData::new(rot, [head_dim, head_dim]), device),
         }
     }
 
-    /// Applies the rotation to `x`: `[batch, heads, tokens, head_dim]`.
+    /// Applies the rotation to `x`: `[batch, tokens, heads, head_dim]`, contiguous.
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, t, d] = x.dims();
-        let half = d / 2;
-        let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
-        let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        let [b, t, h, d] = x.dims();
+        let rotated = x
+            .clone()
+            .reshape([b * t * h, d])
+            .matmul(self.rot.clone())
+            .reshape([b, t, h, d]);
         x * self.cos.clone() + rotated * self.sin.clone()
     }
 }
@@ -211,16 +226,16 @@ impl<B: Backend> Attention<B> {
     /// and values `[B, kv_heads, T, hd]`.
     fn qkv(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> (Tensor<B, 4>, NewKv<B>) {
         let [b, t, _] = x.dims();
-        let split =
-            |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), self.n_heads);
-        let k = split(self.k_proj.forward(x.clone()), self.n_kv_heads);
-        let v = split(self.v_proj.forward(x), self.n_kv_heads);
+        // Rotate in the projection's own layout [B, T, heads, hd], then move heads forward.
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, self.head_dim]);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.n_heads));
+        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.n_kv_heads));
+        let v = heads(self.v_proj.forward(x), self.n_kv_heads);
         (
-            rope.apply(q),
+            q.swap_dims(1, 2),
             NewKv {
-                k: rope.apply(k),
-                v,
+                k: k.swap_dims(1, 2),
+                v: v.swap_dims(1, 2),
             },
         )
     }
@@ -406,7 +421,7 @@ impl<B: Backend> Llama<B> {
         let (_, n_kv, hd) = self.attn_shape();
         let group = self.attn_shape().0 / n_kv;
         let positions: Vec<usize> = (0..t).collect();
-        let rope = Rope::new(&positions, hd, self.rope_theta, [1, 1, t, hd], &device);
+        let rope = Rope::new(&positions, hd, self.rope_theta, [1, t, 1, hd], &device);
         let bias = causal_bias::<B>(0, t, group, &device);
         let mut x = self.embed(tokens);
         for layer in &self.layers {
@@ -434,7 +449,7 @@ impl<B: Backend> Llama<B> {
         assert!(past + t <= cache.capacity(), "KV cache capacity exceeded");
         let (n_heads, n_kv, hd) = self.attn_shape();
         let positions: Vec<usize> = (past..past + t).collect();
-        let rope = Rope::new(&positions, hd, self.rope_theta, [1, 1, t, hd], &device);
+        let rope = Rope::new(&positions, hd, self.rope_theta, [1, t, 1, hd], &device);
         let bias = causal_bias::<B>(past, t, n_heads / n_kv, &device);
         let ids = Tensor::<B, 2, Int>::from_data(
             TensorData::new(tokens.iter().map(|&x| x as i64).collect(), [1, t]),
