@@ -158,7 +158,8 @@ pub struct DecoderLayer<B: Backend> {
 /// `rotate_half` is a product with the signed permutation `rot` (`[hd, hd]`, one ±1 per
 /// column, so the product is exact): one contiguous GEMM instead of slicing the last
 /// dimension in two and concatenating, which on burn-flex walks strided views element by
-/// element in the forward and again in the backward (docs/performance.md).
+/// element in the forward and again in the backward (profiled with
+/// `examples/profile_update.rs`).
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 4>,
