@@ -112,6 +112,7 @@ fn main() {
             ref_logp: Some(Tensor::from_inner(ref_lp)),
             advantages: Tensor::from_data(TensorData::new(adv, [b, tp]), &device),
             mask: Tensor::from_inner(p.mask.clone()),
+            is_weight: None,
         };
         let (loss, _) = policy_loss(
             logp,

@@ -359,8 +359,9 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         let bar =
                             crate::progress::bar(examples.len(), &format!("[{}] {name}", p.name));
                         let mut tally = crate::eval::EvalTally::default();
+                        let engine = crate::model::Engine::new(&policy, greedy.weights);
                         let (report, records) = evaluate(
-                            &policy,
+                            &engine,
                             &tokenizer,
                             &Shared(retriever.clone()),
                             &phase_cfg.prompt,
@@ -500,8 +501,10 @@ fn collect_phase<B: AutodiffBackend>(
         )?)?
     } else {
         let model = model.expect("a sampling collect phase is given the policy");
+        let policy = model.valid();
+        let engine = crate::model::Engine::new(&policy, cfg.rollout.weights);
         serde_json::to_string(&crate::rl::collect::collect(
-            &model.valid(),
+            &engine,
             tokenizer,
             retriever,
             &cfg.prompt,

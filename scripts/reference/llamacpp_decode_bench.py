@@ -83,9 +83,13 @@ def _silence_logs() -> None:
 class Model:
     """A loaded llama.cpp model plus its vocabulary."""
 
-    def __init__(self, path: Path, n_threads: int):
+    def __init__(self, path: Path, n_threads: int, extra_bufts: bool = True):
         params = L.llama_model_default_params()
         params.n_gpu_layers = 0
+        # Weight repacking into llama.cpp's "extra buffer types"; off with --no-repack (on
+        # the AVX-512 Xeon of 2026-12-03 a multi-token batch with 2 threads segfaulted in
+        # llama_decode with it on, llama-cpp-python 0.3.36).
+        params.use_extra_bufts = extra_bufts
         self.ptr = L.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise SystemExit(f"llama.cpp could not load {path}")
@@ -219,11 +223,13 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--no-repack", action="store_true",
+                    help="load without llama.cpp's weight repacking (use_extra_bufts = false)")
     args = ap.parse_args()
 
     _silence_logs()
     L.llama_backend_init()
-    model = Model(args.model.resolve(), args.threads)
+    model = Model(args.model.resolve(), args.threads, extra_bufts=not args.no_repack)
 
     source = model.tokenize(SOURCE_TEXT)
     if len(source) < PREFILL_LEN or len(source) < PROMPT_LEN * args.G:
@@ -254,6 +260,7 @@ def main() -> None:
         "decode_tok_s_bG": round(args.G * args.new_tokens / bg_s, 2),
         "G": args.G,
         "bG_mode": "single llama_batch per step, distinct seq_ids",
+        "repack": not args.no_repack,
         "prefill_tok_s": round(PREFILL_LEN / pf_s, 2),
         "prompt_tokens": PROMPT_LEN,
         "prefill_tokens": PREFILL_LEN,

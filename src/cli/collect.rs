@@ -107,7 +107,7 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
     } else {
         let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &backend::device())?;
         crate::rl::collect::collect(
-            &m.model,
+            &crate::model::Engine::new(&m.model, cfg.rollout.weights),
             &m.tokenizer,
             &retriever,
             &cfg.prompt,

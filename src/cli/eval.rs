@@ -172,8 +172,9 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let bar = crate::progress::bar(examples.len(), "eval");
     let mut tally = crate::eval::EvalTally::default();
     let mut write_err = None;
+    let engine = crate::model::Engine::new(&m.model, cfg.rollout.weights);
     let (report, _) = evaluate(
-        &m.model,
+        &engine,
         &m.tokenizer,
         &retriever,
         &cfg.prompt,

@@ -11,7 +11,10 @@ use super::load_model;
 use crate::config::RunConfig;
 use crate::env::PromptConfig;
 use crate::model::backend::{self, Inference};
-use crate::model::{text_of, BatchGenerator, LoadedModel, Sampler, SamplingConfig};
+use crate::model::quant::Isa;
+use crate::model::{
+    text_of, BatchGenerator, DecodeWeights, Engine, LoadedModel, Sampler, SamplingConfig,
+};
 
 /// The model-file flag shared by `generate` and `bench`.
 #[derive(Args)]
@@ -19,6 +22,10 @@ pub struct ModelArgs {
     /// GGUF model file (overrides the config's [model].path).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Weights to decode from: q8_0 or q4_1 (the quantized CPU engine) or f32 (burn's
+    /// forward pass).
+    #[arg(long, default_value = "q8_0")]
+    pub weights: DecodeWeights,
 }
 
 impl ModelArgs {
@@ -89,9 +96,10 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     };
     let ids = m.tokenizer.encode(&text, true)?;
     let eos: Vec<u32> = m.tokenizer.eos_id().into_iter().collect();
+    let engine = Engine::new(&m.model, a.model.weights);
     let t0 = Instant::now();
     let mut gen = BatchGenerator::new(
-        &m.model,
+        &engine,
         &m.tokenizer,
         std::slice::from_ref(&ids),
         ids.len() + a.max_new_tokens + 8,
@@ -112,16 +120,24 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let out = text_of(&m.tokenizer, &row.tokens[row.prompt_len..]);
     println!("{out}");
     eprintln!(
-        "[{} prompt tokens in {:.2}s; {} new tokens in {:.2}s = {:.1} tok/s; stop: {:?}; backend {}]",
+        "[{} prompt tokens in {:.2}s; {} new tokens in {:.2}s = {:.1} tok/s; stop: {:?}; {}]",
         ids.len(),
         prefill_s,
         row.generated,
         decode_s,
         row.generated as f64 / decode_s.max(1e-9),
         row.stop,
-        backend::name()
+        engine_name(a.model.weights)
     );
     Ok(())
+}
+
+/// The engine's name for reports: burn's backend, or the quantized format and ISA path.
+fn engine_name(w: DecodeWeights) -> String {
+    match w.quant_format() {
+        None => backend::name().to_string(),
+        Some(f) => format!("sleuth quantized {} ({})", f.name(), Isa::active().name()),
+    }
 }
 
 /// `sleuth bench`: one JSON line with prefill tokens/s and decode tokens/s at batch 1 and G.
@@ -140,13 +156,24 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     long.truncate(a.prefill_tokens);
     let short: Vec<u32> = base[..base.len().min(32)].to_vec();
     let cap = a.prefill_tokens.max(short.len()) + a.new_tokens + 8;
-    // Prefill.
+    let t_quant = Instant::now();
+    let engine = Engine::new(&m.model, a.model.weights);
+    let quantize_s = t_quant.elapsed().as_secs_f64();
+    // Prefill (one warm-up first: the first call touches every page of the weights).
+    let _ = BatchGenerator::new(
+        &engine,
+        &m.tokenizer,
+        std::slice::from_ref(&short),
+        cap,
+        vec![],
+        vec![],
+    )?;
     let t0 = Instant::now();
-    let _ = BatchGenerator::new(&m.model, &m.tokenizer, &[long.clone()], cap, vec![], vec![])?;
+    let _ = BatchGenerator::new(&engine, &m.tokenizer, &[long.clone()], cap, vec![], vec![])?;
     let prefill_tok_s = long.len() as f64 / t0.elapsed().as_secs_f64();
     let decode = |g: usize| -> Result<f64> {
         let prompts: Vec<Vec<u32>> = (0..g).map(|_| short.clone()).collect();
-        let mut gen = BatchGenerator::new(&m.model, &m.tokenizer, &prompts, cap, vec![], vec![])?;
+        let mut gen = BatchGenerator::new(&engine, &m.tokenizer, &prompts, cap, vec![], vec![])?;
         let mut sampler = Sampler::new(SamplingConfig {
             temperature: 1.0,
             seed: 1,
@@ -162,7 +189,8 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "system": "sleuth", "backend": backend::name(), "decode_tok_s_b1": (b1 * 10.0).round() / 10.0,
+            "system": "sleuth", "engine": engine_name(a.model.weights), "weights": a.model.weights.name(),
+            "quantize_seconds": (quantize_s * 1000.0).round() / 1000.0, "decode_tok_s_b1": (b1 * 10.0).round() / 10.0,
             "decode_tok_s_bG": (bg * 10.0).round() / 10.0, "G": a.g, "prefill_tok_s": (prefill_tok_s * 10.0).round() / 10.0,
             "new_tokens": a.new_tokens, "prefill_tokens": long.len()
         })

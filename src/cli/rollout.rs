@@ -9,7 +9,7 @@ use clap::Args;
 use super::{load_config, load_policy, open_search};
 use crate::env::rollout;
 use crate::model::backend::{self, Inference};
-use crate::model::Sampler;
+use crate::model::{Engine, Sampler};
 
 /// Flags of `sleuth rollout`.
 #[derive(Args)]
@@ -50,8 +50,9 @@ pub fn run_rollout(a: RolloutArgs) -> Result<()> {
     let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &device)?;
     let retriever = open_search(&cfg)?;
     let mut sampler = Sampler::new(cfg.rollout.sampling(a.seed));
+    let engine = Engine::new(&m.model, cfg.rollout.weights);
     let (episodes, stats) = rollout(
-        &m.model,
+        &engine,
         &m.tokenizer,
         &retriever,
         &cfg.prompt,

@@ -8,14 +8,13 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::prompt::{PromptConfig, PromptError};
 use super::protocol::{documents_block, extract_query, END_ANSWER, END_QUERY, NO_ANSWER};
 use crate::model::generate::Row;
 use crate::model::{
-    text_of, BatchGenerator, Llama, Sampler, SamplingConfig, StopReason, Tokenizer,
+    text_of, BatchGenerator, DecodeWeights, Decoder, Sampler, SamplingConfig, StopReason, Tokenizer,
 };
 use crate::search::Retriever;
 
@@ -41,6 +40,11 @@ pub struct RolloutConfig {
     pub top_p: f32,
     /// Top-k sampling cut-off; 0 disables. Default 0.
     pub top_k_sampling: usize,
+    /// Weights generation decodes from: `q8_0` (the quantized CPU engine, default), `q4_1`,
+    /// or `f32` (burn's forward pass, bit-for-bit the weights training scores with). Training
+    /// re-quantizes after every optimizer step and logs the rollout/training log-prob gap
+    /// (`logprob_mismatch`). Default `q8_0`.
+    pub weights: DecodeWeights,
 }
 
 impl RolloutConfig {
@@ -67,6 +71,7 @@ impl Default for RolloutConfig {
             temperature: 1.0,
             top_p: 1.0,
             top_k_sampling: 0,
+            weights: DecodeWeights::default(),
         }
     }
 }
@@ -112,6 +117,11 @@ pub struct Episode {
     pub tokens: Vec<u32>,
     /// 1 on policy-sampled tokens, 0 on prompt and inserted tokens; same length as `tokens`.
     pub mask: Vec<u8>,
+    /// Log-probability of each sampled token under the rollout's sampling distribution (the
+    /// decoding engine's logits), 0 on mask-0 tokens; same length as `tokens`. Empty in
+    /// episodes read from files written before it existed.
+    #[serde(default)]
+    pub logprobs: Vec<f32>,
     /// Number of prompt tokens.
     pub prompt_len: usize,
     /// The solution text: everything after the prompt (policy text and documents).
@@ -187,14 +197,18 @@ impl RolloutObserver for NoObserver {}
 
 /// Runs `samples_per_question` episodes for each question, all batched together.
 ///
+/// `model` is any [`Decoder`]; callers build the one `cfg.weights` names once with
+/// [`crate::model::Engine::new`] and reuse it across calls (quantizing costs a pass over the
+/// weights).
+///
 /// Returns episodes ordered question-major (`question 0 sample 0..G`, `question 1 …`) and
 /// the timing split. `sampler` supplies the randomness (seed it for reproducible rollouts).
 ///
 /// # Errors
 /// [`RolloutError`] when a prompt cannot be built or does not fit the context.
 #[allow(clippy::too_many_arguments)]
-pub fn rollout<B: Backend>(
-    model: &Llama<B>,
+pub fn rollout<M: Decoder + ?Sized>(
+    model: &M,
     tokenizer: &Tokenizer,
     retriever: &dyn Retriever,
     prompt: &PromptConfig,
@@ -220,8 +234,8 @@ pub fn rollout<B: Backend>(
 /// # Errors
 /// As [`rollout`].
 #[allow(clippy::too_many_arguments)]
-pub fn rollout_observed<B: Backend>(
-    model: &Llama<B>,
+pub fn rollout_observed<M: Decoder + ?Sized>(
+    model: &M,
     tokenizer: &Tokenizer,
     retriever: &dyn Retriever,
     prompt: &PromptConfig,
@@ -342,6 +356,7 @@ pub fn rollout_observed<B: Backend>(
                 prompt_len: row.prompt_len,
                 tokens: row.tokens,
                 mask: row.mask,
+                logprobs: row.logprobs,
                 searches: std::mem::take(&mut searches[r]),
                 end: ends[r].unwrap_or(EpisodeEnd::Length),
                 forced_prediction: forced[r].take(),

@@ -6,12 +6,11 @@
 //! EM / cover-EM / F1 use [`crate::reward::score_answer`], so training and evaluation report
 //! the same numbers. Every trajectory is kept for inspection.
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::QaExample;
 use crate::env::{rollout, Episode, EpisodeEnd, PromptConfig, RolloutConfig, SearchCall};
-use crate::model::{Llama, Sampler, Tokenizer};
+use crate::model::{Decoder, Sampler, Tokenizer};
 use crate::reward::{extract_answer, score_answer, FormatReport};
 use crate::search::Retriever;
 
@@ -113,8 +112,8 @@ fn pct(x: f64) -> f64 {
 /// # Errors
 /// [`crate::env::rollout::RolloutError`] when a prompt cannot be built or does not fit.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate<B: Backend>(
-    model: &Llama<B>,
+pub fn evaluate<M: Decoder + ?Sized>(
+    model: &M,
     tokenizer: &Tokenizer,
     retriever: &dyn Retriever,
     prompt: &PromptConfig,

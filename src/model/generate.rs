@@ -1,6 +1,6 @@
 //! Batched, resumable generation with stop strings: the engine under the rollout loop.
 //!
-//! A [`BatchGenerator`] holds `rows` sequences in one [`KvCache`]. [`BatchGenerator::generate`]
+//! A [`BatchGenerator`] holds `rows` sequences in one KV cache. [`BatchGenerator::generate`]
 //! samples every unfinished row in lock-step (one batched decode step per token) until each
 //! row hits a stop string, an end-of-sequence token, its token budget or the cache capacity.
 //! The caller may then [`BatchGenerator::resume`] a row with inserted tokens (retrieved
@@ -25,10 +25,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use burn::tensor::backend::Backend;
-
-use super::kv_cache::KvCache;
-use super::llama::Llama;
+use super::decoder::{DecodeCache, Decoder};
 use super::sampling::Sampler;
 use super::tokenizer::Tokenizer;
 use super::ModelError;
@@ -77,6 +74,10 @@ pub struct Row {
     pub tokens: Vec<u32>,
     /// 1 where the policy sampled the token, 0 elsewhere; same length as `tokens`.
     pub mask: Vec<u8>,
+    /// Log-probability of each sampled token under the distribution the generator drew it
+    /// from (the decoding engine's logits; [`Sampler::sample_logprob`]); 0 where `mask` is 0.
+    /// Same length as `tokens`.
+    pub logprobs: Vec<f32>,
     /// Number of prompt tokens at the start.
     pub prompt_len: usize,
     /// Policy tokens sampled so far.
@@ -97,10 +98,18 @@ impl Row {
     /// of `stops` (longest `max_stop` bytes), stops the row at it, cuts the segment text right
     /// after the stop string and keeps the bytes past it in [`Row::overshoot`]. Returns
     /// whether the row stopped. The token itself is always kept (module docs).
-    fn push_sampled(&mut self, id: u32, bytes: &[u8], stops: &[String], max_stop: usize) -> bool {
+    fn push_sampled(
+        &mut self,
+        id: u32,
+        logprob: f32,
+        bytes: &[u8],
+        stops: &[String],
+        max_stop: usize,
+    ) -> bool {
         self.generated += 1;
         self.tokens.push(id);
         self.mask.push(1);
+        self.logprobs.push(logprob);
         let before = self.segment_bytes.len();
         self.segment_bytes.extend_from_slice(bytes);
         let Some((i, end)) = find_stop(&self.segment_bytes, before, stops, max_stop) else {
@@ -137,18 +146,20 @@ pub struct GenStats {
     pub prefill_seconds: f64,
 }
 
-/// Batched generation over a shared KV cache; see the module docs.
-pub struct BatchGenerator<'m, B: Backend> {
-    model: &'m Llama<B>,
+/// Batched generation over a shared KV cache; see the module docs. `M` is the forward pass
+/// ([`Decoder`]: burn's f32 [`super::Llama`], the quantized engine, or an
+/// [`super::decoder::Engine`] choosing between them).
+pub struct BatchGenerator<'m, M: Decoder + ?Sized> {
+    model: &'m M,
     tokenizer: &'m Tokenizer,
-    cache: KvCache<B>,
+    cache: M::Cache,
     rows: Vec<Row>,
     stops: Vec<String>,
     eos: Vec<u32>,
     stats: GenStats,
 }
 
-impl<'m, B: Backend> BatchGenerator<'m, B> {
+impl<'m, M: Decoder + ?Sized> BatchGenerator<'m, M> {
     /// Prefills `prompts` (one per row; identical prompts are prefilled once and forked) into
     /// a cache of `capacity` tokens per row.
     ///
@@ -156,27 +167,20 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
     /// [`ModelError::ContextOverflow`] when a prompt does not fit, or is empty.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        model: &'m Llama<B>,
+        model: &'m M,
         tokenizer: &'m Tokenizer,
         prompts: &[Vec<u32>],
         capacity: usize,
         stops: Vec<String>,
         eos: Vec<u32>,
     ) -> Result<Self, ModelError> {
-        let attn = &model.layers[0].self_attn;
-        let cache = KvCache::new(
-            model.layers.len(),
-            prompts.len(),
-            attn.n_kv_heads,
-            attn.head_dim,
-            capacity,
-            &model.embed_tokens.device(),
-        );
+        let cache = model.new_cache(prompts.len(), capacity);
         let rows = prompts
             .iter()
             .map(|p| Row {
                 tokens: p.clone(),
                 mask: vec![0; p.len()],
+                logprobs: vec![0.0; p.len()],
                 prompt_len: p.len(),
                 generated: 0,
                 stop: None,
@@ -261,6 +265,7 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
         }
         row.tokens.extend_from_slice(insert);
         row.mask.extend(std::iter::repeat_n(0u8, insert.len()));
+        row.logprobs.extend(std::iter::repeat_n(0f32, insert.len()));
         let pending = &row.tokens[row.fed..];
         if pending.is_empty() {
             return Ok(());
@@ -269,7 +274,7 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
         let logits = self.model.prefill_row(r, pending, &mut self.cache);
         self.stats.prefill_tokens += pending.len();
         row.fed = needed;
-        row.next_logits = Some(logits.into_data().to_vec::<f32>().expect("f32 logits"));
+        row.next_logits = Some(logits);
         self.stats.prefill_seconds += t0.elapsed().as_secs_f64();
         Ok(())
     }
@@ -332,16 +337,22 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
                 let Some(logits) = row.next_logits.take() else {
                     continue;
                 };
-                let id = sampler.sample(&logits);
+                let (id, logprob) = sampler.sample_logprob(&logits);
                 self.stats.sampled_tokens += 1;
                 if self.eos.contains(&id) {
-                    row.push_sampled(id, &[], &[], 0);
+                    row.push_sampled(id, logprob, &[], &[], 0);
                     row.stop = Some(StopReason::Eos);
                     let _ = on_token(r, id, &[]);
                     continue;
                 }
                 let before = row.segment_bytes.len();
-                if row.push_sampled(id, &piece(self.tokenizer, id), &self.stops, max_stop) {
+                if row.push_sampled(
+                    id,
+                    logprob,
+                    &piece(self.tokenizer, id),
+                    &self.stops,
+                    max_stop,
+                ) {
                     let _ = on_token(r, id, &row.segment_bytes[before..]);
                     continue;
                 }
@@ -360,8 +371,8 @@ impl<'m, B: Backend> BatchGenerator<'m, B> {
             let logits = self
                 .model
                 .decode_step(&step_tokens, &active, &mut self.cache);
-            let vocab = logits.dims()[1];
-            let flat = logits.into_data().to_vec::<f32>().expect("f32 logits");
+            let vocab = self.model.vocab_size();
+            let flat = logits;
             for (r, row) in self.rows.iter_mut().enumerate() {
                 if active[r] {
                     row.fed += 1;
@@ -408,6 +419,7 @@ mod tests {
         Row {
             tokens: vec![7],
             mask: vec![0],
+            logprobs: vec![0.0],
             prompt_len: 1,
             generated: 0,
             stop: None,
@@ -426,8 +438,14 @@ mod tests {
     fn overshooting_stop_token_is_kept_and_trained() {
         let stops = vec!["<|end_of_query|>".to_string(), "</answer>".to_string()];
         let mut row = empty_row();
-        assert!(!row.push_sampled(10, b"<|begin_of_query|> cats <|end_of_query", &stops, 16));
-        assert!(row.push_sampled(11, b"|>\n", &stops, 16));
+        assert!(!row.push_sampled(
+            10,
+            -1.0,
+            b"<|begin_of_query|> cats <|end_of_query",
+            &stops,
+            16
+        ));
+        assert!(row.push_sampled(11, -1.0, b"|>\n", &stops, 16));
         assert_eq!(row.stop, Some(StopReason::Stop(0)));
         assert_eq!(row.tokens, vec![7, 10, 11]);
         assert_eq!(row.mask, vec![0, 1, 1]);
@@ -436,7 +454,7 @@ mod tests {
         assert_eq!(row.overshoot, b"\n");
         // A token ending exactly at the stop leaves no overshoot.
         let mut row = empty_row();
-        assert!(row.push_sampled(12, b" x </answer>", &stops, 16));
+        assert!(row.push_sampled(12, -1.0, b" x </answer>", &stops, 16));
         assert_eq!(row.stop, Some(StopReason::Stop(1)));
         assert!(row.overshoot.is_empty());
         assert_eq!(row.mask, vec![0, 1]);

@@ -29,12 +29,19 @@ fn read(gguf: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelE
     Ok(data)
 }
 
-/// Transposes a row-major `[rows, cols]` matrix to `[cols, rows]`.
+/// Transposes a row-major `[rows, cols]` matrix to `[cols, rows]`, in 32 × 32 tiles so reads
+/// and writes both stay within a few cache lines (the RL step re-quantizes the policy, i.e.
+/// transposes every weight, once per step).
 pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = data[r * cols + c];
+                }
+            }
         }
     }
     out

@@ -5,18 +5,22 @@
 //! pass; [`kv_cache`] the cache; [`sampling`] the sampler; [`gguf`] reads and dequantizes GGUF
 //! files; [`tokenizer`] builds the byte-level BPE tokenizer from GGUF metadata; [`load`] maps
 //! GGUF tensors onto the HF-named modules; [`generate`] the batched, stop-string-aware
-//! generation loop that the rollout environment drives.
+//! generation loop that the rollout environment drives; [`decoder`] the seam between that loop
+//! and a forward pass; [`quant`] the CPU decode engine over block-quantized weights (Q8_0,
+//! Q4_1) that rollouts, evaluation and serving use by default.
 //!
 //! Backends are type aliases chosen at compile time ([`backend`]): burn's `flex` CPU backend
 //! by default, CUDA with the `cuda` feature. Weights are f32 in memory.
 
 pub mod backend;
 pub mod config;
+pub mod decoder;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
 pub mod llama;
 pub mod load;
+pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
 
@@ -25,9 +29,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 pub use config::LlamaConfig;
+pub use decoder::{DecodeCache, DecodeWeights, Decoder, Engine};
 pub use generate::{text_of, BatchGenerator, StopReason};
 pub use kv_cache::KvCache;
 pub use llama::Llama;
+pub use quant::{QuantFormat, QuantLlama};
 pub use sampling::{Sampler, SamplingConfig};
 pub use tokenizer::Tokenizer;
 

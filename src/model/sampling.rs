@@ -56,8 +56,17 @@ impl Sampler {
 
     /// Draws one token id from `logits` (`[vocab]`, unnormalised).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.sample_logprob(logits).0
+    }
+
+    /// Draws one token id from `logits` and returns it with its log-probability under the
+    /// distribution it was drawn from (after temperature and any top-k / top-p cut; under
+    /// `softmax(logits)` for greedy decoding). RL compares it with the training forward's
+    /// log-prob of the same token (`logprob_mismatch`).
+    pub fn sample_logprob(&mut self, logits: &[f32]) -> (u32, f32) {
         if self.cfg.temperature <= 0.0 {
-            return argmax(logits);
+            let id = argmax(logits);
+            return (id, log_softmax_at(logits, id as usize, 1.0));
         }
         let inv_t = 1.0 / self.cfg.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -90,17 +99,31 @@ impl Sampler {
         }
         let total: f32 = cand.iter().map(|c| c.1).sum();
         if cand.is_empty() || !total.is_finite() {
-            return argmax(logits);
+            let id = argmax(logits);
+            return (
+                id,
+                log_softmax_at(logits, id as usize, self.cfg.temperature),
+            );
         }
         let mut u = self.rng.random::<f32>() * total;
+        let mut pick = cand.last().copied().unwrap_or((0, total));
         for &(id, p) in &cand {
             if u < p {
-                return id;
+                pick = (id, p);
+                break;
             }
             u -= p;
         }
-        cand.last().map(|c| c.0).unwrap_or(0)
+        (pick.0, (pick.1 / total).ln())
     }
+}
+
+/// `log softmax(logits / temperature)[id]`.
+pub fn log_softmax_at(logits: &[f32], id: usize, temperature: f32) -> f32 {
+    let inv_t = 1.0 / temperature;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f32 = logits.iter().map(|&l| ((l - max) * inv_t).exp()).sum();
+    (logits[id] - max) * inv_t - total.ln()
 }
 
 /// Index of the largest value (the first on ties); 0 for an empty slice.

@@ -19,7 +19,6 @@
 //! skipped, so every kept episode is grounded in its searches). The reasoning between blocks is
 //! drawn from [`ScriptPhrases`] pools, varied per question.
 
-use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use super::sft::SftExample;
@@ -27,7 +26,7 @@ use super::trainer::Question;
 use crate::env::protocol::{documents_block, extract_query, BEGIN_QUERY, END_ANSWER, END_QUERY};
 use crate::env::rollout::RolloutError;
 use crate::env::{rollout, PromptConfig, RolloutConfig};
-use crate::model::{Llama, Sampler, Tokenizer};
+use crate::model::{Decoder, Sampler, Tokenizer};
 use crate::reward::{score_answer, FormatReport};
 use crate::search::Retriever;
 
@@ -106,8 +105,8 @@ pub fn judge(
 /// # Errors
 /// [`RolloutError`] when a prompt cannot be built or does not fit the context.
 #[allow(clippy::too_many_arguments)]
-pub fn collect<B: Backend>(
-    model: &Llama<B>,
+pub fn collect<M: Decoder + ?Sized>(
+    model: &M,
     tokenizer: &Tokenizer,
     retriever: &dyn Retriever,
     prompt: &PromptConfig,

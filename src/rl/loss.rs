@@ -222,6 +222,9 @@ pub struct LossInputs<B: Backend> {
     pub advantages: Tensor<B, 2>,
     /// Loss mask.
     pub mask: Tensor<B, 2>,
+    /// Per-token truncated importance weights `min(π_old / π_rollout, C)` (constants) that
+    /// multiply the clipped surrogate (Yao et al. 2025); `None` = 1.
+    pub is_weight: Option<Tensor<B, 2>>,
 }
 
 /// Scalar parts of a loss evaluation, for logging (sums over masked tokens).
@@ -251,6 +254,9 @@ pub fn policy_loss<B: Backend>(
     let clipped_ratio = ratio.clone().clamp(1.0 - clip_eps, 1.0 + clip_eps);
     let surr2 = clipped_ratio.clone() * adv;
     let mut per_token = surr1.min_pair(surr2).neg();
+    if let Some(w) = &inp.is_weight {
+        per_token = per_token * w.clone();
+    }
     let mut kl_sum = 0.0;
     if let Some(r) = &inp.ref_logp {
         let kl = kl.estimate(logp, r.clone());
@@ -425,12 +431,21 @@ mod tests {
             ref_logp: None,
             advantages: t(&[2.0, 2.0, 5.0]),
             mask: t(&[1.0, 1.0, 0.0]),
+            is_weight: None,
         };
-        let (loss, parts) = policy_loss(logp, &inputs, 0.2, 0.0, KlEstimator::K3, 4.0);
+        let (loss, parts) = policy_loss(logp.clone(), &inputs, 0.2, 0.0, KlEstimator::K3, 4.0);
         // Two masked tokens with A = 2 each, divided by the batch's 4 tokens.
         let v: f32 = loss.into_scalar();
         assert!((v + 1.0).abs() < 1e-6, "{v}");
         assert!((parts.loss_sum + 4.0).abs() < 1e-6);
         assert_eq!(parts.clipped, 0.0);
+        // Truncated importance weights scale each token's surrogate: 0.5·2 + 3·2 over 4.
+        let weighted = LossInputs {
+            is_weight: Some(t(&[0.5, 3.0, 7.0])),
+            ..inputs
+        };
+        let (loss, _) = policy_loss(logp, &weighted, 0.2, 0.0, KlEstimator::K3, 4.0);
+        let v: f32 = loss.into_scalar();
+        assert!((v + 1.75).abs() < 1e-6, "{v}");
     }
 }

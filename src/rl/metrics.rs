@@ -55,6 +55,11 @@ pub struct StepMetrics {
     pub kl: Option<f64>,
     /// Mean policy entropy (nats) over the same tokens as `kl`; `null` when no pass ran.
     pub entropy: Option<f64>,
+    /// Mean |log π_train − log π_rollout| (nats) over the same tokens as `kl`: the gap
+    /// between the distribution the rollout sampled from (quantized decode weights,
+    /// `[rollout] weights`) and the f32 policy the loss scores; `null` when no pass ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprob_mismatch: Option<f64>,
     /// Mean loss per policy token.
     pub loss: f64,
     /// Fraction of policy tokens whose ratio was clipped.
@@ -86,6 +91,9 @@ pub struct StepMetrics {
     pub seconds_reward: f64,
     /// Seconds in reference/old log-probs, backward passes and the optimizer step.
     pub seconds_update: f64,
+    /// Seconds quantizing the policy for the rollout's decode engine (0 with f32 weights).
+    #[serde(default)]
+    pub seconds_quantize: f64,
     /// Policy tokens sampled per rollout second.
     pub tokens_per_s: f64,
     /// Peak resident memory of the process so far, MiB (Linux `VmHWM`; absent elsewhere):

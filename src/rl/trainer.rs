@@ -50,7 +50,7 @@ fn logprobs_at<B: Backend>(model: &Llama<B>, p: &PackedBatch<B>, temperature: f3
     .0
 }
 use crate::env::{rollout, Episode, PromptConfig, RolloutConfig};
-use crate::model::{Llama, LlamaConfig, Sampler, Tokenizer};
+use crate::model::{Engine, Llama, LlamaConfig, Sampler, Tokenizer};
 use crate::reward::{
     step_retrieval_reward, RewardBreakdown, RewardFn, StepReward, StepRewardConfig,
 };
@@ -88,6 +88,12 @@ pub struct TrainConfig {
     pub clip_eps: f64,
     /// KL coefficient β (GRPO: loss term; Reinforce++: in the reward). Default 0.0.
     pub kl_coef: f64,
+    /// Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly
+    /// brings you off-policy RL training"): when > 0, each policy token's surrogate loss is
+    /// weighted by `min(π_train / π_rollout, tis_cap)`, correcting for rollouts decoded from
+    /// quantized weights (`[rollout] weights`); 0 disables. Default 0 (off; the mismatch is
+    /// logged either way as `logprob_mismatch`).
+    pub tis_cap: f64,
     /// KL estimator for the GRPO loss term and the logged `kl`. Default `k3`. (Reinforce++
     /// puts the per-token log-ratio, i.e. k1, into the reward, as its paper defines.)
     pub kl_estimator: KlEstimator,
@@ -146,6 +152,7 @@ impl Default for TrainConfig {
             adam_eps: 1e-8,
             grad_clip: 1.0,
             clip_eps: 0.2,
+            tis_cap: 0.0,
             kl_coef: 0.0,
             kl_estimator: KlEstimator::K3,
             track_kl: true,
@@ -450,6 +457,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Rollout with the current policy (inference backend, no graph). One sampler per step,
         // seeded by the step, drawn on across resampling rounds: a resumed run replays it.
         let policy = self.model.valid();
+        // The rollout's decoding engine: the weights just updated, re-quantized once per step
+        // when `[rollout] weights` asks for a quantized engine.
+        let t_quant = Instant::now();
+        let engine = Engine::new(&policy, self.rollout.weights);
+        let seconds_quantize = match engine {
+            Engine::F32(_) => 0.0,
+            Engine::Quantized(_) => t_quant.elapsed().as_secs_f64(),
+        };
         let mut sampler = Sampler::new(
             self.rollout.sampling(
                 self.state
@@ -480,7 +495,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map(|&i| self.data[i].question.clone())
                 .collect();
             let (episodes, rstats) = rollout(
-                &policy,
+                &engine,
                 &self.tokenizer,
                 self.retriever.as_ref(),
                 &self.prompt,
@@ -529,6 +544,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             rounds += 1;
         }
+        drop(engine);
         drop(policy);
         if sampled.is_empty() {
             return Err(TrainError::NoData);
@@ -577,6 +593,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             response_tokens_mean: mean(&|s| s.episode.policy_tokens() as f64),
             kl: upd.kl,
             entropy: upd.entropy,
+            logprob_mismatch: upd.logprob_mismatch,
             loss: upd.loss,
             clip_frac: upd.clip_frac,
             grad_norm: upd.grad_norm,
@@ -590,6 +607,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             seconds_rollout,
             seconds_reward,
             seconds_update,
+            seconds_quantize,
             tokens_per_s: sampled_tokens as f64 / rollout_total.max(1e-9),
             rss_peak_mib: super::metrics::rss_peak_mib(),
             guard: None,
@@ -761,6 +779,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (mut loss_sum, mut kl_sum, mut clipped, mut kl_tokens, mut entropy_sum) =
             (0.0, 0.0, 0.0, 0.0, 0.0);
         let mut any = false;
+        let (mut gap_sum, mut gap_tokens) = (0.0f64, 0usize);
         for (ci, p) in packed.iter().enumerate() {
             let carries = kl_in_loss != 0.0 || adv[ci].iter().flatten().any(|&a| a != 0.0);
             if !carries {
@@ -783,6 +802,21 @@ impl<B: AutodiffBackend> Trainer<B> {
                 entropy_sum += (e * m).sum().into_scalar().elem::<f64>();
             }
             let [b, tp] = logp.dims();
+            // Rollout log-probs of the same targets: the mismatch with the training forward,
+            // and the truncated importance weights when `tis_cap` is set.
+            let train_lp = rows(logp.clone().detach().inner());
+            let (gap, gap_n, is_w) = rollout_gap(
+                &chunks[ci]
+                    .iter()
+                    .map(|&i| &episodes[i].logprobs[..])
+                    .collect::<Vec<_>>(),
+                &p.mask_host,
+                &train_lp,
+                p.start,
+                self.cfg.tis_cap,
+            );
+            gap_sum += gap;
+            gap_tokens += gap_n;
             let inputs = LossInputs {
                 old_logp: logp.clone().detach(),
                 ref_logp: ref_lp[ci]
@@ -790,6 +824,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .map(|r| to_tensor::<B>(r, b, tp, &self.device)),
                 advantages: to_tensor::<B>(&adv[ci], b, tp, &self.device),
                 mask,
+                is_weight: is_w.map(|w| to_tensor::<B>(&w, b, tp, &self.device)),
             };
             let (loss, parts) = policy_loss(
                 logp,
@@ -817,6 +852,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             loss: loss_sum / total_tokens,
             kl: (self.reference.is_some() && kl_tokens > 0.0).then(|| kl_sum / kl_tokens),
             entropy: (kl_tokens > 0.0).then(|| entropy_sum / kl_tokens),
+            logprob_mismatch: (gap_tokens > 0).then(|| gap_sum / gap_tokens as f64),
             clip_frac: clipped / total_tokens,
             grad_norm,
         }
@@ -828,8 +864,43 @@ struct UpdateStats {
     loss: f64,
     kl: Option<f64>,
     entropy: Option<f64>,
+    logprob_mismatch: Option<f64>,
     clip_frac: f64,
     grad_norm: f64,
+}
+
+/// Compares rollout and training log-probs of a micro-batch's policy tokens.
+///
+/// `rollout[i]` is episode `i`'s per-token rollout log-probs (indexed like its tokens; empty
+/// when unknown), `mask`/`train` are `[B][T']` over targets `start + 1 + j`. Returns
+/// (Σ |train − rollout|, tokens compared, and with `cap > 0` the truncated importance
+/// weights `min(exp(train − rollout), cap)` per target, 1 where unknown or masked).
+fn rollout_gap(
+    rollout: &[&[f32]],
+    mask: &[Vec<u8>],
+    train: &[Vec<f32>],
+    start: usize,
+    cap: f64,
+) -> (f64, usize, Option<Vec<Vec<f32>>>) {
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    let mut weights: Vec<Vec<f32>> = mask.iter().map(|r| vec![1.0; r.len()]).collect();
+    for (i, row) in mask.iter().enumerate() {
+        for (j, &m) in row.iter().enumerate() {
+            let Some(&lr) = rollout[i].get(start + 1 + j) else {
+                continue;
+            };
+            if m == 0 {
+                continue;
+            }
+            let d = train[i][j] - lr;
+            sum += d.abs() as f64;
+            n += 1;
+            if cap > 0.0 {
+                weights[i][j] = (d.exp() as f64).min(cap) as f32;
+            }
+        }
+    }
+    (sum, n, (cap > 0.0).then_some(weights))
 }
 
 fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {

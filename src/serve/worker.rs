@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::env::SearchCall;
 use crate::env::{rollout_observed, EpisodeEnd, PromptConfig, RolloutConfig, RolloutObserver};
-use crate::model::{Llama, Sampler, SamplingConfig, Tokenizer};
+use crate::model::{Engine, Llama, Sampler, SamplingConfig, Tokenizer};
 use crate::search::Retriever;
 
 /// Opens the final answer in the policy's text.
@@ -166,6 +166,9 @@ where
     std::thread::Builder::new()
         .name("sleuth-generate".into())
         .spawn(move || {
+            // The decoding engine `[rollout] weights` names, built once (quantizing is a pass
+            // over the weights).
+            let engine = Engine::new(&agent.model, agent.rollout.weights);
             let mut pending: VecDeque<Job> = VecDeque::new();
             loop {
                 if pending.is_empty() {
@@ -211,7 +214,7 @@ where
                 stats.queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.max_batch.fetch_max(batch.len(), Ordering::Relaxed);
-                run_batch(&agent, &batch, &stats);
+                run_batch(&agent, &engine, &batch, &stats);
             }
         })?;
     Ok(tx)
@@ -241,7 +244,12 @@ fn fits<B: Backend>(agent: &Agent<B>, job: &Job) -> bool {
 }
 
 /// Runs one batch of compatible jobs and reports every event; never panics outward.
-fn run_batch<B: Backend>(agent: &Agent<B>, batch: &[Job], stats: &ServerStats) {
+fn run_batch<B: Backend>(
+    agent: &Agent<B>,
+    engine: &Engine<'_, B>,
+    batch: &[Job],
+    stats: &ServerStats,
+) {
     let _span = tracing::info_span!("serve_batch", requests = batch.len()).entered();
     let head = &batch[0];
     let mut cfg = agent.rollout.clone();
@@ -262,7 +270,7 @@ fn run_batch<B: Backend>(agent: &Agent<B>, batch: &[Job], stats: &ServerStats) {
     let mut obs = Streamer::new(batch, head.n, stats);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         rollout_observed(
-            &agent.model,
+            engine,
             &agent.tokenizer,
             agent.retriever.as_ref(),
             &prompt,

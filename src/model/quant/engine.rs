@@ -1,0 +1,486 @@
+//! The Llama decoder over quantized weights, with its own KV cache: prefill and batched
+//! decode for generation, nothing for training.
+//!
+//! The same arithmetic as [`crate::model::Llama`] (HF's `modeling_llama.py`: pre-norm blocks,
+//! rotate-half RoPE, grouped-query attention with head `h` reading kv head `h / group`,
+//! SwiGLU), with every linear layer a [`QMatrix`]. q/k/v are fused into one matrix and
+//! gate/up into another, so a layer runs four quantized products. Norms, RoPE, attention and
+//! the residual stream stay in f32; the KV cache holds f32 keys and values.
+//!
+//! A call processes a list of tokens, each `(row, id)`, at their rows' next positions: a
+//! prefill is many tokens of one row, a decode step one token of each active row. Keys and
+//! values of all the call's tokens are written first, then each token attends causally over
+//! its own row, so both cases are one code path.
+
+use burn::tensor::backend::Backend;
+use rayon::prelude::*;
+
+use super::{Isa, QActs, QMatrix, QuantFormat};
+use crate::model::llama::Llama;
+
+/// Per-row key/value storage of one layer: `[pos][kv_head][head_dim]` f32, grown as the row
+/// grows.
+#[derive(Debug, Clone, Default)]
+struct RowKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// KV cache of a [`QuantLlama`]: `layers × rows` growable buffers and each row's length.
+/// Memory: `2 · layers · kv_heads · head_dim · 4` bytes per cached token (92 KB for the
+/// 135M default).
+#[derive(Debug, Clone)]
+pub struct QuantCache {
+    layers: Vec<Vec<RowKv>>,
+    lens: Vec<usize>,
+    capacity: usize,
+}
+
+impl QuantCache {
+    /// Rows (sequences).
+    pub fn rows(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Tokens per row the cache may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tokens cached in `row`.
+    pub fn len(&self, row: usize) -> usize {
+        self.lens[row]
+    }
+
+    /// Whether every row is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lens.iter().all(|&l| l == 0)
+    }
+
+    /// Copies row `src`'s cached tokens into every row in `dst` (a group's G samples share
+    /// one prefilled prompt).
+    pub fn fork_row(&mut self, src: usize, dst: &[usize]) {
+        for layer in &mut self.layers {
+            let from = layer[src].clone();
+            for &d in dst {
+                layer[d] = from.clone();
+            }
+        }
+        for &d in dst {
+            self.lens[d] = self.lens[src];
+        }
+    }
+}
+
+#[derive(Clone)]
+struct QLayer {
+    attn_norm: Vec<f32>,
+    /// `[(heads + 2·kv_heads)·head_dim, hidden]`: q rows, then k, then v.
+    qkv: QMatrix,
+    qkv_bias: Option<Vec<f32>>,
+    o: QMatrix,
+    ffn_norm: Vec<f32>,
+    /// `[2·intermediate, hidden]`: gate rows, then up.
+    gate_up: QMatrix,
+    down: QMatrix,
+}
+
+/// A Llama-family decoder over block-quantized weights (module docs).
+#[derive(Clone)]
+pub struct QuantLlama {
+    hidden: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    intermediate: usize,
+    vocab: usize,
+    eps: f32,
+    inv_freq: Vec<f32>,
+    embed: Vec<f32>,
+    layers: Vec<QLayer>,
+    norm: Vec<f32>,
+    head: QMatrix,
+    format: QuantFormat,
+    isa: Isa,
+}
+
+impl std::fmt::Debug for QuantLlama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantLlama")
+            .field("format", &self.format)
+            .field("isa", &self.isa)
+            .field("layers", &self.layers.len())
+            .field("hidden", &self.hidden)
+            .field("vocab", &self.vocab)
+            .finish()
+    }
+}
+
+fn host<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 weights")
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
+    }
+}
+
+impl QuantLlama {
+    /// Whether every linear layer's input width is a multiple of the block size (32), which
+    /// quantization needs (true of SmolLM2, Llama and Qwen2.5 shapes).
+    pub fn supports<B: Backend>(model: &Llama<B>) -> bool {
+        model.layers.iter().all(|l| {
+            [
+                &l.self_attn.q_proj,
+                &l.self_attn.o_proj,
+                &l.mlp.gate_proj,
+                &l.mlp.down_proj,
+            ]
+            .iter()
+            .all(|p| p.weight.val().dims()[0].is_multiple_of(super::QK))
+        }) && model.embed_tokens.val().dims()[1].is_multiple_of(super::QK)
+    }
+
+    /// Quantizes `model`'s linear layers to `format`; the output head is Q8_0 (as in the
+    /// default GGUF, whose tied embedding is Q8_0), the embedding table and norms stay f32.
+    /// Cost: one pass over the weights (see docs/performance.md for the 135M figure).
+    ///
+    /// # Panics
+    /// When a linear layer's input width is not a multiple of 32.
+    pub fn from_llama<B: Backend>(model: &Llama<B>, format: QuantFormat) -> Self {
+        let _span = tracing::debug_span!("quantize", format = format.name()).entered();
+        let a = &model.layers[0].self_attn;
+        let (n_heads, n_kv, head_dim) = (a.n_heads, a.n_kv_heads, a.head_dim);
+        let [vocab, hidden] = model.embed_tokens.val().dims();
+        let intermediate = model.layers[0].mlp.gate_proj.weight.val().dims()[1];
+        let eps = model.norm.eps as f32;
+        let fused = |parts: Vec<(Vec<f32>, usize, usize)>| -> QMatrix {
+            // Each part is burn's [in, out]; stack their [out, in] transposes.
+            let d_in = parts[0].1;
+            let mut rows = Vec::new();
+            let mut n = 0;
+            for (w, di, d_out) in parts {
+                debug_assert_eq!(di, d_in);
+                rows.extend(crate::model::load::transpose(&w, di, d_out));
+                n += d_out;
+            }
+            QMatrix::quantize(&rows, n, d_in, format)
+        };
+        let linear = |l: &crate::model::llama::Linear<B>| {
+            let [di, d_out] = l.weight.val().dims();
+            (host(l.weight.val()), di, d_out)
+        };
+        let layers = model
+            .layers
+            .iter()
+            .map(|layer| {
+                let at = &layer.self_attn;
+                let qkv_bias = at.q_proj.bias.as_ref().map(|qb| {
+                    let mut b = host(qb.val());
+                    for l in [&at.k_proj, &at.v_proj] {
+                        match &l.bias {
+                            Some(x) => b.extend(host(x.val())),
+                            None => b.extend(vec![0.0; l.weight.val().dims()[1]]),
+                        }
+                    }
+                    b
+                });
+                let (o, oi, oo) = linear(&at.o_proj);
+                let (d, di, dd) = linear(&layer.mlp.down_proj);
+                QLayer {
+                    attn_norm: host(layer.input_layernorm.weight.val()),
+                    qkv: fused(vec![
+                        linear(&at.q_proj),
+                        linear(&at.k_proj),
+                        linear(&at.v_proj),
+                    ]),
+                    qkv_bias,
+                    o: QMatrix::quantize_transposed(&o, oi, oo, format),
+                    ffn_norm: host(layer.post_attention_layernorm.weight.val()),
+                    gate_up: fused(vec![
+                        linear(&layer.mlp.gate_proj),
+                        linear(&layer.mlp.up_proj),
+                    ]),
+                    down: QMatrix::quantize_transposed(&d, di, dd, format),
+                }
+            })
+            .collect();
+        let embed = host(model.embed_tokens.val());
+        let head = match &model.lm_head {
+            Some(w) => {
+                QMatrix::quantize_transposed(&host(w.val()), hidden, vocab, QuantFormat::Q8_0)
+            }
+            None => QMatrix::quantize(&embed, vocab, hidden, QuantFormat::Q8_0),
+        };
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| (1.0 / model.rope_theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        Self {
+            hidden,
+            n_heads,
+            n_kv,
+            head_dim,
+            intermediate,
+            vocab,
+            eps,
+            inv_freq,
+            embed,
+            layers,
+            norm: host(model.norm.weight.val()),
+            head,
+            format,
+            isa: Isa::active(),
+        }
+    }
+
+    /// The same engine on another instruction-set path (tests compare paths with it).
+    /// Returns `None` when this CPU cannot run `isa`.
+    pub fn with_isa(mut self, isa: Isa) -> Option<Self> {
+        isa.supported().then(|| {
+            self.isa = isa;
+            self
+        })
+    }
+
+    /// The instruction-set path of the kernels.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Weight format of the linear layers.
+    pub fn format(&self) -> QuantFormat {
+        self.format
+    }
+
+    /// Vocabulary size (logits per token).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// Bytes of quantized weights read per decoded token (all linear layers and the head).
+    pub fn weight_bytes(&self) -> usize {
+        self.head.bytes()
+            + self
+                .layers
+                .iter()
+                .map(|l| l.qkv.bytes() + l.o.bytes() + l.gate_up.bytes() + l.down.bytes())
+                .sum::<usize>()
+    }
+
+    /// An empty cache of `rows` sequences of up to `capacity` tokens each.
+    pub fn new_cache(&self, rows: usize, capacity: usize) -> QuantCache {
+        QuantCache {
+            layers: (0..self.layers.len())
+                .map(|_| vec![RowKv::default(); rows])
+                .collect(),
+            lens: vec![0; rows],
+            capacity,
+        }
+    }
+
+    /// Appends `tokens` to `row` and returns the logits of the last one, `[vocab]`.
+    ///
+    /// # Panics
+    /// When `tokens` is empty or the row would exceed the cache capacity.
+    pub fn prefill_row(&self, row: usize, tokens: &[u32], cache: &mut QuantCache) -> Vec<f32> {
+        assert!(!tokens.is_empty(), "prefill_row needs at least one token");
+        let items: Vec<(usize, u32)> = tokens.iter().map(|&t| (row, t)).collect();
+        let mut want = vec![false; tokens.len()];
+        want[tokens.len() - 1] = true;
+        self.forward(&items, &want, cache)
+    }
+
+    /// One token for each active row; returns `[rows, vocab]` logits (zeros for inactive
+    /// rows, which are neither computed nor advanced).
+    ///
+    /// # Panics
+    /// When lengths differ from the cache's rows, or an active row is full.
+    pub fn decode_step(&self, tokens: &[u32], active: &[bool], cache: &mut QuantCache) -> Vec<f32> {
+        assert_eq!(tokens.len(), cache.rows());
+        assert_eq!(active.len(), cache.rows());
+        let items: Vec<(usize, u32)> = (0..tokens.len())
+            .filter(|&r| active[r])
+            .map(|r| (r, tokens[r]))
+            .collect();
+        let mut out = vec![0f32; tokens.len() * self.vocab];
+        if items.is_empty() {
+            return out;
+        }
+        let logits = self.forward(&items, &vec![true; items.len()], cache);
+        for (i, &(r, _)) in items.iter().enumerate() {
+            out[r * self.vocab..(r + 1) * self.vocab]
+                .copy_from_slice(&logits[i * self.vocab..(i + 1) * self.vocab]);
+        }
+        out
+    }
+
+    /// Runs `items` (`(row, token id)`, a row's tokens in order) at their rows' next
+    /// positions; returns the logits of the items with `want[i]`, concatenated in order.
+    fn forward(&self, items: &[(usize, u32)], want: &[bool], cache: &mut QuantCache) -> Vec<f32> {
+        let n = items.len();
+        let (h, hd, nh, nkv) = (self.hidden, self.head_dim, self.n_heads, self.n_kv);
+        // Positions: each row continues from its cached length.
+        let mut next = cache.lens.clone();
+        let pos: Vec<usize> = items
+            .iter()
+            .map(|&(r, _)| {
+                let p = next[r];
+                next[r] += 1;
+                assert!(p < cache.capacity, "KV cache capacity exceeded on row {r}");
+                p
+            })
+            .collect();
+        // RoPE tables per item: cos/sin of half the head dims.
+        let half = hd / 2;
+        let mut cos = vec![0f32; n * half];
+        let mut sin = vec![0f32; n * half];
+        for (i, &p) in pos.iter().enumerate() {
+            for (j, &f) in self.inv_freq.iter().enumerate() {
+                let (s, c) = (p as f32 * f).sin_cos();
+                cos[i * half + j] = c;
+                sin[i * half + j] = s;
+            }
+        }
+        let rope = |x: &mut [f32], i: usize| {
+            for j in 0..half {
+                let (a, b) = (x[j], x[j + half]);
+                let (c, s) = (cos[i * half + j], sin[i * half + j]);
+                x[j] = a * c - b * s;
+                x[j + half] = b * c + a * s;
+            }
+        };
+
+        let mut x = vec![0f32; n * h];
+        for (i, &(_, id)) in items.iter().enumerate() {
+            let id = id as usize;
+            x[i * h..(i + 1) * h].copy_from_slice(&self.embed[id * h..(id + 1) * h]);
+        }
+        let mut normed = vec![0f32; n * h];
+        let qkv_w = (nh + 2 * nkv) * hd;
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            for i in 0..n {
+                rms_norm(
+                    &x[i * h..(i + 1) * h],
+                    &layer.attn_norm,
+                    self.eps,
+                    &mut normed[i * h..(i + 1) * h],
+                );
+            }
+            let mut qkv = layer.qkv.matmul(&QActs::quantize(&normed, n, h), self.isa);
+            for (i, t) in qkv.chunks_mut(qkv_w).enumerate() {
+                if let Some(b) = &layer.qkv_bias {
+                    for (v, bb) in t.iter_mut().zip(b) {
+                        *v += bb;
+                    }
+                }
+                for head in 0..nh + nkv {
+                    rope(&mut t[head * hd..(head + 1) * hd], i);
+                }
+            }
+            // Write every item's key and value before any attention (module docs).
+            let rows_kv = &mut cache.layers[l];
+            for (i, &(r, _)) in items.iter().enumerate() {
+                let t = &qkv[i * qkv_w..(i + 1) * qkv_w];
+                let kv = &mut rows_kv[r];
+                let at = pos[i] * nkv * hd;
+                let need = at + nkv * hd;
+                if kv.k.len() < need {
+                    kv.k.resize(need, 0.0);
+                    kv.v.resize(need, 0.0);
+                }
+                kv.k[at..need].copy_from_slice(&t[nh * hd..(nh + nkv) * hd]);
+                kv.v[at..need].copy_from_slice(&t[(nh + nkv) * hd..]);
+            }
+            let rows_kv = &cache.layers[l];
+            let mut attn = vec![0f32; n * nh * hd];
+            attn.par_chunks_mut(hd).enumerate().for_each_init(
+                Vec::new,
+                |scores: &mut Vec<f32>, (ih, out)| {
+                    let (i, head) = (ih / nh, ih % nh);
+                    let kvh = head / group;
+                    let q = &qkv[i * qkv_w + head * hd..i * qkv_w + (head + 1) * hd];
+                    let kv = &rows_kv[items[i].0];
+                    let span = pos[i] + 1;
+                    scores.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for j in 0..span {
+                        let k = &kv.k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+                        let s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        max = max.max(s);
+                        scores.push(s);
+                    }
+                    let mut total = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    let inv = 1.0 / total;
+                    out.fill(0.0);
+                    for (j, &p) in scores.iter().enumerate() {
+                        let v = &kv.v[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+                        let w = p * inv;
+                        for (o, &vv) in out.iter_mut().zip(v) {
+                            *o += w * vv;
+                        }
+                    }
+                },
+            );
+            let o = layer
+                .o
+                .matmul(&QActs::quantize(&attn, n, nh * hd), self.isa);
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            for i in 0..n {
+                rms_norm(
+                    &x[i * h..(i + 1) * h],
+                    &layer.ffn_norm,
+                    self.eps,
+                    &mut normed[i * h..(i + 1) * h],
+                );
+            }
+            let gu = layer
+                .gate_up
+                .matmul(&QActs::quantize(&normed, n, h), self.isa);
+            let inter = self.intermediate;
+            let mut act = vec![0f32; n * inter];
+            for (i, a) in act.chunks_mut(inter).enumerate() {
+                let t = &gu[i * 2 * inter..(i + 1) * 2 * inter];
+                for (j, o) in a.iter_mut().enumerate() {
+                    let g = t[j];
+                    *o = g / (1.0 + (-g).exp()) * t[inter + j];
+                }
+            }
+            let d = layer
+                .down
+                .matmul(&QActs::quantize(&act, n, inter), self.isa);
+            for (a, b) in x.iter_mut().zip(&d) {
+                *a += b;
+            }
+        }
+        cache.lens = next;
+        let picked: Vec<usize> = (0..n).filter(|&i| want[i]).collect();
+        if picked.is_empty() {
+            return Vec::new();
+        }
+        let mut last = vec![0f32; picked.len() * h];
+        for (k, &i) in picked.iter().enumerate() {
+            rms_norm(
+                &x[i * h..(i + 1) * h],
+                &self.norm,
+                self.eps,
+                &mut last[k * h..(k + 1) * h],
+            );
+        }
+        self.head
+            .matmul(&QActs::quantize(&last, picked.len(), h), self.isa)
+    }
+}
