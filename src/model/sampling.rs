@@ -150,6 +150,33 @@ mod tests {
         assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9]), 1);
     }
 
+    /// The returned log-prob is that of the drawn token under `softmax(logits / T)`
+    /// (untruncated), or under `softmax(logits)` for greedy decoding.
+    #[test]
+    fn sample_logprob_is_the_drawn_tokens_log_softmax() {
+        let logits = [0.5f32, 2.0, -1.0, 1.0];
+        let mut s = Sampler::new(SamplingConfig {
+            temperature: 0.7,
+            seed: 3,
+            ..Default::default()
+        });
+        for _ in 0..20 {
+            let (id, lp) = s.sample_logprob(&logits);
+            let want = log_softmax_at(&logits, id as usize, 0.7);
+            assert!((lp - want).abs() < 1e-5, "{lp} vs {want}");
+        }
+        let z: f32 = logits.iter().map(|l| (l / 0.7).exp()).sum();
+        assert!((log_softmax_at(&logits, 1, 0.7) - ((2.0f32 / 0.7).exp() / z).ln()).abs() < 1e-5);
+        let mut g = Sampler::new(SamplingConfig {
+            temperature: 0.0,
+            ..Default::default()
+        });
+        assert_eq!(
+            g.sample_logprob(&logits),
+            (1, log_softmax_at(&logits, 1, 1.0))
+        );
+    }
+
     #[test]
     fn same_seed_same_draws() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();

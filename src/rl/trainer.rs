@@ -974,3 +974,31 @@ pub(crate) fn clip_global_norm<B: AutodiffBackend>(
     }
     norm
 }
+
+#[cfg(test)]
+mod tests {
+    use super::rollout_gap;
+
+    /// The gap is measured on mask-1 targets only, target `j` of a row reading the episode's
+    /// log-prob at token `start + 1 + j`; truncated weights are `min(exp(train − rollout), C)`.
+    #[test]
+    fn rollout_gap_compares_policy_tokens_and_truncates_weights() {
+        // Episode tokens 0..5; targets start at token 1 (start = 0).
+        let rollout: Vec<f32> = vec![0.0, -1.0, 0.0, -2.0, -0.5];
+        let mask = vec![vec![1u8, 0, 1, 1]];
+        let train = vec![vec![-1.5f32, 9.0, -1.0, -0.5]];
+        let (sum, n, w) = rollout_gap(&[&rollout[..]], &mask, &train, 0, 2.0);
+        assert_eq!(n, 3);
+        assert!((sum - (0.5 + 1.0 + 0.0)).abs() < 1e-6, "{sum}");
+        let w = w.expect("weights with a cap");
+        assert!((w[0][0] - (-0.5f32).exp()).abs() < 1e-6);
+        assert_eq!(w[0][1], 1.0, "masked target keeps weight 1");
+        assert_eq!(w[0][2], 2.0, "exp(1) is truncated at the cap");
+        assert!((w[0][3] - 1.0).abs() < 1e-6);
+        // No cap: no weights; unknown rollout log-probs (old files): nothing compared.
+        assert!(rollout_gap(&[&rollout[..]], &mask, &train, 0, 0.0)
+            .2
+            .is_none());
+        assert_eq!(rollout_gap(&[&[][..]], &mask, &train, 0, 2.0).1, 0);
+    }
+}

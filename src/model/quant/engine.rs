@@ -123,6 +123,27 @@ fn host<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
         .expect("f32 weights")
 }
 
+/// `a · b` with 8 independent partial sums, so the compiler can keep them in one SIMD
+/// register (a plain `.sum()` of products is a serial chain: f32 addition is not
+/// reassociated).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *s += p * q;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
@@ -413,7 +434,7 @@ impl QuantLlama {
                     let mut max = f32::NEG_INFINITY;
                     for j in 0..span {
                         let k = &kv.k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
-                        let s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        let s = dot(q, k) * scale;
                         max = max.max(s);
                         scores.push(s);
                     }

@@ -127,6 +127,17 @@ pub fn dot_q8_0_x4(isa: Isa, wq: &[i8], wd: &[f32], x: [ActRow<'_>; 4]) -> [f32;
     }
 }
 
+/// One Q4_1 weight row · four Q8 activation rows (nibbles unpacked once for all four).
+#[inline]
+pub fn dot_q4_1_x4(isa: Isa, wq: &[u8], wd: &[f32], wm: &[f32], x: [ActRow<'_>; 4]) -> [f32; 4] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa` values other than Scalar are only produced after feature detection.
+        Isa::Avx512Vnni => unsafe { x86::dot_q4_1_x4_avx512(wq, wd, wm, x) },
+        _ => x.map(|r| dot_q4_1(isa, wq, wd, wm, r)),
+    }
+}
+
 /// Q4_1 weight row · Q8 activation row. `wq`: `nb·16` packed nibbles, `wd`, `wm`: `nb`.
 #[inline]
 pub fn dot_q4_1(isa: Isa, wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f32 {
@@ -341,6 +352,66 @@ mod x86 {
                 let a = unsafe { _mm256_loadu_si256(r.q.as_ptr().add(b * QK) as *const __m256i) };
                 let s = _mm256_cvtepi32_ps(block_i8_avx2(w, a));
                 out[k] += hsum256(s) * wd[b] * r.d[b];
+            }
+        }
+        out
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/DQ/VL and VNNI; slices as in [`super::dot_q4_1_x4`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+    pub unsafe fn dot_q4_1_x4_avx512(
+        wq: &[u8],
+        wd: &[f32],
+        wm: &[f32],
+        x: [ActRow<'_>; 4],
+    ) -> [f32; 4] {
+        let nb = wd.len();
+        assert!(wq.len() >= nb * QK / 2 && wm.len() >= nb);
+        for r in &x {
+            assert!(r.q.len() >= nb * QK && r.d.len() >= nb && r.s.len() >= nb);
+        }
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut offset = [0f32; 4];
+        for p in 0..nb / 2 {
+            let b = 2 * p;
+            // SAFETY: bounds asserted above; loads are unaligned.
+            let (p0, p1) = unsafe {
+                (
+                    _mm_loadu_si128(wq.as_ptr().add(b * QK / 2) as *const __m128i),
+                    _mm_loadu_si128(wq.as_ptr().add((b + 1) * QK / 2) as *const __m128i),
+                )
+            };
+            let w = _mm512_inserti64x4(
+                _mm512_castsi256_si512(unpack_nibbles(p0)),
+                unpack_nibbles(p1),
+                1,
+            );
+            for (k, r) in x.iter().enumerate() {
+                // SAFETY: as above.
+                let a = unsafe { _mm512_loadu_si512(r.q.as_ptr().add(b * QK) as *const __m512i) };
+                let dot = _mm512_dpbusd_epi32(zero, w, a);
+                let sc = scales2(wd[b] * r.d[b], wd[b + 1] * r.d[b + 1]);
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
+                offset[k] += wm[b] * r.s[b] + wm[b + 1] * r.s[b + 1];
+            }
+        }
+        let mut out = [0f32; 4];
+        for k in 0..4 {
+            out[k] = _mm512_reduce_add_ps(acc[k]) + offset[k];
+        }
+        if nb % 2 == 1 {
+            let b = nb - 1;
+            // SAFETY: bounds asserted above.
+            let p = unsafe { _mm_loadu_si128(wq.as_ptr().add(b * QK / 2) as *const __m128i) };
+            let w = unpack_nibbles(p);
+            for (k, r) in x.iter().enumerate() {
+                // SAFETY: as above.
+                let a = unsafe { _mm256_loadu_si256(r.q.as_ptr().add(b * QK) as *const __m256i) };
+                let p16 = _mm256_maddubs_epi16(w, a);
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+                out[k] += hsum256(s) * wd[b] * r.d[b] + wm[b] * r.s[b];
             }
         }
         out
