@@ -6,10 +6,11 @@
 //! Also checks the KV-cache paths (prefill, batched decode, forked rows) against the
 //! cache-free forward pass on a tiny random model.
 
+mod common;
+
 use std::path::Path;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use serde_json::Value;
 use sleuth::model::backend::{self, Inference};
 use sleuth::model::{
     load_gguf, text_of, BatchGenerator, KvCache, Llama, LlamaConfig, Sampler, SamplingConfig,
@@ -19,19 +20,6 @@ use sleuth::model::{
 /// in a different order than PyTorch's differ; measured here: 5.2e-5.
 const LOGIT_TOL: f32 = 1e-3;
 
-fn fixture() -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/greedy_parity.json");
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn greedy_ids_and_first_logits_match_transformers() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -39,7 +27,7 @@ fn greedy_ids_and_first_logits_match_transformers() {
         eprintln!("skipping: {} missing (run scripts/setup)", path.display());
         return;
     }
-    let fx = fixture();
+    let fx = common::fixture("greedy_parity.json");
     let device = backend::device();
     let m = load_gguf::<Inference>(&path, &device).unwrap();
     let cfg = &fx["config"];
@@ -54,7 +42,7 @@ fn greedy_ids_and_first_logits_match_transformers() {
     assert_eq!(m.config.rope_theta, cfg["rope_theta"].as_f64().unwrap());
     assert!(m.config.tie_word_embeddings);
 
-    let prompt = ids(&fx["prompt_ids"]);
+    let prompt = common::ids(&fx["prompt_ids"]);
     assert_eq!(
         m.tokenizer
             .encode(fx["prompt_text"].as_str().unwrap(), true)
@@ -73,7 +61,7 @@ fn greedy_ids_and_first_logits_match_transformers() {
     let fl = &fx["first_step_logits"];
     let mut worst = 0f32;
     for key in ["top", "sampled"] {
-        let idx = ids(&fl[format!("{key}_ids")]);
+        let idx = common::ids(&fl[format!("{key}_ids")]);
         let vals: Vec<f32> = fl[format!("{key}_values")]
             .as_array()
             .unwrap()
@@ -103,7 +91,7 @@ fn greedy_ids_and_first_logits_match_transformers() {
     });
     gen.generate(&mut sampler, &[64]);
     let got = gen.rows()[0].tokens[t..].to_vec();
-    let want = ids(&fx["greedy_ids"]);
+    let want = common::ids(&fx["greedy_ids"]);
     assert_eq!(
         got,
         want,

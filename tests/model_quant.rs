@@ -8,10 +8,11 @@
 //!   ids equal to llama.cpp's on the same GGUF for the first tokens (fixture recorded by
 //!   `scripts/reference/record_quant_fixture.py`).
 
+mod common;
+
 use std::path::Path;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use serde_json::Value;
 use sleuth::model::backend::{self, Inference};
 use sleuth::model::quant::Isa;
 use sleuth::model::{
@@ -135,7 +136,7 @@ fn batching_forking_and_inactive_rows_change_nothing() {
 fn batch_generator_runs_on_the_quantized_engine() {
     let model = tiny();
     let q = QuantLlama::from_llama(&model, QuantFormat::Q8_0);
-    let tok = match sleuth_tokenizer() {
+    let tok = match common::default_tokenizer() {
         Some(t) => t,
         None => return,
     };
@@ -178,31 +179,6 @@ fn batch_generator_runs_on_the_quantized_engine() {
     );
 }
 
-fn sleuth_tokenizer() -> Option<sleuth::model::Tokenizer> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!("skipping: {} missing (run scripts/setup)", path.display());
-        return None;
-    }
-    let f = sleuth::model::gguf::GgufFile::open(&path).unwrap();
-    Some(sleuth::model::Tokenizer::from_gguf(&f).unwrap())
-}
-
-fn fixture(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 /// The real default model: Q8_0 first-step logits near transformers' f32 logits, and the
 /// Q4_1 engine (the GGUF's own blocks, requantized losslessly) decodes llama.cpp's greedy ids.
 #[test]
@@ -213,15 +189,15 @@ fn real_model_matches_transformers_logits_and_llama_cpp_greedy_ids() {
         return;
     }
     let m = load_gguf::<Inference>(&path, &backend::device()).unwrap();
-    let fx = fixture("greedy_parity.json");
-    let prompt = ids(&fx["prompt_ids"]);
+    let fx = common::fixture("greedy_parity.json");
+    let prompt = common::ids(&fx["prompt_ids"]);
     let q8 = QuantLlama::from_llama(&m.model, QuantFormat::Q8_0);
     let mut cache = q8.new_cache(1, prompt.len() + 1);
     let logits = q8.prefill_row(0, &prompt, &mut cache);
     let fl = &fx["first_step_logits"];
     let mut worst = 0f32;
     for key in ["top", "sampled"] {
-        let idx = ids(&fl[format!("{key}_ids")]);
+        let idx = common::ids(&fl[format!("{key}_ids")]);
         for (i, v) in idx
             .iter()
             .zip(fl[format!("{key}_values")].as_array().unwrap())
@@ -236,9 +212,9 @@ fn real_model_matches_transformers_logits_and_llama_cpp_greedy_ids() {
         "q8_0 logits differ from transformers by {worst}"
     );
 
-    let lc = fixture("llama_cpp_greedy.json");
-    let prompt = ids(&lc["prompt_ids"]);
-    let want = ids(&lc["greedy_ids"]);
+    let lc = common::fixture("llama_cpp_greedy.json");
+    let prompt = common::ids(&lc["prompt_ids"]);
+    let want = common::ids(&lc["greedy_ids"]);
     let n = lc["compare_first"].as_u64().unwrap() as usize;
     let q4 = QuantLlama::from_llama(&m.model, QuantFormat::Q4_1);
     let mut gen = BatchGenerator::new(

@@ -127,9 +127,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     }
     std::fs::write(a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     eprintln!(
-        "training {} ({} backend): {} questions × G={} per step, ≤{} new tokens, algo {}",
+        "training {} ({} backend, rollouts decode {}): {} questions × G={} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
         backend::name(),
+        cfg.rollout.weights.name(),
         cfg.train.questions_per_step,
         cfg.rollout.samples_per_question,
         cfg.rollout.max_new_tokens,
@@ -163,9 +164,10 @@ fn run_curriculum(
     std::fs::write(a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     let names: Vec<&str> = cfg.phase.iter().map(|p| p.name.as_str()).collect();
     eprintln!(
-        "curriculum {} ({} backend): phases {}",
+        "curriculum {} ({} backend, rollouts decode {}): phases {}",
         a.config.display(),
         backend::name(),
+        cfg.rollout.weights.name(),
         names.join(" → ")
     );
     let t0 = std::time::Instant::now();

@@ -163,6 +163,7 @@ pub fn run_serve(mut args: ServeArgs) -> Result<(), ServeError> {
         return Err(ServeError::Option("--api-key is empty".into()));
     }
     let agent = load_agent(&args)?;
+    let weights = agent.rollout.weights;
     let opts = ServeOptions {
         model_name: args.model_name.clone(),
         api_key: args.api_key.clone(),
@@ -182,9 +183,10 @@ pub fn run_serve(mut args: ServeArgs) -> Result<(), ServeError> {
         println!("{}", serde_json::json!({ "listening": addr.to_string() }));
         let _ = std::io::stdout().flush();
         eprintln!(
-            "sleuth serve: http://{addr}/v1/chat/completions (model `{}`, backend {}{})",
+            "sleuth serve: http://{addr}/v1/chat/completions (model `{}`, backend {}, decode {}{})",
             opts.model_name,
             backend::name(),
+            weights.name(),
             if opts.api_key.is_some() {
                 ", key required"
             } else {

@@ -22,6 +22,23 @@ pub fn default_tokenizer() -> Option<sleuth::model::Tokenizer> {
     Some(sleuth::model::Tokenizer::from_gguf(&gguf).unwrap())
 }
 
+/// A JSON fixture of `tests/fixtures/` (recorded by `scripts/reference/`).
+pub fn fixture(name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// A passage from its id, title and text.
 pub fn p(id: &str, title: &str, text: &str) -> Passage {
     Passage {

@@ -144,6 +144,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// [`rms_norm`] of each `w.len()`-wide row of `x` into the same row of `out`.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (row, o) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
+        rms_norm(row, w, eps, o);
+    }
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
@@ -387,14 +394,7 @@ impl QuantLlama {
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
-            for i in 0..n {
-                rms_norm(
-                    &x[i * h..(i + 1) * h],
-                    &layer.attn_norm,
-                    self.eps,
-                    &mut normed[i * h..(i + 1) * h],
-                );
-            }
+            rms_norm_rows(&x, &layer.attn_norm, self.eps, &mut normed);
             let mut qkv = layer.qkv.matmul(&QActs::quantize(&normed, n, h), self.isa);
             for (i, t) in qkv.chunks_mut(qkv_w).enumerate() {
                 if let Some(b) = &layer.qkv_bias {
@@ -460,14 +460,7 @@ impl QuantLlama {
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
-            for i in 0..n {
-                rms_norm(
-                    &x[i * h..(i + 1) * h],
-                    &layer.ffn_norm,
-                    self.eps,
-                    &mut normed[i * h..(i + 1) * h],
-                );
-            }
+            rms_norm_rows(&x, &layer.ffn_norm, self.eps, &mut normed);
             let gu = layer
                 .gate_up
                 .matmul(&QActs::quantize(&normed, n, h), self.isa);
