@@ -244,3 +244,20 @@ fn real_model_matches_transformers_logits_and_llama_cpp_greedy_ids() {
         "q4_1 greedy ids agree with llama.cpp for {same} tokens, want ≥ {n}"
     );
 }
+
+/// A long prefill attends on the thread pool, a decode step of a short row on the calling
+/// thread: both give the same bits.
+#[test]
+fn threaded_and_inline_attention_agree() {
+    let model = tiny();
+    let q = QuantLlama::from_llama(&model, QuantFormat::Q8_0);
+    let seq: Vec<u32> = (0..200).map(|i| (i * 13 % 320) as u32).collect();
+    let mut whole = q.new_cache(1, 256);
+    let long = q.prefill_row(0, &seq, &mut whole); // ~2.6 M flops of attention: threaded
+    let mut steps = q.new_cache(1, 256);
+    let mut last = q.prefill_row(0, &seq[..1], &mut steps);
+    for &t in &seq[1..] {
+        last = q.decode_step(&[t], &[true], &mut steps); // one token at a time: inline
+    }
+    assert_eq!(long, last);
+}

@@ -123,6 +123,9 @@ fn host<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
         .expect("f32 weights")
 }
 
+/// Attention work (flops) below which a call attends on the calling thread.
+const ATTENTION_PAR_FLOPS: usize = 1 << 20;
+
 /// `a · b` with 8 independent partial sums, so the compiler can keep them in one SIMD
 /// register (a plain `.sum()` of products is a serial chain: f32 addition is not
 /// reassociated).
@@ -422,38 +425,48 @@ impl QuantLlama {
             }
             let rows_kv = &cache.layers[l];
             let mut attn = vec![0f32; n * nh * hd];
-            attn.par_chunks_mut(hd).enumerate().for_each_init(
-                Vec::new,
-                |scores: &mut Vec<f32>, (ih, out)| {
-                    let (i, head) = (ih / nh, ih % nh);
-                    let kvh = head / group;
-                    let q = &qkv[i * qkv_w + head * hd..i * qkv_w + (head + 1) * hd];
-                    let kv = &rows_kv[items[i].0];
-                    let span = pos[i] + 1;
-                    scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for j in 0..span {
-                        let k = &kv.k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
-                        let s = dot(q, k) * scale;
-                        max = max.max(s);
-                        scores.push(s);
+            let attend = |scores: &mut Vec<f32>, ih: usize, out: &mut [f32]| {
+                let (i, head) = (ih / nh, ih % nh);
+                let kvh = head / group;
+                let q = &qkv[i * qkv_w + head * hd..i * qkv_w + (head + 1) * hd];
+                let kv = &rows_kv[items[i].0];
+                let span = pos[i] + 1;
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..span {
+                    let k = &kv.k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+                    let s = dot(q, k) * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut total = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                let inv = 1.0 / total;
+                out.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let v = &kv.v[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+                    let w = p * inv;
+                    for (o, &vv) in out.iter_mut().zip(v) {
+                        *o += w * vv;
                     }
-                    let mut total = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
-                    let inv = 1.0 / total;
-                    out.fill(0.0);
-                    for (j, &p) in scores.iter().enumerate() {
-                        let v = &kv.v[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
-                        let w = p * inv;
-                        for (o, &vv) in out.iter_mut().zip(v) {
-                            *o += w * vv;
-                        }
-                    }
-                },
-            );
+                }
+            };
+            // Small attention (a decode step over short rows) is cheaper on this thread than
+            // the hand-off to the pool: about 2·span·head_dim flops per (token, head).
+            let work: usize = pos.iter().map(|p| (p + 1) * nh * hd * 2).sum();
+            if work < ATTENTION_PAR_FLOPS {
+                let mut scores = Vec::new();
+                for (ih, out) in attn.chunks_mut(hd).enumerate() {
+                    attend(&mut scores, ih, out);
+                }
+            } else {
+                attn.par_chunks_mut(hd)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores, (ih, out)| attend(scores, ih, out));
+            }
             let o = layer
                 .o
                 .matmul(&QActs::quantize(&attn, n, nh * hd), self.isa);
