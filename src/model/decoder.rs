@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::kv_cache::KvCache;
 use super::llama::Llama;
+use super::load::to_host;
 use super::quant::{QuantCache, QuantFormat, QuantLlama};
 
 /// A KV cache as the generator sees it.
@@ -56,10 +57,6 @@ impl<B: Backend> DecodeCache for KvCache<B> {
     }
 }
 
-fn host<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().expect("f32 logits")
-}
-
 impl<B: Backend> Decoder for Llama<B> {
     type Cache = KvCache<B>;
 
@@ -78,10 +75,10 @@ impl<B: Backend> Decoder for Llama<B> {
         Llama::vocab_size(self)
     }
     fn prefill_row(&self, row: usize, tokens: &[u32], cache: &mut KvCache<B>) -> Vec<f32> {
-        host(Llama::prefill_row(self, row, tokens, cache))
+        to_host(Llama::prefill_row(self, row, tokens, cache))
     }
     fn decode_step(&self, tokens: &[u32], active: &[bool], cache: &mut KvCache<B>) -> Vec<f32> {
-        host(Llama::decode_step(self, tokens, active, cache))
+        to_host(Llama::decode_step(self, tokens, active, cache))
     }
 }
 

@@ -368,11 +368,10 @@ impl<'m, M: Decoder + ?Sized> BatchGenerator<'m, M> {
                 break;
             }
             let t0 = std::time::Instant::now();
-            let logits = self
+            let flat = self
                 .model
                 .decode_step(&step_tokens, &active, &mut self.cache);
             let vocab = self.model.vocab_size();
-            let flat = logits;
             for (r, row) in self.rows.iter_mut().enumerate() {
                 if active[r] {
                     row.fed += 1;

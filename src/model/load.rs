@@ -29,6 +29,15 @@ fn read(gguf: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelE
     Ok(data)
 }
 
+/// A tensor's values on the host as f32 (row-major), converting from the backend's float
+/// type; for weights and logits read outside burn (the quantized engine, sampling).
+pub(crate) fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("a converted tensor holds f32")
+}
+
 /// Transposes a row-major `[rows, cols]` matrix to `[cols, rows]`, in 32 × 32 tiles so reads
 /// and writes both stay within a few cache lines (the RL step re-quantizes the policy, i.e.
 /// transposes every weight, once per step).

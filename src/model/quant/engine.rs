@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::{Isa, QActs, QMatrix, QuantFormat};
 use crate::model::llama::Llama;
+use crate::model::load::to_host;
 
 /// Per-row key/value storage of one layer: `[pos][kv_head][head_dim]` f32, grown as the row
 /// grows.
@@ -116,13 +117,6 @@ impl std::fmt::Debug for QuantLlama {
     }
 }
 
-fn host<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 weights")
-}
-
 /// Attention work (flops) below which a call attends on the calling thread.
 const ATTENTION_PAR_FLOPS: usize = 1 << 20;
 
@@ -191,21 +185,14 @@ impl QuantLlama {
         let [vocab, hidden] = model.embed_tokens.val().dims();
         let intermediate = model.layers[0].mlp.gate_proj.weight.val().dims()[1];
         let eps = model.norm.eps as f32;
-        let fused = |parts: Vec<(Vec<f32>, usize, usize)>| -> QMatrix {
-            // Each part is burn's [in, out]; stack their [out, in] transposes.
-            let d_in = parts[0].1;
-            let mut rows = Vec::new();
-            let mut n = 0;
-            for (w, di, d_out) in parts {
-                debug_assert_eq!(di, d_in);
-                rows.extend(crate::model::load::transpose(&w, di, d_out));
-                n += d_out;
-            }
-            QMatrix::quantize(&rows, n, d_in, format)
+        let fused = |parts: &[(Vec<f32>, usize, usize)]| -> QMatrix {
+            let views: Vec<(&[f32], usize, usize)> =
+                parts.iter().map(|(w, di, dd)| (&w[..], *di, *dd)).collect();
+            QMatrix::quantize_transposed(&views, format)
         };
         let linear = |l: &crate::model::llama::Linear<B>| {
             let [di, d_out] = l.weight.val().dims();
-            (host(l.weight.val()), di, d_out)
+            (to_host(l.weight.val()), di, d_out)
         };
         let layers = model
             .layers
@@ -213,40 +200,32 @@ impl QuantLlama {
             .map(|layer| {
                 let at = &layer.self_attn;
                 let qkv_bias = at.q_proj.bias.as_ref().map(|qb| {
-                    let mut b = host(qb.val());
+                    let mut b = to_host(qb.val());
                     for l in [&at.k_proj, &at.v_proj] {
                         match &l.bias {
-                            Some(x) => b.extend(host(x.val())),
+                            Some(x) => b.extend(to_host(x.val())),
                             None => b.extend(vec![0.0; l.weight.val().dims()[1]]),
                         }
                     }
                     b
                 });
-                let (o, oi, oo) = linear(&at.o_proj);
-                let (d, di, dd) = linear(&layer.mlp.down_proj);
                 QLayer {
-                    attn_norm: host(layer.input_layernorm.weight.val()),
-                    qkv: fused(vec![
-                        linear(&at.q_proj),
-                        linear(&at.k_proj),
-                        linear(&at.v_proj),
-                    ]),
+                    attn_norm: to_host(layer.input_layernorm.weight.val()),
+                    qkv: fused(&[linear(&at.q_proj), linear(&at.k_proj), linear(&at.v_proj)]),
                     qkv_bias,
-                    o: QMatrix::quantize_transposed(&o, oi, oo, format),
-                    ffn_norm: host(layer.post_attention_layernorm.weight.val()),
-                    gate_up: fused(vec![
-                        linear(&layer.mlp.gate_proj),
-                        linear(&layer.mlp.up_proj),
-                    ]),
-                    down: QMatrix::quantize_transposed(&d, di, dd, format),
+                    o: fused(&[linear(&at.o_proj)]),
+                    ffn_norm: to_host(layer.post_attention_layernorm.weight.val()),
+                    gate_up: fused(&[linear(&layer.mlp.gate_proj), linear(&layer.mlp.up_proj)]),
+                    down: fused(&[linear(&layer.mlp.down_proj)]),
                 }
             })
             .collect();
-        let embed = host(model.embed_tokens.val());
+        let embed = to_host(model.embed_tokens.val());
         let head = match &model.lm_head {
-            Some(w) => {
-                QMatrix::quantize_transposed(&host(w.val()), hidden, vocab, QuantFormat::Q8_0)
-            }
+            Some(w) => QMatrix::quantize_transposed(
+                &[(&to_host(w.val()), hidden, vocab)],
+                QuantFormat::Q8_0,
+            ),
             None => QMatrix::quantize(&embed, vocab, hidden, QuantFormat::Q8_0),
         };
         let inv_freq = (0..head_dim / 2)
@@ -263,7 +242,7 @@ impl QuantLlama {
             inv_freq,
             embed,
             layers,
-            norm: host(model.norm.weight.val()),
+            norm: to_host(model.norm.weight.val()),
             head,
             format,
             isa: Isa::active(),

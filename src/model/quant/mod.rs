@@ -137,14 +137,20 @@ impl QMatrix {
         Self { rows, cols, blocks }
     }
 
-    /// Quantizes the transpose of `w`: `w` is burn's `[cols, rows]` (`[in, out]`) layout.
-    pub fn quantize_transposed(w: &[f32], d_in: usize, d_out: usize, format: QuantFormat) -> Self {
-        Self::quantize(
-            &crate::model::load::transpose(w, d_in, d_out),
-            d_out,
-            d_in,
-            format,
-        )
+    /// Quantizes the transposes of `parts` stacked row-wise: each part is `(w, d_in, d_out)`
+    /// with `w` in burn's `[in, out]` layout, all with the same `d_in`; the result is
+    /// `[Σ d_out, d_in]` (one part: the plain transpose; q/k/v or gate/up: a fused matrix).
+    ///
+    /// # Panics
+    /// When the parts' input widths differ, or as [`QMatrix::quantize`].
+    pub fn quantize_transposed(parts: &[(&[f32], usize, usize)], format: QuantFormat) -> Self {
+        let d_in = parts.first().map_or(0, |p| p.1);
+        let mut rows = Vec::new();
+        for &(w, di, d_out) in parts {
+            assert_eq!(di, d_in, "stacked matrices need the same input width");
+            rows.extend(crate::model::load::transpose(w, di, d_out));
+        }
+        Self::quantize(&rows, rows.len() / d_in.max(1), d_in, format)
     }
 
     /// Output features.
