@@ -13,7 +13,7 @@
 use std::io::Write;
 
 use sleuth::eval::rescore;
-use sleuth::reward::{score_answer, RewardFn, Stage1Reward, Stage2Reward};
+use sleuth::reward::{score_answer, AnswerRules, RewardFn, Stage1Reward, Stage2Reward};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let golds = vec!["Arrowhead Stadium".to_string(), "GEHA Field".to_string()];
@@ -69,7 +69,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         r#"{{"pred_ans": "arrowhead stadium", "answer": "Arrowhead Stadium"}}"#
     )?;
     writeln!(file, r#"{{"pred_ans": null, "answer": "GEHA Field"}}"#)?;
-    let report = rescore(file.path())?;
+    // R1-Searcher's answer rules (the default), every row (no limit).
+    let report = rescore(file.path(), AnswerRules::R1Searcher, None)?;
     println!(
         "\nrescored {} rows: EM {:.1} %, cover-EM {:.1} %, F1 {:.1} %",
         report.n, report.em, report.cover_em, report.f1

@@ -130,6 +130,12 @@ fn help_explains_every_subcommand_flag() {
                 "--limit",
                 "--out",
                 "--checkpoint",
+                "--answer-rules",
+                "--judge-url",
+                "--judge-model",
+                "--judge-concurrency",
+                "--judge-retries",
+                "--judge-cache",
             ][..],
         ),
         (

@@ -9,8 +9,10 @@ use clap::Args;
 
 use super::{load_config, load_policy, open_search};
 use crate::config::RunConfig;
-use crate::eval::{evaluate, read_qa, rescore};
+use crate::eval::{evaluate, judge_all, read_qa, rescore, EvalRecord, EvalReport, JudgeItem};
+use crate::llm::{LlmClient, LlmOptions};
 use crate::model::backend::{self, Inference};
+use crate::reward::AnswerRules;
 
 /// Flags of `sleuth eval`.
 #[derive(Args)]
@@ -32,20 +34,33 @@ pub struct EvalArgs {
     /// With --retrieval: also evaluate with English stop words dropped from the queries.
     #[arg(long, requires = "retrieval")]
     pub stop_words: bool,
-    /// Rescore an existing predictions JSONL (fields pred_ans, answer) and print {n, em, cover_em, f1}.
+    /// Rescore an existing predictions JSONL (fields pred_ans, answer; R1-Searcher's files as
+    /// they are) and print {n, em, cover_em, f1}, plus acc_l and judge_unparsed when rows carry
+    /// a stored judge verdict (gpt4o_output or judge_verdict: "True"/"False") or --judge-url is
+    /// given (then rows need `question` too).
     #[arg(long, conflicts_with_all = ["config", "data", "out"])]
     pub rescore: Option<PathBuf>,
+    /// With --rescore: how answers are matched. r1-searcher (default) follows R1-Searcher's
+    /// metric_calc_rule.py exactly (only the raw strings "True"/"False" map to yes/no); folded
+    /// maps true/false after normalizing (" False ", "TRUE.") and never covers an empty gold.
+    /// Live evaluation always uses r1-searcher.
+    #[arg(long, value_enum, requires = "rescore", default_value_t = AnswerRules::R1Searcher)]
+    pub answer_rules: AnswerRules,
     /// Env config (model, search, prompt, rollout settings). With --retrieval: measure the
     /// search backend it names (BM25, a graph kind, online) instead of --index.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// QA JSONL to evaluate (default: the config's [data].eval).
+    /// QA JSONL to evaluate (default: the config's [data].eval). Repeat it to evaluate several
+    /// sets in one run; a markdown table of all of them goes to stderr and, with --out, to
+    /// DIR/table.md.
     #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Evaluate only the first N questions.
+    pub data: Vec<PathBuf>,
+    /// Evaluate (or with --rescore, score) only the first N questions of each set.
     #[arg(long)]
     pub limit: Option<usize>,
     /// Write the report here (JSON); trajectories go beside it as <stem>.trajectories.jsonl.
+    /// With several --data sets this is a directory: DIR/<set stem>.json, its trajectories,
+    /// DIR/table.md and DIR/table.json.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Evaluate the policy saved in this run directory's checkpoint.
@@ -57,12 +72,68 @@ pub struct EvalArgs {
     /// Sampling temperature (default 0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// LLM judge (ACC_L) flags.
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+}
+
+/// Flags of the LLM judge (R1-Searcher's ACC_L; `sleuth::eval::judge`).
+#[derive(Args)]
+pub struct JudgeArgs {
+    /// Judge every answer with this OpenAI-compatible chat endpoint (base URL, with or without
+    /// /v1) and report acc_l: the percent the judge calls correct. An API key in
+    /// SLEUTH_LLM_API_KEY is sent as a Bearer token.
+    #[arg(long = "judge-url", requires = "judge_model")]
+    pub url: Option<String>,
+    /// The judge's model name (the request's `model` field).
+    #[arg(long = "judge-model", requires = "url")]
+    pub judge_model: Option<String>,
+    /// Most judge requests in flight at once.
+    #[arg(long = "judge-concurrency", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Retries of a judge request after a connection error, timeout, 429 or 5xx, with
+    /// exponential backoff from 500 ms.
+    #[arg(long = "judge-retries", default_value_t = 3)]
+    pub retries: u32,
+    /// Append-only cache of judge replies, keyed by model, prompt version and (question, golds,
+    /// prediction): a re-run sends nothing it already asked.
+    #[arg(long = "judge-cache", default_value = "runs/judge-cache.jsonl")]
+    pub cache: PathBuf,
+}
+
+impl JudgeArgs {
+    /// The judge client, when --judge-url is given.
+    fn client(&self) -> Result<Option<LlmClient>> {
+        let (Some(url), Some(model)) = (&self.url, &self.judge_model) else {
+            return Ok(None);
+        };
+        if let Some(parent) = self.cache.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let opts = LlmOptions {
+            url: url.clone(),
+            model: model.clone(),
+            concurrency: self.concurrency,
+            retries: self.retries,
+            // A verdict is one word; a little room for a model that adds a full stop.
+            max_tokens: 16,
+            cache: Some(self.cache.clone()),
+            ..LlmOptions::default()
+        };
+        Ok(Some(LlmClient::new(&opts)?))
+    }
 }
 
 fn run_eval_retrieval(a: EvalArgs) -> Result<()> {
     use crate::eval::retrieval::{read_support, sweep, QueryRewrite};
+    if a.data.len() > 1 {
+        bail!("--retrieval measures one --data set at a time");
+    }
     let data = a
         .data
+        .first()
+        .cloned()
         .unwrap_or_else(|| RunConfig::default().data.eval.clone());
     let mut examples = read_qa(&data)?;
     if let Some(n) = a.limit {
@@ -129,90 +200,335 @@ fn run_eval_retrieval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `sleuth eval`: the agent over a QA set (report JSON on stdout, optionally written with
-/// its trajectories), `--rescore`, or `--retrieval`.
+/// `sleuth eval`: the agent over one or more QA sets (report JSON on stdout, optionally
+/// written with its trajectories; a table of all sets on stderr), `--rescore`, or
+/// `--retrieval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     if a.retrieval {
         return run_eval_retrieval(a);
     }
-    if let Some(path) = a.rescore {
-        let report = rescore(&path)?;
+    let judge = a.judge.client()?;
+    if let Some(path) = &a.rescore {
+        let mut report = rescore(path, a.answer_rules, a.limit)?;
+        if let Some(client) = &judge {
+            let rows = read_judge_rows(path, a.limit)?;
+            let items: Vec<JudgeItem> = rows
+                .iter()
+                .map(|(q, g, p)| JudgeItem {
+                    question: q,
+                    golds: g,
+                    prediction: p,
+                })
+                .collect();
+            let verdicts = judge_all(client, &items)?;
+            report = report.with_verdicts(&verdicts);
+            eprintln!("judge: {}", serde_json::to_string(&client.stats())?);
+        }
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    let Some(cfg_path) = a.config else {
+    let Some(cfg_path) = a.config.clone() else {
         bail!("give --rescore FILE, or --config FILE to run the agent");
     };
     let mut cfg = load_config(&cfg_path)?;
     cfg.rollout.temperature = a.temperature;
-    let data_path = a.data.unwrap_or_else(|| cfg.data.eval.clone());
-    let mut examples = read_qa(&data_path)?;
-    if let Some(n) = a.limit {
-        examples.truncate(n);
+    let sets = if a.data.is_empty() {
+        vec![cfg.data.eval.clone()]
+    } else {
+        a.data.clone()
+    };
+    // Read every set first, so a bad file fails before any model time is spent.
+    let mut examples_per_set = Vec::with_capacity(sets.len());
+    for path in &sets {
+        let mut examples = read_qa(path)?;
+        if let Some(n) = a.limit {
+            examples.truncate(n);
+        }
+        examples_per_set.push(examples);
     }
+    let several = sets.len() > 1;
+    let out_for = |set: &PathBuf| -> Option<PathBuf> {
+        let out = a.out.as_ref()?;
+        Some(if several {
+            let stem = set.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
+            out.join(format!("{stem}.json"))
+        } else {
+            out.clone()
+        })
+    };
     let device = backend::device();
     let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &device)?;
     let retriever = open_search(&cfg)?;
-    let mut traj_file = match &a.out {
-        Some(out) => {
-            if let Some(parent) = out.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let p = out.with_file_name(format!(
-                "{}.trajectories.jsonl",
-                out.file_stem().and_then(|s| s.to_str()).unwrap_or("eval")
-            ));
-            Some((
-                std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?,
-                p,
-            ))
-        }
-        None => None,
-    };
-    let bar = crate::progress::bar(examples.len(), "eval");
-    let mut tally = crate::eval::EvalTally::default();
-    let mut write_err = None;
     let engine = crate::model::Engine::new(&m.model, cfg.rollout.weights);
-    let (report, _) = evaluate(
-        &engine,
-        &m.tokenizer,
-        &retriever,
-        &cfg.prompt,
-        &cfg.rollout,
-        0,
-        &examples,
-        a.batch,
-        |rec| {
-            tally.add(rec);
-            bar.set_message(tally.line());
-            bar.inc(1);
-            if let Some((f, _)) = traj_file.as_mut() {
-                if let Err(e) = serde_json::to_writer(&mut *f, rec)
-                    .map_err(std::io::Error::from)
-                    .and_then(|_| writeln!(f))
-                {
-                    write_err.get_or_insert(e);
+    let mut rows: Vec<(PathBuf, EvalReport)> = Vec::new();
+    for (set, examples) in sets.iter().zip(&examples_per_set) {
+        let out = out_for(set);
+        let traj_path = out.as_ref().map(|o| trajectories_path(o));
+        let mut traj_file = match &traj_path {
+            Some(p) => {
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent)?;
                 }
+                Some(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )
             }
-        },
-    )?;
-    bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e).context("writing trajectories");
+            None => None,
+        };
+        let bar = crate::progress::bar(examples.len(), "eval");
+        let mut tally = crate::eval::EvalTally::default();
+        let mut write_err = None;
+        let (mut report, mut records) = evaluate(
+            &engine,
+            &m.tokenizer,
+            &retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            0,
+            examples,
+            a.batch,
+            |rec| {
+                tally.add(rec);
+                bar.set_message(tally.line());
+                bar.inc(1);
+                if let Some(f) = traj_file.as_mut() {
+                    if let Err(e) = serde_json::to_writer(&mut *f, rec)
+                        .map_err(std::io::Error::from)
+                        .and_then(|_| writeln!(f))
+                    {
+                        write_err.get_or_insert(e);
+                    }
+                }
+            },
+        )?;
+        bar.finish_and_clear();
+        drop(traj_file);
+        if let Some(e) = write_err {
+            return Err(e).context("writing trajectories");
+        }
+        if let Some(client) = &judge {
+            judge_records(client, &mut report, &mut records)?;
+            if let Some(p) = &traj_path {
+                // Rewrite the streamed trajectories with each row's verdict, atomically.
+                let mut text = String::new();
+                for r in &records {
+                    text.push_str(&serde_json::to_string(r)?);
+                    text.push('\n');
+                }
+                write_atomic(p, text.as_bytes())?;
+            }
+        }
+        let json = serde_json::to_string_pretty(&report)?;
+        if let Some(out) = &out {
+            write_atomic(out, json.as_bytes())?;
+            eprintln!(
+                "wrote {} and {}",
+                out.display(),
+                traj_path
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+        if !several {
+            println!("{json}");
+        }
+        rows.push((set.clone(), report));
     }
-    let json = serde_json::to_string_pretty(&report)?;
-    if let Some(out) = &a.out {
-        let tmp = out.with_extension("json.tmp");
-        std::fs::write(&tmp, &json)?;
-        std::fs::rename(&tmp, out)?;
-        eprintln!(
-            "wrote {} and {}",
-            out.display(),
-            traj_file
-                .map(|(_, p)| p.display().to_string())
-                .unwrap_or_default()
+    let table = markdown_table(&rows);
+    eprintln!("{table}");
+    if several {
+        let json = serde_json::to_string_pretty(
+            &rows
+                .iter()
+                .map(|(set, report)| serde_json::json!({"data": set, "report": report}))
+                .collect::<Vec<_>>(),
+        )?;
+        if let Some(dir) = &a.out {
+            write_atomic(&dir.join("table.md"), table.as_bytes())?;
+            write_atomic(&dir.join("table.json"), json.as_bytes())?;
+        }
+        println!("{json}");
+    }
+    Ok(())
+}
+
+/// `<stem>.trajectories.jsonl` beside a report path.
+fn trajectories_path(out: &std::path::Path) -> PathBuf {
+    out.with_file_name(format!(
+        "{}.trajectories.jsonl",
+        out.file_stem().and_then(|s| s.to_str()).unwrap_or("eval")
+    ))
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Ask the judge about every record; adds ACC_L to the report and each row's verdict.
+fn judge_records(
+    client: &LlmClient,
+    report: &mut EvalReport,
+    records: &mut [EvalRecord],
+) -> Result<()> {
+    let items: Vec<JudgeItem> = records
+        .iter()
+        .map(|r| JudgeItem {
+            question: &r.question,
+            golds: &r.answer,
+            prediction: &r.pred_ans,
+        })
+        .collect();
+    let verdicts = judge_all(client, &items)?;
+    report.set_verdicts(&verdicts);
+    for (r, v) in records.iter_mut().zip(&verdicts) {
+        r.judge_verdict = Some(
+            match v {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "unparsed",
+            }
+            .to_owned(),
         );
     }
-    println!("{json}");
+    eprintln!("judge: {}", serde_json::to_string(&client.stats())?);
     Ok(())
+}
+
+/// (question, golds, prediction) of the first `limit` rows of a predictions file, for the
+/// judge. The file was already read once by `rescore`, so its rows are known to parse.
+fn read_judge_rows(
+    path: &std::path::Path,
+    limit: Option<usize>,
+) -> Result<Vec<(String, Vec<String>, String)>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        if limit.is_some_and(|n| rows.len() >= n) {
+            break;
+        }
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        let Some(question) = v.get("question").and_then(|q| q.as_str()) else {
+            bail!(
+                "{}:{}: --judge-url needs a string field `question` in every row",
+                path.display(),
+                i + 1
+            );
+        };
+        let golds = match &v["answer"] {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let pred = v.get("pred_ans").and_then(|p| p.as_str()).unwrap_or("");
+        rows.push((question.to_owned(), golds, pred.to_owned()));
+    }
+    Ok(rows)
+}
+
+/// One markdown table of per-set reports: n, EM, cover-EM, F1, ACC_L (when judged),
+/// format-valid and finished rates, searches per question, ≥ 2 searches, seconds.
+pub fn markdown_table(rows: &[(PathBuf, EvalReport)]) -> String {
+    let judged = rows.iter().any(|(_, r)| r.acc_l.is_some());
+    let mut t = String::from("| set | n | EM | cover-EM | F1 |");
+    if judged {
+        t.push_str(" ACC_L |");
+    }
+    t.push_str(
+        " format-valid | finished | searches / q | ≥ 2 searches | seconds |\n|---|---|---|---|---|",
+    );
+    if judged {
+        t.push_str("---|");
+    }
+    t.push_str("---|---|---|---|---|\n");
+    for (set, r) in rows {
+        let name = set.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+        t.push_str(&format!(
+            "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+            r.n, r.em, r.cover_em, r.f1
+        ));
+        if judged {
+            match r.acc_l {
+                Some(v) => t.push_str(&format!(" {v:.1} |")),
+                None => t.push_str(" – |"),
+            }
+        }
+        t.push_str(&format!(
+            " {:.1} | {:.1} | {:.2} | {:.1} | {:.0} |\n",
+            r.format_ok_rate, r.finished_rate, r.searches_mean, r.multi_search_rate, r.seconds
+        ));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: usize, cover_em: f64, acc_l: Option<f64>) -> EvalReport {
+        EvalReport {
+            n,
+            em: 10.0,
+            cover_em,
+            f1: 12.5,
+            finished_rate: 90.0,
+            format_ok_rate: 80.0,
+            searches_mean: 1.5,
+            multi_search_rate: 40.0,
+            seconds: 61.4,
+            acc_l,
+            ..EvalReport::default()
+        }
+    }
+
+    #[test]
+    fn table_has_one_row_per_set_and_acc_l_only_when_judged() {
+        let rows = vec![
+            (
+                PathBuf::from("qa/hotpotqa_500.jsonl"),
+                report(100, 20.0, None),
+            ),
+            (PathBuf::from("qa/2wiki_500.jsonl"), report(50, 14.0, None)),
+        ];
+        let t = markdown_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(!lines[0].contains("ACC_L"));
+        assert_eq!(
+            lines[2],
+            "| hotpotqa_500 | 100 | 10.0 | 20.0 | 12.5 | 80.0 | 90.0 | 1.50 | 40.0 | 61 |"
+        );
+        assert!(lines[3].starts_with("| 2wiki_500 | 50 | 10.0 | 14.0 |"));
+        // Every line has as many cells as the header.
+        let cells = |l: &str| l.matches('|').count();
+        assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{t}");
+
+        let judged = vec![
+            (PathBuf::from("a.jsonl"), report(10, 20.0, Some(30.0))),
+            (PathBuf::from("b.jsonl"), report(10, 20.0, None)),
+        ];
+        let t = markdown_table(&judged);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("| F1 | ACC_L | format-valid |"), "{t}");
+        assert!(lines[2].contains("| 12.5 | 30.0 | 80.0 |"), "{t}");
+        assert!(lines[3].contains("| 12.5 | – | 80.0 |"), "{t}");
+        assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{t}");
+    }
 }

@@ -38,6 +38,22 @@ pub struct EvalReport {
     pub tokens_per_s: f64,
     /// Wall-clock seconds of the run.
     pub seconds: f64,
+    /// LLM-judge accuracy (ACC_L), %; present when a judge was asked
+    /// ([`crate::eval::judge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_l: Option<f64>,
+    /// Judge replies that were neither `True` nor `False`; present when a judge was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_unparsed: Option<usize>,
+}
+
+impl EvalReport {
+    /// Add ACC_L from one verdict per record (`None`: unparseable, counted as not correct).
+    pub fn set_verdicts(&mut self, verdicts: &[Option<bool>]) {
+        let correct = verdicts.iter().filter(|v| **v == Some(true)).count();
+        self.acc_l = Some(pct(correct as f64 / verdicts.len().max(1) as f64));
+        self.judge_unparsed = Some(verdicts.iter().filter(|v| v.is_none()).count());
+    }
 }
 
 /// One evaluated question, as written to the trajectories JSONL.
@@ -65,6 +81,10 @@ pub struct EvalRecord {
     pub searches: Vec<SearchCall>,
     /// Full generated solution (policy text with inserted documents).
     pub solution: String,
+    /// The LLM judge's verdict (`"True"`, `"False"`, or `"unparsed"`), when a judge was asked;
+    /// `sleuth eval --rescore` reads it back as ACC_L.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_verdict: Option<String>,
 }
 
 /// Running figures over the records seen so far, for a progress line while an evaluation
@@ -164,6 +184,8 @@ pub fn evaluate<M: Decoder + ?Sized>(
         multi_search_rate: pct(mean(&|r| (r.searches.len() >= 2) as u8 as f64)),
         tokens_per_s: (tokens as f64 / gen_seconds.max(1e-9) * 10.0).round() / 10.0,
         seconds: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        acc_l: None,
+        judge_unparsed: None,
     };
     Ok((report, records))
 }
@@ -187,5 +209,6 @@ fn record(ex: &QaExample, ep: Episode) -> EvalRecord {
         format_ok: FormatReport::check(&ep.solution).all_ok(),
         searches: ep.searches,
         solution: ep.solution,
+        judge_verdict: None,
     }
 }

@@ -11,6 +11,8 @@
 //! - [`dataset`]: reading QA sets; [`agent`]: running the search agent over one and
 //!   reporting EM, cover-EM, F1, finished rate and searches per question.
 //!
+//! - [`judge`]: an LLM judge (ACC_L) over any OpenAI-compatible chat endpoint.
+//!
 //! - [`retrieval`]: retrieval quality alone (support-title recall@k, answer hit@k), the
 //!   numbers behind the BM25 tuning table.
 //!
@@ -20,12 +22,14 @@ use std::path::PathBuf;
 
 pub mod agent;
 pub mod dataset;
+pub mod judge;
 mod rescore;
 pub mod retrieval;
 
 pub use agent::{evaluate, EvalRecord, EvalReport, EvalTally};
 pub use dataset::{read_qa, QaExample};
-pub use rescore::{rescore, RescoreReport};
+pub use judge::{judge_all, JudgeItem};
+pub use rescore::{parse_verdict, rescore, RescoreReport};
 pub use retrieval::{evaluate_retrieval, read_support, QueryRewrite, RetrievalReport};
 
 /// Everything that can go wrong while evaluating. Each variant names the file it concerns.

@@ -5,9 +5,16 @@
 //! - `pred_ans`: the predicted answer, a string; missing or `null` counts as an empty
 //!   prediction (an unfinished episode), which scores zero against any non-empty gold.
 //!
+//! - `gpt4o_output` or `judge_verdict` (optional): a stored LLM-judge verdict, `"True"` or
+//!   `"False"` (R1-Searcher's files store GPT-4o-mini's in `gpt4o_output`). When any row has
+//!   one, the report adds `acc_l`, the percent of rows judged `True` ([`parse_verdict`]), and
+//!   `judge_unparsed`, the rows whose verdict is neither.
+//!
 //! Other fields are ignored, so R1-Searcher's output files rescore as they are. Each row is
-//! scored with [`score_answer`] (best over its golds) and the report gives means in percent,
-//! rounded to one decimal, the way papers print them. Rows are streamed, so a large file is
+//! scored under the chosen [`AnswerRules`] (best over its golds; by default R1-Searcher's
+//! `metric_calc_rule.py` exactly) and the report gives means in percent, rounded to one
+//! decimal, the way papers print them. One difference from that script is deliberate: it
+//! scores only a file's first 2,000 rows, we score every row (`--limit 2000` reproduces it). Rows are streamed, so a large file is
 //! never held in memory; the first bad line stops the run with an error naming the file and
 //! the 1-based line number, because a silently skipped row would change the mean.
 
@@ -19,11 +26,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::EvalError;
-use crate::reward::{score_answer, Metrics};
+use crate::reward::{AnswerRules, Metrics};
 
 /// Mean metrics over a predictions file, in percent rounded to one decimal.
 ///
-/// Serializes as `{"n": .., "em": .., "cover_em": .., "f1": ..}`.
+/// Serializes as `{"n": .., "em": .., "cover_em": .., "f1": ..}`, plus `acc_l` and
+/// `judge_unparsed` when the file carries judge verdicts.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct RescoreReport {
     /// Number of rows scored.
@@ -34,6 +42,14 @@ pub struct RescoreReport {
     pub cover_em: f64,
     /// Token-level F1, percent.
     pub f1: f64,
+    /// LLM-judge accuracy (ACC_L), percent of rows whose stored verdict is `True`; `None`
+    /// when no row carries a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_l: Option<f64>,
+    /// Rows whose stored verdict is neither `True` nor `False` (counted as not correct in
+    /// `acc_l`); `None` when no row carries a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_unparsed: Option<usize>,
 }
 
 impl RescoreReport {
@@ -58,40 +74,93 @@ impl RescoreReport {
             em: percent(em as f64),
             cover_em: percent(cover_em as f64),
             f1: percent(f1),
+            acc_l: None,
+            judge_unparsed: None,
         }
+    }
+
+    /// Add ACC_L from per-row verdicts (`None`: the judge's answer could not be parsed).
+    /// `verdicts` must hold one entry per scored row.
+    pub fn with_verdicts(mut self, verdicts: &[Option<bool>]) -> Self {
+        let correct = verdicts.iter().filter(|v| **v == Some(true)).count();
+        self.acc_l = Some(if verdicts.is_empty() {
+            0.0
+        } else {
+            round1(100.0 * correct as f64 / verdicts.len() as f64)
+        });
+        self.judge_unparsed = Some(verdicts.iter().filter(|v| v.is_none()).count());
+        self
     }
 }
 
-/// Rescore a JSONL predictions file.
+/// Parse an LLM judge's verdict strictly: `True` or `False`, after trimming whitespace and at
+/// most one trailing full stop (`"True."`). Anything else — `"true"`, `"**True**"`,
+/// `"True, because …"` — is `None` (unparseable), never guessed.
+pub fn parse_verdict(text: &str) -> Option<bool> {
+    let t = text.trim();
+    let t = t.strip_suffix('.').unwrap_or(t);
+    match t {
+        "True" => Some(true),
+        "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Rescore a JSONL predictions file under `rules`, optionally only its first `limit` rows.
 ///
 /// Each non-blank line is a JSON object with `answer` (a string or a list of acceptable
-/// strings, required) and `pred_ans` (a string; missing or `null` is an empty prediction);
-/// other fields are ignored. Blank lines are skipped.
+/// strings, required) and `pred_ans` (a string; missing or `null` is an empty prediction),
+/// optionally a stored judge verdict (module docs); other fields are ignored. Blank lines are
+/// skipped and do not count towards `limit`.
 ///
 /// Errors name the file, and for a bad row its 1-based line number: [`EvalError::Json`] for
 /// a line that is not a JSON object, [`EvalError::MissingField`] for a row without `answer`,
 /// [`EvalError::InvalidField`] for a field of the wrong type, and [`EvalError::Io`] when the
 /// file cannot be read.
-pub fn rescore(path: &Path) -> Result<RescoreReport, EvalError> {
+pub fn rescore(
+    path: &Path,
+    rules: AnswerRules,
+    limit: Option<usize>,
+) -> Result<RescoreReport, EvalError> {
     let io_error = |source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     };
     let reader = BufReader::new(File::open(path).map_err(io_error)?);
     let mut metrics = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut any_verdict = false;
     for (index, line) in reader.lines().enumerate() {
+        if limit.is_some_and(|n| metrics.len() >= n) {
+            break;
+        }
         let line = line.map_err(io_error)?;
         if line.trim().is_empty() {
             continue;
         }
-        let (prediction, golds) = parse_row(&line, path, index + 1)?;
-        metrics.push(score_answer(&prediction, &golds));
+        let row = parse_row(&line, path, index + 1)?;
+        metrics.push(rules.score(&row.prediction, &row.golds));
+        any_verdict |= row.verdict.is_some();
+        verdicts.push(row.verdict.as_deref().and_then(parse_verdict));
     }
-    Ok(RescoreReport::from_metrics(metrics))
+    let report = RescoreReport::from_metrics(metrics);
+    Ok(if any_verdict {
+        report.with_verdicts(&verdicts)
+    } else {
+        report
+    })
 }
 
-/// Parse one row into (prediction, golds).
-fn parse_row(line: &str, path: &Path, line_no: usize) -> Result<(String, Vec<String>), EvalError> {
+/// One predictions row.
+struct Row {
+    prediction: String,
+    golds: Vec<String>,
+    /// The stored judge verdict, as written.
+    verdict: Option<String>,
+}
+
+/// Parse one row.
+fn parse_row(line: &str, path: &Path, line_no: usize) -> Result<Row, EvalError> {
     let row: Map<String, Value> = serde_json::from_str(line).map_err(|source| EvalError::Json {
         path: path.to_path_buf(),
         line: line_no,
@@ -127,8 +196,26 @@ fn parse_row(line: &str, path: &Path, line_no: usize) -> Result<(String, Vec<Str
             .ok_or_else(|| invalid("answer", GOLD_TYPE))?,
         Some(_) => return Err(invalid("answer", GOLD_TYPE)),
     };
-    Ok((prediction, golds))
+    let mut verdict = None;
+    for field in VERDICT_FIELDS {
+        match row.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => {
+                verdict = Some(s.clone());
+                break;
+            }
+            Some(_) => return Err(invalid(field, "a string (True or False)")),
+        }
+    }
+    Ok(Row {
+        prediction,
+        golds,
+        verdict,
+    })
 }
+
+/// Fields a stored judge verdict may sit in: R1-Searcher's, then ours.
+const VERDICT_FIELDS: [&str; 2] = ["gpt4o_output", "judge_verdict"];
 
 /// Round to one decimal place, halves away from zero.
 fn round1(x: f64) -> f64 {
@@ -162,7 +249,7 @@ mod tests {
             r#"{"pred_ans": "True", "answer": "yes"}"#,
             "\n",
         ));
-        let report = rescore(file.path()).unwrap();
+        let report = rescore(file.path(), AnswerRules::default(), None).unwrap();
         assert_eq!(
             report,
             RescoreReport {
@@ -171,6 +258,8 @@ mod tests {
                 cover_em: 60.0,
                 // (1 + 2/3 + 0 + 0 + 1) / 5 = 53.33…%
                 f1: 53.3,
+                acc_l: None,
+                judge_unparsed: None,
             }
         );
     }
@@ -182,6 +271,7 @@ mod tests {
             em: 33.3,
             cover_em: 66.7,
             f1: 50.0,
+            ..Default::default()
         };
         assert_eq!(
             serde_json::to_string(&report).unwrap(),
@@ -208,7 +298,10 @@ mod tests {
     #[test]
     fn an_empty_file_gives_zero_rows() {
         let file = jsonl("\n\n");
-        assert_eq!(rescore(file.path()).unwrap(), RescoreReport::default());
+        assert_eq!(
+            rescore(file.path(), AnswerRules::default(), None).unwrap(),
+            RescoreReport::default()
+        );
     }
 
     #[test]
@@ -219,7 +312,7 @@ mod tests {
             r#"{"pred_ans": "b", "answer": "#,
             "\n",
         ));
-        let err = rescore(file.path()).unwrap_err();
+        let err = rescore(file.path(), AnswerRules::default(), None).unwrap_err();
         assert!(matches!(err, EvalError::Json { line: 3, .. }), "{err:?}");
         let message = err.to_string();
         let prefix = format!("{}:3: malformed JSON: ", file.path().display());
@@ -229,7 +322,7 @@ mod tests {
     #[test]
     fn a_row_that_is_not_an_object_is_malformed() {
         let file = jsonl("[\"a\", \"b\"]\n");
-        let err = rescore(file.path()).unwrap_err();
+        let err = rescore(file.path(), AnswerRules::default(), None).unwrap_err();
         assert!(matches!(err, EvalError::Json { line: 1, .. }), "{err:?}");
     }
 
@@ -241,7 +334,7 @@ mod tests {
             r#"{"pred_ans": "b", "golden_answers": ["b"]}"#,
             "\n",
         ));
-        let err = rescore(file.path()).unwrap_err();
+        let err = rescore(file.path(), AnswerRules::default(), None).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("{}:2: missing field `answer`", file.path().display())
@@ -265,7 +358,7 @@ mod tests {
             (r#"{"pred_ans": 7, "answer": "a"}"#, "pred_ans"),
         ] {
             let file = jsonl(row);
-            let err = rescore(file.path()).unwrap_err();
+            let err = rescore(file.path(), AnswerRules::default(), None).unwrap_err();
             assert!(
                 matches!(err, EvalError::InvalidField { line: 1, field: f, .. } if f == field),
                 "{row}: {err:?}"
@@ -277,11 +370,61 @@ mod tests {
     fn a_missing_file_is_an_io_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope.jsonl");
-        let err = rescore(&path).unwrap_err();
+        let err = rescore(&path, AnswerRules::default(), None).unwrap_err();
         assert!(
             matches!(&err, EvalError::Io { path: p, .. } if p == &path),
             "{err:?}"
         );
         assert!(err.to_string().starts_with(&path.display().to_string()));
+    }
+
+    #[test]
+    fn stored_verdicts_give_acc_l_and_count_the_unparseable() {
+        let file = jsonl(concat!(
+            r#"{"pred_ans": "Paris", "answer": "Paris", "gpt4o_output": "True"}"#,
+            "\n",
+            r#"{"pred_ans": "Lyon", "answer": "Paris", "gpt4o_output": "False"}"#,
+            "\n",
+            r#"{"pred_ans": "Paris, France", "answer": "Paris", "judge_verdict": "True."}"#,
+            "\n",
+            r#"{"pred_ans": "Nice", "answer": "Paris", "gpt4o_output": "I think so"}"#,
+            "\n",
+        ));
+        let report = rescore(file.path(), AnswerRules::default(), None).unwrap();
+        assert_eq!(report.acc_l, Some(50.0));
+        assert_eq!(report.judge_unparsed, Some(1));
+        assert_eq!(report.cover_em, 50.0);
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(
+            json.ends_with(r#""acc_l":50.0,"judge_unparsed":1}"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn limit_scores_only_the_first_rows_and_rules_switch_the_boolean_mapping() {
+        let file = jsonl(concat!(
+            r#"{"pred_ans": " False ", "answer": "no"}"#,
+            "\n\n",
+            r#"{"pred_ans": "x", "answer": "y"}"#,
+            "\n",
+        ));
+        let r1 = rescore(file.path(), AnswerRules::R1Searcher, Some(1)).unwrap();
+        assert_eq!((r1.n, r1.em), (1, 0.0));
+        let folded = rescore(file.path(), AnswerRules::Folded, Some(1)).unwrap();
+        assert_eq!((folded.n, folded.em), (1, 100.0));
+        assert_eq!(
+            rescore(file.path(), AnswerRules::Folded, None).unwrap().n,
+            2
+        );
+    }
+
+    #[test]
+    fn verdicts_parse_strictly() {
+        assert_eq!(parse_verdict("True"), Some(true));
+        assert_eq!(parse_verdict(" False.\n"), Some(false));
+        for bad in ["true", "**True**", "True, because", "Yes", "", "False.."] {
+            assert_eq!(parse_verdict(bad), None, "{bad:?}");
+        }
     }
 }

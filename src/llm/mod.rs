@@ -58,8 +58,9 @@ mod prompts;
 pub use cache::cache_key;
 pub use json::{parse_lenient, JsonReplyError};
 pub use prompts::{
-    extraction_prompt, parse_extraction, parse_summary, summary_prompt, ExtractedEntity,
-    ExtractedRelation, Extraction, Prompt, EXTRACTION_PROMPT_VERSION, SUMMARY_PROMPT_VERSION,
+    extraction_prompt, judge_prompt, parse_extraction, parse_summary, summary_prompt,
+    ExtractedEntity, ExtractedRelation, Extraction, Prompt, EXTRACTION_PROMPT_VERSION,
+    JUDGE_PROMPT_VERSION, SUMMARY_PROMPT_VERSION,
 };
 
 use cache::ReplyCache;

@@ -11,6 +11,8 @@ use super::json::{head, parse_lenient, strip_fences, JsonReplyError};
 pub const EXTRACTION_PROMPT_VERSION: &str = "extract-v1";
 /// Version of [`summary_prompt`] (part of the cache key).
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v1";
+/// Version of [`judge_prompt`] (part of the cache key).
+pub const JUDGE_PROMPT_VERSION: &str = "judge-v1";
 
 /// System message of the extraction prompt.
 const EXTRACTION_SYSTEM: &str = "You build a knowledge graph from encyclopedia text. \
@@ -19,6 +21,10 @@ You answer with one JSON object and nothing else.";
 /// System message of the summary prompt.
 const SUMMARY_SYSTEM: &str = "You write short, factual summaries of encyclopedia text. \
 You keep names, dates and numbers exactly as written.";
+
+/// System message of the judge prompt.
+const JUDGE_SYSTEM: &str = "You grade answers to quiz questions against a reference answer. \
+You reply with a single word: True or False.";
 
 /// A chat prompt: a system message and a user message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +90,36 @@ paragraph only.\n"
     Prompt {
         version: SUMMARY_PROMPT_VERSION,
         system: SUMMARY_SYSTEM.to_string(),
+        user,
+    }
+}
+
+/// The LLM-judge prompt (R1-Searcher's ACC_L, in our own words): is `prediction` a correct
+/// answer to `question`, given the reference answers `golds`? The reply must be the single
+/// word `True` or `False` ([`crate::eval::parse_verdict`] reads it strictly). Several golds
+/// are listed as alternatives, any of which counts.
+pub fn judge_prompt(question: &str, golds: &[String], prediction: &str) -> Prompt {
+    let reference = match golds {
+        [one] => one.trim().to_string(),
+        many => many
+            .iter()
+            .map(|g| format!("\"{}\"", g.trim()))
+            .collect::<Vec<_>>()
+            .join(" or "),
+    };
+    let user = format!(
+        "Decide whether the proposed answer to the question below is correct. Count it as \
+correct when it means the same as the reference answer and carries the same key facts (a \
+different wording, spelling or level of detail is fine); count it as wrong when it names \
+something else, leaves the key fact out, or hedges between several answers.\n\n\
+Question: {question}\nReference answer: {reference}\nProposed answer: {prediction}\n\n\
+Reply True if the proposed answer is correct and False otherwise.",
+        question = question.trim(),
+        prediction = prediction.trim(),
+    );
+    Prompt {
+        version: JUDGE_PROMPT_VERSION,
+        system: JUDGE_SYSTEM.to_string(),
         user,
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Every metric compares *normalized* strings, so the normalization is the contract that the
 //! numbers in papers depend on. [`normalize_answer`] follows R1-Searcher's evaluation script
-//! step by step, in this order:
+//! (`evaluation/metric_calc_rule.py`) step by step, in this order:
 //!
 //! 1. `_` becomes a space;
 //! 2. lowercase (Unicode-aware, like Python's `str.lower`);
@@ -12,13 +12,15 @@
 //! 4. the articles `a`, `an`, `the` are dropped where they stand as whole words (a *word* is
 //!    a maximal run of alphanumeric characters, which is what the regex `\b(a|an|the)\b`
 //!    sees in Python);
-//! 5. runs of whitespace collapse to one space, with none at either end;
-//! 6. if the whole result is `true` or `false` it becomes `yes` or `no`.
+//! 5. runs of whitespace collapse to one space, with none at either end.
 //!
-//! Step 6 is the one place we differ on purpose. R1-Searcher maps the *raw* strings `"True"`
-//! and `"False"` before normalizing; we map after normalizing, so `"true."`, `" TRUE "` and
-//! `"False!"` map too. Because the mapping lives inside [`normalize_answer`] it applies to
-//! prediction and gold alike, which keeps every metric symmetric.
+//! **Booleans.** The script maps the *raw* strings `"True"` and `"False"` — exactly those,
+//! before any stripping or case folding — to `yes` / `no`, on prediction and gold alike, and
+//! every metric here does the same by default ([`AnswerRules::R1Searcher`]), so `sleuth eval
+//! --rescore` reproduces the script's figures on its published files (measured in
+//! docs/evaluation.md). [`AnswerRules::Folded`] is the one departure we offer: it maps after
+//! normalizing (`" False "`, `"true."` map too) and never counts an empty gold as covered;
+//! `sleuth eval --answer-rules folded` selects it.
 //!
 //! Several gold answers are handled by taking each metric's maximum over the golds
 //! ([`score_answer`]); an empty gold list scores zero everywhere.
@@ -31,12 +33,81 @@ use serde::{Deserialize, Serialize};
 /// two sides differ, F1 is 0 (no partial credit for "yes it is" against "yes").
 const CATEGORICAL: [&str; 3] = ["yes", "no", "noanswer"];
 
+/// How answers that say true or false are matched against `yes` / `no` golds (and the one
+/// other place the two rule sets differ: an empty gold). See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerRules {
+    /// R1-Searcher's `metric_calc_rule.py`, exactly: only the raw strings `"True"` / `"False"`
+    /// map to `yes` / `no`; an empty normalized gold is covered by an empty prediction.
+    #[default]
+    R1Searcher,
+    /// sleuth's folded rules: `true` / `false` map after normalizing (`" False "`, `"TRUE."`);
+    /// an empty normalized gold is never covered.
+    Folded,
+}
+
+impl AnswerRules {
+    /// Normalize `text` under these rules: [`normalize_answer`] plus the boolean mapping.
+    pub fn normalize(self, text: &str) -> String {
+        match self {
+            AnswerRules::R1Searcher => normalize_answer(match text {
+                "True" => "yes",
+                "False" => "no",
+                other => other,
+            }),
+            AnswerRules::Folded => {
+                let normalized = normalize_answer(text);
+                match normalized.as_str() {
+                    "true" => "yes".to_owned(),
+                    "false" => "no".to_owned(),
+                    _ => normalized,
+                }
+            }
+        }
+    }
+
+    /// Exact match: the normalized prediction equals the normalized gold.
+    pub fn exact_match(self, prediction: &str, gold: &str) -> bool {
+        self.normalize(prediction) == self.normalize(gold)
+    }
+
+    /// Cover exact match (R1-Searcher's ACC_R): every token of the normalized gold appears
+    /// among the tokens of the normalized prediction, in any order and not necessarily
+    /// contiguously (tokens split on single spaces, as the script's `split(" ")`).
+    pub fn cover_exact_match(self, prediction: &str, gold: &str) -> bool {
+        let gold = self.normalize(gold);
+        if gold.is_empty() && self == AnswerRules::Folded {
+            return false;
+        }
+        let prediction = self.normalize(prediction);
+        let predicted: Vec<&str> = prediction.split(' ').collect();
+        gold.split(' ').all(|token| predicted.contains(&token))
+    }
+
+    /// Token-level F1 between the normalized prediction and gold; see [`f1_score`].
+    pub fn f1_score(self, prediction: &str, gold: &str) -> f64 {
+        f1_normalized(&self.normalize(prediction), &self.normalize(gold))
+    }
+
+    /// The three metrics of one prediction, each the maximum over `golds` (the best EM and
+    /// the best F1 may come from different golds). No golds gives all zero.
+    pub fn score(self, prediction: &str, golds: &[String]) -> Metrics {
+        golds.iter().fold(Metrics::default(), |best, gold| Metrics {
+            em: best.em || self.exact_match(prediction, gold),
+            cover_em: best.cover_em || self.cover_exact_match(prediction, gold),
+            f1: best.f1.max(self.f1_score(prediction, gold)),
+        })
+    }
+}
+
 /// Normalize an answer the HotpotQA/SQuAD way; see the [module docs](self) for the steps.
+/// The boolean mapping is not part of it: it belongs to the [`AnswerRules`].
 ///
 /// ```
 /// use sleuth::reward::normalize_answer;
 /// assert_eq!(normalize_answer("The  Arrowhead_Stadium!"), "arrowhead stadium");
-/// assert_eq!(normalize_answer("True."), "yes");
+/// assert_eq!(normalize_answer("True."), "true");
 /// ```
 pub fn normalize_answer(text: &str) -> String {
     let lowered = text.replace('_', " ").to_lowercase();
@@ -45,47 +116,35 @@ pub fn normalize_answer(text: &str) -> String {
         .map(|c| if is_punctuation(c) { ' ' } else { c })
         .collect();
     let without_articles = remove_articles(&unpunctuated);
-    let collapsed = without_articles
+    without_articles
         .split_whitespace()
         .collect::<Vec<_>>()
-        .join(" ");
-    match collapsed.as_str() {
-        "true" => "yes".to_owned(),
-        "false" => "no".to_owned(),
-        _ => collapsed,
-    }
+        .join(" ")
 }
 
-/// Exact match: the normalized prediction equals the normalized gold.
+/// Exact match under the default [`AnswerRules`] (R1-Searcher's).
 pub fn exact_match(prediction: &str, gold: &str) -> bool {
-    normalize_answer(prediction) == normalize_answer(gold)
+    AnswerRules::default().exact_match(prediction, gold)
 }
 
-/// Cover exact match (R1-Searcher's ACC_R): every token of the normalized gold appears among
-/// the tokens of the normalized prediction, in any order and not necessarily contiguously.
-///
-/// A gold that normalizes to nothing (e.g. `""` or `"The"`) is never covered: otherwise any
-/// prediction, even an empty one, would count as correct.
+/// Cover exact match under the default [`AnswerRules`] (R1-Searcher's).
 pub fn cover_exact_match(prediction: &str, gold: &str) -> bool {
-    let gold = normalize_answer(gold);
-    if gold.is_empty() {
-        return false;
-    }
-    let prediction = normalize_answer(prediction);
-    let predicted: Vec<&str> = prediction.split(' ').collect();
-    gold.split(' ').all(|token| predicted.contains(&token))
+    AnswerRules::default().cover_exact_match(prediction, gold)
 }
 
-/// Token-level F1 between the normalized prediction and the normalized gold, counting shared
-/// tokens as a multiset (a token shared twice needs to appear twice on both sides).
+/// Token-level F1 under the default [`AnswerRules`] (R1-Searcher's), counting shared tokens
+/// as a multiset (a token shared twice needs to appear twice on both sides).
 ///
 /// If either side normalizes to `yes`, `no` or `noanswer` and the two sides differ, the score
 /// is 0. Two empty sides also score 0 (no shared token).
 pub fn f1_score(prediction: &str, gold: &str) -> f64 {
-    let prediction = normalize_answer(prediction);
-    let gold = normalize_answer(gold);
+    AnswerRules::default().f1_score(prediction, gold)
+}
+
+/// F1 of two already-normalized answers.
+fn f1_normalized(prediction: &str, gold: &str) -> f64 {
     let categorical = |s: &str| CATEGORICAL.contains(&s);
-    if (categorical(&prediction) || categorical(&gold)) && prediction != gold {
+    if (categorical(prediction) || categorical(gold)) && prediction != gold {
         return 0.0;
     }
     let predicted: Vec<&str> = prediction.split_whitespace().collect();
@@ -122,16 +181,12 @@ pub struct Metrics {
     pub f1: f64,
 }
 
-/// Score a prediction against several acceptable gold answers, taking the best of each metric
-/// independently (the best EM and the best F1 may come from different golds).
+/// Score a prediction against several acceptable gold answers under the default
+/// [`AnswerRules`] (R1-Searcher's), taking the best of each metric independently.
 ///
 /// An empty `golds` slice gives [`Metrics::default`] (all zero).
 pub fn score_answer(prediction: &str, golds: &[String]) -> Metrics {
-    golds.iter().fold(Metrics::default(), |best, gold| Metrics {
-        em: best.em || exact_match(prediction, gold),
-        cover_em: best.cover_em || cover_exact_match(prediction, gold),
-        f1: best.f1.max(f1_score(prediction, gold)),
-    })
+    AnswerRules::default().score(prediction, golds)
 }
 
 /// ASCII punctuation (exactly Python's `string.punctuation`) plus the quote marks
@@ -214,18 +269,35 @@ mod tests {
     }
 
     #[test]
-    fn normalize_maps_true_false_after_normalizing() {
-        assert_eq!(normalize_answer("True"), "yes");
-        assert_eq!(normalize_answer(" FALSE. "), "no");
-        assert_eq!(normalize_answer("the true"), "yes");
+    fn r1_searcher_rules_map_only_the_raw_strings_true_and_false() {
+        let r1 = AnswerRules::R1Searcher;
+        assert_eq!(r1.normalize("True"), "yes");
+        assert_eq!(r1.normalize("False"), "no");
+        // No stripping or case folding before the mapping, as in metric_calc_rule.py: this is
+        // the row of R1-Searcher's hotpotqa_qwen.jsonl whose prediction is " False ".
+        assert_eq!(r1.normalize(" False "), "false");
+        assert_eq!(r1.normalize("TRUE."), "true");
+        assert!(!exact_match(" False ", "no"));
+        assert_eq!(f1_score(" False ", "no"), 0.0);
+        assert!(exact_match("True", "yes"));
+        assert!(exact_match("False", "No."));
+    }
+
+    #[test]
+    fn folded_rules_map_true_false_after_normalizing() {
+        let folded = AnswerRules::Folded;
+        assert_eq!(folded.normalize("True"), "yes");
+        assert_eq!(folded.normalize(" FALSE. "), "no");
+        assert_eq!(folded.normalize("the true"), "yes");
         // Only the whole string maps, not a token inside a longer answer.
-        assert_eq!(normalize_answer("True Detective"), "true detective");
+        assert_eq!(folded.normalize("True Detective"), "true detective");
+        assert!(folded.exact_match(" False ", "no"));
+        assert_eq!(folded.f1_score(" False ", "no"), 1.0);
     }
 
     #[test]
     fn exact_match_compares_normalized_strings() {
         assert!(exact_match("the Arrowhead Stadium.", "Arrowhead stadium"));
-        assert!(exact_match("True", "yes"));
         assert!(!exact_match("Arrowhead", "Arrowhead Stadium"));
     }
 
@@ -245,9 +317,14 @@ mod tests {
     }
 
     #[test]
-    fn cover_em_is_false_for_an_empty_gold() {
-        assert!(!cover_exact_match("", ""));
+    fn an_empty_gold_is_covered_only_as_the_script_covers_it() {
+        // R1-Searcher: "".split(" ") == [""], so an empty gold is covered exactly when the
+        // prediction normalizes to nothing too.
+        assert!(cover_exact_match("", "The"));
         assert!(!cover_exact_match("anything", "The"));
+        // Folded: never covered.
+        assert!(!AnswerRules::Folded.cover_exact_match("", ""));
+        assert!(!AnswerRules::Folded.cover_exact_match("anything", "The"));
     }
 
     #[test]

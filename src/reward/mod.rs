@@ -38,7 +38,7 @@ pub mod step;
 
 pub use format::{extract_answer, is_cjk, FormatReport};
 pub use metrics::{
-    cover_exact_match, exact_match, f1_score, normalize_answer, score_answer, Metrics,
+    cover_exact_match, exact_match, f1_score, normalize_answer, score_answer, AnswerRules, Metrics,
 };
 pub use rules::{
     RewardBreakdown, RewardFn, RewardKind, Stage1Reward, Stage2Reward, UnknownRewardKind,

@@ -1,0 +1,57 @@
+//! An LLM judge for answers (R1-Searcher's ACC_L): a chat model reads the question, the
+//! reference answers and the prediction and says `True` or `False`.
+//!
+//! Rule-based metrics miss correct answers worded differently ("Nidal Malik Hasan" for "Nidal
+//! Hasan" passes cover-EM, "JFK" for "John F. Kennedy" does not), so R1-Searcher reports a
+//! judge's accuracy beside cover-EM. The transport is [`crate::llm::LlmClient`]: any
+//! OpenAI-compatible chat endpoint, at most `concurrency` requests in flight, retries with
+//! exponential backoff on connection errors, timeouts, 429 and 5xx, and an append-only reply
+//! cache whose key hashes the model, [`crate::llm::JUDGE_PROMPT_VERSION`] and the prompt —
+//! which holds the (question, golds, prediction) triple — so a re-run sends nothing.
+//!
+//! Verdicts are parsed strictly ([`parse_verdict`]); a reply that is neither `True` nor
+//! `False` is counted as unparseable (and as not correct in ACC_L), never guessed. An empty
+//! prediction (an episode that never answered) is judged `False` without a request.
+
+use crate::llm::{judge_prompt, LlmClient, LlmError};
+
+use super::parse_verdict;
+
+/// One answer to judge.
+#[derive(Debug, Clone, Copy)]
+pub struct JudgeItem<'a> {
+    /// The question as asked.
+    pub question: &'a str,
+    /// The acceptable gold answers (at least one).
+    pub golds: &'a [String],
+    /// The prediction (the text inside `<answer>`); empty when the episode never answered.
+    pub prediction: &'a str,
+}
+
+/// Judge every item, in order: `Some(true)` correct, `Some(false)` wrong, `None` when the
+/// reply could not be parsed.
+///
+/// # Errors
+/// The first request error of the client ([`LlmError`]); the replies received before it are
+/// in the cache, so a re-run asks only for the rest.
+pub fn judge_all(
+    client: &LlmClient,
+    items: &[JudgeItem<'_>],
+) -> Result<Vec<Option<bool>>, LlmError> {
+    let asked: Vec<usize> = (0..items.len())
+        .filter(|&i| !items[i].prediction.trim().is_empty())
+        .collect();
+    let prompts: Vec<_> = asked
+        .iter()
+        .map(|&i| judge_prompt(items[i].question, items[i].golds, items[i].prediction))
+        .collect();
+    let replies = client.complete_all(&prompts)?;
+    let mut verdicts = vec![Some(false); items.len()];
+    for (&i, reply) in asked.iter().zip(&replies) {
+        verdicts[i] = parse_verdict(reply);
+        if verdicts[i].is_none() {
+            tracing::warn!(question = items[i].question, reply = %reply, "unparseable judge verdict");
+        }
+    }
+    Ok(verdicts)
+}
