@@ -76,6 +76,7 @@ pub mod cli;
 pub mod config;
 pub mod corpus;
 pub mod curriculum;
+pub mod data;
 pub mod embed;
 pub mod env;
 pub mod eval;

@@ -49,6 +49,13 @@ enum Command {
     /// Render training curves (reward ± std, format-valid rate, searches, response length,
     /// KL, entropy) of one or more runs' metrics.jsonl to a PNG.
     Plot(cli::plot::PlotArgs),
+    /// Download the public data files (QA sets, HotpotQA dev, a Wikipedia dump) that a
+    /// manifest lists: resumable, checksummed.
+    #[command(subcommand)]
+    Data(cli::data::DataCmd),
+    /// Prepare a passage corpus from a downloaded dump (DPR TSV, HotpotQA JSON, JSONL).
+    #[command(subcommand)]
+    Corpus(cli::data::CorpusCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,5 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collect(a) => cli::collect::run_collect(a),
         Command::Sft(a) => cli::train::run_sft(a),
         Command::Plot(a) => cli::plot::run_plot(a),
+        Command::Data(c) => cli::data::run_data(c),
+        Command::Corpus(c) => cli::data::run_corpus(c),
     }
 }

@@ -14,6 +14,7 @@
 //! errors carry context (which file, which flag) rather than one module's error enum.
 
 pub mod collect;
+pub mod data;
 pub mod eval;
 pub mod index;
 pub mod model;

@@ -22,6 +22,7 @@
 //! [`text`] holds the stop-word list and term splitter shared by builders, retrievers and
 //! evaluation.
 
+pub mod prepare;
 pub mod text;
 
 use std::fmt;
