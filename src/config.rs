@@ -20,14 +20,33 @@ use crate::rl::TrainConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
     /// GGUF file of the policy. Default `models/SmolLM2-135M-Instruct.Q4_1.gguf` (what
-    /// `scripts/setup` installs).
+    /// `scripts/setup` installs). With `backend = "openai"` only its tokenizer is read (the
+    /// served model's vocabulary must be the same).
     pub path: PathBuf,
+    /// Where episodes are sampled: `local` (this process, default) or `openai` (an
+    /// OpenAI-compatible completions server, `[model.openai]`; `eval` and `collect` only).
+    pub backend: PolicyBackend,
+    /// The server of `backend = "openai"` ([`crate::env::remote`]).
+    pub openai: crate::env::remote::RemoteOptions,
+}
+
+/// `[model] backend`: where episodes are sampled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyBackend {
+    /// The policy runs in this process (burn or the quantized engine).
+    #[default]
+    Local,
+    /// An OpenAI-compatible completions server (vLLM, SGLang, llama.cpp).
+    Openai,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
             path: PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            backend: PolicyBackend::Local,
+            openai: crate::env::remote::RemoteOptions::default(),
         }
     }
 }

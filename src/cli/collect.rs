@@ -104,6 +104,25 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
             a.seed,
             keep,
         )?
+    } else if cfg.model.backend == crate::config::PolicyBackend::Openai {
+        if a.checkpoint.is_some() {
+            bail!("--checkpoint loads local weights; [model] backend = \"openai\" samples from the server");
+        }
+        let tokenizer = load_tokenizer(&cfg.model.path)?;
+        let remote = crate::env::remote::RemotePolicy::new(&cfg.model.openai)?;
+        crate::rl::collect::collect(
+            &remote,
+            &tokenizer,
+            &retriever,
+            &cfg.prompt,
+            &cfg.rollout,
+            &questions,
+            a.batch,
+            require_correct,
+            a.min_searches,
+            a.seed,
+            keep,
+        )?
     } else {
         let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &backend::device())?;
         crate::rl::collect::collect(

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::{load_config, load_policy, open_search};
-use crate::config::RunConfig;
+use crate::config::{PolicyBackend, RunConfig};
+use crate::env::remote::RemotePolicy;
+use crate::env::Policy;
 use crate::eval::{evaluate, judge_all, read_qa, rescore, EvalRecord, EvalReport, JudgeItem};
 use crate::llm::{LlmClient, LlmOptions};
 use crate::model::backend::{self, Inference};
@@ -256,10 +258,23 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             out.clone()
         })
     };
-    let device = backend::device();
-    let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &device)?;
     let retriever = open_search(&cfg)?;
-    let engine = crate::model::Engine::new(&m.model, cfg.rollout.weights);
+    // The policy: in-process weights, or a completions server ([model] backend = "openai").
+    let (local, remote, tokenizer);
+    let engine;
+    let policy: &dyn Policy = if cfg.model.backend == PolicyBackend::Openai {
+        if a.checkpoint.is_some() {
+            bail!("--checkpoint loads local weights; [model] backend = \"openai\" evaluates the served model");
+        }
+        tokenizer = super::load_tokenizer(&cfg.model.path)?;
+        remote = RemotePolicy::new(&cfg.model.openai)?;
+        &remote
+    } else {
+        local = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &backend::device())?;
+        tokenizer = local.tokenizer.clone();
+        engine = crate::model::Engine::new(&local.model, cfg.rollout.weights);
+        &engine
+    };
     let mut rows: Vec<(PathBuf, EvalReport)> = Vec::new();
     for (set, examples) in sets.iter().zip(&examples_per_set) {
         let out = out_for(set);
@@ -280,8 +295,8 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         let mut tally = crate::eval::EvalTally::default();
         let mut write_err = None;
         let (mut report, mut records) = evaluate(
-            &engine,
-            &m.tokenizer,
+            policy,
+            &tokenizer,
             &retriever,
             &cfg.prompt,
             &cfg.rollout,

@@ -78,6 +78,17 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
     })
 }
 
+/// Refuses a config whose policy is served elsewhere: only `eval` and `collect` sample from
+/// a remote policy.
+pub fn require_local(cfg: &RunConfig) -> Result<()> {
+    if cfg.model.backend != crate::config::PolicyBackend::Local {
+        anyhow::bail!(
+            "[model] backend = \"openai\" is supported by `eval` and `collect` only; this command runs the policy in-process"
+        );
+    }
+    Ok(())
+}
+
 /// Loads only the tokenizer stored in a GGUF model file.
 pub fn load_tokenizer(path: &Path) -> Result<crate::model::Tokenizer> {
     let gguf = crate::model::gguf::GgufFile::open(path)
@@ -92,6 +103,7 @@ pub fn load_policy<B: burn::tensor::backend::Backend>(
     checkpoint_dir: Option<&Path>,
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
+    require_local(cfg)?;
     let mut loaded = load_model::<B>(&cfg.model.path, device)?;
     if let Some(run) = checkpoint_dir {
         let arch = checkpoint::load_config(run)?;

@@ -86,6 +86,7 @@ pub struct SftArgs {
 /// `[[phase]]`s; resumable with `--resume`.
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let cfg = load_config(&a.config)?;
+    super::require_local(&cfg)?;
     let device = backend::device();
     if !cfg.phase.is_empty() {
         return run_curriculum(a, cfg, device);
@@ -201,6 +202,7 @@ fn run_curriculum(
 /// stopping early on the entropy rule.
 pub fn run_sft(a: SftArgs) -> Result<()> {
     let cfg = load_config(&a.config)?;
+    super::require_local(&cfg)?;
     let device = backend::device();
     let m = load_model::<Train>(&cfg.model.path, &device)?;
     let data = crate::rl::sft::read_examples(&a.data)?;

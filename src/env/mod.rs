@@ -8,16 +8,18 @@
 //!
 //! [`protocol`] holds the tags and the text surgery (query extraction, document blocks);
 //! [`prompt`] the configurable template with optional demonstrations; [`rollout`] the batched
-//! episode loop over [`crate::model::BatchGenerator`]. The environment owns no model state: it
+//! episode loop over [`crate::model::BatchGenerator`] and the [`Policy`] seam; [`remote`] the
+//! same loop against an OpenAI-compatible completions server. The environment owns no model state: it
 //! drives a generator and a [`crate::search::Retriever`], so the same loop serves training,
 //! evaluation and (later) the chat server.
 
 pub mod prompt;
 pub mod protocol;
+pub mod remote;
 pub mod rollout;
 
 pub use prompt::PromptConfig;
 pub use rollout::{
-    rollout, rollout_observed, Episode, EpisodeEnd, RolloutConfig, RolloutObserver, RolloutStats,
-    SearchCall,
+    rollout, rollout_observed, Episode, EpisodeEnd, Policy, RolloutConfig, RolloutObserver,
+    RolloutStats, SearchCall,
 };

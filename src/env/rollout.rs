@@ -133,6 +133,11 @@ pub struct Episode {
     /// Forced prediction (`"I don't know."` on a search-budget overrun); otherwise `None`
     /// and the prediction is read from the solution's `<answer>`.
     pub forced_prediction: Option<String>,
+    /// The token ids were re-encoded locally from text a remote policy wrote
+    /// ([`super::remote`]), not the ids it sampled, and `logprobs` is empty: fine for
+    /// evaluation and supervised fine-tuning, not for a policy-gradient update.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retokenized: bool,
 }
 
 impl Episode {
@@ -172,6 +177,47 @@ pub enum RolloutError {
     /// The model failed (e.g. a prompt longer than the context).
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// A remote policy's server failed (a [`super::remote::RemoteError`], boxed so that this
+    /// loop does not depend on the remote module).
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where episodes come from: the seam between the environment and a policy.
+///
+/// Every local [`Decoder`] (burn's f32 forward, the quantized engine) is a policy through
+/// [`rollout`], batched in lock-step; a [`super::remote::RemotePolicy`] samples from an
+/// OpenAI-compatible completions server. Evaluation and `collect` take any policy; training
+/// needs a local one (it re-quantizes the weights it updates, and scores sampled ids).
+pub trait Policy {
+    /// Runs `cfg.samples_per_question` episodes for each question; episodes ordered
+    /// question-major, with the timing split. `sampler` supplies the randomness.
+    ///
+    /// # Errors
+    /// [`RolloutError`] when a prompt cannot be built or does not fit, or the policy failed.
+    fn rollout(
+        &self,
+        tokenizer: &Tokenizer,
+        retriever: &dyn Retriever,
+        prompt: &PromptConfig,
+        cfg: &RolloutConfig,
+        questions: &[String],
+        sampler: &mut Sampler,
+    ) -> Result<(Vec<Episode>, RolloutStats), RolloutError>;
+}
+
+impl<M: Decoder + ?Sized> Policy for M {
+    fn rollout(
+        &self,
+        tokenizer: &Tokenizer,
+        retriever: &dyn Retriever,
+        prompt: &PromptConfig,
+        cfg: &RolloutConfig,
+        questions: &[String],
+        sampler: &mut Sampler,
+    ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+        rollout(self, tokenizer, retriever, prompt, cfg, questions, sampler)
+    }
 }
 
 /// Watches a rollout as it runs (the chat server streams from it). Every method has a no-op
@@ -360,6 +406,7 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
                 searches: std::mem::take(&mut searches[r]),
                 end: ends[r].unwrap_or(EpisodeEnd::Length),
                 forced_prediction: forced[r].take(),
+                retokenized: false,
             }
         })
         .collect();

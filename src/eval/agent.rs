@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::dataset::QaExample;
-use crate::env::{rollout, Episode, EpisodeEnd, PromptConfig, RolloutConfig, SearchCall};
-use crate::model::{Decoder, Sampler, Tokenizer};
+use crate::env::{Episode, EpisodeEnd, Policy, PromptConfig, RolloutConfig, SearchCall};
+use crate::model::{Sampler, Tokenizer};
 use crate::reward::{extract_answer, score_answer, FormatReport};
 use crate::search::Retriever;
 
@@ -132,8 +132,8 @@ fn pct(x: f64) -> f64 {
 /// # Errors
 /// [`crate::env::rollout::RolloutError`] when a prompt cannot be built or does not fit.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate<M: Decoder + ?Sized>(
-    model: &M,
+pub fn evaluate<P: Policy + ?Sized>(
+    model: &P,
     tokenizer: &Tokenizer,
     retriever: &dyn Retriever,
     prompt: &PromptConfig,
@@ -153,15 +153,8 @@ pub fn evaluate<M: Decoder + ?Sized>(
     let (mut tokens, mut gen_seconds) = (0usize, 0f64);
     for chunk in examples.chunks(batch.max(1)) {
         let questions: Vec<String> = chunk.iter().map(|e| e.question.clone()).collect();
-        let (episodes, stats) = rollout(
-            model,
-            tokenizer,
-            retriever,
-            prompt,
-            &cfg,
-            &questions,
-            &mut sampler,
-        )?;
+        let (episodes, stats) =
+            model.rollout(tokenizer, retriever, prompt, &cfg, &questions, &mut sampler)?;
         tokens += stats.sampled_tokens;
         gen_seconds += stats.seconds_generate;
         for ep in episodes {

@@ -54,6 +54,12 @@ impl Sampler {
         &self.cfg
     }
 
+    /// Draws a seed from this sampler's stream (for a remote policy, which samples with its
+    /// own generator seeded per request).
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.random()
+    }
+
     /// Draws one token id from `logits` (`[vocab]`, unnormalised).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         self.sample_logprob(logits).0

@@ -25,8 +25,8 @@ use super::sft::SftExample;
 use super::trainer::Question;
 use crate::env::protocol::{documents_block, extract_query, BEGIN_QUERY, END_ANSWER, END_QUERY};
 use crate::env::rollout::RolloutError;
-use crate::env::{rollout, PromptConfig, RolloutConfig};
-use crate::model::{Decoder, Sampler, Tokenizer};
+use crate::env::{Policy, PromptConfig, RolloutConfig};
+use crate::model::{Sampler, Tokenizer};
 use crate::reward::{score_answer, FormatReport};
 use crate::search::Retriever;
 
@@ -99,14 +99,14 @@ pub fn judge(
 }
 
 /// Rolls out `questions` (`batch` per rollout call, G = `rollout.samples_per_question`) with
-/// `model` (base weights or a checkpoint's), keeps the trajectories [`judge`] accepts and hands
+/// `model` (base weights or a checkpoint's, or a remote [`Policy`]), keeps the trajectories [`judge`] accepts and hands
 /// each to `keep` as an [`SftExample`].
 ///
 /// # Errors
 /// [`RolloutError`] when a prompt cannot be built or does not fit the context.
 #[allow(clippy::too_many_arguments)]
-pub fn collect<M: Decoder + ?Sized>(
-    model: &M,
+pub fn collect<P: Policy + ?Sized>(
+    model: &P,
     tokenizer: &Tokenizer,
     retriever: &dyn Retriever,
     prompt: &PromptConfig,
@@ -126,8 +126,7 @@ pub fn collect<M: Decoder + ?Sized>(
     let mut stats = CollectStats::default();
     for chunk in questions.chunks(batch.max(1)) {
         let texts: Vec<String> = chunk.iter().map(|q| q.question.clone()).collect();
-        let (episodes, _) = rollout(
-            model,
+        let (episodes, _) = model.rollout(
             tokenizer,
             retriever,
             prompt,

@@ -1,0 +1,618 @@
+//! A remote policy: episodes sampled from any OpenAI-compatible **completions** server
+//! (vLLM, SGLang, llama.cpp's server, llama-cpp-python), with the search turns run here.
+//!
+//! FlashRAG and Search-R1 evaluate any model behind a vLLM server; this is the same seam for
+//! sleuth's rollout environment. Each episode is a loop of `POST {url}/v1/completions` with
+//! `{"model", "prompt": prompt text + solution so far, "max_tokens": tokens left of
+//! [`RolloutConfig::max_new_tokens`], "temperature", "top_p", "top_k", "stop":
+//! ["<|end_of_query|>", "</answer>"], "seed"}` plus `min_p = 0` and `repeat_penalty = 1`, so a
+//! llama.cpp server samples the model's own distribution rather than its penalized defaults
+//! ([`RemoteOptions::extra`] adds or overrides fields). The returned text (the server strips the stop string) is appended;
+//! when it stopped at `<|end_of_query|>` the environment searches, appends the documents block
+//! exactly as the local rollout inserts it ([`super::protocol::documents_block`]), and asks
+//! again. Budgets and endings follow the local loop ([`super::rollout`]): at most
+//! `max_searches` searches, then one more query ends the episode with "I don't know.";
+//! an empty query, end-of-sequence, the token budget or the context end it unfinished.
+//!
+//! **Which stop matched.** vLLM says so (`stop_reason`); llama.cpp's OpenAI endpoint and
+//! llama-cpp-python report only `finish_reason: "stop"`, which also covers end-of-sequence.
+//! Without `stop_reason` the open tag decides: text with a `<|begin_of_query|>` not closed
+//! after it stopped at `<|end_of_query|>`; else an open `<answer>` stopped at `</answer>`; else
+//! it was end-of-sequence. (A model that emits end-of-sequence inside an open `<answer>` is
+//! then counted as answered — the one case the heuristic gets wrong.)
+//!
+//! **Tokens.** Episodes carry the same fields as local ones. The token ids are the local
+//! tokenizer's encoding of each piece (prompt, every policy segment, every documents block,
+//! masks 1 / 0 as usual) and [`Episode::retokenized`] is set: the server's own tokenization of
+//! the policy's text may differ at segment seams, and its log-probs are not requested, so
+//! such episodes are for evaluation and cold-start collection (SFT), not for a policy-gradient
+//! update. The policy-token budget is counted in the server's `usage.completion_tokens` when
+//! it reports them, else in local tokens.
+//!
+//! **Concurrency.** All episodes of a call run at once on one tokio runtime, at most
+//! [`RemoteOptions::concurrency`] requests in flight; searches run inline (BM25 answers in
+//! milliseconds). A request that fails with a connection error, a timeout, 429 or 5xx is
+//! retried with exponential backoff; any other failure aborts the rollout with an error naming
+//! the URL.
+
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use super::prompt::PromptConfig;
+use super::protocol::{
+    documents_block, extract_query, BEGIN_QUERY, END_ANSWER, END_QUERY, NO_ANSWER,
+};
+use super::rollout::{
+    Episode, EpisodeEnd, Policy, RolloutConfig, RolloutError, RolloutStats, SearchCall,
+};
+use crate::model::{ModelError, Sampler, Tokenizer};
+use crate::search::Retriever;
+
+/// `[model.openai]`: where the remote policy is served. Defaults stated once, in `impl Default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteOptions {
+    /// Base URL of the server, with or without `/v1` (`http://127.0.0.1:8080`); a URL ending
+    /// in `/completions` is used as given. Required.
+    pub url: String,
+    /// The request's `model` field (the name the server serves). Default `"default"`.
+    pub model: String,
+    /// Most requests in flight at once (episodes progress independently). Default 16.
+    pub concurrency: usize,
+    /// Timeout of one request, in seconds. Default 300.
+    pub timeout_secs: u64,
+    /// Retries of a request after a connection error, timeout, 429 or 5xx. Default 3.
+    pub retries: u32,
+    /// Wait before the first retry, in milliseconds, doubled per retry. Default 500.
+    pub retry_backoff_ms: u64,
+    /// Extra request fields, added to (or replacing) the ones sleuth sends, e.g.
+    /// `{ top_k = -1 }` for a vLLM older than 0.8 (which refuses `top_k = 0`). Default empty.
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            model: "default".into(),
+            concurrency: 16,
+            timeout_secs: 300,
+            retries: 3,
+            retry_backoff_ms: 500,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+impl RemoteOptions {
+    /// The completions URL requests go to.
+    pub fn endpoint(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        if base.ends_with("/completions") {
+            base.to_string()
+        } else if base.ends_with("/v1") {
+            format!("{base}/completions")
+        } else {
+            format!("{base}/v1/completions")
+        }
+    }
+}
+
+/// Errors of the remote policy; each names the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// An option is out of range or missing.
+    #[error("[model.openai] {0}")]
+    Options(String),
+    /// The HTTP client or runtime could not be built.
+    #[error("cannot start the remote policy client: {0}")]
+    Setup(String),
+    /// The server answered with an error status (after every retry for 429 / 5xx).
+    #[error("completions request to {url} failed with HTTP {status} after {attempts} attempt(s): {body}")]
+    Status {
+        /// The endpoint.
+        url: String,
+        /// HTTP status code.
+        status: u16,
+        /// Attempts made.
+        attempts: u32,
+        /// The first 300 characters of the body.
+        body: String,
+    },
+    /// The request did not complete (connection refused or reset, timeout) after every retry.
+    #[error("completions request to {url} failed after {attempts} attempt(s): {source}")]
+    Transport {
+        /// The endpoint.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A 2xx body that is not a completion.
+    #[error("{url} sent no completion ({reason}): {body}")]
+    BadResponse {
+        /// The endpoint.
+        url: String,
+        /// What is missing.
+        reason: &'static str,
+        /// The first 300 characters of the body.
+        body: String,
+    },
+}
+
+/// A policy served elsewhere (module docs). Blocking: it owns a single-threaded tokio runtime,
+/// so it must not be called from inside another runtime.
+#[derive(Debug)]
+pub struct RemotePolicy {
+    opts: RemoteOptions,
+    endpoint: String,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// One completion: the text and how it ended.
+struct Completion {
+    text: String,
+    /// `finish_reason == "length"`.
+    length: bool,
+    /// The matched stop string when the server says (vLLM's `stop_reason`).
+    stop: Option<String>,
+    /// `usage.completion_tokens`, when reported.
+    tokens: Option<usize>,
+}
+
+impl RemotePolicy {
+    /// A client for `opts`.
+    ///
+    /// # Errors
+    /// [`RemoteError::Options`] for a missing URL or zero concurrency, [`RemoteError::Setup`]
+    /// when the HTTP client or runtime cannot be built.
+    pub fn new(opts: &RemoteOptions) -> Result<Self, RemoteError> {
+        if !(opts.url.starts_with("http://") || opts.url.starts_with("https://")) {
+            return Err(RemoteError::Options(format!(
+                "url must start with http:// or https:// (got {:?})",
+                opts.url
+            )));
+        }
+        if opts.concurrency == 0 || opts.timeout_secs == 0 {
+            return Err(RemoteError::Options(
+                "concurrency and timeout_secs must be at least 1".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(opts.timeout_secs))
+            .build()
+            .map_err(|e| RemoteError::Setup(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| RemoteError::Setup(e.to_string()))?;
+        Ok(Self {
+            endpoint: opts.endpoint(),
+            opts: opts.clone(),
+            http,
+            runtime,
+        })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &RemoteOptions {
+        &self.opts
+    }
+
+    /// Runs `samples_per_question` episodes for each question, all in flight together;
+    /// returns them question-major, as [`super::rollout`] does. Episode `i` asks with seed
+    /// `seed + i` (and the turn number added), so a seeded server reproduces a rollout.
+    ///
+    /// # Errors
+    /// [`RolloutError::Prompt`] for a prompt that cannot be built, [`RolloutError::Remote`]
+    /// for a request that failed after its retries.
+    #[allow(clippy::too_many_arguments)]
+    pub fn episodes(
+        &self,
+        tokenizer: &Tokenizer,
+        retriever: &dyn Retriever,
+        prompt: &PromptConfig,
+        cfg: &RolloutConfig,
+        questions: &[String],
+        seed: u64,
+    ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+        let t0 = Instant::now();
+        let g = cfg.samples_per_question.max(1);
+        let mut jobs = Vec::with_capacity(questions.len() * g);
+        for (qi, q) in questions.iter().enumerate() {
+            let text = prompt.render(q)?;
+            let ids = prompt.encode(tokenizer, q)?;
+            for _ in 0..g {
+                jobs.push((qi, text.clone(), ids.clone()));
+            }
+        }
+        let permits = Semaphore::new(self.opts.concurrency);
+        let results: Vec<(usize, EpisodeResult)> = self.runtime.block_on(
+            stream::iter(jobs.into_iter().enumerate())
+                .map(|(i, (qi, text, ids))| {
+                    let permits = &permits;
+                    async move {
+                        let r = self
+                            .episode(
+                                tokenizer,
+                                retriever,
+                                cfg,
+                                permits,
+                                qi,
+                                text,
+                                ids,
+                                seed.wrapping_add(i as u64),
+                            )
+                            .await;
+                        (i, r)
+                    }
+                })
+                // Every episode is polled at once; the semaphore bounds the requests.
+                .buffer_unordered(usize::MAX)
+                .collect(),
+        );
+        let mut episodes: Vec<Option<Episode>> = vec![None; results.len()];
+        let mut stats = RolloutStats::default();
+        for (i, r) in results {
+            let (ep, times) = r?;
+            stats.seconds_search += times.search;
+            stats.sampled_tokens += times.sampled;
+            episodes[i] = Some(ep);
+        }
+        stats.seconds_total = t0.elapsed().as_secs_f64();
+        // Episodes overlap in time: report generation as the wall time not spent searching.
+        stats.seconds_generate = (stats.seconds_total - stats.seconds_search).max(0.0);
+        Ok((
+            episodes
+                .into_iter()
+                .map(|e| e.expect("every episode ran"))
+                .collect(),
+            stats,
+        ))
+    }
+
+    /// One episode's turn loop.
+    #[allow(clippy::too_many_arguments)]
+    async fn episode(
+        &self,
+        tokenizer: &Tokenizer,
+        retriever: &dyn Retriever,
+        cfg: &RolloutConfig,
+        permits: &Semaphore,
+        question_index: usize,
+        prompt_text: String,
+        prompt_ids: Vec<u32>,
+        seed: u64,
+    ) -> EpisodeResult {
+        let encode = |s: &str| tokenizer.encode(s, false).map_err(ModelError::from);
+        let prompt_len = prompt_ids.len();
+        let mut tokens = prompt_ids;
+        let mut mask = vec![0u8; prompt_len];
+        let mut solution = String::new();
+        let mut searches: Vec<SearchCall> = Vec::new();
+        let mut times = EpisodeTimes::default();
+        let mut used = 0usize;
+        let mut forced = None;
+        let mut turn = 0u64;
+        let end = loop {
+            let left = cfg.max_new_tokens.saturating_sub(used);
+            let room = cfg.context_tokens.saturating_sub(tokens.len());
+            if left == 0 || room == 0 {
+                break EpisodeEnd::Length;
+            }
+            let c = {
+                let _permit = permits.acquire().await.expect("semaphore never closed");
+                self.complete(
+                    &format!("{prompt_text}{solution}"),
+                    left.min(room),
+                    cfg,
+                    seed.wrapping_add(turn.wrapping_mul(1_000_003)),
+                )
+                .await
+                .map_err(|e| RolloutError::Remote(Box::new(e)))?
+            };
+            turn += 1;
+            let segment_start = solution.len();
+            solution.push_str(&c.text);
+            let ended = if c.length {
+                Some(EpisodeEnd::Length)
+            } else {
+                match stop_kind(c.stop.as_deref(), &solution) {
+                    StopKind::Query => {
+                        solution.push_str(END_QUERY);
+                        None
+                    }
+                    StopKind::Answer => {
+                        solution.push_str(END_ANSWER);
+                        Some(EpisodeEnd::Answered)
+                    }
+                    StopKind::Eos => Some(EpisodeEnd::Eos),
+                }
+            };
+            let segment = &solution[segment_start..];
+            let ids = encode(segment)?;
+            used += c.tokens.unwrap_or(ids.len());
+            times.sampled += c.tokens.unwrap_or(ids.len());
+            mask.extend(std::iter::repeat_n(1u8, ids.len()));
+            tokens.extend(ids);
+            if let Some(end) = ended {
+                break end;
+            }
+            // It stopped at `<|end_of_query|>`: search, as the local loop does.
+            let Some(query) = extract_query(segment) else {
+                break EpisodeEnd::EmptyQuery;
+            };
+            if searches.len() >= cfg.max_searches {
+                forced = Some(NO_ANSWER.to_string());
+                break EpisodeEnd::SearchBudget;
+            }
+            let ts = Instant::now();
+            let (hits, error) = match retriever.search(&query, cfg.top_k) {
+                Ok(h) => (h, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            times.search += ts.elapsed().as_secs_f64();
+            let block = documents_block(&hits, cfg.doc_max_words);
+            let ids = encode(&block)?;
+            if tokens.len() + ids.len() > cfg.context_tokens {
+                // The documents do not fit: end without them, as the local loop does.
+                break EpisodeEnd::Length;
+            }
+            solution.push_str(&block);
+            mask.extend(std::iter::repeat_n(0u8, ids.len()));
+            tokens.extend(ids);
+            searches.push(SearchCall {
+                query,
+                documents: hits.iter().map(|h| h.render()).collect(),
+                titles: hits.iter().map(|h| h.title.clone()).collect(),
+                error,
+            });
+        };
+        Ok((
+            Episode {
+                question_index,
+                tokens,
+                mask,
+                logprobs: Vec::new(),
+                prompt_len,
+                solution,
+                searches,
+                end,
+                forced_prediction: forced,
+                retokenized: true,
+            },
+            times,
+        ))
+    }
+
+    /// One completions request, retried on transport errors, 429 and 5xx.
+    async fn complete(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        cfg: &RolloutConfig,
+        seed: u64,
+    ) -> Result<Completion, RemoteError> {
+        // The model's own distribution: llama.cpp's servers otherwise apply a repetition
+        // penalty of 1.1, top-k 40 and min-p 0.05 even to greedy requests (measured: 15 of 20
+        // untrained greedy episodes "answered" through llama-cpp-python with its defaults,
+        // 1 locally). `repeat_penalty` is llama.cpp's name; vLLM ignores it.
+        let mut body = json!({
+            "model": self.opts.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "top_k": cfg.top_k_sampling,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+            "stop": [END_QUERY, END_ANSWER],
+            "seed": seed,
+        });
+        for (k, v) in &self.opts.extra {
+            body[k] = v.clone();
+        }
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let retry = attempt <= self.opts.retries;
+            let wait = Duration::from_millis(
+                self.opts
+                    .retry_backoff_ms
+                    .saturating_mul(1u64 << (attempt - 1).min(16)),
+            );
+            match self.http.post(&self.endpoint).json(&body).send().await {
+                Err(e) if retry => {
+                    tracing::debug!(url = %self.endpoint, attempt, error = %e, "retrying completion");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(source) => {
+                    return Err(RemoteError::Transport {
+                        url: self.endpoint.clone(),
+                        attempts: attempt,
+                        source,
+                    })
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return parse_completion(&text).ok_or_else(|| RemoteError::BadResponse {
+                            url: self.endpoint.clone(),
+                            reason: "no choices[0].text",
+                            body: head(&text),
+                        });
+                    }
+                    let transient = status.as_u16() == 429 || status.is_server_error();
+                    if transient && retry {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(RemoteError::Status {
+                        url: self.endpoint.clone(),
+                        status: status.as_u16(),
+                        attempts: attempt,
+                        body: head(&text),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Policy for RemotePolicy {
+    fn rollout(
+        &self,
+        tokenizer: &Tokenizer,
+        retriever: &dyn Retriever,
+        prompt: &PromptConfig,
+        cfg: &RolloutConfig,
+        questions: &[String],
+        sampler: &mut Sampler,
+    ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+        let seed = sampler.next_seed();
+        self.episodes(tokenizer, retriever, prompt, cfg, questions, seed)
+    }
+}
+
+/// One episode or the error that stopped it.
+type EpisodeResult = Result<(Episode, EpisodeTimes), RolloutError>;
+
+/// Per-episode timing and counts.
+#[derive(Default)]
+struct EpisodeTimes {
+    search: f64,
+    sampled: usize,
+}
+
+/// What ended a completion that finished with `"stop"`.
+#[derive(Debug, PartialEq, Eq)]
+enum StopKind {
+    Query,
+    Answer,
+    Eos,
+}
+
+/// Decide which stop matched (module docs): the server's `stop_reason` when it names one of
+/// ours, else the tag left open at the end of `solution`.
+fn stop_kind(stop_reason: Option<&str>, solution: &str) -> StopKind {
+    match stop_reason {
+        Some(END_QUERY) => return StopKind::Query,
+        Some(END_ANSWER) => return StopKind::Answer,
+        _ => {}
+    }
+    let last = |tag: &str| solution.rfind(tag);
+    let open_query = match (last(BEGIN_QUERY), last(END_QUERY)) {
+        (Some(b), Some(e)) => b > e,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let open_answer = match (last("<answer>"), last(END_ANSWER)) {
+        (Some(b), Some(e)) => b > e,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    match (open_query, open_answer) {
+        // Both open: the later opening tag is the one being closed.
+        (true, true) if last(BEGIN_QUERY) > last("<answer>") => StopKind::Query,
+        (true, false) => StopKind::Query,
+        (_, true) => StopKind::Answer,
+        (false, false) => StopKind::Eos,
+    }
+}
+
+/// Read an OpenAI completions body: `choices[0].text`, `finish_reason`, vLLM's
+/// `stop_reason`, and `usage.completion_tokens`.
+fn parse_completion(body: &str) -> Option<Completion> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let choice = v.get("choices")?.get(0)?;
+    let text = choice.get("text")?.as_str()?.to_string();
+    Some(Completion {
+        text,
+        length: choice.get("finish_reason").and_then(Value::as_str) == Some("length"),
+        stop: choice
+            .get("stop_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        tokens: v
+            .get("usage")
+            .and_then(|u| u.get("completion_tokens"))
+            .and_then(Value::as_u64)
+            .map(|n| n as usize),
+    })
+}
+
+/// The first 300 characters of a body, for error messages.
+fn head(s: &str) -> String {
+    s.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_accepts_base_v1_and_full_urls() {
+        let at = |url: &str| {
+            RemoteOptions {
+                url: url.into(),
+                ..RemoteOptions::default()
+            }
+            .endpoint()
+        };
+        assert_eq!(at("http://h:1"), "http://h:1/v1/completions");
+        assert_eq!(at("http://h:1/v1/"), "http://h:1/v1/completions");
+        assert_eq!(at("http://h:1/v1/completions"), "http://h:1/v1/completions");
+    }
+
+    #[test]
+    fn stop_kind_prefers_the_servers_word_then_the_open_tag() {
+        assert_eq!(
+            stop_kind(Some(END_ANSWER), "x <|begin_of_query|> q"),
+            StopKind::Answer
+        );
+        assert_eq!(
+            stop_kind(None, "think <|begin_of_query|> capital of France"),
+            StopKind::Query
+        );
+        assert_eq!(stop_kind(None, "so <answer> Paris"), StopKind::Answer);
+        // A closed query then an open answer: the answer is being closed.
+        assert_eq!(
+            stop_kind(
+                None,
+                "<|begin_of_query|> q<|end_of_query|> docs <answer> Paris"
+            ),
+            StopKind::Answer
+        );
+        assert_eq!(stop_kind(None, "I am done."), StopKind::Eos);
+        assert_eq!(
+            stop_kind(Some("<|im_end|>"), "<answer> x</answer> bye"),
+            StopKind::Eos
+        );
+    }
+
+    #[test]
+    fn completion_bodies_parse_with_and_without_the_optional_fields() {
+        let c = parse_completion(
+            r#"{"choices":[{"text":" Paris","finish_reason":"stop","stop_reason":"</answer>"}],"usage":{"completion_tokens":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.text.as_str(), c.length, c.stop.as_deref(), c.tokens),
+            (" Paris", false, Some("</answer>"), Some(2))
+        );
+        let c =
+            parse_completion(r#"{"choices":[{"text":"abc","finish_reason":"length"}]}"#).unwrap();
+        assert!(c.length && c.stop.is_none() && c.tokens.is_none());
+        assert!(parse_completion(r#"{"error":"x"}"#).is_none());
+        assert!(parse_completion("not json").is_none());
+    }
+}
