@@ -52,8 +52,9 @@ impl Default for ModelSection {
 }
 
 /// The `[search] backend` names [`SearchSection::open`] knows, stated once.
-pub const SEARCH_BACKENDS: [&str; 7] = [
+pub const SEARCH_BACKENDS: [&str; 8] = [
     "bm25",
+    "http",
     "graph-pg",
     "graph-kg",
     "graph-tkg",
@@ -71,8 +72,9 @@ pub struct SearchSection {
     /// `"graph-kg"`, `"graph-tkg"`, `"graph-rkg"` (personalized PageRank over the knowledge
     /// graph `graph` of that kind, fused with BM25 from `index`, settings in
     /// `[search.kg_options]`), `"graph-tree"` (collapsed-tree retrieval over the RAPTOR tree
-    /// `graph`, passages from `index`, settings in `[search.tree_options]`) or `"online"` (web
-    /// search, settings in `[search.online]`). Default `"bm25"`.
+    /// `graph`, passages from `index`, settings in `[search.tree_options]`), `"online"` (web
+    /// search, settings in `[search.online]`) or `"http"` (a retrieval server such as `sleuth
+    /// retrieval-server`, settings in `[search.http]`). Default `"bm25"`.
     pub backend: String,
     /// Index directory built by `sleuth index build`. Default `index/wiki`.
     pub index: PathBuf,
@@ -90,6 +92,9 @@ pub struct SearchSection {
     pub tree_options: crate::search::TreeSearchOptions,
     /// `[search.online]`: the online backend; defaults in [`crate::search::OnlineConfig`].
     pub online: crate::search::OnlineConfig,
+    /// `[search.http]`: the retrieval-server backend; defaults in
+    /// [`crate::search::HttpSearchOptions`].
+    pub http: crate::search::HttpSearchOptions,
 }
 
 impl Default for SearchSection {
@@ -102,6 +107,7 @@ impl Default for SearchSection {
             kg_options: crate::search::KgSearchOptions::default(),
             tree_options: crate::search::TreeSearchOptions::default(),
             online: crate::search::OnlineConfig::default(),
+            http: crate::search::HttpSearchOptions::default(),
         }
     }
 }
@@ -111,7 +117,8 @@ impl SearchSection {
     /// [`crate::search::GraphRetriever`] over `index` and `graph` for `"graph-pg"`, a
     /// [`crate::search::KgRetriever`] over `index` and `graph` for `"graph-kg"`, `"graph-tkg"`
     /// and `"graph-rkg"`, a [`crate::search::TreeRetriever`] over `index` and `graph` for
-    /// `"graph-tree"`, an [`crate::search::OnlineRetriever`] with `online` for `"online"`.
+    /// `"graph-tree"`, an [`crate::search::OnlineRetriever`] with `online` for `"online"`, an
+    /// [`crate::search::HttpRetriever`] with `http` for `"http"`.
     ///
     /// # Errors
     /// [`crate::search::SearchError::InvalidOption`] naming `backend` for an unknown backend
@@ -159,6 +166,7 @@ impl SearchSection {
             "online" => Ok(Box::new(crate::search::OnlineRetriever::new(
                 self.online.clone(),
             )?)),
+            "http" => Ok(Box::new(crate::search::HttpRetriever::new(&self.http)?)),
             other => Err(crate::search::SearchError::InvalidOption {
                 name: "backend",
                 reason: format!(

@@ -323,3 +323,59 @@ async fn hostile_queries_are_plain_text() {
     assert_eq!(result[2][0]["id"], "arrowhead");
     assert_eq!(result[3][0]["id"], "paris");
 }
+
+/// `[search] backend = "http"`: the rollout's retriever is the server's client, and it returns
+/// exactly what the index behind the server returns (ids, titles, texts, scores, order), one
+/// request per batch; a dead server is an error naming its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_backend_returns_what_the_index_behind_the_server_returns() {
+    use sleuth::search::{HttpRetriever, HttpSearchOptions};
+    let (dir, url, _stop) = bm25_server(ServerConfig::default()).await;
+    let local = Bm25Retriever::open(dir.path().join("idx")).unwrap();
+    let remote = HttpRetriever::new(&HttpSearchOptions {
+        url: url.clone(),
+        ..HttpSearchOptions::default()
+    })
+    .unwrap();
+    let queries = [
+        "Kansas City stadium",
+        "capital of France",
+        "who created C++ programming language",
+        "",
+    ];
+    let want = local.search_batch(&queries, 2).unwrap();
+    let got = remote.search_batch(&queries, 2).unwrap();
+    assert_eq!(want.len(), got.len());
+    for (w, g) in want.iter().zip(&got) {
+        let key = |h: &Hit| (h.id.clone(), h.title.clone(), h.text.clone());
+        assert_eq!(
+            w.iter().map(key).collect::<Vec<_>>(),
+            g.iter().map(key).collect::<Vec<_>>()
+        );
+        for (a, b) in w.iter().zip(g) {
+            assert!(
+                (a.score - b.score).abs() < 1e-4,
+                "{} vs {}",
+                a.score,
+                b.score
+            );
+        }
+    }
+    assert_eq!(got[0][0].title, "Arrowhead Stadium");
+    assert!(got[3].is_empty());
+    assert_eq!(remote.search("Paris France", 1).unwrap()[0].id, "paris");
+
+    let dead = HttpRetriever::new(&HttpSearchOptions {
+        url: "http://127.0.0.1:9".into(),
+        retries: 1,
+        retry_backoff_ms: 1,
+        ..HttpSearchOptions::default()
+    })
+    .unwrap();
+    let err = dead.search("Paris", 1).unwrap_err();
+    assert!(matches!(err, SearchError::Remote { .. }), "{err}");
+    assert!(
+        err.to_string().contains("http://127.0.0.1:9/retrieve"),
+        "{err}"
+    );
+}

@@ -851,7 +851,12 @@ mod tests {
         // R1-Searcher's files carry digests, except the two held-out sets nobody here reads.
         for e in m.files.iter().filter(|e| e.url.contains("R1-Searcher")) {
             let held_out = ["musique_500", "bamboogle"].contains(&e.name.as_str());
-            assert_eq!(e.sha256.is_some() && e.size.is_some(), !held_out, "{}", e.name);
+            assert_eq!(
+                e.sha256.is_some() && e.size.is_some(),
+                !held_out,
+                "{}",
+                e.name
+            );
         }
     }
 

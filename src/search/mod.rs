@@ -23,6 +23,7 @@ use crate::index::IndexError;
 
 pub mod bm25;
 pub mod graph;
+pub mod http;
 pub mod kg;
 pub mod online;
 pub mod server;
@@ -30,6 +31,7 @@ pub mod tree;
 
 pub use bm25::{Bm25Options, Bm25Retriever, DEFAULT_MAX_QUERY_TERMS, DEFAULT_TITLE_BOOST};
 pub use graph::{GraphOptions, GraphRetriever, DEFAULT_GRAPH_ALPHA, DEFAULT_GRAPH_SEEDS};
+pub use http::{HttpRetriever, HttpSearchOptions};
 pub use kg::{
     personalized_pagerank, KgRetriever, KgSearchOptions, PprOptions, SeedSource, TransitionMatrix,
 };
@@ -167,6 +169,14 @@ pub enum SearchError {
         /// Engine name, e.g. `searxng`.
         engine: &'static str,
         /// The URL (or cache directory) concerned.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A remote retrieval server (`backend = "http"`) failed or sent no `/retrieve` answer.
+    #[error("retrieval server {url} failed: {reason}")]
+    Remote {
+        /// The endpoint.
         url: String,
         /// What went wrong.
         reason: String,
