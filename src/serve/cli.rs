@@ -108,6 +108,11 @@ fn io(context: &str) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
 /// Loads the agent `args` describe.
 fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
     let cfg = RunConfig::load(&args.config)?;
+    if cfg.model.backend != crate::config::PolicyBackend::Local {
+        return Err(ServeError::Option(
+            "[model] backend = \"openai\" is supported by `eval` and `collect` only; `serve` runs the policy in-process".into(),
+        ));
+    }
     let device = backend::device();
     let model_err = |source| ServeError::Model {
         path: cfg.model.path.clone(),
