@@ -10,8 +10,9 @@
 //! and matching is not requested again (one that no longer matches is); and the binary reads
 //! a `--manifest` of the same schema as `corpus/manifest.toml`.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,22 +145,8 @@ fn serve(files: &[(&str, &[u8])]) -> FakeServer {
     let app = Router::new()
         .route("/{name}", get(serve_file))
         .with_state(state.clone());
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
     FakeServer {
-        url: format!("http://{addr}"),
+        url: common::serve_loopback(app),
         state,
     }
 }

@@ -8,8 +8,9 @@
 //! an empty prediction judged without a request, and the cache (a second client sends nothing
 //! and gives the same verdicts; a torn last line resends only that prompt).
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -72,20 +73,7 @@ fn serve() -> (String, Arc<Hits>) {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .with_state(hits.clone());
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (format!("http://{}", rx.recv().unwrap()), hits)
+    (common::serve_loopback(app), hits)
 }
 
 fn client(url: &str, cache: &std::path::Path) -> LlmClient {

@@ -11,9 +11,8 @@
 
 mod common;
 
-use common::{p, write_corpus};
+use common::{p, serve_loopback, write_corpus};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,22 +175,8 @@ fn serve(plan: Plan) -> FakeServer {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .with_state(state.clone());
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
     FakeServer {
-        url: format!("http://{addr}"),
+        url: serve_loopback(app),
         state,
     }
 }

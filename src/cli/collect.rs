@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::{load_config, load_policy, load_tokenizer, open_search};
-use crate::model::backend::{self, Inference};
+use super::{load_config, load_tokenizer, open_search};
 use crate::rl::trainer::Question;
 
 /// Flags of `sleuth collect`.
@@ -104,40 +103,23 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
             a.seed,
             keep,
         )?
-    } else if cfg.model.backend == crate::config::PolicyBackend::Openai {
-        if a.checkpoint.is_some() {
-            bail!("--checkpoint loads local weights; [model] backend = \"openai\" samples from the server");
-        }
-        let tokenizer = load_tokenizer(&cfg.model.path)?;
-        let remote = crate::env::remote::RemotePolicy::new(&cfg.model.openai)?;
-        crate::rl::collect::collect(
-            &remote,
-            &tokenizer,
-            &retriever,
-            &cfg.prompt,
-            &cfg.rollout,
-            &questions,
-            a.batch,
-            require_correct,
-            a.min_searches,
-            a.seed,
-            keep,
-        )?
     } else {
-        let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &backend::device())?;
-        crate::rl::collect::collect(
-            &crate::model::Engine::new(&m.model, cfg.rollout.weights),
-            &m.tokenizer,
-            &retriever,
-            &cfg.prompt,
-            &cfg.rollout,
-            &questions,
-            a.batch,
-            require_correct,
-            a.min_searches,
-            a.seed,
-            keep,
-        )?
+        let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
+        policy.with(cfg.rollout.weights, |policy, tokenizer| {
+            crate::rl::collect::collect(
+                policy,
+                tokenizer,
+                &retriever,
+                &cfg.prompt,
+                &cfg.rollout,
+                &questions,
+                a.batch,
+                require_correct,
+                a.min_searches,
+                a.seed,
+                keep,
+            )
+        })?
     };
     bar.finish_and_clear();
     if let Some(e) = write_err {

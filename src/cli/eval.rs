@@ -7,13 +7,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::{load_config, load_policy, open_search};
-use crate::config::{PolicyBackend, RunConfig};
-use crate::env::remote::RemotePolicy;
+use super::{load_config, open_search};
+use crate::config::RunConfig;
 use crate::env::Policy;
 use crate::eval::{evaluate, judge_all, read_qa, rescore, EvalRecord, EvalReport, JudgeItem};
 use crate::llm::{LlmClient, LlmOptions};
-use crate::model::backend::{self, Inference};
 use crate::reward::AnswerRules;
 
 /// Flags of `sleuth eval`.
@@ -248,6 +246,34 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         }
         examples_per_set.push(examples);
     }
+    let retriever = open_search(&cfg)?;
+    let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
+    policy.with(cfg.rollout.weights, |policy, tokenizer| {
+        eval_sets(
+            &a,
+            &cfg,
+            &sets,
+            &examples_per_set,
+            policy,
+            tokenizer,
+            judge.as_ref(),
+            &retriever,
+        )
+    })
+}
+
+/// Evaluates every set with `policy`, writes the outputs and prints the table.
+#[allow(clippy::too_many_arguments)]
+fn eval_sets(
+    a: &EvalArgs,
+    cfg: &RunConfig,
+    sets: &[PathBuf],
+    examples_per_set: &[Vec<crate::eval::QaExample>],
+    policy: &dyn Policy,
+    tokenizer: &crate::model::Tokenizer,
+    judge: Option<&LlmClient>,
+    retriever: &dyn crate::search::Retriever,
+) -> Result<()> {
     let several = sets.len() > 1;
     let out_for = |set: &PathBuf| -> Option<PathBuf> {
         let out = a.out.as_ref()?;
@@ -258,25 +284,8 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             out.clone()
         })
     };
-    let retriever = open_search(&cfg)?;
-    // The policy: in-process weights, or a completions server ([model] backend = "openai").
-    let (local, remote, tokenizer);
-    let engine;
-    let policy: &dyn Policy = if cfg.model.backend == PolicyBackend::Openai {
-        if a.checkpoint.is_some() {
-            bail!("--checkpoint loads local weights; [model] backend = \"openai\" evaluates the served model");
-        }
-        tokenizer = super::load_tokenizer(&cfg.model.path)?;
-        remote = RemotePolicy::new(&cfg.model.openai)?;
-        &remote
-    } else {
-        local = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &backend::device())?;
-        tokenizer = local.tokenizer.clone();
-        engine = crate::model::Engine::new(&local.model, cfg.rollout.weights);
-        &engine
-    };
     let mut rows: Vec<(PathBuf, EvalReport)> = Vec::new();
-    for (set, examples) in sets.iter().zip(&examples_per_set) {
+    for (set, examples) in sets.iter().zip(examples_per_set) {
         let out = out_for(set);
         let traj_path = out.as_ref().map(|o| trajectories_path(o));
         let mut traj_file = match &traj_path {
@@ -296,8 +305,8 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         let mut write_err = None;
         let (mut report, mut records) = evaluate(
             policy,
-            &tokenizer,
-            &retriever,
+            tokenizer,
+            retriever,
             &cfg.prompt,
             &cfg.rollout,
             0,
@@ -322,7 +331,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         if let Some(e) = write_err {
             return Err(e).context("writing trajectories");
         }
-        if let Some(client) = &judge {
+        if let Some(client) = judge {
             judge_records(client, &mut report, &mut records)?;
             if let Some(p) = &traj_path {
                 // Rewrite the streamed trajectories with each row's verdict, atomically.

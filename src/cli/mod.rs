@@ -113,3 +113,42 @@ pub fn load_policy<B: burn::tensor::backend::Backend>(
     }
     Ok(loaded)
 }
+
+/// The policy `eval` and `collect` sample from: the config's weights in this process (or a
+/// checkpoint's), or a completions server (`[model] backend = "openai"`).
+pub enum EvalPolicy {
+    /// Weights loaded here; decoded with `[rollout] weights`.
+    Local(Box<LoadedModel<crate::model::backend::Inference>>),
+    /// A remote server, with the local tokenizer episodes are encoded with.
+    Remote(Box<(crate::env::remote::RemotePolicy, crate::model::Tokenizer)>),
+}
+
+impl EvalPolicy {
+    /// Loads the policy `cfg` names; `checkpoint` (local weights) is refused for a remote one.
+    pub fn load(cfg: &RunConfig, checkpoint: Option<&Path>) -> Result<Self> {
+        if cfg.model.backend == crate::config::PolicyBackend::Openai {
+            if checkpoint.is_some() {
+                bail!("--checkpoint loads local weights; [model] backend = \"openai\" samples from the server");
+            }
+            let tokenizer = load_tokenizer(&cfg.model.path)?;
+            let remote = crate::env::remote::RemotePolicy::new(&cfg.model.openai)?;
+            return Ok(Self::Remote(Box::new((remote, tokenizer))));
+        }
+        let device = crate::model::backend::device();
+        let loaded = load_policy(cfg, checkpoint, &device)?;
+        Ok(Self::Local(Box::new(loaded)))
+    }
+
+    /// Runs `f` with the policy (a local one built as the engine `weights` names) and its
+    /// tokenizer.
+    pub fn with<T>(
+        &self,
+        weights: crate::model::DecodeWeights,
+        f: impl FnOnce(&dyn crate::env::Policy, &crate::model::Tokenizer) -> T,
+    ) -> T {
+        match self {
+            Self::Local(m) => f(&crate::model::Engine::new(&m.model, weights), &m.tokenizer),
+            Self::Remote(rt) => f(&rt.0, &rt.1),
+        }
+    }
+}

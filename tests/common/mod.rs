@@ -123,3 +123,23 @@ pub fn cats_and_rockets() -> Vec<Passage> {
         ),
     ]
 }
+
+/// Serves `app` on 127.0.0.1 at a free port, on a tokio runtime in a thread of its own (the
+/// clients under test are blocking and run their own runtimes), and returns `http://ADDR`.
+/// The server lives until the test process ends.
+pub fn serve_loopback(app: axum::Router) -> String {
+    let (tx, rx) = std::sync::mpsc::channel::<std::net::SocketAddr>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
