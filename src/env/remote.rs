@@ -42,6 +42,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use crate::retry::{head, PostError};
+
 use super::prompt::PromptConfig;
 use super::protocol::{
     documents_block, extract_query, BEGIN_QUERY, END_ANSWER, END_QUERY, NO_ANSWER,
@@ -420,51 +422,36 @@ impl RemotePolicy {
         for (k, v) in &self.opts.extra {
             body[k] = v.clone();
         }
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let retry = attempt <= self.opts.retries;
-            let wait = Duration::from_millis(
-                self.opts
-                    .retry_backoff_ms
-                    .saturating_mul(1u64 << (attempt - 1).min(16)),
-            );
-            match self.http.post(&self.endpoint).json(&body).send().await {
-                Err(e) if retry => {
-                    tracing::debug!(url = %self.endpoint, attempt, error = %e, "retrying completion");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(source) => {
-                    return Err(RemoteError::Transport {
-                        url: self.endpoint.clone(),
-                        attempts: attempt,
-                        source,
-                    })
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    if status.is_success() {
-                        return parse_completion(&text).ok_or_else(|| RemoteError::BadResponse {
-                            url: self.endpoint.clone(),
-                            reason: "no choices[0].text",
-                            body: head(&text),
-                        });
-                    }
-                    let transient = status.as_u16() == 429 || status.is_server_error();
-                    if transient && retry {
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(RemoteError::Status {
-                        url: self.endpoint.clone(),
-                        status: status.as_u16(),
-                        attempts: attempt,
-                        body: head(&text),
-                    });
-                }
-            }
-        }
+        let text = crate::retry::post_json(
+            &self.http,
+            &self.endpoint,
+            &body,
+            self.opts.retries,
+            self.opts.retry_backoff_ms,
+        )
+        .await
+        .map_err(|e| match e {
+            PostError::Status {
+                status,
+                attempts,
+                body,
+            } => RemoteError::Status {
+                url: self.endpoint.clone(),
+                status,
+                attempts,
+                body,
+            },
+            PostError::Transport { attempts, source } => RemoteError::Transport {
+                url: self.endpoint.clone(),
+                attempts,
+                source,
+            },
+        })?;
+        parse_completion(&text).ok_or_else(|| RemoteError::BadResponse {
+            url: self.endpoint.clone(),
+            reason: "no choices[0].text",
+            body: head(&text),
+        })
     }
 }
 
@@ -548,11 +535,6 @@ fn parse_completion(body: &str) -> Option<Completion> {
             .and_then(Value::as_u64)
             .map(|n| n as usize),
     })
-}
-
-/// The first 300 characters of a body, for error messages.
-fn head(s: &str) -> String {
-    s.chars().take(300).collect()
 }
 
 #[cfg(test)]

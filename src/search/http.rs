@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Hit, Retriever, SearchError};
+use crate::retry::{head, PostError};
 
 /// `[search.http]`: where the retrieval server is. Defaults stated once, in `impl Default`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,38 +125,26 @@ impl HttpRetriever {
 
     async fn post(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, SearchError> {
         let body = json!({"queries": queries, "topk": k, "return_scores": true});
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let retry = attempt <= self.opts.retries;
-            let wait = Duration::from_millis(
-                self.opts
-                    .retry_backoff_ms
-                    .saturating_mul(1u64 << (attempt - 1).min(16)),
-            );
-            match self.http.post(&self.endpoint).json(&body).send().await {
-                Err(_) if retry => tokio::time::sleep(wait).await,
-                Err(e) => return Err(self.error(format!("after {attempt} attempt(s): {e}"))),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    if status.is_success() {
-                        return parse_retrieve(&text, queries.len()).ok_or_else(|| {
-                            let head: String = text.chars().take(200).collect();
-                            self.error(format!("not a /retrieve answer: {head}"))
-                        });
-                    }
-                    if (status.as_u16() == 429 || status.is_server_error()) && retry {
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    let head: String = text.chars().take(200).collect();
-                    return Err(
-                        self.error(format!("HTTP {status} after {attempt} attempt(s): {head}"))
-                    );
-                }
+        let text = crate::retry::post_json(
+            &self.http,
+            &self.endpoint,
+            &body,
+            self.opts.retries,
+            self.opts.retry_backoff_ms,
+        )
+        .await
+        .map_err(|e| match e {
+            PostError::Status {
+                status,
+                attempts,
+                body,
+            } => self.error(format!("HTTP {status} after {attempts} attempt(s): {body}")),
+            PostError::Transport { attempts, source } => {
+                self.error(format!("after {attempts} attempt(s): {source}"))
             }
-        }
+        })?;
+        parse_retrieve(&text, queries.len())
+            .ok_or_else(|| self.error(format!("not a /retrieve answer: {}", head(&text))))
     }
 
     fn block_on_post(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, SearchError> {
