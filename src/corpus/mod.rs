@@ -123,6 +123,32 @@ impl fmt::Debug for PassageReader {
     }
 }
 
+/// `reader` buffered, and decompressed on the fly when its first bytes are the gzip magic
+/// (whatever the file is called): how every corpus reader opens its input.
+///
+/// # Errors
+/// The I/O error from peeking at the first bytes.
+pub(crate) fn buffered_maybe_gzip(
+    reader: impl Read + Send + 'static,
+) -> io::Result<Box<dyn BufRead + Send>> {
+    let mut raw = BufReader::with_capacity(BUF_BYTES, reader);
+    let is_gzip = loop {
+        match raw.fill_buf() {
+            Ok(head) => break head.starts_with(&GZIP_MAGIC),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(if is_gzip {
+        Box::new(BufReader::with_capacity(
+            BUF_BYTES,
+            MultiGzDecoder::new(raw),
+        ))
+    } else {
+        Box::new(raw)
+    })
+}
+
 impl PassageReader {
     /// Opens a corpus file, decompressing it on the fly when it starts with the gzip magic
     /// bytes, whatever its name.
@@ -148,22 +174,7 @@ impl PassageReader {
         reader: impl Read + Send + 'static,
         label: impl AsRef<Path>,
     ) -> io::Result<Self> {
-        let mut raw = BufReader::with_capacity(BUF_BYTES, reader);
-        let is_gzip = loop {
-            match raw.fill_buf() {
-                Ok(head) => break head.starts_with(&GZIP_MAGIC),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        let reader: Box<dyn BufRead + Send> = if is_gzip {
-            Box::new(BufReader::with_capacity(
-                BUF_BYTES,
-                MultiGzDecoder::new(raw),
-            ))
-        } else {
-            Box::new(raw)
-        };
+        let reader = buffered_maybe_gzip(reader)?;
         Ok(Self {
             path: label.as_ref().to_path_buf(),
             reader,

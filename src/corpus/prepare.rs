@@ -30,16 +30,15 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::{Deserialize, Serialize};
 
-use super::{CorpusError, Passage, PassageReader, BUF_BYTES, GZIP_MAGIC};
+use super::{buffered_maybe_gzip, CorpusError, Passage, PassageReader, BUF_BYTES};
 
 /// How often the progress line is updated, in passages.
 const PROGRESS_EVERY: u64 = 10_000;
@@ -236,22 +235,12 @@ fn malformed(path: &Path, line: u64, reason: impl Into<String>) -> PrepareError 
 }
 
 /// Opens an input file, decompressing it when it starts with the gzip magic bytes.
-fn open_input(path: &Path) -> Result<Box<dyn BufRead>, PrepareError> {
+fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>, PrepareError> {
     let open_err = |source| PrepareError::Open {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open_err)?;
-    let mut raw = BufReader::with_capacity(BUF_BYTES, file);
-    let is_gzip = raw.fill_buf().map_err(open_err)?.starts_with(&GZIP_MAGIC);
-    Ok(if is_gzip {
-        Box::new(BufReader::with_capacity(
-            BUF_BYTES,
-            MultiGzDecoder::new(raw),
-        ))
-    } else {
-        Box::new(raw)
-    })
+    buffered_maybe_gzip(File::open(path).map_err(open_err)?).map_err(open_err)
 }
 
 /// The output stream: a temporary file, plain or gzip, with the counts and progress line.
@@ -544,7 +533,7 @@ fn jsonl(path: &Path, sink: &mut Sink) -> Result<(), PrepareError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::corpus::read_passages;
+    use crate::corpus::{read_passages, GZIP_MAGIC};
 
     fn opts() -> PrepareOptions {
         PrepareOptions {
