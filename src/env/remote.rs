@@ -45,11 +45,10 @@ use tokio::sync::Semaphore;
 use crate::retry::{head, PostError};
 
 use super::prompt::PromptConfig;
-use super::protocol::{
-    documents_block, extract_query, BEGIN_QUERY, END_ANSWER, END_QUERY, NO_ANSWER,
-};
+use super::protocol::{BEGIN_QUERY, END_ANSWER, END_QUERY};
 use super::rollout::{
-    Episode, EpisodeEnd, Policy, RolloutConfig, RolloutError, RolloutStats, SearchCall,
+    query_turn, Episode, EpisodeEnd, Policy, QueryTurn, RolloutConfig, RolloutError, RolloutStats,
+    SearchCall,
 };
 use crate::model::{ModelError, Sampler, Tokenizer};
 use crate::search::Retriever;
@@ -349,20 +348,17 @@ impl RemotePolicy {
                 break end;
             }
             // It stopped at `<|end_of_query|>`: search, as the local loop does.
-            let Some(query) = extract_query(segment) else {
-                break EpisodeEnd::EmptyQuery;
+            let query = match query_turn(segment, searches.len(), cfg.max_searches) {
+                QueryTurn::Search(q) => q,
+                QueryTurn::End(end, prediction) => {
+                    forced = prediction;
+                    break end;
+                }
             };
-            if searches.len() >= cfg.max_searches {
-                forced = Some(NO_ANSWER.to_string());
-                break EpisodeEnd::SearchBudget;
-            }
             let ts = Instant::now();
-            let (hits, error) = match retriever.search(&query, cfg.top_k) {
-                Ok(h) => (h, None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
-            };
+            let result = retriever.search(&query, cfg.top_k);
             times.search += ts.elapsed().as_secs_f64();
-            let block = documents_block(&hits, cfg.doc_max_words);
+            let (call, block) = SearchCall::from_result(query, result, cfg.doc_max_words);
             let ids = encode(&block)?;
             if tokens.len() + ids.len() > cfg.context_tokens {
                 // The documents do not fit: end without them, as the local loop does.
@@ -371,12 +367,7 @@ impl RemotePolicy {
             solution.push_str(&block);
             mask.extend(std::iter::repeat_n(0u8, ids.len()));
             tokens.extend(ids);
-            searches.push(SearchCall {
-                query,
-                documents: hits.iter().map(|h| h.render()).collect(),
-                titles: hits.iter().map(|h| h.title.clone()).collect(),
-                error,
-            });
+            searches.push(call);
         };
         Ok((
             Episode {

@@ -16,7 +16,7 @@ use crate::model::generate::Row;
 use crate::model::{
     text_of, BatchGenerator, DecodeWeights, Decoder, Sampler, SamplingConfig, StopReason, Tokenizer,
 };
-use crate::search::Retriever;
+use crate::search::{Hit, Retriever, SearchError};
 
 /// Rollout settings (`[rollout]` in an env config). Defaults stated once, in `impl Default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +90,51 @@ pub struct SearchCall {
     /// Error text when the backend failed (the documents block then says `None`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl SearchCall {
+    /// The record of one search for `query` and the documents block it inserts
+    /// ([`documents_block`], `max_words` per passage): the hits of `result`, or none and the
+    /// error text when the backend failed (the block then says `None`).
+    pub fn from_result(
+        query: String,
+        result: Result<Vec<Hit>, SearchError>,
+        max_words: usize,
+    ) -> (Self, String) {
+        let (hits, error) = match result {
+            Ok(h) => (h, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let block = documents_block(&hits, max_words);
+        let call = SearchCall {
+            query,
+            documents: hits.iter().map(|h| h.render()).collect(),
+            titles: hits.iter().map(|h| h.title.clone()).collect(),
+            error,
+        };
+        (call, block)
+    }
+}
+
+/// What a segment that stopped at `<|end_of_query|>` asks for, after `searches_done`
+/// searches: a search, or the end of the episode — an empty query, or a query past
+/// `max_searches` (then answered "I don't know.").
+pub(crate) enum QueryTurn {
+    /// Search for this cleaned query.
+    Search(String),
+    /// End the episode this way, with this forced prediction.
+    End(EpisodeEnd, Option<String>),
+}
+
+/// Classifies a query turn; see [`QueryTurn`]. One rule for the local and the remote loop.
+pub(crate) fn query_turn(segment: &str, searches_done: usize, max_searches: usize) -> QueryTurn {
+    match extract_query(segment) {
+        None => QueryTurn::End(EpisodeEnd::EmptyQuery, None),
+        Some(_) if searches_done >= max_searches => {
+            QueryTurn::End(EpisodeEnd::SearchBudget, Some(NO_ANSWER.to_string()))
+        }
+        Some(q) => QueryTurn::Search(q),
+    }
 }
 
 /// How an episode ended.
@@ -323,14 +368,15 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
                 continue;
             }
             match row.stop {
-                Some(StopReason::Stop(0)) => match extract_query(&row.segment_text()) {
-                    None => ends[r] = Some(EpisodeEnd::EmptyQuery),
-                    Some(_) if searches[r].len() >= cfg.max_searches => {
-                        ends[r] = Some(EpisodeEnd::SearchBudget);
-                        forced[r] = Some(NO_ANSWER.to_string());
+                Some(StopReason::Stop(0)) => {
+                    match query_turn(&row.segment_text(), searches[r].len(), cfg.max_searches) {
+                        QueryTurn::Search(q) => wanted.push((r, q)),
+                        QueryTurn::End(end, prediction) => {
+                            ends[r] = Some(end);
+                            forced[r] = prediction;
+                        }
                     }
-                    Some(q) => wanted.push((r, q)),
-                },
+                }
                 Some(StopReason::Stop(_)) => ends[r] = Some(EpisodeEnd::Answered),
                 Some(StopReason::Eos) => ends[r] = Some(EpisodeEnd::Eos),
                 Some(StopReason::Length) | Some(StopReason::Capacity) | None => {
@@ -356,11 +402,7 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
         };
         seconds_search += t0.elapsed().as_secs_f64();
         for ((r, query), result) in wanted.into_iter().zip(results) {
-            let (hits, error) = match result {
-                Ok(h) => (h, None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
-            };
-            let block = documents_block(&hits, cfg.doc_max_words);
+            let (call, block) = SearchCall::from_result(query, result, cfg.doc_max_words);
             // The token that closed the query may have written the block's first bytes
             // (`|>\n`): insert only the rest, so the text is the block exactly once.
             let overshoot = &gen.rows()[r].overshoot;
@@ -369,12 +411,6 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
                 .and_then(|o| block.strip_prefix(o))
                 .unwrap_or(&block)
                 .to_string();
-            let call = SearchCall {
-                query,
-                documents: hits.iter().map(|h| h.render()).collect(),
-                titles: hits.iter().map(|h| h.title.clone()).collect(),
-                error,
-            };
             let ids = tokenizer
                 .encode(&inserted, false)
                 .map_err(crate::model::ModelError::from)?;
