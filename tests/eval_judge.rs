@@ -196,4 +196,33 @@ fn rescore_reports_acc_l_from_stored_verdicts_and_from_a_live_judge() {
     assert_eq!(live["acc_l"], 25.0);
     assert_eq!(live["judge_unparsed"], 2);
     assert_eq!(hits.total(), 4);
+
+    // A live judge needs the question: a row without one is an error naming file and line,
+    // and nothing is sent.
+    let bare = dir.path().join("bare.jsonl");
+    std::fs::write(
+        &bare,
+        "{\"question\": \"Q?\", \"answer\": \"a\", \"pred_ans\": \"a\"}\n\n{\"answer\": \"b\", \"pred_ans\": \"b\"}\n",
+    )
+    .unwrap();
+    let out = sleuth()
+        .args(["eval", "--rescore"])
+        .arg(&bare)
+        .args([
+            "--judge-url",
+            &url,
+            "--judge-model",
+            "judge-test",
+            "--judge-cache",
+        ])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bare.jsonl:3") && err.contains("`question`"),
+        "{err}"
+    );
+    assert_eq!(hits.total(), 4);
 }

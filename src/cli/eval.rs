@@ -10,7 +10,7 @@ use clap::Args;
 use super::{load_config, open_search};
 use crate::config::RunConfig;
 use crate::env::Policy;
-use crate::eval::{evaluate, judge_all, read_qa, rescore, EvalRecord, EvalReport, JudgeItem};
+use crate::eval::{evaluate, judge_all, read_qa, rescore_rows, EvalRecord, EvalReport, JudgeItem};
 use crate::llm::{LlmClient, LlmOptions};
 use crate::reward::AnswerRules;
 
@@ -209,17 +209,29 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     }
     let judge = a.judge.client()?;
     if let Some(path) = &a.rescore {
-        let mut report = rescore(path, a.answer_rules, a.limit)?;
+        // With a live judge, keep the rows the rescoring reads (the file is parsed once).
+        let mut rows = Vec::new();
+        let mut report = rescore_rows(path, a.answer_rules, a.limit, |row| {
+            if judge.is_some() {
+                rows.push(row.clone());
+            }
+        })?;
         if let Some(client) = &judge {
-            let rows = read_judge_rows(path, a.limit)?;
-            let items: Vec<JudgeItem> = rows
-                .iter()
-                .map(|(q, g, p)| JudgeItem {
-                    question: q,
-                    golds: g,
-                    prediction: p,
-                })
-                .collect();
+            let mut items = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let Some(question) = &row.question else {
+                    bail!(
+                        "{}:{}: --judge-url needs a string field `question` in every row",
+                        path.display(),
+                        row.line
+                    );
+                };
+                items.push(JudgeItem {
+                    question,
+                    golds: &row.golds,
+                    prediction: &row.prediction,
+                });
+            }
             let verdicts = judge_all(client, &items)?;
             report = report.with_verdicts(&verdicts);
             eprintln!("judge: {}", serde_json::to_string(&client.stats())?);
@@ -426,45 +438,6 @@ fn judge_records(
     }
     eprintln!("judge: {}", serde_json::to_string(&client.stats())?);
     Ok(())
-}
-
-/// (question, golds, prediction) of the first `limit` rows of a predictions file, for the
-/// judge. The file was already read once by `rescore`, so its rows are known to parse.
-fn read_judge_rows(
-    path: &std::path::Path,
-    limit: Option<usize>,
-) -> Result<Vec<(String, Vec<String>, String)>> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        if limit.is_some_and(|n| rows.len() >= n) {
-            break;
-        }
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(&line)?;
-        let Some(question) = v.get("question").and_then(|q| q.as_str()) else {
-            bail!(
-                "{}:{}: --judge-url needs a string field `question` in every row",
-                path.display(),
-                i + 1
-            );
-        };
-        let golds = match &v["answer"] {
-            serde_json::Value::String(s) => vec![s.clone()],
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let pred = v.get("pred_ans").and_then(|p| p.as_str()).unwrap_or("");
-        rows.push((question.to_owned(), golds, pred.to_owned()));
-    }
-    Ok(rows)
 }
 
 /// One markdown table of per-set reports: n, EM, cover-EM, F1, ACC_L (when judged),

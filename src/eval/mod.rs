@@ -29,7 +29,7 @@ pub mod retrieval;
 pub use agent::{evaluate, EvalRecord, EvalReport, EvalTally};
 pub use dataset::{read_qa, QaExample};
 pub use judge::{judge_all, JudgeItem};
-pub use rescore::{parse_verdict, rescore, RescoreReport};
+pub use rescore::{parse_verdict, rescore, rescore_rows, PredictionRow, RescoreReport};
 pub use retrieval::{evaluate_retrieval, read_support, QueryRewrite, RetrievalReport};
 
 /// Everything that can go wrong while evaluating. Each variant names the file it concerns.

@@ -122,6 +122,20 @@ pub fn rescore(
     rules: AnswerRules,
     limit: Option<usize>,
 ) -> Result<RescoreReport, EvalError> {
+    rescore_rows(path, rules, limit, |_| {})
+}
+
+/// [`rescore`], handing each scored row to `on_row` as it is read (e.g. to collect the rows a
+/// live judge should see), so the file is parsed once.
+///
+/// # Errors
+/// As [`rescore`].
+pub fn rescore_rows(
+    path: &Path,
+    rules: AnswerRules,
+    limit: Option<usize>,
+    mut on_row: impl FnMut(&PredictionRow),
+) -> Result<RescoreReport, EvalError> {
     let io_error = |source| EvalError::Io {
         path: path.to_path_buf(),
         source,
@@ -142,6 +156,7 @@ pub fn rescore(
         metrics.push(rules.score(&row.prediction, &row.golds));
         any_verdict |= row.verdict.is_some();
         verdicts.push(row.verdict.as_deref().and_then(parse_verdict));
+        on_row(&row);
     }
     let report = RescoreReport::from_metrics(metrics);
     Ok(if any_verdict {
@@ -151,16 +166,23 @@ pub fn rescore(
     })
 }
 
-/// One predictions row.
-struct Row {
-    prediction: String,
-    golds: Vec<String>,
+/// One predictions row, as [`rescore_rows`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionRow {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The `question` field, when the row has one as a string.
+    pub question: Option<String>,
+    /// `pred_ans` (empty when missing or null).
+    pub prediction: String,
+    /// `answer`, as a list.
+    pub golds: Vec<String>,
     /// The stored judge verdict, as written.
-    verdict: Option<String>,
+    pub verdict: Option<String>,
 }
 
 /// Parse one row.
-fn parse_row(line: &str, path: &Path, line_no: usize) -> Result<Row, EvalError> {
+fn parse_row(line: &str, path: &Path, line_no: usize) -> Result<PredictionRow, EvalError> {
     let row: Map<String, Value> = serde_json::from_str(line).map_err(|source| EvalError::Json {
         path: path.to_path_buf(),
         line: line_no,
@@ -207,7 +229,14 @@ fn parse_row(line: &str, path: &Path, line_no: usize) -> Result<Row, EvalError> 
             Some(_) => return Err(invalid(field, "a string (True or False)")),
         }
     }
-    Ok(Row {
+    // Only a live judge needs it, and it says so when a row lacks it.
+    let question = row
+        .get("question")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(PredictionRow {
+        line: line_no,
+        question,
         prediction,
         golds,
         verdict,
