@@ -385,7 +385,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                             .map_err(|e| perr(Box::new(e)))?;
                         write_atomic(
                             &report_path,
-                            &serde_json::to_string_pretty(&report).expect("report"),
+                            serde_json::to_string_pretty(&report).expect("report"),
                         )
                         .map_err(|e| perr(Box::new(e)))?;
                         report
@@ -466,9 +466,11 @@ fn policy_at<B: AutodiffBackend>(
     }
 }
 
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `bytes` to `path` through `path` with extension `tmp` and a rename, so a reader
+/// never sees a half-written file.
+pub(crate) fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
 

@@ -397,17 +397,10 @@ fn trajectories_path(out: &std::path::Path) -> PathBuf {
     ))
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename.
+/// [`crate::curriculum::write_atomic`], with the path in the error.
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    crate::curriculum::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Ask the judge about every record; adds ACC_L to the report and each row's verdict.
