@@ -50,9 +50,9 @@ pub struct EvalReport {
 impl EvalReport {
     /// Add ACC_L from one verdict per record (`None`: unparseable, counted as not correct).
     pub fn set_verdicts(&mut self, verdicts: &[Option<bool>]) {
-        let correct = verdicts.iter().filter(|v| **v == Some(true)).count();
-        self.acc_l = Some(pct(correct as f64 / verdicts.len().max(1) as f64));
-        self.judge_unparsed = Some(verdicts.iter().filter(|v| v.is_none()).count());
+        let (acc_l, unparsed) = super::judge::acc_l(verdicts);
+        self.acc_l = Some(acc_l);
+        self.judge_unparsed = Some(unparsed);
     }
 }
 

@@ -17,6 +17,15 @@ use crate::llm::{judge_prompt, LlmClient, LlmError};
 
 use super::parse_verdict;
 
+/// ACC_L in percent (one decimal) and the count of unparseable verdicts, from one verdict per
+/// row (`None`: unparseable, counted as not correct). No rows gives 0 %.
+pub fn acc_l(verdicts: &[Option<bool>]) -> (f64, usize) {
+    let correct = verdicts.iter().filter(|v| **v == Some(true)).count();
+    let percent = 100.0 * correct as f64 / verdicts.len().max(1) as f64;
+    let unparsed = verdicts.iter().filter(|v| v.is_none()).count();
+    ((percent * 10.0).round() / 10.0, unparsed)
+}
+
 /// One answer to judge.
 #[derive(Debug, Clone, Copy)]
 pub struct JudgeItem<'a> {

@@ -82,13 +82,9 @@ impl RescoreReport {
     /// Add ACC_L from per-row verdicts (`None`: the judge's answer could not be parsed).
     /// `verdicts` must hold one entry per scored row.
     pub fn with_verdicts(mut self, verdicts: &[Option<bool>]) -> Self {
-        let correct = verdicts.iter().filter(|v| **v == Some(true)).count();
-        self.acc_l = Some(if verdicts.is_empty() {
-            0.0
-        } else {
-            round1(100.0 * correct as f64 / verdicts.len() as f64)
-        });
-        self.judge_unparsed = Some(verdicts.iter().filter(|v| v.is_none()).count());
+        let (acc_l, unparsed) = super::judge::acc_l(verdicts);
+        self.acc_l = Some(acc_l);
+        self.judge_unparsed = Some(unparsed);
         self
     }
 }
