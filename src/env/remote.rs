@@ -300,11 +300,10 @@ impl RemotePolicy {
         let mut solution = String::new();
         let mut searches: Vec<SearchCall> = Vec::new();
         let mut times = EpisodeTimes::default();
-        let mut used = 0usize;
         let mut forced = None;
         let mut turn = 0u64;
         let end = loop {
-            let left = cfg.max_new_tokens.saturating_sub(used);
+            let left = cfg.max_new_tokens.saturating_sub(times.sampled);
             let room = cfg.context_tokens.saturating_sub(tokens.len());
             if left == 0 || room == 0 {
                 break EpisodeEnd::Length;
@@ -340,7 +339,6 @@ impl RemotePolicy {
             };
             let segment = &solution[segment_start..];
             let ids = encode(segment)?;
-            used += c.tokens.unwrap_or(ids.len());
             times.sampled += c.tokens.unwrap_or(ids.len());
             mask.extend(std::iter::repeat_n(1u8, ids.len()));
             tokens.extend(ids);
@@ -467,7 +465,9 @@ type EpisodeResult = Result<(Episode, EpisodeTimes), RolloutError>;
 /// Per-episode timing and counts.
 #[derive(Default)]
 struct EpisodeTimes {
+    /// Seconds in the retriever.
     search: f64,
+    /// Policy tokens sampled (the server's count when it reports one): the budget's measure.
     sampled: usize,
 }
 
