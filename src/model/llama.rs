@@ -27,7 +27,10 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
+use std::sync::Arc;
+
 use super::config::LlamaConfig;
+use super::fused::{self, RopeTables};
 use super::kv_cache::KvCache;
 
 /// Large negative value added to masked attention scores (finite, so a fully masked row
@@ -46,6 +49,11 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     /// Normalizes the last dimension. `x`: `[.., hidden]` → same shape.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if fused::enabled::<B>() {
+            if let Some(y) = fused::rms_norm(x.clone(), self.weight.val(), self.eps) {
+                return y;
+            }
+        }
         let dims = x.dims();
         let hidden = dims[D - 1];
         let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
@@ -131,8 +139,13 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[batch, tokens, hidden]` → same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let g = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(g * self.up_proj.forward(x))
+        let g = self.gate_proj.forward(x.clone());
+        let u = self.up_proj.forward(x);
+        let a = match fused::enabled::<B>() {
+            true => fused::swiglu(g.clone(), u.clone()),
+            false => None,
+        };
+        self.down_proj.forward(a.unwrap_or_else(|| silu(g) * u))
     }
 }
 
@@ -223,6 +236,23 @@ struct NewKv<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// Whole-sequence causal attention through [`fused::causal_attention`] (RoPE inside):
+    /// `x` `[B, T, hidden]` → `[B, T, heads·hd]` before the output projection. `None` on a
+    /// backend without the fused kernels (callers check [`fused::enabled`] first, so the
+    /// projections are not computed twice).
+    fn fused_forward(&self, x: Tensor<B, 3>, rope: &Arc<RopeTables>) -> Option<Tensor<B, 3>> {
+        let [b, t, _] = x.dims();
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        fused::causal_attention(
+            q.reshape([b, t, self.n_heads, self.head_dim]),
+            k.reshape([b, t, self.n_kv_heads, self.head_dim]),
+            v.reshape([b, t, self.n_kv_heads, self.head_dim]),
+            rope,
+        )
+    }
+
     /// Projects `x` `[B, T, hidden]` to rotated queries `[B, heads, T, hd]` and rotated keys
     /// and values `[B, kv_heads, T, hd]`.
     fn qkv(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> (Tensor<B, 4>, NewKv<B>) {
@@ -421,14 +451,33 @@ impl<B: Backend> Llama<B> {
         let [_, t] = tokens.dims();
         let (_, n_kv, hd) = self.attn_shape();
         let group = self.attn_shape().0 / n_kv;
-        let positions: Vec<usize> = (0..t).collect();
-        let rope = Rope::new(&positions, hd, self.rope_theta, [1, t, 1, hd], &device);
-        let bias = causal_bias::<B>(0, t, group, &device);
+        // The fused kernels (CPU) take host RoPE tables; other backends the tensor path.
+        let tables =
+            fused::enabled::<B>().then(|| Arc::new(RopeTables::new(t, hd, self.rope_theta)));
+        let composed = || {
+            let positions: Vec<usize> = (0..t).collect();
+            let rope = Rope::new(&positions, hd, self.rope_theta, [1, t, 1, hd], &device);
+            (rope, causal_bias::<B>(0, t, group, &device))
+        };
+        let composed = if tables.is_none() {
+            Some(composed())
+        } else {
+            None
+        };
         let mut x = self.embed(tokens);
         for layer in &self.layers {
             let h = layer.input_layernorm.forward(x.clone());
-            let (q, kv) = layer.self_attn.qkv(h, &rope);
-            let a = layer.self_attn.attend(q, kv.k, kv.v, bias.clone());
+            let fused = tables
+                .as_ref()
+                .and_then(|tab| layer.self_attn.fused_forward(h.clone(), tab));
+            let a = match (fused, &composed) {
+                (Some(a), _) => a,
+                (None, Some((rope, bias))) => {
+                    let (q, kv) = layer.self_attn.qkv(h, rope);
+                    layer.self_attn.attend(q, kv.k, kv.v, bias.clone())
+                }
+                (None, None) => unreachable!("fused attention ran whenever its tables exist"),
+            };
             x = x + layer.self_attn.o_proj.forward(a);
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h);

@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod config;
 pub mod decoder;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;

@@ -1,0 +1,1016 @@
+//! Fused CPU kernels, with hand-written backward passes, for the whole-sequence forward pass
+//! that training and scoring run ([`crate::model::Llama::forward`]).
+//!
+//! # Why
+//! Built from burn's tensor ops, one decoder layer is ~60 small ops forward and more
+//! backward, and on burn-flex each op allocates a fresh output buffer: every matmul output
+//! is `calloc`ed and then copied once more to reach burn's runtime alignment, broadcast
+//! element-wise ops (the causal bias, the RoPE tables) walk strided indices one element at a
+//! time, and the softmax of the attention scores makes five `[B, kv, group·T, T]` tensors.
+//! Profiled with `perf` on `examples/profile_update.rs` (4 × 256 tokens, 2 cores), a fifth
+//! of the update was page faults on fresh buffers, a tenth strided iteration, and GEMM under
+//! half. Three ops here replace those chains with one pass each over contiguous `f32`
+//! slices:
+//!
+//! - [`causal_attention`]: RoPE on q and k, `softmax(q·kᵀ/√d + causal)·v` with grouped kv
+//!   heads, per (row, kv head) task; the products go through the `gemm` crate (burn-flex's
+//!   own GEMM) on strided views of the projections' `[B, T, heads, hd]` layout, so no
+//!   transpose is ever materialised, and causal blocks above the diagonal are skipped
+//!   (64-row blocks: 0.63× the products of the full square at T = 256). Backward is the
+//!   standard one (e.g. FlashAttention's Algorithm 2 without tiling; Dao et al. 2022):
+//!   `dP = dO·vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dq = dS·k`, `dk = dSᵀ·q`, `dv = Pᵀ·dO`,
+//!   then the inverse rotation of dq and dk. The probabilities P (`[B, heads, T, T]`) are
+//!   saved for backward, as burn's composed softmax saved them.
+//! - [`rms_norm`]: `x · w / √(mean(x²) + ε)` and its backward.
+//! - [`swiglu`]: `silu(g) ⊙ u` and its backward.
+//!
+//! # How they plug in
+//! The model is generic over burn's `Backend` (its `Module` derive ties it there), so the
+//! ops specialise at run time: on burn-flex ([`Flex`], inference) and on `Autodiff<Flex>`
+//! (training) they take the tensors' primitives by type id and run the kernels, registering
+//! a custom backward step on the autodiff graph; on any other backend (CUDA) they return
+//! `None` and the caller runs the composed burn ops, which remain the reference: tests check
+//! outputs and every parameter's gradient of the fused model against them.
+//! [`with_composite`] forces the composed path on the current thread (tests and
+//! before/after profiles); `SLEUTH_FUSED=0` does so for a whole process.
+
+use std::any::{Any, TypeId};
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+/// The training backend the fused ops specialise for (burn-flex under autodiff).
+type Ad = Autodiff<Flex>;
+/// Its float tensor primitive (`AutodiffTensor<Flex>`).
+type AdTensor = burn::tensor::ops::FloatTensor<Ad>;
+
+thread_local! {
+    static COMPOSITE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the fused ops switched off on this thread (every model forward inside uses
+/// burn's composed ops), for tests and before/after measurements in one build.
+pub fn with_composite<R>(f: impl FnOnce() -> R) -> R {
+    let before = COMPOSITE.with(|c| c.replace(true));
+    let out = f();
+    COMPOSITE.with(|c| c.set(before));
+    out
+}
+
+/// Which fused path backend `B` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Flex,
+    Autodiff,
+}
+
+fn kind<B: Backend>() -> Option<Kind> {
+    static ENV_OFF: OnceLock<bool> = OnceLock::new();
+    let off = *ENV_OFF.get_or_init(|| std::env::var("SLEUTH_FUSED").is_ok_and(|v| v == "0"));
+    if off || COMPOSITE.with(Cell::get) {
+        return None;
+    }
+    let id = TypeId::of::<B>();
+    if id == TypeId::of::<Flex>() {
+        Some(Kind::Flex)
+    } else if id == TypeId::of::<Ad>() {
+        Some(Kind::Autodiff)
+    } else {
+        None
+    }
+}
+
+/// Whether the fused ops run for backend `B` on this thread.
+pub fn enabled<B: Backend>() -> bool {
+    kind::<B>().is_some()
+}
+
+/// Moves a value to the type it is known to have (checked by type id before the call).
+fn cast<T: 'static, U: 'static>(x: T) -> U {
+    let mut slot = Some(x);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
+        .expect("fused: backend type checked before the cast")
+}
+
+fn primitive<B: Backend, const D: usize, P: 'static>(x: Tensor<B, D>) -> P {
+    cast(x.into_primitive().tensor())
+}
+
+fn from_primitive<B: Backend, const D: usize, P: 'static>(p: P) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(cast::<P, B::FloatTensorPrimitive>(
+        p,
+    )))
+}
+
+/// A contiguous `f32` copy-free view source: the tensor itself when contiguous, else a copy.
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("fused: f32 tensor made contiguous before reading")
+}
+
+fn flex(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.layout().shape().to_vec()
+}
+
+/// A raw pointer that rayon tasks share to write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every use writes index sets that are disjoint between tasks (stated at each use).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+// ---------------------------------------------------------------------------------------
+// GEMM on strided views
+// ---------------------------------------------------------------------------------------
+
+/// A strided matrix view: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst[m×n] = acc·dst + beta · lhs[m×k] · rhs[k×n]` (`acc` false: dst is overwritten).
+///
+/// # Safety
+/// Every view must address `m×k`, `k×n` and `m×n` valid elements, and `dst` must not alias
+/// `lhs` or `rhs` nor be written concurrently by another thread.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_view(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    acc: bool,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                for j in 0..n {
+                    *dst.offset(i as isize * dst_rs + j as isize) = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs,
+        acc,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rotary embeddings
+// ---------------------------------------------------------------------------------------
+
+/// RoPE tables for positions `0..T`: `cos`, `sin` `[T, hd/2]` (rotate-half convention, HF's
+/// `rotate_half`; pairs `(i, i + hd/2)` rotate by `pos · θ^(−2i/hd)`).
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl RopeTables {
+    /// Tables for positions `0..tokens`, head dimension `head_dim` (even), base `theta`.
+    pub fn new(tokens: usize, head_dim: usize, theta: f64) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(tokens * half);
+        let mut sin = Vec::with_capacity(tokens * half);
+        for p in 0..tokens {
+            for i in 0..half {
+                let inv_freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+                let angle = p as f64 * inv_freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Self { cos, sin, half }
+    }
+
+    /// Rotates (or with `inverse`, rotates back) every head of `x` `[B·T, heads, hd]` in
+    /// place; row `r` sits at position `r % tokens`. The inverse is also the backward of the
+    /// rotation (the rotation is orthogonal).
+    fn apply(&self, x: &mut [f32], tokens: usize, heads: usize, inverse: bool) {
+        let half = self.half;
+        let hd = 2 * half;
+        let sign = if inverse { -1.0f32 } else { 1.0 };
+        x.par_chunks_mut(heads * hd)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let t = r % tokens;
+                let cos = &self.cos[t * half..(t + 1) * half];
+                let sin = &self.sin[t * half..(t + 1) * half];
+                for head in row.chunks_exact_mut(hd) {
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x0, x1) = (a[i], b[i]);
+                        let s = sign * sin[i];
+                        a[i] = x0 * cos[i] - x1 * s;
+                        b[i] = x1 * cos[i] + x0 * s;
+                    }
+                }
+            });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Causal attention
+// ---------------------------------------------------------------------------------------
+
+/// Shapes of one attention call: batch rows, tokens, query heads, kv heads, head dim.
+#[derive(Debug, Clone, Copy)]
+struct AttnDims {
+    b: usize,
+    t: usize,
+    h: usize,
+    kv: usize,
+    hd: usize,
+}
+
+impl AttnDims {
+    fn group(&self) -> usize {
+        self.h / self.kv
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.hd as f32).sqrt()
+    }
+}
+
+/// Row blocks for causal skipping: rows `[r0, r1)` only see keys `0..r1`.
+const CAUSAL_BLOCK: usize = 64;
+
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(CAUSAL_BLOCK)
+        .map(move |r0| (r0, (r0 + CAUSAL_BLOCK).min(t)))
+}
+
+/// What the forward pass keeps for backward.
+#[derive(Debug, Clone)]
+struct AttnSaved {
+    /// Rotated queries `[B, T, H, hd]`.
+    qr: Arc<Vec<f32>>,
+    /// Rotated keys `[B, T, KV, hd]`.
+    kr: Arc<Vec<f32>>,
+    /// Values `[B, T, KV, hd]` (contiguous).
+    v: FlexTensor,
+    /// Attention probabilities `[B, H, T, T]` (zero above the diagonal).
+    probs: Arc<Vec<f32>>,
+    rope: Arc<RopeTables>,
+    dims: AttnDims,
+}
+
+/// Forward kernel. `q` `[B, T, H, hd]`, `k`/`v` `[B, T, KV, hd]`, all contiguous. Returns the
+/// output `[B, T, H·hd]`, and the saved state when `keep` is set.
+fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &FlexTensor,
+    rope: &Arc<RopeTables>,
+    d: AttnDims,
+    keep: bool,
+) -> (Vec<f32>, Option<AttnSaved>) {
+    let AttnDims { b, t, h, kv, hd } = d;
+    let group = d.group();
+    let mut qr = q.to_vec();
+    let mut kr = k.to_vec();
+    rope.apply(&mut qr, t, h, false);
+    rope.apply(&mut kr, t, kv, false);
+    let vs = slice(v);
+    let mut out = vec![0f32; b * t * h * hd];
+    let chunk = group * t * t;
+    // Probabilities of the heads of one (row, kv head) pair are contiguous in [B, H, T, T].
+    let mut probs = vec![0f32; if keep { b * h * t * t } else { 0 }];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let (qs, ks) = (&qr[..], &kr[..]);
+    let task = |task: usize, p_all: &mut [f32]| {
+        let (bi, kvh) = (task / kv, task % kv);
+        let k_base = (bi * t * kv + kvh) * hd;
+        let kt = View {
+            // kᵀ: (dim, key) → kr[(bi, key, kvh, dim)]
+            ptr: ks[k_base..].as_ptr(),
+            rs: 1,
+            cs: (kv * hd) as isize,
+        };
+        let vv = View {
+            ptr: vs[k_base..].as_ptr(),
+            rs: (kv * hd) as isize,
+            cs: 1,
+        };
+        for g in 0..group {
+            let head = kvh * group + g;
+            let p = &mut p_all[g * t * t..(g + 1) * t * t];
+            let q_base = (bi * t * h + head) * hd;
+            for (r0, r1) in blocks(t) {
+                let qv = View {
+                    ptr: qs[q_base + r0 * h * hd..].as_ptr(),
+                    rs: (h * hd) as isize,
+                    cs: 1,
+                };
+                // SAFETY: rows r0..r1 × keys 0..r1 of this task's own P; views in bounds.
+                unsafe {
+                    gemm_view(
+                        r1 - r0,
+                        r1,
+                        hd,
+                        p[r0 * t..].as_mut_ptr(),
+                        t as isize,
+                        false,
+                        qv,
+                        kt,
+                        d.scale(),
+                    )
+                };
+            }
+            for i in 0..t {
+                let row = &mut p[i * t..(i + 1) * t];
+                let (live, masked) = row.split_at_mut(i + 1);
+                let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in live.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                live.iter_mut().for_each(|x| *x *= inv);
+                masked.fill(0.0);
+            }
+            for (r0, r1) in blocks(t) {
+                let pv = View {
+                    ptr: p[r0 * t..].as_ptr(),
+                    rs: t as isize,
+                    cs: 1,
+                };
+                // SAFETY: this task alone writes the output rows of heads of kv head `kvh` in
+                // batch row `bi`; rows r0..r1 × hd of head `head`.
+                unsafe {
+                    gemm_view(
+                        r1 - r0,
+                        hd,
+                        r1,
+                        { out_ptr }.0.add(q_base + r0 * h * hd),
+                        (h * hd) as isize,
+                        false,
+                        pv,
+                        vv,
+                        1.0,
+                    )
+                };
+            }
+        }
+    };
+    if keep {
+        probs
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, p)| task(i, p));
+    } else {
+        (0..b * kv)
+            .into_par_iter()
+            .for_each_init(|| vec![0f32; chunk], |p, i| task(i, p));
+    }
+    let saved = keep.then(|| AttnSaved {
+        qr: Arc::new(qr),
+        kr: Arc::new(kr),
+        v: v.clone(),
+        probs: Arc::new(probs),
+        rope: rope.clone(),
+        dims: d,
+    });
+    (out, saved)
+}
+
+/// Backward kernel: from `dout` `[B, T, H·hd]` to `(dq, dk, dv)` in the input layouts.
+fn attention_backward(dout: &[f32], s: &AttnSaved) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let AttnDims { b, t, h, kv, hd } = s.dims;
+    let group = s.dims.group();
+    let scale = s.dims.scale();
+    let mut dq = vec![0f32; b * t * h * hd];
+    let mut dk = vec![0f32; b * t * kv * hd];
+    let mut dv = vec![0f32; b * t * kv * hd];
+    let (dq_ptr, dk_ptr, dv_ptr) = (
+        SharedMut(dq.as_mut_ptr()),
+        SharedMut(dk.as_mut_ptr()),
+        SharedMut(dv.as_mut_ptr()),
+    );
+    let (qs, ks, vs, probs) = (&s.qr[..], &s.kr[..], slice(&s.v), &s.probs[..]);
+    (0..b * kv).into_par_iter().for_each_init(
+        || vec![0f32; t * t],
+        |ds, task| {
+            let (bi, kvh) = (task / kv, task % kv);
+            let k_base = (bi * t * kv + kvh) * hd;
+            let row_kv = (kv * hd) as isize;
+            let row_h = (h * hd) as isize;
+            for g in 0..group {
+                let head = kvh * group + g;
+                let q_base = (bi * t * h + head) * hd;
+                let p = &probs[(bi * h + head) * t * t..(bi * h + head + 1) * t * t];
+                // dP = dO · vᵀ (rows r0..r1 see keys 0..r1).
+                for (r0, r1) in blocks(t) {
+                    let dov = View {
+                        ptr: dout[q_base + r0 * h * hd..].as_ptr(),
+                        rs: row_h,
+                        cs: 1,
+                    };
+                    let vt = View {
+                        ptr: vs[k_base..].as_ptr(),
+                        rs: 1,
+                        cs: row_kv,
+                    };
+                    // SAFETY: the task's own scratch, in bounds.
+                    unsafe {
+                        gemm_view(
+                            r1 - r0,
+                            r1,
+                            hd,
+                            ds[r0 * t..].as_mut_ptr(),
+                            t as isize,
+                            false,
+                            dov,
+                            vt,
+                            1.0,
+                        )
+                    };
+                }
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale, zero above the diagonal.
+                for i in 0..t {
+                    let pr = &p[i * t..i * t + i + 1];
+                    let row = &mut ds[i * t..(i + 1) * t];
+                    let dot: f32 = pr.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                    for (x, &pp) in row.iter_mut().zip(pr) {
+                        *x = pp * (*x - dot) * scale;
+                    }
+                    row[i + 1..].fill(0.0);
+                }
+                // dq = dS · k.
+                for (r0, r1) in blocks(t) {
+                    let dsv = View {
+                        ptr: ds[r0 * t..].as_ptr(),
+                        rs: t as isize,
+                        cs: 1,
+                    };
+                    let kk = View {
+                        ptr: ks[k_base..].as_ptr(),
+                        rs: row_kv,
+                        cs: 1,
+                    };
+                    // SAFETY: only this task writes dq rows of heads of kv head `kvh` in
+                    // batch row `bi`.
+                    unsafe {
+                        gemm_view(
+                            r1 - r0,
+                            hd,
+                            r1,
+                            { dq_ptr }.0.add(q_base + r0 * h * hd),
+                            row_h,
+                            false,
+                            dsv,
+                            kk,
+                            1.0,
+                        )
+                    };
+                }
+                // dk += dSᵀ · q and dv += Pᵀ · dO: key rows s0..s1 get queries s0..T.
+                for (s0, s1) in blocks(t) {
+                    let qv = View {
+                        ptr: qs[q_base + s0 * h * hd..].as_ptr(),
+                        rs: row_h,
+                        cs: 1,
+                    };
+                    let dov = View {
+                        ptr: dout[q_base + s0 * h * hd..].as_ptr(),
+                        rs: row_h,
+                        cs: 1,
+                    };
+                    let dst = View {
+                        ptr: ds[s0 * t + s0..].as_ptr(),
+                        rs: 1,
+                        cs: t as isize,
+                    };
+                    let pt = View {
+                        ptr: p[s0 * t + s0..].as_ptr(),
+                        rs: 1,
+                        cs: t as isize,
+                    };
+                    // SAFETY: only this task writes dk/dv rows of (bi, kvh).
+                    unsafe {
+                        gemm_view(
+                            s1 - s0,
+                            hd,
+                            t - s0,
+                            { dk_ptr }.0.add(k_base + s0 * kv * hd),
+                            row_kv,
+                            true,
+                            dst,
+                            qv,
+                            1.0,
+                        );
+                        gemm_view(
+                            s1 - s0,
+                            hd,
+                            t - s0,
+                            { dv_ptr }.0.add(k_base + s0 * kv * hd),
+                            row_kv,
+                            true,
+                            pt,
+                            dov,
+                            1.0,
+                        );
+                    }
+                }
+            }
+        },
+    );
+    s.rope.apply(&mut dq, t, h, true);
+    s.rope.apply(&mut dk, t, kv, true);
+    (dq, dk, dv)
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = AttnSaved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [nq, nk, nv] = ops.parents;
+        let dout = contiguous(&grads.consume::<Flex>(&ops.node));
+        let s = ops.state;
+        let AttnDims { b, t, h, kv, hd } = s.dims;
+        let (dq, dk, dv) = attention_backward(slice(&dout), &s);
+        if let Some(n) = nq {
+            grads.register::<Flex>(n.id, flex(dq, vec![b, t, h, hd]));
+        }
+        if let Some(n) = nk {
+            grads.register::<Flex>(n.id, flex(dk, vec![b, t, kv, hd]));
+        }
+        if let Some(n) = nv {
+            grads.register::<Flex>(n.id, flex(dv, vec![b, t, kv, hd]));
+        }
+    }
+}
+
+/// Causal self-attention over whole sequences with RoPE and grouped kv heads, fused.
+///
+/// `q`: `[B, T, heads, hd]`, `k`, `v`: `[B, T, kv_heads, hd]` (the projections reshaped, not
+/// rotated; position of token `t` is `t`); `rope` covers at least `T` positions. Returns
+/// `[B, T, heads·hd]`, or `None` on a backend without the fused kernels (the caller then
+/// runs the composed ops). Query head `h` reads kv head `h / (heads / kv_heads)`, as
+/// transformers' `repeat_kv`.
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    rope: &Arc<RopeTables>,
+) -> Option<Tensor<B, 3>> {
+    let kind = kind::<B>()?;
+    let [b, t, h, hd] = q.dims();
+    let kv = k.dims()[2];
+    let d = AttnDims { b, t, h, kv, hd };
+    let shape = vec![b, t, h * hd];
+    match kind {
+        Kind::Flex => {
+            let (q, k, v) = (
+                contiguous(&primitive::<B, 4, FlexTensor>(q)),
+                contiguous(&primitive::<B, 4, FlexTensor>(k)),
+                contiguous(&primitive::<B, 4, FlexTensor>(v)),
+            );
+            let (out, _) = attention_forward(slice(&q), slice(&k), &v, rope, d, false);
+            Some(from_primitive::<B, 3, _>(flex(out, shape)))
+        }
+        Kind::Autodiff => {
+            let (q, k, v): (AdTensor, AdTensor, AdTensor) = (
+                primitive::<B, 4, _>(q),
+                primitive::<B, 4, _>(k),
+                primitive::<B, 4, _>(v),
+            );
+            let (qp, kp, vp) = (
+                contiguous(&q.primitive),
+                contiguous(&k.primitive),
+                contiguous(&v.primitive),
+            );
+            let out = match AttentionBackward
+                .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (out, saved) =
+                        attention_forward(slice(&qp), slice(&kp), &vp, rope, d, true);
+                    prep.finish(saved.expect("kept"), flex(out, shape))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (out, _) = attention_forward(slice(&qp), slice(&kp), &vp, rope, d, false);
+                    prep.finish(flex(out, shape))
+                }
+            };
+            Some(from_primitive::<B, 3, _>(out))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RMSNorm
+// ---------------------------------------------------------------------------------------
+
+/// Rows per parallel task of the row-wise kernels.
+const ROWS_PER_TASK: usize = 16;
+
+fn rms_norm_forward(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let n = w.len();
+    let rows = x.len() / n;
+    let mut y = vec![0f32; x.len()];
+    let mut inv = vec![0f32; rows];
+    y.par_chunks_mut(n * ROWS_PER_TASK)
+        .zip(inv.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(n * ROWS_PER_TASK))
+        .for_each(|((y, inv), x)| {
+            for ((y, inv), x) in y.chunks_exact_mut(n).zip(inv).zip(x.chunks_exact(n)) {
+                let ms = x.iter().map(|a| a * a).sum::<f32>() / n as f32;
+                let r = 1.0 / (ms + eps).sqrt();
+                *inv = r;
+                for ((y, &a), &g) in y.iter_mut().zip(x).zip(w) {
+                    *y = a * r * g;
+                }
+            }
+        });
+    (y, inv)
+}
+
+#[derive(Debug, Clone)]
+struct RmsSaved {
+    x: FlexTensor,
+    w: FlexTensor,
+    inv: Arc<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Flex, 2> for RmsNormBackward {
+    type State = RmsSaved;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [nx, nw] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (dy, x, w, inv) = (
+            slice(&dy),
+            slice(&ops.state.x),
+            slice(&ops.state.w),
+            &ops.state.inv,
+        );
+        let n = w.len();
+        let chunk = n * ROWS_PER_TASK;
+        let mut dx = vec![0f32; x.len()];
+        // Per-task partial sums of dw, added up after.
+        let partial: Vec<Vec<f32>> = dx
+            .par_chunks_mut(chunk)
+            .zip(dy.par_chunks(chunk))
+            .zip(x.par_chunks(chunk))
+            .zip(inv.par_chunks(ROWS_PER_TASK))
+            .map(|(((dx, dy), x), inv)| {
+                let mut dw = vec![0f32; n];
+                for (((dx, dy), x), &r) in dx
+                    .chunks_exact_mut(n)
+                    .zip(dy.chunks_exact(n))
+                    .zip(x.chunks_exact(n))
+                    .zip(inv)
+                {
+                    let mut dot = 0.0f32;
+                    for j in 0..n {
+                        dot += dy[j] * w[j] * x[j];
+                        dw[j] += dy[j] * x[j] * r;
+                    }
+                    let c = r * r * r * dot / n as f32;
+                    for j in 0..n {
+                        dx[j] = r * dy[j] * w[j] - c * x[j];
+                    }
+                }
+                dw
+            })
+            .collect();
+        if let Some(node) = nx {
+            let shape = dims(&ops.state.x);
+            grads.register::<Flex>(node.id, flex(dx, shape));
+        }
+        if let Some(node) = nw {
+            let mut dw = vec![0f32; n];
+            for p in &partial {
+                dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            }
+            grads.register::<Flex>(node.id, flex(dw, vec![n]));
+        }
+    }
+}
+
+/// RMSNorm over the last dimension, fused: `x · w / √(mean(x²) + eps)` (Zhang & Sennrich
+/// 2019). `x`: `[.., hidden]`, `w`: `[hidden]`. `None` on a backend without the kernels.
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 1>,
+    eps: f64,
+) -> Option<Tensor<B, D>> {
+    let kind = kind::<B>()?;
+    let eps = eps as f32;
+    match kind {
+        Kind::Flex => {
+            let x = contiguous(&primitive::<B, D, FlexTensor>(x));
+            let w = contiguous(&primitive::<B, 1, FlexTensor>(w));
+            let (y, _) = rms_norm_forward(slice(&x), slice(&w), eps);
+            Some(from_primitive::<B, D, _>(flex(y, dims(&x))))
+        }
+        Kind::Autodiff => {
+            let (x, w): (AdTensor, AdTensor) = (primitive::<B, D, _>(x), primitive::<B, 1, _>(w));
+            let (xp, wp) = (contiguous(&x.primitive), contiguous(&w.primitive));
+            let (y, inv) = rms_norm_forward(slice(&xp), slice(&wp), eps);
+            let y = flex(y, dims(&xp));
+            let out = match RmsNormBackward
+                .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(
+                    RmsSaved {
+                        x: xp,
+                        w: wp,
+                        inv: Arc::new(inv),
+                    },
+                    y,
+                ),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Some(from_primitive::<B, D, _>(out))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SwiGLU
+// ---------------------------------------------------------------------------------------
+
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[derive(Debug, Clone)]
+struct SwigluSaved {
+    g: FlexTensor,
+    u: FlexTensor,
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    type State = SwigluSaved;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [ng, nu] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (dy, g, u) = (slice(&dy), slice(&ops.state.g), slice(&ops.state.u));
+        let mut dg = vec![0f32; g.len()];
+        let mut du = vec![0f32; g.len()];
+        dg.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(du.par_chunks_mut(ELEMS_PER_TASK))
+            .zip(dy.par_chunks(ELEMS_PER_TASK))
+            .zip(
+                g.par_chunks(ELEMS_PER_TASK)
+                    .zip(u.par_chunks(ELEMS_PER_TASK)),
+            )
+            .for_each(|(((dg, du), dy), (g, u))| {
+                for i in 0..g.len() {
+                    let s = sigmoid(g[i]);
+                    let silu = g[i] * s;
+                    du[i] = dy[i] * silu;
+                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                }
+            });
+        let shape = dims(&ops.state.g);
+        if let Some(n) = ng {
+            grads.register::<Flex>(n.id, flex(dg, shape.clone()));
+        }
+        if let Some(n) = nu {
+            grads.register::<Flex>(n.id, flex(du, shape));
+        }
+    }
+}
+
+fn swiglu_forward(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.len()];
+    y.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(
+            g.par_chunks(ELEMS_PER_TASK)
+                .zip(u.par_chunks(ELEMS_PER_TASK)),
+        )
+        .for_each(|(y, (g, u))| {
+            for i in 0..y.len() {
+                y[i] = g[i] * sigmoid(g[i]) * u[i];
+            }
+        });
+    y
+}
+
+/// SwiGLU's gate, fused: `silu(g) ⊙ u` (Shazeer 2020), `g`, `u` of the same shape. `None` on
+/// a backend without the kernels.
+pub fn swiglu<B: Backend, const D: usize>(
+    g: Tensor<B, D>,
+    u: Tensor<B, D>,
+) -> Option<Tensor<B, D>> {
+    let kind = kind::<B>()?;
+    match kind {
+        Kind::Flex => {
+            let g = contiguous(&primitive::<B, D, FlexTensor>(g));
+            let u = contiguous(&primitive::<B, D, FlexTensor>(u));
+            let y = swiglu_forward(slice(&g), slice(&u));
+            Some(from_primitive::<B, D, _>(flex(y, dims(&g))))
+        }
+        Kind::Autodiff => {
+            let (g, u): (AdTensor, AdTensor) = (primitive::<B, D, _>(g), primitive::<B, D, _>(u));
+            let (gp, up) = (contiguous(&g.primitive), contiguous(&u.primitive));
+            let y = flex(swiglu_forward(slice(&gp), slice(&up)), dims(&gp));
+            let out = match SwigluBackward
+                .prepare::<NoCheckpointing>([g.node.clone(), u.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(SwigluSaved { g: gp, u: up }, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Some(from_primitive::<B, D, _>(out))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::AutodiffModule;
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+    use super::*;
+    use crate::model::backend::{Inference, Train};
+    use crate::model::{Llama, LlamaConfig};
+
+    type Grads = <Train as AutodiffBackend>::Gradients;
+
+    /// Largest |a − b| relative to the largest |b|.
+    fn rel_err(a: Tensor<Inference, 1>, b: Tensor<Inference, 1>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar().max(1e-12);
+        (a - b).abs().max().into_scalar() / scale
+    }
+
+    fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<Inference, 1> {
+        let data = t.into_data().convert::<f32>();
+        let n = data.num_elements();
+        Tensor::from_data(
+            TensorData::new(data.to_vec::<f32>().unwrap(), [n]),
+            &Default::default(),
+        )
+    }
+
+    /// Output and the gradients of a weight of each kind, for `loss = Σ forward(x) ⊙ r`.
+    fn run(
+        model: &Llama<Train>,
+        tokens: &Tensor<Train, 2, Int>,
+        r: &Tensor<Train, 3>,
+    ) -> Vec<Tensor<Inference, 1>> {
+        let out = model.forward(tokens.clone());
+        let grads: Grads = (out.clone() * r.clone()).sum().backward();
+        let l0 = &model.layers[0];
+        let l1 = &model.layers[1];
+        let g =
+            |p: &burn::module::Param<Tensor<Train, 2>>| flat(p.val().grad(&grads).expect("grad"));
+        let g1 =
+            |p: &burn::module::Param<Tensor<Train, 1>>| flat(p.val().grad(&grads).expect("grad"));
+        vec![
+            flat(out),
+            g(&model.embed_tokens),
+            g(&l0.self_attn.q_proj.weight),
+            g(&l0.self_attn.k_proj.weight),
+            g(&l0.self_attn.v_proj.weight),
+            g(&l1.self_attn.o_proj.weight),
+            g(&l0.mlp.gate_proj.weight),
+            g(&l1.mlp.up_proj.weight),
+            g(&l1.mlp.down_proj.weight),
+            g1(&l0.input_layernorm.weight),
+            g1(&l1.post_attention_layernorm.weight),
+            g1(&model.norm.weight),
+        ]
+    }
+
+    /// The fused forward pass and every kind of parameter gradient equal the composed burn
+    /// ops' (tiny random model, grouped kv heads, 70 tokens so the causal blocks split).
+    #[test]
+    fn fused_model_matches_composed_ops_forward_and_gradients() {
+        let device = Default::default();
+        Train::seed(&device, 7);
+        let cfg = LlamaConfig {
+            rms_norm_eps: 1e-5,
+            ..LlamaConfig::tiny(97)
+        };
+        let mut model = Llama::<Train>::random(&cfg, &device);
+        // Norm gains away from 1, so a gain's gradient is not the same for every channel.
+        let gain = |n: usize| {
+            let pattern: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.2).collect();
+            burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(pattern, [n]),
+                &device,
+            ))
+        };
+        for layer in &mut model.layers {
+            layer.input_layernorm.weight = gain(cfg.hidden_size);
+            layer.post_attention_layernorm.weight = gain(cfg.hidden_size);
+        }
+        model.norm.weight = gain(cfg.hidden_size);
+        let (b, t) = (2, 70);
+        let ids: Vec<i64> = (0..b * t).map(|i| ((i * 37 + 11) % 97) as i64).collect();
+        let tokens = Tensor::<Train, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+        let r = Tensor::<Train, 3>::random(
+            [b, t, cfg.hidden_size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        assert!(
+            enabled::<Train>(),
+            "the fused path is on by default on burn-flex"
+        );
+        let fused = run(&model, &tokens, &r);
+        let composed = with_composite(|| {
+            assert!(!enabled::<Train>());
+            run(&model, &tokens, &r)
+        });
+        let names = [
+            "output",
+            "embed",
+            "q",
+            "k",
+            "v",
+            "o",
+            "gate",
+            "up",
+            "down",
+            "norm0",
+            "norm1",
+            "final norm",
+        ];
+        for ((name, f), c) in names.iter().zip(fused).zip(composed) {
+            let err = rel_err(f, c);
+            assert!(err < 2e-4, "{name}: relative error {err}");
+        }
+        // Inference backend: the same forward without autodiff.
+        let inner = model.valid();
+        let tokens = Tensor::<Inference, 2, Int>::from_data(tokens.into_data(), &device);
+        let f = flat(inner.forward(tokens.clone()));
+        let c = with_composite(|| flat(inner.forward(tokens)));
+        let err = rel_err(f, c);
+        assert!(err < 2e-5, "inference forward: relative error {err}");
+    }
+}
