@@ -34,6 +34,8 @@ fn main() {
     // `SLEUTH_FULL_HEAD=1` runs the output head over every position (the path before
     // `PackedBatch::scored`), for before/after figures in one build.
     let full_head = std::env::var("SLEUTH_FULL_HEAD").is_ok_and(|v| v == "1");
+    // As the `sleuth` binary does (`SLEUTH_SYSTEM_MALLOC=1` to compare without).
+    backend::retain_freed_memory();
     let device = backend::device();
     let model = load_gguf::<Train>(
         std::path::Path::new("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
