@@ -429,6 +429,15 @@ impl<B: Backend> Llama<B> {
             .reshape([b, t, hidden])
     }
 
+    /// The output projection's weight and whether it is tied: the embedding `[vocab, hidden]`
+    /// (tied, used transposed) or the head `[hidden, vocab]`.
+    pub fn head_weight(&self) -> (Tensor<B, 2>, bool) {
+        match &self.lm_head {
+            Some(w) => (w.val(), false),
+            None => (self.embed_tokens.val(), true),
+        }
+    }
+
     /// Projects final hidden states `[B, T, hidden]` to logits `[B, T, vocab]`.
     ///
     /// A 2-D GEMM over `[B·T, hidden]`; with tied weights the right operand is a transposed

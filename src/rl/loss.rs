@@ -13,13 +13,15 @@
 //! tokens are inserted documents (mask 0), and the head is the largest GEMM of the model
 //! (576 × 49,152 for the default) and its `[tokens, vocab]` activations the largest tensors
 //! of the pass. Measured with `examples/profile_update.rs` on 2 × 800-token episodes with
-//! 25 % policy tokens: 0.83× the update's time and 0.66 GB less peak memory on 2 cores.
+//! 25 % policy tokens: 0.83× the update's time and 0.66 GB less peak memory on 2 cores. On
+//! burn-flex the head, log-softmax and gather run as one fused kernel
+//! ([`crate::model::fused::head_logprobs`]); other backends use the composed ops below.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::model::Llama;
+use crate::model::{fused, Llama};
 
 /// A padded micro-batch on a device.
 #[derive(Debug, Clone)]
@@ -159,6 +161,28 @@ pub fn token_logprobs_entropy<B: Backend>(
         None => (hidden, targets),
     };
     let n = targets.dims()[0];
+    // Back to `[B, T']`, zeros where nothing was scored.
+    let spread = |v: Tensor<B, 1>| -> Tensor<B, 2> {
+        match &scored {
+            Some(idx) => Tensor::<B, 1>::zeros([b * tp], &v.device())
+                .select_assign(0, idx.clone(), v, IndexingUpdateOp::Add)
+                .reshape([b, tp]),
+            None => v.reshape([b, tp]),
+        }
+    };
+    if fused::enabled::<B>() {
+        let ids: Vec<usize> = targets
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .iter::<i64>()
+            .map(|t| t.max(0) as usize)
+            .collect();
+        let (w, tied) = model.head_weight();
+        if let Some((lp, ent)) = fused::head_logprobs(hidden.clone(), w, tied, &ids, temperature) {
+            return (spread(lp), entropy.then(|| spread(ent)));
+        }
+    }
     let mut logits = model
         .logits(hidden.unsqueeze_dim::<3>(0))
         .reshape([n, model.vocab_size()]);
@@ -171,15 +195,6 @@ pub fn token_logprobs_entropy<B: Backend>(
         (lp.clone().exp() * lp).sum_dim(1).reshape([n]).neg()
     });
     let lp = logp.gather(1, targets.unsqueeze_dim::<2>(1)).reshape([n]);
-    // Back to `[B, T']`, zeros where nothing was scored.
-    let spread = |v: Tensor<B, 1>| -> Tensor<B, 2> {
-        match &scored {
-            Some(idx) => Tensor::<B, 1>::zeros([b * tp], &v.device())
-                .select_assign(0, idx.clone(), v, IndexingUpdateOp::Add)
-                .reshape([b, tp]),
-            None => v.reshape([b, tp]),
-        }
-    };
     (spread(lp), ent.map(spread))
 }
 
