@@ -116,11 +116,6 @@ fn from_primitive<B: Backend, const D: usize, P: 'static>(p: P) -> Tensor<B, D> 
     )))
 }
 
-/// A contiguous `f32` copy-free view source: the tensor itself when contiguous, else a copy.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
 fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("fused: f32 tensor made contiguous before reading")
@@ -153,7 +148,38 @@ struct View {
     cs: isize,
 }
 
-/// `dst[m×n] = acc·dst + beta · lhs[m×k] · rhs[k×n]` (`acc` false: dst is overwritten).
+impl View {
+    /// The row-major matrix starting at `m[0]` whose rows are `rs` elements apart.
+    fn rows(m: &[f32], rs: usize) -> Self {
+        Self {
+            ptr: m.as_ptr(),
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose.
+    fn t(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// The view whose element `(0, 0)` is this one's `(i, j)`.
+    fn at(self, i: usize, j: usize) -> Self {
+        Self {
+            ptr: self
+                .ptr
+                .wrapping_offset(i as isize * self.rs + j as isize * self.cs),
+            ..self
+        }
+    }
+}
+
+/// `dst[m×n] = acc·dst + beta · lhs[m×k] · rhs[k×n]` (`acc` false: dst is overwritten); `dst`
+/// is row-major with rows `dst_rs` apart.
 ///
 /// # Safety
 /// Every view must address `m×k`, `k×n` and `m×n` valid elements, and `dst` must not alias
@@ -164,11 +190,12 @@ unsafe fn gemm_view(
     n: usize,
     k: usize,
     dst: *mut f32,
-    dst_rs: isize,
+    dst_rs: usize,
     acc: bool,
     lhs: View,
     rhs: View,
     beta: f32,
+    parallelism: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -177,7 +204,7 @@ unsafe fn gemm_view(
         if !acc {
             for i in 0..m {
                 for j in 0..n {
-                    *dst.offset(i as isize * dst_rs + j as isize) = 0.0;
+                    *dst.add(i * dst_rs + j) = 0.0;
                 }
             }
         }
@@ -189,7 +216,7 @@ unsafe fn gemm_view(
         k,
         dst,
         1,
-        dst_rs,
+        dst_rs as isize,
         acc,
         lhs.ptr,
         lhs.cs,
@@ -202,8 +229,70 @@ unsafe fn gemm_view(
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        parallelism,
     );
+}
+
+/// Causal scores: rows `r0..r1` × columns `0..r1` of `dst` (`[T, T]`, row-major) become
+/// `beta · a[r0..r1] · bᵀ[.., 0..r1]` for each causal block; `a`, `b`: `[T, hd]`. Columns
+/// right of a block's last row are left as they were (callers never read them).
+///
+/// # Safety
+/// `a` and `b` must address `T × hd` valid elements each.
+unsafe fn causal_scores(dst: &mut [f32], a: View, b: View, t: usize, hd: usize, beta: f32) {
+    for (r0, r1) in blocks(t) {
+        let d = dst[r0 * t..].as_mut_ptr();
+        let par = gemm::Parallelism::None;
+        gemm_view(r1 - r0, r1, hd, d, t, false, a.at(r0, 0), b.t(), beta, par);
+    }
+}
+
+/// `dst[r0..r1] = w[r0..r1, 0..r1] · x[0..r1]` for each causal block: `w` `[T, T]`
+/// lower-triangular (row-major), `x` `[T, hd]`, `dst` `[T, hd]` with rows `dst_rs` apart.
+///
+/// # Safety
+/// `x` must address `T × hd` valid elements, `dst` `T` rows of `hd`, written by no one else.
+unsafe fn causal_mix(dst: *mut f32, dst_rs: usize, w: &[f32], x: View, t: usize, hd: usize) {
+    for (r0, r1) in blocks(t) {
+        let (d, wv) = (dst.add(r0 * dst_rs), View::rows(w, t).at(r0, 0));
+        gemm_view(
+            r1 - r0,
+            hd,
+            r1,
+            d,
+            dst_rs,
+            false,
+            wv,
+            x,
+            1.0,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `dst[s0..s1] += w[s0..T, s0..s1]ᵀ · x[s0..T]` for each causal block: the transposed
+/// product `wᵀ · x` of a lower-triangular `w` `[T, T]` (row-major), so key rows `s0..s1` meet
+/// query rows `s0..T` only; `x` `[T, hd]`, `dst` `[T, hd]` with rows `dst_rs` apart.
+///
+/// # Safety
+/// As [`causal_mix`].
+unsafe fn causal_mix_t(dst: *mut f32, dst_rs: usize, w: &[f32], x: View, t: usize, hd: usize) {
+    for (s0, s1) in blocks(t) {
+        let (d, wv) = (dst.add(s0 * dst_rs), View::rows(w, t).at(s0, s0).t());
+        let par = gemm::Parallelism::None;
+        gemm_view(
+            s1 - s0,
+            hd,
+            t - s0,
+            d,
+            dst_rs,
+            true,
+            wv,
+            x.at(s0, 0),
+            1.0,
+            par,
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -335,42 +424,15 @@ fn attention_forward(
     let task = |task: usize, p_all: &mut [f32]| {
         let (bi, kvh) = (task / kv, task % kv);
         let k_base = (bi * t * kv + kvh) * hd;
-        let kt = View {
-            // kᵀ: (dim, key) → kr[(bi, key, kvh, dim)]
-            ptr: ks[k_base..].as_ptr(),
-            rs: 1,
-            cs: (kv * hd) as isize,
-        };
-        let vv = View {
-            ptr: vs[k_base..].as_ptr(),
-            rs: (kv * hd) as isize,
-            cs: 1,
-        };
-        for g in 0..group {
-            let head = kvh * group + g;
-            let p = &mut p_all[g * t * t..(g + 1) * t * t];
-            let q_base = (bi * t * h + head) * hd;
-            for (r0, r1) in blocks(t) {
-                let qv = View {
-                    ptr: qs[q_base + r0 * h * hd..].as_ptr(),
-                    rs: (h * hd) as isize,
-                    cs: 1,
-                };
-                // SAFETY: rows r0..r1 × keys 0..r1 of this task's own P; views in bounds.
-                unsafe {
-                    gemm_view(
-                        r1 - r0,
-                        r1,
-                        hd,
-                        p[r0 * t..].as_mut_ptr(),
-                        t as isize,
-                        false,
-                        qv,
-                        kt,
-                        d.scale(),
-                    )
-                };
-            }
+        let (kk, vv) = (
+            View::rows(&ks[k_base..], kv * hd),
+            View::rows(&vs[k_base..], kv * hd),
+        );
+        for (g, p) in p_all.chunks_exact_mut(t * t).enumerate() {
+            let q_base = (bi * t * h + kvh * group + g) * hd;
+            let qv = View::rows(&qs[q_base..], h * hd);
+            // SAFETY: q/k views address T rows of hd within qr/kr; P is this task's own.
+            unsafe { causal_scores(p, qv, kk, t, hd, d.scale()) };
             for i in 0..t {
                 let row = &mut p[i * t..(i + 1) * t];
                 let (live, masked) = row.split_at_mut(i + 1);
@@ -384,28 +446,9 @@ fn attention_forward(
                 live.iter_mut().for_each(|x| *x *= inv);
                 masked.fill(0.0);
             }
-            for (r0, r1) in blocks(t) {
-                let pv = View {
-                    ptr: p[r0 * t..].as_ptr(),
-                    rs: t as isize,
-                    cs: 1,
-                };
-                // SAFETY: this task alone writes the output rows of heads of kv head `kvh` in
-                // batch row `bi`; rows r0..r1 × hd of head `head`.
-                unsafe {
-                    gemm_view(
-                        r1 - r0,
-                        hd,
-                        r1,
-                        { out_ptr }.0.add(q_base + r0 * h * hd),
-                        (h * hd) as isize,
-                        false,
-                        pv,
-                        vv,
-                        1.0,
-                    )
-                };
-            }
+            // SAFETY: this task alone writes the output rows of the heads of kv head `kvh`
+            // in batch row `bi`.
+            unsafe { causal_mix({ out_ptr }.0.add(q_base), h * hd, p, vv, t, hd) };
         }
     };
     if keep {
@@ -448,39 +491,21 @@ fn attention_backward(dout: &[f32], s: &AttnSaved) -> (Vec<f32>, Vec<f32>, Vec<f
         |ds, task| {
             let (bi, kvh) = (task / kv, task % kv);
             let k_base = (bi * t * kv + kvh) * hd;
-            let row_kv = (kv * hd) as isize;
-            let row_h = (h * hd) as isize;
+            let (kk, vv) = (
+                View::rows(&ks[k_base..], kv * hd),
+                View::rows(&vs[k_base..], kv * hd),
+            );
             for g in 0..group {
                 let head = kvh * group + g;
                 let q_base = (bi * t * h + head) * hd;
                 let p = &probs[(bi * h + head) * t * t..(bi * h + head + 1) * t * t];
-                // dP = dO · vᵀ (rows r0..r1 see keys 0..r1).
-                for (r0, r1) in blocks(t) {
-                    let dov = View {
-                        ptr: dout[q_base + r0 * h * hd..].as_ptr(),
-                        rs: row_h,
-                        cs: 1,
-                    };
-                    let vt = View {
-                        ptr: vs[k_base..].as_ptr(),
-                        rs: 1,
-                        cs: row_kv,
-                    };
-                    // SAFETY: the task's own scratch, in bounds.
-                    unsafe {
-                        gemm_view(
-                            r1 - r0,
-                            r1,
-                            hd,
-                            ds[r0 * t..].as_mut_ptr(),
-                            t as isize,
-                            false,
-                            dov,
-                            vt,
-                            1.0,
-                        )
-                    };
-                }
+                let (qv, dov) = (
+                    View::rows(&qs[q_base..], h * hd),
+                    View::rows(&dout[q_base..], h * hd),
+                );
+                // dP = dO · vᵀ, into the task's own scratch.
+                // SAFETY: the views address T rows of hd within dout/v.
+                unsafe { causal_scores(ds, dov, vv, t, hd, 1.0) };
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale, zero above the diagonal.
                 for i in 0..t {
                     let pr = &p[i * t..i * t + i + 1];
@@ -491,81 +516,13 @@ fn attention_backward(dout: &[f32], s: &AttnSaved) -> (Vec<f32>, Vec<f32>, Vec<f
                     }
                     row[i + 1..].fill(0.0);
                 }
-                // dq = dS · k.
-                for (r0, r1) in blocks(t) {
-                    let dsv = View {
-                        ptr: ds[r0 * t..].as_ptr(),
-                        rs: t as isize,
-                        cs: 1,
-                    };
-                    let kk = View {
-                        ptr: ks[k_base..].as_ptr(),
-                        rs: row_kv,
-                        cs: 1,
-                    };
-                    // SAFETY: only this task writes dq rows of heads of kv head `kvh` in
-                    // batch row `bi`.
-                    unsafe {
-                        gemm_view(
-                            r1 - r0,
-                            hd,
-                            r1,
-                            { dq_ptr }.0.add(q_base + r0 * h * hd),
-                            row_h,
-                            false,
-                            dsv,
-                            kk,
-                            1.0,
-                        )
-                    };
-                }
-                // dk += dSᵀ · q and dv += Pᵀ · dO: key rows s0..s1 get queries s0..T.
-                for (s0, s1) in blocks(t) {
-                    let qv = View {
-                        ptr: qs[q_base + s0 * h * hd..].as_ptr(),
-                        rs: row_h,
-                        cs: 1,
-                    };
-                    let dov = View {
-                        ptr: dout[q_base + s0 * h * hd..].as_ptr(),
-                        rs: row_h,
-                        cs: 1,
-                    };
-                    let dst = View {
-                        ptr: ds[s0 * t + s0..].as_ptr(),
-                        rs: 1,
-                        cs: t as isize,
-                    };
-                    let pt = View {
-                        ptr: p[s0 * t + s0..].as_ptr(),
-                        rs: 1,
-                        cs: t as isize,
-                    };
-                    // SAFETY: only this task writes dk/dv rows of (bi, kvh).
-                    unsafe {
-                        gemm_view(
-                            s1 - s0,
-                            hd,
-                            t - s0,
-                            { dk_ptr }.0.add(k_base + s0 * kv * hd),
-                            row_kv,
-                            true,
-                            dst,
-                            qv,
-                            1.0,
-                        );
-                        gemm_view(
-                            s1 - s0,
-                            hd,
-                            t - s0,
-                            { dv_ptr }.0.add(k_base + s0 * kv * hd),
-                            row_kv,
-                            true,
-                            pt,
-                            dov,
-                            1.0,
-                        );
-                    }
+                // dq = dS · k, dk += dSᵀ · q, dv += Pᵀ · dO.
+                // SAFETY: only this task writes the dq rows of the heads of kv head `kvh` in
+                // batch row `bi`, and the dk/dv rows of (bi, kvh).
+                unsafe {
+                    causal_mix({ dq_ptr }.0.add(q_base), h * hd, ds, kk, t, hd);
+                    causal_mix_t({ dk_ptr }.0.add(k_base), kv * hd, ds, qv, t, hd);
+                    causal_mix_t({ dv_ptr }.0.add(k_base), kv * hd, p, dov, t, hd);
                 }
             }
         },
@@ -583,7 +540,7 @@ impl Backward<Flex, 3> for AttentionBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [nq, nk, nv] = ops.parents;
-        let dout = contiguous(&grads.consume::<Flex>(&ops.node));
+        let dout = grads.consume::<Flex>(&ops.node).to_contiguous();
         let s = ops.state;
         let AttnDims { b, t, h, kv, hd } = s.dims;
         let (dq, dk, dv) = attention_backward(slice(&dout), &s);
@@ -620,9 +577,9 @@ pub fn causal_attention<B: Backend>(
     match kind {
         Kind::Flex => {
             let (q, k, v) = (
-                contiguous(&primitive::<B, 4, FlexTensor>(q)),
-                contiguous(&primitive::<B, 4, FlexTensor>(k)),
-                contiguous(&primitive::<B, 4, FlexTensor>(v)),
+                primitive::<B, 4, FlexTensor>(q).to_contiguous(),
+                primitive::<B, 4, FlexTensor>(k).to_contiguous(),
+                primitive::<B, 4, FlexTensor>(v).to_contiguous(),
             );
             let (out, _) = attention_forward(slice(&q), slice(&k), &v, rope, d, false);
             Some(from_primitive::<B, 3, _>(flex(out, shape)))
@@ -634,9 +591,9 @@ pub fn causal_attention<B: Backend>(
                 primitive::<B, 4, _>(v),
             );
             let (qp, kp, vp) = (
-                contiguous(&q.primitive),
-                contiguous(&k.primitive),
-                contiguous(&v.primitive),
+                q.primitive.to_contiguous(),
+                k.primitive.to_contiguous(),
+                v.primitive.to_contiguous(),
             );
             let out = match AttentionBackward
                 .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
@@ -701,7 +658,7 @@ impl Backward<Flex, 2> for RmsNormBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [nx, nw] = ops.parents;
-        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (dy, x, w, inv) = (
             slice(&dy),
             slice(&ops.state.x),
@@ -763,14 +720,14 @@ pub fn rms_norm<B: Backend, const D: usize>(
     let eps = eps as f32;
     match kind {
         Kind::Flex => {
-            let x = contiguous(&primitive::<B, D, FlexTensor>(x));
-            let w = contiguous(&primitive::<B, 1, FlexTensor>(w));
+            let x = primitive::<B, D, FlexTensor>(x).to_contiguous();
+            let w = primitive::<B, 1, FlexTensor>(w).to_contiguous();
             let (y, _) = rms_norm_forward(slice(&x), slice(&w), eps);
             Some(from_primitive::<B, D, _>(flex(y, dims(&x))))
         }
         Kind::Autodiff => {
             let (x, w): (AdTensor, AdTensor) = (primitive::<B, D, _>(x), primitive::<B, 1, _>(w));
-            let (xp, wp) = (contiguous(&x.primitive), contiguous(&w.primitive));
+            let (xp, wp) = (x.primitive.to_contiguous(), w.primitive.to_contiguous());
             let (y, inv) = rms_norm_forward(slice(&xp), slice(&wp), eps);
             let y = flex(y, dims(&xp));
             let out = match RmsNormBackward
@@ -817,7 +774,7 @@ impl Backward<Flex, 2> for SwigluBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [ng, nu] = ops.parents;
-        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (dy, g, u) = (slice(&dy), slice(&ops.state.g), slice(&ops.state.u));
         let mut dg = vec![0f32; g.len()];
         let mut du = vec![0f32; g.len()];
@@ -870,14 +827,14 @@ pub fn swiglu<B: Backend, const D: usize>(
     let kind = kind::<B>()?;
     match kind {
         Kind::Flex => {
-            let g = contiguous(&primitive::<B, D, FlexTensor>(g));
-            let u = contiguous(&primitive::<B, D, FlexTensor>(u));
+            let g = primitive::<B, D, FlexTensor>(g).to_contiguous();
+            let u = primitive::<B, D, FlexTensor>(u).to_contiguous();
             let y = swiglu_forward(slice(&g), slice(&u));
             Some(from_primitive::<B, D, _>(flex(y, dims(&g))))
         }
         Kind::Autodiff => {
             let (g, u): (AdTensor, AdTensor) = (primitive::<B, D, _>(g), primitive::<B, D, _>(u));
-            let (gp, up) = (contiguous(&g.primitive), contiguous(&u.primitive));
+            let (gp, up) = (g.primitive.to_contiguous(), u.primitive.to_contiguous());
             let y = flex(swiglu_forward(slice(&gp), slice(&up)), dims(&gp));
             let out = match SwigluBackward
                 .prepare::<NoCheckpointing>([g.node.clone(), u.node.clone()])
@@ -910,29 +867,12 @@ struct HeadWeight {
 }
 
 impl HeadWeight {
+    /// `W` as the right operand `[hidden, vocab]` of `h · W`.
     fn view(&self) -> View {
-        let ptr = slice(&self.w).as_ptr();
+        let w = slice(&self.w);
         match self.tied {
-            true => View {
-                ptr,
-                rs: 1,
-                cs: self.hidden as isize,
-            },
-            false => View {
-                ptr,
-                rs: self.vocab as isize,
-                cs: 1,
-            },
-        }
-    }
-
-    /// `Wᵀ` as the right operand `[vocab, hidden]` of `dlogits · Wᵀ`.
-    fn view_t(&self) -> View {
-        let v = self.view();
-        View {
-            ptr: v.ptr,
-            rs: v.cs,
-            cs: v.rs,
+            true => View::rows(w, self.hidden).t(),
+            false => View::rows(w, self.vocab),
         }
     }
 }
@@ -963,35 +903,21 @@ fn head_forward(
     let mut logp = vec![0f32; n];
     let mut ent = vec![0f32; n];
     // One GEMM over all rows (a per-task GEMM would re-pack the whole weight each time).
-    let lhs = View {
-        ptr: h.as_ptr(),
-        rs: hd as isize,
-        cs: 1,
-    };
-    let rhs = w.view();
+    let (lhs, par) = (View::rows(h, hd), gemm::Parallelism::Rayon(0));
     // SAFETY: a fresh `[n, vocab]` output; the views address `n × hidden` and
     // `hidden × vocab` elements of live buffers.
     unsafe {
-        gemm::gemm(
+        gemm_view(
             n,
             v,
             hd,
             logits.as_mut_ptr(),
-            1,
-            v as isize,
+            v,
             false,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            1.0,
+            lhs,
+            w.view(),
             1.0 / temperature,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
+            par,
         )
     };
     logits
@@ -1028,7 +954,7 @@ impl Backward<Flex, 2> for HeadBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [nh, nw] = ops.parents;
-        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let g = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (g, s) = (slice(&g), &ops.state);
         let (hd, v) = (s.w.hidden, s.w.vocab);
         let n = s.targets.len();
@@ -1042,36 +968,23 @@ impl Backward<Flex, 2> for HeadBackward {
             }
             d[s.targets[i]] += gi;
         });
-        let hs = slice(&s.h);
-        let dlv = View {
-            ptr: dl.as_ptr(),
-            rs: v as isize,
-            cs: 1,
-        };
+        let (hv, dlv) = (View::rows(slice(&s.h), hd), View::rows(&dl, v));
+        let par = gemm::Parallelism::Rayon(0);
         if let Some(node) = nh {
             let mut dh = vec![0f32; n * hd];
             // SAFETY: fresh output buffer; views in bounds.
             unsafe {
-                gemm::gemm(
+                gemm_view(
                     n,
                     hd,
                     v,
                     dh.as_mut_ptr(),
-                    1,
-                    hd as isize,
+                    hd,
                     false,
-                    dlv.ptr,
-                    dlv.cs,
-                    dlv.rs,
-                    s.w.view_t().ptr,
-                    s.w.view_t().cs,
-                    s.w.view_t().rs,
+                    dlv,
+                    s.w.view().t(),
                     1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
+                    par,
                 )
             };
             grads.register::<Flex>(node.id, flex(dh, vec![n, hd]));
@@ -1080,60 +993,12 @@ impl Backward<Flex, 2> for HeadBackward {
             // dW in the weight's own layout: tied `[vocab, hidden]` = dlᵀ · h, else
             // `[hidden, vocab]` = hᵀ · dl.
             let mut dw = vec![0f32; v * hd];
-            let (m, nn, lhs, rhs) = match s.w.tied {
-                true => (
-                    v,
-                    hd,
-                    View {
-                        ptr: dl.as_ptr(),
-                        rs: 1,
-                        cs: v as isize,
-                    },
-                    View {
-                        ptr: hs.as_ptr(),
-                        rs: hd as isize,
-                        cs: 1,
-                    },
-                ),
-                false => (
-                    hd,
-                    v,
-                    View {
-                        ptr: hs.as_ptr(),
-                        rs: 1,
-                        cs: hd as isize,
-                    },
-                    View {
-                        ptr: dl.as_ptr(),
-                        rs: v as isize,
-                        cs: 1,
-                    },
-                ),
+            let (m, cols, lhs, rhs) = match s.w.tied {
+                true => (v, hd, dlv.t(), hv),
+                false => (hd, v, hv.t(), dlv),
             };
             // SAFETY: fresh output buffer; views in bounds.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    nn,
-                    n,
-                    dw.as_mut_ptr(),
-                    1,
-                    nn as isize,
-                    false,
-                    lhs.ptr,
-                    lhs.cs,
-                    lhs.rs,
-                    rhs.ptr,
-                    rhs.cs,
-                    rhs.rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
-                )
-            };
+            unsafe { gemm_view(m, cols, n, dw.as_mut_ptr(), cols, false, lhs, rhs, 1.0, par) };
             grads.register::<Flex>(node.id, flex(dw, dims(&s.w.w)));
         }
     }
@@ -1168,9 +1033,9 @@ pub fn head_logprobs<B: Backend>(
     let entropy = |e: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(e, [n]), &device);
     match kind {
         Kind::Flex => {
-            let hp = contiguous(&primitive::<B, 2, FlexTensor>(h));
+            let hp = primitive::<B, 2, FlexTensor>(h).to_contiguous();
             let w = HeadWeight {
-                w: contiguous(&primitive::<B, 2, FlexTensor>(w)),
+                w: primitive::<B, 2, FlexTensor>(w).to_contiguous(),
                 tied,
                 hidden,
                 vocab,
@@ -1180,9 +1045,9 @@ pub fn head_logprobs<B: Backend>(
         }
         Kind::Autodiff => {
             let (h, w): (AdTensor, AdTensor) = (primitive::<B, 2, _>(h), primitive::<B, 2, _>(w));
-            let hp = contiguous(&h.primitive);
+            let hp = h.primitive.to_contiguous();
             let wt = HeadWeight {
-                w: contiguous(&w.primitive),
+                w: w.primitive.to_contiguous(),
                 tied,
                 hidden,
                 vocab,

@@ -49,10 +49,8 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     /// Normalizes the last dimension. `x`: `[.., hidden]` → same shape.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if fused::enabled::<B>() {
-            if let Some(y) = fused::rms_norm(x.clone(), self.weight.val(), self.eps) {
-                return y;
-            }
+        if let Some(y) = fused::rms_norm(x.clone(), self.weight.val(), self.eps) {
+            return y;
         }
         let dims = x.dims();
         let hidden = dims[D - 1];
@@ -141,11 +139,8 @@ impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let g = self.gate_proj.forward(x.clone());
         let u = self.up_proj.forward(x);
-        let a = match fused::enabled::<B>() {
-            true => fused::swiglu(g.clone(), u.clone()),
-            false => None,
-        };
-        self.down_proj.forward(a.unwrap_or_else(|| silu(g) * u))
+        let a = fused::swiglu(g.clone(), u.clone()).unwrap_or_else(|| silu(g) * u);
+        self.down_proj.forward(a)
     }
 }
 
@@ -229,6 +224,13 @@ impl<B: Backend> Rope<B> {
     }
 }
 
+/// How [`Llama::forward`] runs attention: the fused CPU kernel with host RoPE tables, or the
+/// composed ops with RoPE tensors and the additive causal bias.
+enum AttnPath<B: Backend> {
+    Fused(Arc<RopeTables>),
+    Composed(Rope<B>, Tensor<B, 4>),
+}
+
 /// Key/value tensors produced by one attention call, returned so the caller can cache them.
 struct NewKv<B: Backend> {
     k: Tensor<B, 4>,
@@ -236,21 +238,28 @@ struct NewKv<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Whole-sequence causal attention through [`fused::causal_attention`] (RoPE inside):
-    /// `x` `[B, T, hidden]` → `[B, T, heads·hd]` before the output projection. `None` on a
-    /// backend without the fused kernels (callers check [`fused::enabled`] first, so the
-    /// projections are not computed twice).
-    fn fused_forward(&self, x: Tensor<B, 3>, rope: &Arc<RopeTables>) -> Option<Tensor<B, 3>> {
-        let [b, t, _] = x.dims();
-        let q = self.q_proj.forward(x.clone());
-        let k = self.k_proj.forward(x.clone());
-        let v = self.v_proj.forward(x);
-        fused::causal_attention(
-            q.reshape([b, t, self.n_heads, self.head_dim]),
-            k.reshape([b, t, self.n_kv_heads, self.head_dim]),
-            v.reshape([b, t, self.n_kv_heads, self.head_dim]),
-            rope,
-        )
+    /// Whole-sequence causal attention, `x` `[B, T, hidden]` → `[B, T, heads·hd]` before the
+    /// output projection: [`fused::causal_attention`] (RoPE inside) or the composed ops.
+    fn causal(&self, x: Tensor<B, 3>, path: &AttnPath<B>) -> Tensor<B, 3> {
+        match path {
+            AttnPath::Fused(tables) => {
+                let [b, t, _] = x.dims();
+                let q = self.q_proj.forward(x.clone());
+                let k = self.k_proj.forward(x.clone());
+                let v = self.v_proj.forward(x);
+                fused::causal_attention(
+                    q.reshape([b, t, self.n_heads, self.head_dim]),
+                    k.reshape([b, t, self.n_kv_heads, self.head_dim]),
+                    v.reshape([b, t, self.n_kv_heads, self.head_dim]),
+                    tables,
+                )
+                .expect("AttnPath::Fused is only chosen where fused::enabled")
+            }
+            AttnPath::Composed(rope, bias) => {
+                let (q, kv) = self.qkv(x, rope);
+                self.attend(q, kv.k, kv.v, bias.clone())
+            }
+        }
     }
 
     /// Projects `x` `[B, T, hidden]` to rotated queries `[B, heads, T, hd]` and rotated keys
@@ -461,32 +470,20 @@ impl<B: Backend> Llama<B> {
         let (_, n_kv, hd) = self.attn_shape();
         let group = self.attn_shape().0 / n_kv;
         // The fused kernels (CPU) take host RoPE tables; other backends the tensor path.
-        let tables =
-            fused::enabled::<B>().then(|| Arc::new(RopeTables::new(t, hd, self.rope_theta)));
-        let composed = || {
-            let positions: Vec<usize> = (0..t).collect();
-            let rope = Rope::new(&positions, hd, self.rope_theta, [1, t, 1, hd], &device);
-            (rope, causal_bias::<B>(0, t, group, &device))
-        };
-        let composed = if tables.is_none() {
-            Some(composed())
-        } else {
-            None
+        let path = match fused::enabled::<B>() {
+            true => AttnPath::Fused(Arc::new(RopeTables::new(t, hd, self.rope_theta))),
+            false => {
+                let positions: Vec<usize> = (0..t).collect();
+                AttnPath::Composed(
+                    Rope::new(&positions, hd, self.rope_theta, [1, t, 1, hd], &device),
+                    causal_bias::<B>(0, t, group, &device),
+                )
+            }
         };
         let mut x = self.embed(tokens);
         for layer in &self.layers {
             let h = layer.input_layernorm.forward(x.clone());
-            let fused = tables
-                .as_ref()
-                .and_then(|tab| layer.self_attn.fused_forward(h.clone(), tab));
-            let a = match (fused, &composed) {
-                (Some(a), _) => a,
-                (None, Some((rope, bias))) => {
-                    let (q, kv) = layer.self_attn.qkv(h, rope);
-                    layer.self_attn.attend(q, kv.k, kv.v, bias.clone())
-                }
-                (None, None) => unreachable!("fused attention ran whenever its tables exist"),
-            };
+            let a = layer.self_attn.causal(h, &path);
             x = x + layer.self_attn.o_proj.forward(a);
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h);
