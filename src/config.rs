@@ -19,8 +19,9 @@ use crate::rl::TrainConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
-    /// GGUF file of the policy. Default `models/SmolLM2-135M-Instruct.Q4_1.gguf` (what
-    /// `scripts/setup` installs). With `backend = "openai"` only its tokenizer is read (the
+    /// The policy: a GGUF file or a Hugging Face model directory (`config.json`,
+    /// `tokenizer.json`, safetensors; Llama, Qwen2/2.5, Qwen3). Default
+    /// `models/SmolLM2-135M-Instruct.Q4_1.gguf` (what `scripts/setup` installs). With `backend = "openai"` only its tokenizer is read (the
     /// served model's vocabulary must be the same).
     pub path: PathBuf,
     /// Where episodes are sampled: `local` (this process, default) or `openai` (an

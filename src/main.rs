@@ -33,6 +33,9 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Evaluate the agent on a QA set, or rescore an existing predictions file.
     Eval(cli::eval::EvalArgs),
+    /// Write a policy (a run's checkpoint, a GGUF file, or an HF directory) as a Hugging
+    /// Face model directory: config.json, tokenizer files, safetensors.
+    Export(cli::model::ExportArgs),
     /// Measure decode throughput (tokens/s) of the policy at batch 1 and batch G.
     Bench(cli::model::BenchArgs),
     /// Serve a BM25 index over HTTP with R1-Searcher's (POST /queries) and Search-R1's
@@ -85,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => cli::train::run_train(a),
         Command::Eval(a) => cli::eval::run_eval(a),
         Command::Bench(a) => cli::model::run_bench(a),
+        Command::Export(a) => cli::model::run_export(a),
         Command::RetrievalServer(a) => cli::search::run_retrieval_server(a),
         Command::Serve(a) => Ok(sleuth::serve::run_serve(a)?),
         Command::Chat(a) => Ok(sleuth::serve::run_chat(a)?),

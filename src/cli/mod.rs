@@ -28,7 +28,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::config::RunConfig;
-use crate::model::{load_gguf, Llama, LoadedModel};
+use crate::model::{Llama, LoadedModel};
 use crate::rl::checkpoint;
 use crate::search::{Bm25Retriever, Retriever};
 
@@ -64,13 +64,13 @@ pub fn load_config(path: &Path) -> Result<RunConfig> {
     Ok(cfg)
 }
 
-/// Loads a GGUF policy (weights, architecture, tokenizer); the error says how to install the
-/// default model.
+/// Loads a policy (weights, architecture, tokenizer) from a GGUF file or a Hugging Face model
+/// directory; the error says how to install the default model.
 pub fn load_model<B: burn::tensor::backend::Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
-    load_gguf::<B>(path, device).with_context(|| {
+    crate::model::load::<B>(path, device).with_context(|| {
         format!(
             "loading model {} (run scripts/setup to install the default model)",
             path.display()
@@ -89,11 +89,9 @@ pub fn require_local(cfg: &RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// Loads only the tokenizer stored in a GGUF model file.
+/// Loads only the tokenizer of a model (GGUF file or Hugging Face directory).
 pub fn load_tokenizer(path: &Path) -> Result<crate::model::Tokenizer> {
-    let gguf = crate::model::gguf::GgufFile::open(path)
-        .with_context(|| format!("opening model {}", path.display()))?;
-    crate::model::Tokenizer::from_gguf(&gguf)
+    crate::model::load_tokenizer(path)
         .with_context(|| format!("reading the tokenizer of {}", path.display()))
 }
 

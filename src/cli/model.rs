@@ -11,6 +11,7 @@ use super::load_model;
 use crate::config::RunConfig;
 use crate::env::PromptConfig;
 use crate::model::backend::{self, Inference};
+use crate::model::chat::{chatml, ChatMessage, ChatTemplate};
 use crate::model::quant::Isa;
 use crate::model::{
     text_of, BatchGenerator, DecodeWeights, Engine, LoadedModel, Sampler, SamplingConfig,
@@ -19,7 +20,8 @@ use crate::model::{
 /// The model-file flag shared by `generate` and `bench`.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// GGUF model file (overrides the config's [model].path).
+    /// Model: a GGUF file or a Hugging Face model directory (overrides the config's
+    /// [model].path).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Weights to decode from: q8_0 or q4_1 (the quantized CPU engine) or f32 (burn's
@@ -45,9 +47,17 @@ pub struct GenerateArgs {
     /// Prompt text. Special tokens such as <|im_start|> are parsed.
     #[arg(long)]
     pub prompt: String,
-    /// Wrap the prompt in the model's chat template (SmolLM2 / ChatML).
+    /// Wrap the prompt as one user turn in the model's own chat template (Jinja, from
+    /// tokenizer_config.json or the GGUF), or ChatML when the model ships none.
     #[arg(long)]
     pub chat: bool,
+    /// Print one JSON object instead of text: prompt ids, new ids, text, and with --logits
+    /// the first step's logits (f32 forward pass), for parity checks against transformers.
+    #[arg(long)]
+    pub json: bool,
+    /// With --json, include the logits of the token after the prompt (`[vocab]` floats).
+    #[arg(long, requires = "json")]
+    pub logits: bool,
     /// Maximum new tokens.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -91,14 +101,15 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let device = backend::device();
     let m = a.model.load(&device)?;
     let text = if a.chat {
-        format!(
-            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            a.prompt
-        )
+        let turn = [ChatMessage::new("user", &a.prompt)];
+        match ChatTemplate::from_tokenizer(&m.tokenizer)? {
+            Some(t) => t.render(&turn, true)?,
+            None => chatml(&turn, true),
+        }
     } else {
         a.prompt.clone()
     };
-    let ids = m.tokenizer.encode(&text, true)?;
+    let ids = m.tokenizer.with_bos(m.tokenizer.encode(&text, true)?);
     let eos: Vec<u32> = m.tokenizer.eos_id().into_iter().collect();
     let engine = Engine::new(&m.model, a.model.weights);
     let t0 = Instant::now();
@@ -121,8 +132,21 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     gen.generate(&mut sampler, &[a.max_new_tokens]);
     let decode_s = t1.elapsed().as_secs_f64();
     let row = &gen.rows()[0];
-    let out = text_of(&m.tokenizer, &row.tokens[row.prompt_len..]);
-    println!("{out}");
+    let new_ids = &row.tokens[row.prompt_len..];
+    let out = text_of(&m.tokenizer, new_ids);
+    if a.json {
+        let mut obj = serde_json::json!({
+            "prompt_ids": ids,
+            "ids": new_ids,
+            "text": out,
+        });
+        if a.logits {
+            obj["first_logits"] = serde_json::json!(first_logits(&m.model, &ids, &device));
+        }
+        println!("{obj}");
+    } else {
+        println!("{out}");
+    }
     eprintln!(
         "[{} prompt tokens in {:.2}s; {} new tokens in {:.2}s = {:.1} tok/s; stop: {:?}; {}]",
         ids.len(),
@@ -134,6 +158,22 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         engine_name(a.model.weights)
     );
     Ok(())
+}
+
+/// Logits `[vocab]` of the token after `ids`, from the f32 whole-sequence forward pass.
+fn first_logits(
+    model: &crate::model::Llama<Inference>,
+    ids: &[u32],
+    device: &burn::tensor::Device<Inference>,
+) -> Vec<f32> {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let t = ids.len();
+    let tokens = Tensor::<Inference, 2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&x| x as i64).collect(), [1, t]),
+        device,
+    );
+    let hidden = model.forward(tokens).slice([0..1, t - 1..t]);
+    crate::model::load::to_host(model.logits(hidden))
 }
 
 /// The engine's name for reports: burn's backend, or the quantized format and ISA path.
@@ -208,6 +248,97 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             "quantize_seconds": (quantize_s * 1000.0).round() / 1000.0, "decode_tok_s_b1": (b1 * 10.0).round() / 10.0,
             "decode_tok_s_bG": (bg * 10.0).round() / 10.0, "G": a.g, "prefill_tok_s": (prefill_tok_s * 10.0).round() / 10.0,
             "new_tokens": a.new_tokens, "prefill_tokens": long.len(), "repeats": a.repeats, "timing": "best of repeats"
+        })
+    );
+    Ok(())
+}
+
+/// Flags of `sleuth export`.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// What to export: a run directory (its checkpoint's weights, the tokenizer of the model
+    /// its config.toml names), a GGUF file, or a Hugging Face model directory.
+    pub source: PathBuf,
+    /// Output directory (must not exist; written to a hidden temporary folder and renamed
+    /// when complete).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Storage dtype of the weights: f32 (lossless; sleuth trains in f32), bf16 or f16
+    /// (half the bytes).
+    #[arg(long, default_value = "f32")]
+    pub dtype: crate::model::hf::export::ExportDtype,
+    /// Split the weights into shards above this many bytes (model.safetensors.index.json).
+    #[arg(long, default_value_t = 5_000_000_000)]
+    pub max_shard_bytes: u64,
+    /// With a run directory: the base model (GGUF file or HF directory) to take the
+    /// tokenizer from, instead of the model named in the run's config.toml.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+/// `sleuth export`: writes a Hugging Face model directory and prints one JSON line (files
+/// and sizes, tensors, parameters, seconds).
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    use anyhow::Context;
+    let t0 = Instant::now();
+    let device = backend::device();
+    let (loaded, base) = if crate::rl::checkpoint::exists(&a.source) {
+        let base = match &a.model {
+            Some(m) => m.clone(),
+            None => {
+                let cfg_path = a.source.join("config.toml");
+                RunConfig::load(&cfg_path)
+                    .with_context(|| {
+                        format!(
+                            "{}: pass --model to name the base model",
+                            cfg_path.display()
+                        )
+                    })?
+                    .model
+                    .path
+            }
+        };
+        let mut loaded = load_model::<Inference>(&base, &device)?;
+        let arch = crate::rl::checkpoint::load_config(&a.source)?;
+        let fresh = crate::model::Llama::<Inference>::random(&arch, &device);
+        loaded.model = crate::rl::checkpoint::load_model(&a.source, fresh, &device)?;
+        loaded.config = arch;
+        (loaded, base)
+    } else {
+        (
+            load_model::<Inference>(&a.source, &device)?,
+            a.source.clone(),
+        )
+    };
+    let tokenizer_dir = crate::model::hf::is_hf_dir(&base).then_some(base.as_path());
+    let opts = crate::model::hf::export::ExportOptions {
+        dtype: a.dtype,
+        max_shard_bytes: a.max_shard_bytes,
+    };
+    let report = crate::model::hf::export::export(
+        &loaded.model,
+        &loaded.config,
+        &loaded.tokenizer,
+        tokenizer_dir,
+        &a.out,
+        &opts,
+    )
+    .with_context(|| format!("exporting {} to {}", a.source.display(), a.out.display()))?;
+    let files: serde_json::Map<String, serde_json::Value> = report
+        .files
+        .iter()
+        .map(|(n, b)| (n.clone(), (*b).into()))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": report.dir,
+            "architecture": loaded.config.architecture()?.hf_name(),
+            "dtype": a.dtype.to_string(),
+            "tensors": report.tensors,
+            "parameters": report.parameters,
+            "files": files,
+            "seconds": (t0.elapsed().as_secs_f64() * 100.0).round() / 100.0,
         })
     );
     Ok(())

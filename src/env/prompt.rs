@@ -4,8 +4,10 @@
 //! `{demonstrations}` (zero or more worked episodes) and `{question}`. It must end where the
 //! policy continues writing: the base-style default ends with `Assistant: <think>`, so the
 //! generated solution is exactly the text the format checks read (DESIGN §4). Chat models can
-//! use a template with their chat markers; marker text in the template is parsed as special
-//! tokens, the question never is.
+//! use a template with their chat markers, or set `chat = true` to wrap the same text in the
+//! model's own chat template ([`crate::model::chat`]): the system text as the system turn, the
+//! demonstrations and question as the user turn, and the assistant turn opened with
+//! `<think>`. Marker text in the template is parsed as special tokens, the question never is.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +41,15 @@ pub struct PromptConfig {
     /// A text file whose content is appended to `demonstrations` (relative paths resolve
     /// against the config file's folder). Default: none.
     pub demonstrations_file: Option<PathBuf>,
+    /// Render through the model's chat template (instruct models): system turn = `system`,
+    /// user turn = demonstrations + question, then the assistant turn opened with
+    /// `<think>`; `template` is not used. Default: false.
+    pub chat: bool,
 }
+
+/// Stands in for the question while a chat template renders, so the rendered text splits
+/// into the parts before and after it (control characters no template produces).
+const QUESTION_MARK: &str = "\u{1}sleuth-question\u{1}";
 
 impl Default for PromptConfig {
     fn default() -> Self {
@@ -48,6 +58,7 @@ impl Default for PromptConfig {
             system: DEFAULT_SYSTEM.to_string(),
             demonstrations: Vec::new(),
             demonstrations_file: None,
+            chat: false,
         }
     }
 }
@@ -69,6 +80,9 @@ pub enum PromptError {
     /// Tokenization failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// `chat = true` but the model has no chat template, or it failed to render.
+    #[error("[prompt] chat = true: {0}")]
+    Chat(String),
 }
 
 impl PromptConfig {
@@ -92,13 +106,33 @@ impl PromptConfig {
         Ok(())
     }
 
-    /// The text before and after the question.
-    fn parts(&self) -> Result<(String, String), PromptError> {
+    /// The text before and after the question; `tokenizer` supplies the chat template when
+    /// `chat` is set.
+    fn parts(&self, tokenizer: Option<&Tokenizer>) -> Result<(String, String), PromptError> {
         let demos = if self.demonstrations.is_empty() {
             String::new()
         } else {
             format!("{}\n\n", self.demonstrations.join("\n\n"))
         };
+        if self.chat {
+            use crate::model::chat::{ChatMessage, ChatTemplate};
+            let tok = tokenizer
+                .ok_or_else(|| PromptError::Chat("rendering needs the model's tokenizer".into()))?;
+            let template = ChatTemplate::from_tokenizer(tok)
+                .map_err(|e| PromptError::Chat(e.to_string()))?
+                .ok_or_else(|| PromptError::Chat("the model ships no chat template".into()))?;
+            let turns = [
+                ChatMessage::new("system", &self.system),
+                ChatMessage::new("user", &format!("{demos}{QUESTION_MARK}")),
+            ];
+            let text = template
+                .render(&turns, true)
+                .map_err(|e| PromptError::Chat(e.to_string()))?;
+            let (pre, post) = text
+                .split_once(QUESTION_MARK)
+                .ok_or_else(|| PromptError::Chat("the template dropped the user turn".into()))?;
+            return Ok((pre.to_string(), format!("{post}<think>")));
+        }
         let filled = self
             .template
             .replace("{system}", &self.system)
@@ -109,22 +143,33 @@ impl PromptConfig {
         Ok((pre.to_string(), post.to_string()))
     }
 
-    /// The full prompt text for `question`.
+    /// The full prompt text for `question` (template mode).
     ///
     /// # Errors
-    /// [`PromptError::NoQuestion`] for a template without the placeholder.
+    /// [`PromptError::NoQuestion`] for a template without the placeholder;
+    /// [`PromptError::Chat`] with `chat = true` (use [`PromptConfig::render_for`]).
     pub fn render(&self, question: &str) -> Result<String, PromptError> {
-        let (pre, post) = self.parts()?;
+        let (pre, post) = self.parts(None)?;
+        Ok(format!("{pre}{}{post}", question.trim()))
+    }
+
+    /// The full prompt text for `question`, through the model's chat template when `chat` is
+    /// set.
+    ///
+    /// # Errors
+    /// As [`PromptConfig::render`], and [`PromptError::Chat`].
+    pub fn render_for(&self, tokenizer: &Tokenizer, question: &str) -> Result<String, PromptError> {
+        let (pre, post) = self.parts(Some(tokenizer))?;
         Ok(format!("{pre}{}{post}", question.trim()))
     }
 
     /// Token ids of the prompt for `question`: template text with special tokens parsed, the
-    /// question as plain text.
+    /// question as plain text, BOS first when the model expects it ([`Tokenizer::with_bos`]).
     ///
     /// # Errors
     /// [`PromptError`] for a bad template or a tokenizer failure.
     pub fn encode(&self, tokenizer: &Tokenizer, question: &str) -> Result<Vec<u32>, PromptError> {
-        let (pre, post) = self.parts()?;
+        let (pre, post) = self.parts(Some(tokenizer))?;
         let mut ids = tokenizer.encode(&pre, true).map_err(ModelError::from)?;
         ids.extend(
             tokenizer
@@ -132,7 +177,7 @@ impl PromptConfig {
                 .map_err(ModelError::from)?,
         );
         ids.extend(tokenizer.encode(&post, true).map_err(ModelError::from)?);
-        Ok(ids)
+        Ok(tokenizer.with_bos(ids))
     }
 }
 

@@ -229,7 +229,7 @@ impl RemotePolicy {
         let g = cfg.samples_per_question.max(1);
         let mut jobs = Vec::with_capacity(questions.len() * g);
         for (qi, q) in questions.iter().enumerate() {
-            let text = prompt.render(q)?;
+            let text = prompt.render_for(tokenizer, q)?;
             let ids = prompt.encode(tokenizer, q)?;
             for _ in 0..g {
                 jobs.push((qi, text.clone(), ids.clone()));

@@ -1,21 +1,81 @@
 //! Llama-family hyper-parameters, mirroring Hugging Face `config.json` field for field.
 //!
 //! Hugging Face names are the schema (STYLE §4): a `config.json` from a model directory
-//! deserializes straight into [`LlamaConfig`], and a GGUF file's `llama.*` metadata is
-//! translated into the same struct by [`LlamaConfig::from_gguf`]. Each default is stated
-//! once, in `impl Default` (SmolLM2-135M's values).
+//! deserializes straight into [`LlamaConfig`] ([`LlamaConfig::from_hf_json`]), and a GGUF
+//! file's `llama.*` metadata is translated into the same struct by [`LlamaConfig::from_gguf`].
+//! Each default is stated once, in `impl Default` (SmolLM2-135M's values).
+//!
+//! One struct covers three HF architectures ([`Architecture`]), which differ only in a few
+//! switches the forward pass reads: Qwen2 adds q/k/v biases (`attention_bias`, implied by the
+//! architecture since Qwen2's `config.json` has no such key), Qwen3 adds a per-head RMSNorm on
+//! queries and keys ([`LlamaConfig::qk_norm`]) and states `head_dim` explicitly (it need not
+//! equal `hidden_size / num_attention_heads`). Sources: transformers' `modeling_llama.py`,
+//! `modeling_qwen2.py`, `modeling_qwen3.py`.
 
 use serde::{Deserialize, Serialize};
 
 use super::gguf::GgufFile;
 use super::ModelError;
 
-/// Architecture hyper-parameters of a decoder-only Llama model (SmolLM2, Llama 3, Qwen2).
+/// The Hugging Face model classes sleuth runs (`config.json`'s `architectures[0]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `LlamaForCausalLM` (Llama 2/3, SmolLM2): the base layout.
+    Llama,
+    /// `Qwen2ForCausalLM` (Qwen2, Qwen2.5): q/k/v projections carry biases.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: RMSNorm over each query and key head before RoPE, explicit
+    /// `head_dim`.
+    Qwen3,
+}
+
+impl Architecture {
+    /// Every supported class name, for error messages.
+    pub const NAMES: [&'static str; 3] =
+        ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
+
+    /// The architecture of an HF class name, `None` when unsupported.
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        match name {
+            "LlamaForCausalLM" => Some(Self::Llama),
+            "Qwen2ForCausalLM" => Some(Self::Qwen2),
+            "Qwen3ForCausalLM" => Some(Self::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// The HF class name (`architectures[0]`).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// The HF `model_type` of the class.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Architecture hyper-parameters of a decoder-only Llama-family model (SmolLM2, Llama 3,
+/// Qwen2/2.5, Qwen3).
 ///
-/// Field names equal Hugging Face's `LlamaConfig` so `config.json` loads unchanged.
+/// Field names equal Hugging Face's config classes so `config.json` loads unchanged; keys
+/// sleuth does not use (`torch_dtype`, `use_cache`, …) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LlamaConfig {
+    /// HF model class names; the first decides the [`Architecture`]. Default
+    /// `["LlamaForCausalLM"]` (also what checkpoints written before this field meant).
+    pub architectures: Vec<String>,
+    /// HF `model_type` (`llama`, `qwen2`, `qwen3`). Default `llama`.
+    pub model_type: String,
     /// Vocabulary size (tokens). Default 49152.
     pub vocab_size: usize,
     /// Width of the residual stream (d_model). Default 576.
@@ -36,17 +96,50 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// Whether the output projection shares the token embedding matrix. Default true.
     pub tie_word_embeddings: bool,
-    /// Whether q/k/v projections carry a bias (Qwen2: true). Default false.
+    /// Whether q/k/v projections carry a bias (Qwen2: true, implied by the architecture).
+    /// Default false.
     pub attention_bias: bool,
+    /// Dimension of one attention head when stated explicitly (Qwen3); `None` means
+    /// `hidden_size / num_attention_heads`. Read it through [`LlamaConfig::head_dim`].
+    /// Default `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// MLP activation; only `silu` (SwiGLU) is supported. Default `silu`.
+    pub hidden_act: String,
+    /// RoPE scaling (`{"rope_type": "llama3", …}` in Llama 3.1; transformers ≥ 5's
+    /// `rope_parameters` is read into it). Only absent/`null` or `rope_type = "default"` is
+    /// supported; anything else is refused by [`LlamaConfig::validate`] rather than silently
+    /// run with the wrong positions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
     /// Beginning-of-sequence token id. Default 1.
     pub bos_token_id: Option<u32>,
-    /// End-of-sequence token id. Default 2.
+    /// End-of-sequence token id; a list in `config.json` (Llama 3.1) keeps its first entry.
+    /// Default 2.
+    #[serde(deserialize_with = "one_or_first")]
     pub eos_token_id: Option<u32>,
+}
+
+/// Deserializes `null`, an id, or a list of ids (keeping the first) into `Option<u32>`.
+fn one_or_first<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(id)) => Some(id),
+        Some(OneOrMany::Many(ids)) => ids.first().copied(),
+    })
 }
 
 impl Default for LlamaConfig {
     fn default() -> Self {
         Self {
+            architectures: vec![Architecture::Llama.hf_name().to_string()],
+            model_type: Architecture::Llama.model_type().to_string(),
             vocab_size: 49152,
             hidden_size: 576,
             intermediate_size: 1536,
@@ -58,6 +151,9 @@ impl Default for LlamaConfig {
             max_position_embeddings: 8192,
             tie_word_embeddings: true,
             attention_bias: false,
+            head_dim: None,
+            hidden_act: "silu".to_string(),
+            rope_scaling: None,
             bos_token_id: Some(1),
             eos_token_id: Some(2),
         }
@@ -65,9 +161,83 @@ impl Default for LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// Dimension of one attention head (`hidden_size / num_attention_heads`).
+    /// Dimension of one attention head: the explicit `head_dim` when set (Qwen3), else
+    /// `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// The architecture `architectures[0]` names; an empty list means Llama.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] for a class name sleuth cannot run.
+    pub fn architecture(&self) -> Result<Architecture, ModelError> {
+        match self.architectures.first() {
+            None => Ok(Architecture::Llama),
+            Some(name) => Architecture::from_hf_name(name).ok_or_else(|| {
+                ModelError::Config(format!(
+                    "architecture {name:?} is not supported (supported: {})",
+                    Architecture::NAMES.join(", ")
+                ))
+            }),
+        }
+    }
+
+    /// Whether attention normalizes each query and key head (Qwen3's `q_norm`/`k_norm`).
+    pub fn qk_norm(&self) -> bool {
+        matches!(self.architecture(), Ok(Architecture::Qwen3))
+    }
+
+    /// A config for `arch` with its class name and `model_type` filled in, otherwise
+    /// `self`'s values.
+    pub fn with_architecture(mut self, arch: Architecture) -> Self {
+        self.architectures = vec![arch.hf_name().to_string()];
+        self.model_type = arch.model_type().to_string();
+        if arch == Architecture::Qwen2 {
+            self.attention_bias = true;
+        }
+        self
+    }
+
+    /// Parses a Hugging Face `config.json` text: the HF keys as the schema, the architecture
+    /// checked, Qwen2's implied q/k/v biases set, and [`LlamaConfig::validate`] run.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] for malformed JSON, a wrong type, an unsupported architecture or
+    /// activation, or inconsistent sizes; the caller adds the file name.
+    pub fn from_hf_json(text: &str) -> Result<Self, ModelError> {
+        let bad = |m: String| ModelError::Config(m);
+        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if !raw.is_object() {
+            return Err(bad("expected a JSON object".into()));
+        }
+        // Switches sleuth does not implement: refuse rather than run a different model.
+        for key in ["mlp_bias", "use_sliding_window"] {
+            if raw.get(key).and_then(|v| v.as_bool()) == Some(true) {
+                return Err(bad(format!("{key} = true is not supported")));
+            }
+        }
+        let mut cfg: Self = serde_json::from_value(raw.clone()).map_err(|e| bad(e.to_string()))?;
+        // transformers ≥ 5 writes RoPE as `rope_parameters: {rope_theta, rope_type}`; 4.x
+        // files have a top-level `rope_theta` (and `rope_scaling`). Both load.
+        if let Some(params) = raw.get("rope_parameters").filter(|p| !p.is_null()) {
+            if let Some(theta) = params.get("rope_theta").and_then(|t| t.as_f64()) {
+                cfg.rope_theta = theta;
+            }
+            cfg.rope_scaling = Some(params.clone());
+        }
+        let arch = cfg.architecture()?;
+        let cfg = if arch == Architecture::Qwen2 {
+            Self {
+                attention_bias: true,
+                ..cfg
+            }
+        } else {
+            cfg
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Checks the divisibility constraints the forward pass relies on.
@@ -77,8 +247,31 @@ impl LlamaConfig {
     /// query heads, or the head dimension is odd (RoPE rotates pairs).
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |msg: String| Err(ModelError::Config(msg));
+        self.architecture()?;
+        if self.hidden_act != "silu" {
+            return bad(format!(
+                "hidden_act {:?} is not supported (only \"silu\", SwiGLU)",
+                self.hidden_act
+            ));
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("default");
+            if !scaling.is_null() && kind != "default" {
+                return bad(format!(
+                    "rope_scaling {scaling} is not supported (only unscaled RoPE)"
+                ));
+            }
+        }
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
+            return bad("vocab_size, hidden_size and num_hidden_layers must be positive".into());
+        }
         if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+            || (self.head_dim.is_none()
+                && !self.hidden_size.is_multiple_of(self.num_attention_heads))
         {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
@@ -95,7 +288,7 @@ impl LlamaConfig {
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if !self.head_dim().is_multiple_of(2) {
+        if self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head_dim {} must be even for RoPE",
                 self.head_dim()
@@ -140,6 +333,7 @@ impl LlamaConfig {
             attention_bias: gguf.tensors().iter().any(|t| t.name == "blk.0.attn_q.bias"),
             bos_token_id: gguf.get_u32("tokenizer.ggml.bos_token_id").ok(),
             eos_token_id: gguf.get_u32("tokenizer.ggml.eos_token_id").ok(),
+            ..Self::default()
         };
         cfg.validate()?;
         Ok(cfg)

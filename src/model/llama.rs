@@ -121,6 +121,10 @@ pub struct Attention<B: Backend> {
     pub n_kv_heads: usize,
     /// Dimension per head.
     pub head_dim: usize,
+    /// Qwen3's RMSNorm over each query head before RoPE, gain `[head_dim]`; `None` elsewhere.
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Qwen3's RMSNorm over each key head before RoPE, gain `[head_dim]`; `None` elsewhere.
+    pub k_norm: Option<RmsNorm<B>>,
 }
 
 /// SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
@@ -224,6 +228,14 @@ impl<B: Backend> Rope<B> {
     }
 }
 
+/// Applies an optional per-head RMSNorm (Qwen3) to `[B, T, heads, head_dim]`.
+fn head_norm<B: Backend>(norm: &Option<RmsNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x,
+    }
+}
+
 /// How [`Llama::forward`] runs attention: the fused CPU kernel with host RoPE tables, or the
 /// composed ops with RoPE tensors and the additive causal bias.
 enum AttnPath<B: Backend> {
@@ -248,8 +260,11 @@ impl<B: Backend> Attention<B> {
                 let k = self.k_proj.forward(x.clone());
                 let v = self.v_proj.forward(x);
                 fused::causal_attention(
-                    q.reshape([b, t, self.n_heads, self.head_dim]),
-                    k.reshape([b, t, self.n_kv_heads, self.head_dim]),
+                    head_norm(&self.q_norm, q.reshape([b, t, self.n_heads, self.head_dim])),
+                    head_norm(
+                        &self.k_norm,
+                        k.reshape([b, t, self.n_kv_heads, self.head_dim]),
+                    ),
                     v.reshape([b, t, self.n_kv_heads, self.head_dim]),
                     tables,
                 )
@@ -268,8 +283,10 @@ impl<B: Backend> Attention<B> {
         let [b, t, _] = x.dims();
         // Rotate in the projection's own layout [B, T, heads, hd], then move heads forward.
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, self.head_dim]);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.n_heads));
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.n_kv_heads));
+        let q = heads(self.q_proj.forward(x.clone()), self.n_heads);
+        let k = heads(self.k_proj.forward(x.clone()), self.n_kv_heads);
+        let q = rope.apply(head_norm(&self.q_norm, q));
+        let k = rope.apply(head_norm(&self.k_norm, k));
         let v = heads(self.v_proj.forward(x), self.n_kv_heads);
         (
             q.swap_dims(1, 2),
@@ -381,6 +398,8 @@ impl<B: Backend> Llama<B> {
                     n_heads: cfg.num_attention_heads,
                     n_kv_heads: cfg.num_key_value_heads,
                     head_dim: hd,
+                    q_norm: cfg.qk_norm().then(|| norm(hd)),
+                    k_norm: cfg.qk_norm().then(|| norm(hd)),
                 },
                 post_attention_layernorm: norm(cfg.hidden_size),
                 mlp: Mlp {

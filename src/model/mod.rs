@@ -1,10 +1,13 @@
-//! The policy: a Llama-family decoder in burn, its weights and tokenizer loaded from GGUF,
-//! a per-row KV cache, and seeded sampling.
+//! The policy: a Llama-family decoder in burn (Llama, Qwen2, Qwen3), its weights and
+//! tokenizer loaded from a GGUF file or a Hugging Face model directory, a per-row KV cache,
+//! and seeded sampling.
 //!
 //! Layout (after llama-burn): [`config`] mirrors HF `config.json`; [`llama`] is the forward
 //! pass; [`kv_cache`] the cache; [`sampling`] the sampler; [`gguf`] reads and dequantizes GGUF
-//! files; [`tokenizer`] builds the byte-level BPE tokenizer from GGUF metadata; [`load`] maps
-//! GGUF tensors onto the HF-named modules; [`generate`] the batched, stop-string-aware
+//! files; [`hf`] reads (and [`hf::export`] writes) Hugging Face directories: `config.json`,
+//! `tokenizer.json`, safetensors; [`tokenizer`] builds the byte-level BPE tokenizer from GGUF
+//! metadata or `tokenizer.json`; [`chat`] renders a model's Jinja chat template; [`load`]
+//! builds the HF-named modules from either source's tensors; [`generate`] the batched, stop-string-aware
 //! generation loop that the rollout environment drives; [`decoder`] the seam between that loop
 //! and a forward pass; [`quant`] the CPU decode engine over block-quantized weights (Q8_0,
 //! Q4_1) that rollouts, evaluation and serving use by default.
@@ -13,11 +16,13 @@
 //! by default, CUDA with the `cuda` feature. Weights are f32 in memory.
 
 pub mod backend;
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod fused;
 pub mod generate;
 pub mod gguf;
+pub mod hf;
 pub mod kv_cache;
 pub mod llama;
 pub mod load;
@@ -29,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 
-pub use config::LlamaConfig;
+pub use config::{Architecture, LlamaConfig};
 pub use decoder::{DecodeCache, DecodeWeights, Decoder, Engine};
 pub use generate::{text_of, BatchGenerator, StopReason};
 pub use kv_cache::KvCache;
@@ -44,6 +49,9 @@ pub enum ModelError {
     /// The GGUF file could not be read or decoded.
     #[error(transparent)]
     Gguf(#[from] gguf::GgufError),
+    /// A Hugging Face model directory could not be read (names the file and tensor).
+    #[error(transparent)]
+    Hf(#[from] hf::HfError),
     /// The tokenizer could not be built or failed on input.
     #[error(transparent)]
     Tokenizer(#[from] tokenizer::TokenizerError),
@@ -60,10 +68,8 @@ pub enum ModelError {
         /// Shape in the file.
         found: Vec<usize>,
     },
-    /// A model path that is neither a GGUF file nor a supported model directory.
-    #[error(
-        "{path}: not a GGUF file (Hugging Face safetensors directories are not supported yet)"
-    )]
+    /// A model path that is neither a GGUF file nor a Hugging Face model directory.
+    #[error("{path}: a directory without config.json (expected a GGUF file or a Hugging Face model directory)")]
     UnsupportedFormat {
         /// The path given.
         path: PathBuf,
@@ -87,6 +93,37 @@ pub struct LoadedModel<B: Backend> {
     pub model: Llama<B>,
     /// Tokenizer from the same file.
     pub tokenizer: Tokenizer,
+}
+
+/// Loads a policy from `path`: a Hugging Face model directory ([`hf::load_hf_dir`]) or a GGUF
+/// file ([`load_gguf`]). This is what every command's model path goes through.
+///
+/// # Errors
+/// [`ModelError::UnsupportedFormat`] for a directory without `config.json`; the loader's
+/// errors otherwise (each naming the file, and the tensor where there is one).
+pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, ModelError> {
+    if hf::is_hf_dir(path) {
+        return hf::load_hf_dir(path, device);
+    }
+    load_gguf(path, device)
+}
+
+/// Loads only the tokenizer of the model at `path` (directory or GGUF file).
+///
+/// # Errors
+/// As [`load`], for the config and tokenizer files only.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
+    if hf::is_hf_dir(path) {
+        let cfg = hf::read_config(path)?;
+        return hf::read_tokenizer(path, &cfg);
+    }
+    if path.is_dir() {
+        return Err(ModelError::UnsupportedFormat {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = gguf::GgufFile::open(path)?;
+    Ok(Tokenizer::from_gguf(&file)?)
 }
 
 /// Loads a Llama GGUF file (weights dequantized to f32) and its tokenizer onto `device`.

@@ -197,6 +197,9 @@ struct Inner {
     eos: Option<u32>,
     pad: Option<u32>,
     add_bos: bool,
+    /// The model's Jinja chat template (`tokenizer_config.json`'s `chat_template`, GGUF's
+    /// `tokenizer.chat_template`), if it ships one.
+    chat_template: Option<String>,
     /// Whether each id is a special (control) token, skipped by `skip_special` decoding.
     special: Vec<bool>,
     /// Every token's decoded bytes, for byte-level decoders; `None` otherwise.
@@ -329,12 +332,17 @@ impl Tokenizer {
         let eos = id_key("tokenizer.ggml.eos_token_id")?;
         let pad = id_key("tokenizer.ggml.padding_token_id")?;
         let add_bos = optional(gguf.get_bool("tokenizer.ggml.add_bos_token"))?.unwrap_or(false);
-        Ok(Self::assemble(hf, bos, eos, pad, add_bos))
+        let template = optional(gguf.get_str("tokenizer.chat_template"))?.map(str::to_string);
+        Ok(Self::assemble(hf, bos, eos, pad, add_bos).with_chat_template(template))
     }
 
     /// Loads a Hugging Face `tokenizer.json`. BOS/EOS/PAD are resolved from the `bos_token`,
     /// `eos_token` and `pad_token` entries of a `tokenizer_config.json` in the same directory
-    /// when there is one (otherwise they are `None`); `add_bos` from its `add_bos_token`.
+    /// when there is one (otherwise they are `None`), the chat template from its
+    /// `chat_template`. Whether prompts start with BOS: its `add_bos_token` when present,
+    /// else whether `tokenizer.json`'s post-processor adds BOS to a single sequence (Llama 3
+    /// ships no `add_bos_token` and adds `<|begin_of_text|>` that way, as transformers does
+    /// with `add_special_tokens=True`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let hf = tokenizers::Tokenizer::from_file(path).map_err(|source| TokenizerError::Load {
@@ -342,7 +350,8 @@ impl Tokenizer {
             source,
         })?;
         let config_path = path.with_file_name("tokenizer_config.json");
-        let (mut bos, mut eos, mut pad, mut add_bos) = (None, None, None, false);
+        let (mut bos, mut eos, mut pad, mut add_bos) = (None, None, None, None);
+        let mut template = None;
         if config_path.is_file() {
             let load_err =
                 |source: Box<dyn std::error::Error + Send + Sync>| TokenizerError::Load {
@@ -373,12 +382,39 @@ impl Tokenizer {
             bos = resolve("bos_token")?;
             eos = resolve("eos_token")?;
             pad = resolve("pad_token")?;
-            add_bos = config
-                .get("add_bos_token")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
+            add_bos = config.get("add_bos_token").and_then(|v| v.as_bool());
+            template = match config.get("chat_template") {
+                Some(serde_json::Value::String(t)) => Some(t.clone()),
+                // A list of named templates: the one named "default", else the first.
+                Some(serde_json::Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .or_else(|| list.first())
+                    .and_then(|t| t.get("template"))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string),
+                _ => None,
+            };
         }
-        Ok(Self::assemble(hf, bos, eos, pad, add_bos))
+        if template.is_none() {
+            // Newer transformers write the template to its own file.
+            let jinja = path.with_file_name("chat_template.jinja");
+            template = std::fs::read_to_string(jinja).ok();
+        }
+        let add_bos = match (add_bos, bos) {
+            (Some(flag), _) => flag,
+            (None, Some(b)) => hf
+                .encode("a", true)
+                .map(|e| e.get_ids().first() == Some(&b))
+                .unwrap_or(false),
+            (None, None) => false,
+        };
+        Ok(Self::assemble(hf, bos, eos, pad, add_bos).with_chat_template(template))
+    }
+
+    fn with_chat_template(mut self, template: Option<String>) -> Self {
+        Arc::make_mut(&mut self.inner).chat_template = template;
+        self
     }
 
     fn assemble(
@@ -415,6 +451,7 @@ impl Tokenizer {
                 eos,
                 pad,
                 add_bos,
+                chat_template: None,
                 special,
                 bytes,
             }),
@@ -525,6 +562,23 @@ impl Tokenizer {
     /// `add_bos_token`; `false` when absent). [`Tokenizer::encode`] never adds it itself.
     pub fn add_bos(&self) -> bool {
         self.inner.add_bos
+    }
+
+    /// The model's Jinja chat template, if its files ship one (render it with
+    /// [`crate::model::chat::ChatTemplate`]).
+    pub fn chat_template(&self) -> Option<&str> {
+        self.inner.chat_template.as_deref()
+    }
+
+    /// `ids` with BOS prepended when the model expects it ([`Tokenizer::add_bos`]) and it is
+    /// not already there: what every prompt encoder calls once on a whole prompt.
+    pub fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
+        if let (true, Some(b)) = (self.inner.add_bos, self.inner.bos) {
+            if ids.first() != Some(&b) {
+                ids.insert(0, b);
+            }
+        }
+        ids
     }
 
     /// The underlying Hugging Face tokenizer (special tokens parsed).

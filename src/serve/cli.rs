@@ -12,8 +12,7 @@ use futures_util::StreamExt;
 use super::{Agent, ServeError, ServeOptions};
 use crate::config::RunConfig;
 use crate::model::backend::{self, Inference};
-use crate::model::gguf::GgufFile;
-use crate::model::{load_gguf, Llama, Tokenizer};
+use crate::model::{Llama, Tokenizer};
 use crate::rl::checkpoint;
 use crate::search::{Bm25Retriever, Retriever};
 
@@ -119,11 +118,11 @@ fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
         source,
     };
     let (model, tokenizer): (Llama<Inference>, Tokenizer) = if args.tiny_test_model {
-        let file = GgufFile::open(&cfg.model.path).map_err(|e| model_err(e.into()))?;
-        let tok = Tokenizer::from_gguf(&file).map_err(|e| model_err(e.into()))?;
+        let tok = crate::model::load_tokenizer(&cfg.model.path).map_err(model_err)?;
         (super::test_model::random(&tok, 0, &device), tok)
     } else {
-        let mut loaded = load_gguf::<Inference>(&cfg.model.path, &device).map_err(model_err)?;
+        let mut loaded =
+            crate::model::load::<Inference>(&cfg.model.path, &device).map_err(model_err)?;
         if let Some(run) = &args.checkpoint {
             let arch = checkpoint::load_config(run)?;
             let fresh = Llama::<Inference>::random(&arch, &device);

@@ -79,6 +79,8 @@ struct QLayer {
     /// `[(heads + 2·kv_heads)·head_dim, hidden]`: q rows, then k, then v.
     qkv: QMatrix,
     qkv_bias: Option<Vec<f32>>,
+    /// Qwen3's per-head RMSNorm gains `[head_dim]` for queries and keys, applied before RoPE.
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     o: QMatrix,
     ffn_norm: Vec<f32>,
     /// `[2·intermediate, hidden]`: gate rows, then up.
@@ -209,7 +211,12 @@ impl QuantLlama {
                     }
                     b
                 });
+                let qk_norm = match (&at.q_norm, &at.k_norm) {
+                    (Some(q), Some(k)) => Some((to_host(q.weight.val()), to_host(k.weight.val()))),
+                    _ => None,
+                };
                 QLayer {
+                    qk_norm,
                     attn_norm: to_host(layer.input_layernorm.weight.val()),
                     qkv: fused(&[linear(&at.q_proj), linear(&at.k_proj), linear(&at.v_proj)]),
                     qkv_bias,
@@ -382,6 +389,14 @@ impl QuantLlama {
                 if let Some(b) = &layer.qkv_bias {
                     for (v, bb) in t.iter_mut().zip(b) {
                         *v += bb;
+                    }
+                }
+                if let Some((qn, kn)) = &layer.qk_norm {
+                    for head in 0..nh + nkv {
+                        let g = if head < nh { qn } else { kn };
+                        let x = &mut t[head * hd..(head + 1) * hd];
+                        let src = x.to_vec();
+                        rms_norm(&src, g, self.eps, x);
                     }
                 }
                 for head in 0..nh + nkv {
