@@ -7,6 +7,10 @@
 //! that carry loss (mask 1); the rest stand for inserted documents (mask 0), as in a search
 //! episode, where typically 20–40 % of tokens are the policy's. `SLEUTH_FULL_HEAD=1` scores
 //! every position instead of the policy tokens only (the earlier path), for comparison.
+//! `SLEUTH_MODEL=PATH` profiles another model (a GGUF file or a Hugging Face directory, e.g.
+//! a random-weight Qwen2.5-0.5B-shaped one from `scripts/reference/record_hf_fixtures.py
+//! --random-shape qwen2.5-0.5b`); token ids are drawn from its vocabulary. The last line
+//! printed is the process's peak RSS.
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -15,7 +19,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use sleuth::model::backend::{self, Train};
-use sleuth::model::load_gguf;
+use sleuth::model::load;
 use sleuth::rl::loss::{pack, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs};
 
 fn secs(t: Instant) -> f64 {
@@ -37,12 +41,13 @@ fn main() {
     // As the `sleuth` binary does (`SLEUTH_SYSTEM_MALLOC=1` to compare without).
     backend::retain_freed_memory();
     let device = backend::device();
-    let model = load_gguf::<Train>(
-        std::path::Path::new("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        &device,
-    )
-    .expect("run scripts/setup first")
-    .model;
+    let path = std::env::var("SLEUTH_MODEL")
+        .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
+    let t_load = Instant::now();
+    let model = load::<Train>(std::path::Path::new(&path), &device)
+        .expect("run scripts/setup first (or set SLEUTH_MODEL to a model)")
+        .model;
+    println!("loaded {path} in {:.2} s", secs(t_load));
     let reference = model.valid();
     let mut optim = AdamWConfig::new()
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
@@ -51,7 +56,7 @@ fn main() {
 
     // Synthetic episodes: a 32-token prompt, then alternating policy (mask 1) and document
     // (mask 0) spans so `frac` of the rest carries loss.
-    let vocab = 49_152u32;
+    let vocab = model.vocab_size() as u32;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
         rng ^= rng << 13;
@@ -139,5 +144,10 @@ fn main() {
             "rep {rep}: reference forward {t_ref:.2} s, policy forward+loss {t_fwd:.2} s, backward {t_bwd:.2} s, AdamW {t_opt:.2} s, total {:.2} s",
             t_ref + t_fwd + t_bwd + t_opt
         );
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM")) {
+            println!("peak RSS: {}", line.trim_start_matches("VmHWM:").trim());
+        }
     }
 }

@@ -187,7 +187,9 @@ fn engine_name(w: DecodeWeights) -> String {
 /// `sleuth bench`: one JSON line with prefill tokens/s and decode tokens/s at batch 1 and G.
 pub fn run_bench(a: BenchArgs) -> Result<()> {
     let device = backend::device();
+    let t_load = Instant::now();
     let m = a.model.load(&device)?;
+    let load_s = t_load.elapsed().as_secs_f64();
     let prompt = PromptConfig::default();
     let base = m.tokenizer.encode(
         &prompt.render("Which stadium hosts the Kansas City Chiefs?")?,
@@ -245,6 +247,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "system": "sleuth", "engine": engine_name(a.model.weights), "weights": a.model.weights.name(),
+            "load_seconds": (load_s * 100.0).round() / 100.0,
             "quantize_seconds": (quantize_s * 1000.0).round() / 1000.0, "decode_tok_s_b1": (b1 * 10.0).round() / 10.0,
             "decode_tok_s_bG": (bg * 10.0).round() / 10.0, "G": a.g, "prefill_tok_s": (prefill_tok_s * 10.0).round() / 10.0,
             "new_tokens": a.new_tokens, "prefill_tokens": long.len(), "repeats": a.repeats, "timing": "best of repeats"

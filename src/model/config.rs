@@ -120,6 +120,12 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<u32>,
 }
 
+/// The f64 whose shortest decimal equals the f32's (`1e-5f32` → `1e-5`, not
+/// `9.999999747378752e-6`).
+fn f32_to_f64(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
 /// Deserializes `null`, an id, or a list of ids (keeping the first) into `Option<u32>`.
 fn one_or_first<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     #[derive(Deserialize)]
@@ -323,8 +329,9 @@ impl LlamaConfig {
                 .get_u32(&key("attention.head_count_kv"))
                 .map(|v| v as usize)
                 .unwrap_or(heads),
-            rms_norm_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))? as f64,
-            rope_theta: gguf.get_f32(&key("rope.freq_base")).unwrap_or(10000.0) as f64,
+            // Through the shortest decimal of the f32, so 1e-5 stays 1e-5 in exported configs.
+            rms_norm_eps: f32_to_f64(gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
+            rope_theta: f32_to_f64(gguf.get_f32(&key("rope.freq_base")).unwrap_or(10000.0)),
             max_position_embeddings: gguf
                 .get_u32(&key("context_length"))
                 .map(|v| v as usize)

@@ -1089,6 +1089,8 @@ mod tests {
 
     type Grads = <Train as AutodiffBackend>::Gradients;
 
+    use crate::model::Architecture;
+
     /// Largest |a − b| relative to the largest |b|.
     fn rel_err(a: Tensor<Inference, 1>, b: Tensor<Inference, 1>) -> f32 {
         let scale = b.clone().abs().max().into_scalar().max(1e-12);
@@ -1118,7 +1120,7 @@ mod tests {
             |p: &burn::module::Param<Tensor<Train, 2>>| flat(p.val().grad(&grads).expect("grad"));
         let g1 =
             |p: &burn::module::Param<Tensor<Train, 1>>| flat(p.val().grad(&grads).expect("grad"));
-        vec![
+        let mut out = vec![
             flat(out),
             g(&model.embed_tokens),
             g(&l0.self_attn.q_proj.weight),
@@ -1131,20 +1133,45 @@ mod tests {
             g1(&l0.input_layernorm.weight),
             g1(&l1.post_attention_layernorm.weight),
             g1(&model.norm.weight),
-        ]
+        ];
+        // Qwen2's q/k/v biases, Qwen3's per-head q/k norm gains, where the model has them.
+        for bias in [&l0.self_attn.q_proj.bias, &l1.self_attn.k_proj.bias] {
+            out.extend(bias.as_ref().map(g1));
+        }
+        for norm in [&l0.self_attn.q_norm, &l1.self_attn.k_norm] {
+            out.extend(norm.as_ref().map(|n| g1(&n.weight)));
+        }
+        out
     }
 
     /// The fused forward pass and every kind of parameter gradient equal the composed burn
-    /// ops' (tiny random model, grouped kv heads, 70 tokens so the causal blocks split).
+    /// ops' (tiny random model, grouped kv heads, 70 tokens so the causal blocks split), for
+    /// each architecture: Llama, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms, explicit
+    /// `head_dim` wider than `hidden / heads`).
     #[test]
     fn fused_model_matches_composed_ops_forward_and_gradients() {
+        for arch in [
+            Architecture::Llama,
+            Architecture::Qwen2,
+            Architecture::Qwen3,
+        ] {
+            let mut cfg = LlamaConfig {
+                rms_norm_eps: 1e-5,
+                ..LlamaConfig::tiny(97)
+            }
+            .with_architecture(arch);
+            if arch == Architecture::Qwen3 {
+                cfg.head_dim = Some(32);
+            }
+            fused_matches_composed(&cfg);
+        }
+    }
+
+    fn fused_matches_composed(cfg: &LlamaConfig) {
         let device = Default::default();
         Train::seed(&device, 7);
-        let cfg = LlamaConfig {
-            rms_norm_eps: 1e-5,
-            ..LlamaConfig::tiny(97)
-        };
-        let mut model = Llama::<Train>::random(&cfg, &device);
+        let arch = cfg.architecture().unwrap();
+        let mut model = Llama::<Train>::random(cfg, &device);
         // Norm gains away from 1, so a gain's gradient is not the same for every channel.
         let gain = |n: usize| {
             let pattern: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.2).collect();
@@ -1156,6 +1183,12 @@ mod tests {
         for layer in &mut model.layers {
             layer.input_layernorm.weight = gain(cfg.hidden_size);
             layer.post_attention_layernorm.weight = gain(cfg.hidden_size);
+            for n in [&mut layer.self_attn.q_norm, &mut layer.self_attn.k_norm]
+                .into_iter()
+                .flatten()
+            {
+                n.weight = gain(cfg.head_dim());
+            }
         }
         model.norm.weight = gain(cfg.hidden_size);
         let (b, t) = (2, 70);
@@ -1188,10 +1221,19 @@ mod tests {
             "norm0",
             "norm1",
             "final norm",
+            "extra 0",
+            "extra 1",
         ];
+        let extra = fused.len() - 12;
+        assert_eq!(
+            extra,
+            if arch == Architecture::Llama { 0 } else { 2 },
+            "{arch:?}"
+        );
+        assert_eq!(fused.len(), composed.len());
         for ((name, f), c) in names.iter().zip(fused).zip(composed) {
             let err = rel_err(f, c);
-            assert!(err < 2e-4, "{name}: relative error {err}");
+            assert!(err < 2e-4, "{arch:?} {name}: relative error {err}");
         }
         // Inference backend: the same forward without autodiff.
         let inner = model.valid();
@@ -1199,7 +1241,10 @@ mod tests {
         let f = flat(inner.forward(tokens.clone()));
         let c = with_composite(|| flat(inner.forward(tokens)));
         let err = rel_err(f, c);
-        assert!(err < 2e-5, "inference forward: relative error {err}");
+        assert!(
+            err < 2e-5,
+            "{arch:?} inference forward: relative error {err}"
+        );
     }
 
     /// The fused output head gives the composed log-softmax's log-probs, entropies and

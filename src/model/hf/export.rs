@@ -420,9 +420,16 @@ fn write_all<B: Backend>(
         }
         None => write_tokenizer(tokenizer, cfg, dir)?,
     }
-    // Make the files durable before the rename publishes the directory.
+    // The safetensors crate writes through a private (0600) temporary file; give every file
+    // the mode a plainly created one gets (umask applied), then make them durable before the
+    // rename publishes the directory.
+    let config_path = dir.join("config.json");
+    let mode = std::fs::metadata(&config_path)
+        .map_err(io(&config_path))?
+        .permissions();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
+        std::fs::set_permissions(&path, mode.clone()).map_err(io(&path))?;
         std::fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(io(&path))?;
