@@ -279,6 +279,10 @@ pub struct PhaseSection {
     /// current policy (`false`).
     #[serde(default = "yes")]
     pub scripted: bool,
+    /// `collect`: keep only episodes with at least this many searches (scripted or sampled).
+    /// Default 1.
+    #[serde(default = "one")]
+    pub min_searches: usize,
     /// `collect` (rejection sampling) / `eval`: questions per batched rollout. Default 4.
     #[serde(default = "four")]
     pub batch: usize,
@@ -308,6 +312,9 @@ pub struct PhaseSection {
 
 fn yes() -> bool {
     true
+}
+fn one() -> usize {
+    1
 }
 fn four() -> usize {
     4

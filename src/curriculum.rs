@@ -498,6 +498,7 @@ fn collect_phase<B: AutodiffBackend>(
             &cfg.rollout,
             &Default::default(),
             &questions,
+            p.min_searches,
             cfg.train.seed,
             |ex: &SftExample| kept.push(ex.clone()),
         )?)?
@@ -514,7 +515,7 @@ fn collect_phase<B: AutodiffBackend>(
             &questions,
             p.batch,
             true,
-            1,
+            p.min_searches,
             cfg.train.seed,
             |ex: &SftExample| kept.push(ex.clone()),
         )?)?

@@ -303,6 +303,7 @@ fn scripted_episodes_are_grounded_masked_and_format_valid() {
         &rollout,
         &Default::default(),
         &questions,
+        1,
         0,
         |ex| kept.push(ex.clone()),
     )
@@ -448,6 +449,7 @@ fn scripted_bridge_question_searches_the_bridge_entity() {
         &rollout,
         &ScriptPhrases::default(),
         &questions,
+        1,
         7,
         |ex| kept.push(ex.clone()),
     )
@@ -493,6 +495,57 @@ fn scripted_bridge_question_searches_the_bridge_entity() {
     );
 }
 
+/// `min_searches = 2` drops the episode whose first search already found every support title
+/// (counted in `too_few_searches`) and keeps the one that needed a second hop.
+#[test]
+fn scripted_min_searches_drops_one_search_episodes() {
+    let Some(tok) = tokenizer() else { return };
+    let both = vec![
+        page("Alpha Town", "Alpha Town lies on the Beta River."),
+        page("Beta River", "The Beta River flows into the Gamma Sea."),
+    ];
+    let engine = ByQuery::new(
+        vec![page("Alpha Town", "Alpha Town lies on the Beta River.")],
+        vec![
+            ("Which sea does the river at Alpha Town reach?", both.clone()),
+            ("Beta River", vec![both[1].clone()]),
+        ],
+    );
+    let ask = |question: &str| Question {
+        question: question.into(),
+        answers: vec!["Gamma Sea".into()],
+        support_titles: vec!["Alpha Town".into(), "Beta River".into()],
+        kind: Some("bridge".into()),
+    };
+    let questions = vec![
+        ask("Which sea does the river at Alpha Town reach?"),
+        ask("Where does the river of Alpha Town end?"),
+    ];
+    let run = |min_searches| {
+        let mut kept = Vec::new();
+        let stats = scripted(
+            &tok,
+            &engine,
+            &prompt(),
+            &RolloutConfig::default(),
+            &ScriptPhrases::default(),
+            &questions,
+            min_searches,
+            0,
+            |ex| kept.push(ex.question.clone()),
+        )
+        .unwrap();
+        (stats, kept)
+    };
+    let (stats, kept) = run(1);
+    assert_eq!(stats.kept_by_searches, [0, 1, 1, 0], "{stats:?}");
+    assert_eq!((stats.too_few_searches, kept.len()), (0, 2));
+    let (stats, kept) = run(2);
+    assert_eq!(stats.kept_by_searches, [0, 0, 1, 0], "{stats:?}");
+    assert_eq!(stats.too_few_searches, 1);
+    assert_eq!(kept, vec![questions[1].question.clone()]);
+}
+
 /// A comparison question whose first search finds neither compared entity: one search per
 /// entity (3 in all), unless `max_searches` caps them.
 #[test]
@@ -532,6 +585,7 @@ fn scripted_comparison_question_searches_each_entity() {
             &rollout,
             &ScriptPhrases::default(),
             &questions,
+            1,
             0,
             |ex| kept.push(ex.clone()),
         )
@@ -598,6 +652,7 @@ fn scripted_reasoning_varies_across_questions() {
             &RolloutConfig::default(),
             &ScriptPhrases::default(),
             &questions,
+            1,
             seed,
             |ex| out.push(masked_and_solution(&tok, ex).1),
         )

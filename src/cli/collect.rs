@@ -31,7 +31,8 @@ pub struct CollectArgs {
     #[arg(long)]
     pub require_correct: Option<bool>,
     /// Keep only trajectories that searched at least N times (a cold start meant to teach
-    /// searching must not keep episodes that never searched). Ignored with --scripted.
+    /// searching must not keep episodes that never searched). With --scripted, 2 drops the
+    /// episodes whose first search already found every support title.
     #[arg(long, default_value_t = 1)]
     pub min_searches: usize,
     /// Sample from the weights saved in this SFT/RL run directory instead of the config's
@@ -100,6 +101,7 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
             &cfg.rollout,
             &Default::default(),
             &questions,
+            a.min_searches,
             a.seed,
             keep,
         )?

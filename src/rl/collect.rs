@@ -323,9 +323,12 @@ pub fn entity_query(title: &str) -> String {
 ///
 /// `{answer}` is the first gold answer of at most 10 words that the documents blocks together
 /// cover (cover-EM). Questions with no such answer, a failing search, a solution whose format
-/// checks fail, or more than `max_new_tokens` policy tokens (`context_tokens` in all) are
-/// skipped. `sampled` counts questions tried. Phrases are picked from `phrases` by `seed` and
-/// the question's index in `questions`.
+/// checks fail, fewer than `min_searches` searches (counted in `too_few_searches`: with 2, a
+/// cold start whose every episode searches again after its first documents, so that greedy
+/// decoding does not collapse onto the one-search path, docs/learning.md round 3), or more
+/// than `max_new_tokens` policy tokens (`context_tokens` in all) are skipped. `sampled`
+/// counts questions tried. Phrases are picked from `phrases` by `seed` and the question's
+/// index in `questions`.
 ///
 /// # Errors
 /// [`RolloutError`] when the prompt or the text cannot be encoded.
@@ -337,6 +340,7 @@ pub fn scripted(
     rollout_cfg: &RolloutConfig,
     phrases: &ScriptPhrases,
     questions: &[Question],
+    min_searches: usize,
     seed: u64,
     mut keep: impl FnMut(&SftExample),
 ) -> Result<CollectStats, RolloutError> {
@@ -380,6 +384,10 @@ pub fn scripted(
             continue;
         }
         stats.format_ok += 1;
+        if plan.searches < min_searches {
+            stats.too_few_searches += 1;
+            continue;
+        }
         let (mut tokens, mut mask) = (Vec::new(), Vec::new());
         for (text, m) in &segments {
             let ids = encode(text)?;
