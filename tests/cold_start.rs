@@ -507,7 +507,10 @@ fn scripted_min_searches_drops_one_search_episodes() {
     let engine = ByQuery::new(
         vec![page("Alpha Town", "Alpha Town lies on the Beta River.")],
         vec![
-            ("Which sea does the river at Alpha Town reach?", both.clone()),
+            (
+                "Which sea does the river at Alpha Town reach?",
+                both.clone(),
+            ),
             ("Beta River", vec![both[1].clone()]),
         ],
     );

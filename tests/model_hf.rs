@@ -532,3 +532,65 @@ fn rl_steps_train_from_an_hf_directory_and_export_back() {
     assert_eq!(exported.config.architecture().unwrap(), Architecture::Qwen2);
     assert!(out.join("tokenizer_config.json").is_file());
 }
+
+#[test]
+fn sft_run_from_an_hf_directory_exports_without_naming_the_base_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Eight short sequences over the fixture's vocabulary: 12 prompt ids, 21 trained ids.
+    let data = tmp.path().join("sft.jsonl");
+    let lines: Vec<String> = (0..8u32)
+        .map(|i| {
+            let tokens: Vec<u32> = (0..33u32).map(|j| (i * 37 + j * 11) % 395).collect();
+            let mask: Vec<u8> = (0..33).map(|j| u8::from(j >= 12)).collect();
+            serde_json::json!({"question": format!("q{i}"), "tokens": tokens, "mask": mask, "prompt_len": 12})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let config = tmp.path().join("sft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\npath = {model:?}\n[train]\nquestions_per_step = 4\nmicro_batch = 4\ncheckpoint_every = 1\n",
+            model = fixture_dir("qwen3"),
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("sft");
+    common::ok(
+        common::sleuth()
+            .args(["sft", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .args(["--steps", "2", "--lr", "1e-2", "--out"])
+            .arg(&run),
+    );
+    // No --model: the run's config.toml names the base directory (tokenizer, config).
+    let out = tmp.path().join("export");
+    common::ok(
+        common::sleuth()
+            .arg("export")
+            .arg(&run)
+            .arg("--out")
+            .arg(&out),
+    );
+    let device = backend::device();
+    let prompt = common::ids(&reference("qwen3")["prompt_ids"]);
+    let exported = load::<Inference>(&out, &device).unwrap();
+    let base = load::<Inference>(&fixture_dir("qwen3"), &device).unwrap();
+    let got = first_logits(&exported.model, &prompt);
+    assert!(
+        max_diff(&got, &first_logits(&base.model, &prompt)) > 1e-3,
+        "two SFT steps at lr 1e-2 left the weights unchanged"
+    );
+    let arch = sleuth::rl::checkpoint::load_config(&run).unwrap();
+    let trained = sleuth::rl::checkpoint::load_model(
+        &run,
+        Llama::<Inference>::random(&arch, &device),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(max_diff(&got, &first_logits(&trained, &prompt)), 0.0);
+    assert_eq!(exported.config.architecture().unwrap(), Architecture::Qwen3);
+}

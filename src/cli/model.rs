@@ -279,6 +279,19 @@ pub struct ExportArgs {
     pub model: Option<PathBuf>,
 }
 
+/// The `config.toml` that names a run's base model: the run's own (`sleuth train`, `sleuth
+/// sft`), else its parent's when the run is a phase folder of a curriculum (the parent holds
+/// `curriculum.json` and the one config of all phases). `None` when neither exists.
+fn run_config_path(run: &std::path::Path) -> Option<PathBuf> {
+    let own = run.join("config.toml");
+    if own.is_file() {
+        return Some(own);
+    }
+    let parent = run.parent()?;
+    let shared = parent.join("config.toml");
+    (parent.join("curriculum.json").is_file() && shared.is_file()).then_some(shared)
+}
+
 /// `sleuth export`: writes a Hugging Face model directory and prints one JSON line (files
 /// and sizes, tensors, parameters, seconds).
 pub fn run_export(a: ExportArgs) -> Result<()> {
@@ -289,7 +302,12 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         let base = match &a.model {
             Some(m) => m.clone(),
             None => {
-                let cfg_path = a.source.join("config.toml");
+                let cfg_path = run_config_path(&a.source).with_context(|| {
+                    format!(
+                        "{}: no config.toml in the run or in its curriculum folder; pass --model to name the base model",
+                        a.source.display()
+                    )
+                })?;
                 RunConfig::load(&cfg_path)
                     .with_context(|| {
                         format!(
@@ -345,4 +363,31 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_config_path;
+
+    #[test]
+    fn run_config_path_finds_the_run_then_the_curriculum_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let phase = tmp.path().join("02-coldstart-sft");
+        std::fs::create_dir_all(&phase).unwrap();
+        // A folder that is neither a run with a config nor a curriculum phase.
+        assert_eq!(run_config_path(&phase), None);
+        std::fs::write(tmp.path().join("config.toml"), "").unwrap();
+        assert_eq!(
+            run_config_path(&phase),
+            None,
+            "a parent without curriculum.json"
+        );
+        std::fs::write(tmp.path().join("curriculum.json"), "{}").unwrap();
+        assert_eq!(
+            run_config_path(&phase),
+            Some(tmp.path().join("config.toml"))
+        );
+        std::fs::write(phase.join("config.toml"), "").unwrap();
+        assert_eq!(run_config_path(&phase), Some(phase.join("config.toml")));
+    }
 }

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::{load_config, load_model, load_policy, open_search};
 use crate::config::RunConfig;
+use crate::curriculum::write_atomic;
 use crate::model::backend::{self, Inference, Train};
 use crate::rl::trainer::Question;
 use crate::rl::{run, Trainer};
@@ -126,7 +127,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     } else if a.resume {
         eprintln!("no checkpoint in {}; starting fresh", a.out.display());
     }
-    std::fs::write(a.out.join("config.toml"), toml::to_string(&cfg)?)?;
+    write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     eprintln!(
         "training {} ({} backend, rollouts decode {}): {} questions × G={} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
@@ -162,7 +163,7 @@ fn run_curriculum(
     let m = load_policy::<Train>(&cfg, None, &device)?;
     let retriever: std::sync::Arc<dyn Retriever> = std::sync::Arc::from(open_search(&cfg)?);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    std::fs::write(a.out.join("config.toml"), toml::to_string(&cfg)?)?;
+    write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     let names: Vec<&str> = cfg.phase.iter().map(|p| p.name.as_str()).collect();
     eprintln!(
         "curriculum {} ({} backend, rollouts decode {}): phases {}",
@@ -201,25 +202,28 @@ fn run_curriculum(
 /// `sleuth sft`: supervised fine-tuning on `collect` output, loss on policy tokens only,
 /// stopping early on the entropy rule.
 pub fn run_sft(a: SftArgs) -> Result<()> {
-    let cfg = load_config(&a.config)?;
+    let mut cfg = load_config(&a.config)?;
     super::require_local(&cfg)?;
     let device = backend::device();
     let m = load_model::<Train>(&cfg.model.path, &device)?;
     let data = crate::rl::sft::read_examples(&a.data)?;
-    let mut train_cfg = cfg.train.clone();
     if let Some(lr) = a.lr {
-        train_cfg.learning_rate = lr;
+        cfg.train.learning_rate = lr;
     }
     if let Some(e) = a.stop_entropy {
-        train_cfg.sft_stop_entropy = e;
+        cfg.train.sft_stop_entropy = e;
     }
-    let mut sft = crate::rl::sft::SftTrainer::new(m.model, m.config, train_cfg, data, device)?;
+    let mut sft =
+        crate::rl::sft::SftTrainer::new(m.model, m.config, cfg.train.clone(), data, device)?;
     if run::prepare_dir(&a.out, a.resume, |dir| {
         sft.resume_from(dir)?;
         Ok(sft.state.step)
     })? {
         eprintln!("resumed {} at step {}", a.out.display(), sft.state.step);
     }
+    // The run names its base model (tokenizer, architecture) for `export`, with the
+    // overrides above applied.
+    write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     let opts = run::LoopOptions {
         steps: a.steps,
         checkpoint_every: cfg.train.checkpoint_every,
