@@ -15,7 +15,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Int, Tensor, TensorData};
 use sleuth::model::backend::{self, Inference};
 use sleuth::model::chat::{ChatMessage, ChatTemplate};
 use sleuth::model::hf::export::{export, ExportDtype, ExportOptions};
@@ -49,13 +48,11 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 /// Logits `[vocab]` of the token after `ids` (cache-free forward).
 fn first_logits(model: &Llama<Inference>, ids: &[u32]) -> Vec<f32> {
-    let t = ids.len();
-    let tokens = Tensor::<Inference, 2, Int>::from_data(
-        TensorData::new(ids.iter().map(|&x| x as i64).collect(), [1, t]),
-        &backend::device(),
-    );
-    let hidden = model.forward(tokens).slice([0..1, t - 1..t]);
-    model.logits(hidden).into_data().to_vec::<f32>().unwrap()
+    model
+        .next_token_logits(ids, &backend::device())
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -52,12 +52,12 @@ fn greedy_ids_and_first_logits_match_transformers() {
 
     // First-step logits from the cache-free forward pass.
     let t = prompt.len();
-    let tokens = Tensor::<Inference, 2, Int>::from_data(
-        TensorData::new(prompt.iter().map(|&x| x as i64).collect(), [1, t]),
-        &device,
-    );
-    let hidden = m.model.forward(tokens).slice([0..1, t - 1..t]);
-    let logits = m.model.logits(hidden).into_data().to_vec::<f32>().unwrap();
+    let logits = m
+        .model
+        .next_token_logits(&prompt, &device)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     let fl = &fx["first_step_logits"];
     let mut worst = 0f32;
     for key in ["top", "sampled"] {

@@ -166,14 +166,7 @@ fn first_logits(
     ids: &[u32],
     device: &burn::tensor::Device<Inference>,
 ) -> Vec<f32> {
-    use burn::tensor::{Int, Tensor, TensorData};
-    let t = ids.len();
-    let tokens = Tensor::<Inference, 2, Int>::from_data(
-        TensorData::new(ids.iter().map(|&x| x as i64).collect(), [1, t]),
-        device,
-    );
-    let hidden = model.forward(tokens).slice([0..1, t - 1..t]);
-    crate::model::load::to_host(model.logits(hidden))
+    crate::model::load::to_host(model.next_token_logits(ids, device))
 }
 
 /// The engine's name for reports: burn's backend, or the quantized format and ISA path.

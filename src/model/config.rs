@@ -166,6 +166,15 @@ impl Default for LlamaConfig {
     }
 }
 
+/// RoPE inverse frequencies `θ^(−2i/d)` for `i` in `0..head_dim/2` (`[head_dim / 2]`, radians
+/// per position), in f64 so that every forward path (burn's, the fused CPU kernels, the
+/// quantized decode engine) rotates by the same angles. The rotate-half layout pairs
+/// dimension `i` with `i + head_dim/2`, as transformers' `LlamaRotaryEmbedding` does (RoFormer,
+/// Su et al. 2021, unscaled).
+pub fn rope_inv_freq(head_dim: usize, theta: f64) -> impl Iterator<Item = f64> {
+    (0..head_dim / 2).map(move |i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+}
+
 impl LlamaConfig {
     /// Dimension of one attention head: the explicit `head_dim` when set (Qwen3), else
     /// `hidden_size / num_attention_heads`.

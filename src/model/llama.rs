@@ -193,8 +193,7 @@ impl<B: Backend> Rope<B> {
         let mut sin = Vec::with_capacity(positions.len() * head_dim);
         for &p in positions {
             let start = cos.len();
-            for i in 0..half {
-                let inv_freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+            for inv_freq in super::config::rope_inv_freq(head_dim, theta) {
                 let angle = p as f64 * inv_freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
@@ -479,6 +478,20 @@ impl<B: Backend> Llama<B> {
         };
         let v = w.dims()[1];
         hidden.reshape([b * t, h]).matmul(w).reshape([b, t, v])
+    }
+
+    /// Logits `[vocab]` of the token after `ids` (one sequence, `ids` non-empty), from the
+    /// cache-free whole-sequence [`Llama::forward`]: the reference the parity checks compare
+    /// against transformers' first-step logits and against the KV-cache decode paths.
+    pub fn next_token_logits(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 1> {
+        let t = ids.len();
+        let tokens = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&x| i64::from(x)).collect(), [1, t]),
+            device,
+        );
+        let hidden = self.forward(tokens).slice([0..1, t - 1..t]);
+        let vocab = self.vocab_size();
+        self.logits(hidden).reshape([vocab])
     }
 
     /// Whole-sequence forward without a cache: `tokens` `[B, T]` (right-padded) → final

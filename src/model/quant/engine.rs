@@ -235,8 +235,8 @@ impl QuantLlama {
             ),
             None => QMatrix::quantize(&embed, vocab, hidden, QuantFormat::Q8_0),
         };
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| (1.0 / model.rope_theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+        let inv_freq = crate::model::config::rope_inv_freq(head_dim, model.rope_theta)
+            .map(|f| f as f32)
             .collect();
         Self {
             hidden,
