@@ -517,13 +517,7 @@ fn rl_steps_train_from_an_hf_directory_and_export_back() {
     let fx = reference("qwen2");
     let prompt = common::ids(&fx["prompt_ids"]);
     let exported = load::<Inference>(&out, &device).unwrap();
-    let arch = sleuth::rl::checkpoint::load_config(&run).unwrap();
-    let trained = sleuth::rl::checkpoint::load_model(
-        &run,
-        Llama::<Inference>::random(&arch, &device),
-        &device,
-    )
-    .unwrap();
+    let (trained, _) = sleuth::rl::checkpoint::load_saved::<Inference>(&run, &device).unwrap();
     let got = first_logits(&exported.model, &prompt);
     assert_eq!(max_diff(&got, &first_logits(&trained, &prompt)), 0.0);
     assert_eq!(exported.config.architecture().unwrap(), Architecture::Qwen2);
@@ -581,13 +575,7 @@ fn sft_run_from_an_hf_directory_exports_without_naming_the_base_model() {
         max_diff(&got, &first_logits(&base.model, &prompt)) > 1e-3,
         "two SFT steps at lr 1e-2 left the weights unchanged"
     );
-    let arch = sleuth::rl::checkpoint::load_config(&run).unwrap();
-    let trained = sleuth::rl::checkpoint::load_model(
-        &run,
-        Llama::<Inference>::random(&arch, &device),
-        &device,
-    )
-    .unwrap();
+    let (trained, _) = sleuth::rl::checkpoint::load_saved::<Inference>(&run, &device).unwrap();
     assert_eq!(max_diff(&got, &first_logits(&trained, &prompt)), 0.0);
     assert_eq!(exported.config.architecture().unwrap(), Architecture::Qwen3);
 }

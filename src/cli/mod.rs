@@ -28,7 +28,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::config::RunConfig;
-use crate::model::{Llama, LoadedModel};
+use crate::model::LoadedModel;
 use crate::rl::checkpoint;
 use crate::search::{Bm25Retriever, Retriever};
 
@@ -104,10 +104,7 @@ pub fn load_policy<B: burn::tensor::backend::Backend>(
     require_local(cfg)?;
     let mut loaded = load_model::<B>(&cfg.model.path, device)?;
     if let Some(run) = checkpoint_dir {
-        let arch = checkpoint::load_config(run)?;
-        let fresh = Llama::<B>::random(&arch, device);
-        loaded.model = checkpoint::load_model(run, fresh, device)?;
-        loaded.config = arch;
+        (loaded.model, loaded.config) = checkpoint::load_saved(run, device)?;
     }
     Ok(loaded)
 }

@@ -141,7 +141,9 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
             "text": out,
         });
         if a.logits {
-            obj["first_logits"] = serde_json::json!(first_logits(&m.model, &ids, &device));
+            obj["first_logits"] = serde_json::json!(crate::model::load::to_host(
+                m.model.next_token_logits(&ids, &device)
+            ));
         }
         println!("{obj}");
     } else {
@@ -158,15 +160,6 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         engine_name(a.model.weights)
     );
     Ok(())
-}
-
-/// Logits `[vocab]` of the token after `ids`, from the f32 whole-sequence forward pass.
-fn first_logits(
-    model: &crate::model::Llama<Inference>,
-    ids: &[u32],
-    device: &burn::tensor::Device<Inference>,
-) -> Vec<f32> {
-    crate::model::load::to_host(model.next_token_logits(ids, device))
 }
 
 /// The engine's name for reports: burn's backend, or the quantized format and ISA path.
@@ -313,10 +306,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
             }
         };
         let mut loaded = load_model::<Inference>(&base, &device)?;
-        let arch = crate::rl::checkpoint::load_config(&a.source)?;
-        let fresh = crate::model::Llama::<Inference>::random(&arch, &device);
-        loaded.model = crate::rl::checkpoint::load_model(&a.source, fresh, &device)?;
-        loaded.config = arch;
+        (loaded.model, loaded.config) = crate::rl::checkpoint::load_saved(&a.source, &device)?;
         (loaded, base)
     } else {
         (

@@ -269,6 +269,21 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
         })
 }
 
+/// A model of the architecture saved with the checkpoint, holding its weights: `(model,
+/// architecture)`. What every command that starts from a run directory (`--checkpoint`,
+/// `serve`, `export`) loads.
+///
+/// # Errors
+/// [`load_config`]'s and [`load_model`]'s.
+pub fn load_saved<B: burn::tensor::backend::Backend>(
+    run: &Path,
+    device: &B::Device,
+) -> Result<(Llama<B>, LlamaConfig), CheckpointError> {
+    let arch = load_config(run)?;
+    let model = load_model(run, Llama::<B>::random(&arch, device), device)?;
+    Ok((model, arch))
+}
+
 /// Loads the saved optimizer state into `optim`.
 ///
 /// # Errors

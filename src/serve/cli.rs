@@ -124,9 +124,7 @@ fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
         let mut loaded =
             crate::model::load::<Inference>(&cfg.model.path, &device).map_err(model_err)?;
         if let Some(run) = &args.checkpoint {
-            let arch = checkpoint::load_config(run)?;
-            let fresh = Llama::<Inference>::random(&arch, &device);
-            loaded.model = checkpoint::load_model(run, fresh, &device)?;
+            loaded.model = checkpoint::load_saved(run, &device)?.0;
         }
         (loaded.model, loaded.tokenizer)
     };
