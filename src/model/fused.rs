@@ -314,8 +314,9 @@ impl RopeTables {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(tokens * half);
         let mut sin = Vec::with_capacity(tokens * half);
+        let inv_freqs: Vec<f64> = super::config::rope_inv_freq(head_dim, theta).collect();
         for p in 0..tokens {
-            for inv_freq in super::config::rope_inv_freq(head_dim, theta) {
+            for &inv_freq in &inv_freqs {
                 let angle = p as f64 * inv_freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);

@@ -191,9 +191,10 @@ impl<B: Backend> Rope<B> {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(positions.len() * head_dim);
         let mut sin = Vec::with_capacity(positions.len() * head_dim);
+        let inv_freqs: Vec<f64> = super::config::rope_inv_freq(head_dim, theta).collect();
         for &p in positions {
             let start = cos.len();
-            for inv_freq in super::config::rope_inv_freq(head_dim, theta) {
+            for &inv_freq in &inv_freqs {
                 let angle = p as f64 * inv_freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
