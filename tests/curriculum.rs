@@ -2,7 +2,8 @@
 //! fake retriever: collect (scripted) → SFT → RL stage 1 → RL stage 2 → eval. A run
 //! interrupted inside each training phase (and right after a metrics line whose checkpoint
 //! was never written) resumes into the same sequence of metrics lines as an uninterrupted
-//! run, with no step lost or repeated.
+//! run, with no step lost or repeated, and bit for bit: the same metrics lines (every field but
+//! the wall-clock and memory figures) and the same final weights.
 
 mod common;
 use common::default_tokenizer as tokenizer;
@@ -107,6 +108,22 @@ batch = 2
     RunConfig::load(&path).unwrap()
 }
 
+/// Each metrics line without the fields that measure the machine rather than the run
+/// (`seconds*`, `tokens_per_s`, `rss_peak_mib`): what two runs with one seed must share.
+fn deterministic_lines(run: &Path) -> Vec<serde_json::Map<String, Value>> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+            v.retain(|k, _| {
+                !(k.starts_with("seconds") || k == "tokens_per_s" || k == "rss_peak_mib")
+            });
+            v
+        })
+        .collect()
+}
+
 /// (phase, step, run_step, reward_mean or loss) of each metrics line.
 fn lines(run: &Path) -> Vec<(String, u64, u64, String)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -202,4 +219,19 @@ fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
         "the orphan line was dropped"
     );
     assert!(cut.join("05-after/eval-qa.json").exists());
+
+    // Bit for bit: every metrics figure, the final checkpoint's files (weights, optimizer
+    // moments, progress) and the evaluation.
+    assert_eq!(deterministic_lines(&cut), deterministic_lines(&whole));
+    for file in ["model.mpk", "optimizer.mpk", "state.json"] {
+        let read = |run: &Path| std::fs::read(run.join("04-stage2/checkpoint").join(file)).unwrap();
+        assert!(read(&cut) == read(&whole), "{file} differs after resume");
+    }
+    let report = |run: &Path| {
+        let text = std::fs::read_to_string(run.join("05-after/eval-qa.json")).unwrap();
+        let mut v: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+        v.retain(|k, _| k != "seconds" && k != "tokens_per_s");
+        v
+    };
+    assert_eq!(report(&cut), report(&whole));
 }

@@ -358,7 +358,29 @@ fn causal_bias<B: Backend>(
     Tensor::from_data(TensorData::new(data, [1, 1, group * tokens, s]), device)
 }
 
+/// Renumbers every parameter's id by its position in the module's visiting order (0, 1, …):
+/// see [`Llama::with_canonical_param_ids`].
+struct CanonicalIds(u64);
+
+impl<B: Backend> burn::module::ModuleMapper<B> for CanonicalIds {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        Param::from_mapped_value(burn::module::ParamId::from(self.0 - 1), tensor, mapper)
+    }
+}
+
 impl<B: Backend> Llama<B> {
+    /// The same model with parameter ids 0, 1, 2, … in visiting order instead of burn's
+    /// random ones. A checkpoint stores each parameter's id and the optimizer keys its
+    /// moments by it, so with random ids two runs of one seed write different `model.mpk`
+    /// bytes for equal weights; the trainers canonicalize the policy they are given, which
+    /// makes a checkpoint a pure function of the run (the determinism promise of
+    /// `docs/reliability.md`). Values, names and gradients are unchanged.
+    pub fn with_canonical_param_ids(self) -> Self {
+        self.map(&mut CanonicalIds(0))
+    }
+
     /// A randomly initialised model (weights ~ N(0, 0.02), norms = 1), for tests and the
     /// tiny CI learning run. Call `B::seed` first for reproducibility.
     pub fn random(cfg: &LlamaConfig, device: &B::Device) -> Self {

@@ -3,20 +3,40 @@
 //! A checkpoint is a folder `checkpoint/` inside the run directory holding `model.mpk`
 //! (burn's named MessagePack record, f32), `optimizer.mpk` (AdamW moments), `model_config.json`
 //! (the architecture, so evaluation can rebuild the model without the original file) and
-//! `state.json` ([`TrainState`]: step, data position, seed). It is written to
-//! `checkpoint.tmp/` and renamed into place, so a run killed mid-write keeps its previous
-//! checkpoint intact.
+//! `state.json` ([`TrainState`]: step, data position, seed), and `checksums.json`, the CRC-32
+//! of each of the four, written last.
+//!
+//! **What survives what** (tested by `tests/learning.rs`, `tests/curriculum.rs` and
+//! `scripts/chaos`; see `docs/reliability.md`):
+//! - *A kill at any moment.* The folder is written to `checkpoint.tmp/`; the previous one is
+//!   renamed to `checkpoint.old/`, the new one into place, the old one removed. A kill while
+//!   `checkpoint.tmp/` is written leaves `checkpoint/` untouched; a kill between the two
+//!   renames leaves no `checkpoint/` but a complete `checkpoint.tmp/` (its `checksums.json`
+//!   is written last), which [`exists`] moves into place before anything reads the run.
+//! - *A full disk or any failed write.* [`save`] returns the error naming the file, removes the
+//!   partial `checkpoint.tmp/` (freeing what it took) and leaves `checkpoint/` as it was.
+//! - *A torn or bit-flipped file.* Each loader checks its file against `checksums.json` and
+//!   fails with [`CheckpointError::Corrupt`] naming it, instead of training on, serving or
+//!   exporting damaged weights. (Checkpoints written before checksums existed load unchecked.)
+//! - *Determinism.* Parameter ids are canonical ([`Llama::with_canonical_param_ids`]) and the
+//!   optimizer moments are written sorted, so two runs of one seed write byte-identical
+//!   `model.mpk` and `optimizer.mpk`.
+//!
+//! Not promised: durability across a power loss (files are not `fsync`ed; a kill -9 leaves the
+//! page cache to the kernel, which writes it).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::{BurnRecord, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use super::trainer::Optim;
 use crate::model::{Llama, LlamaConfig};
 
 /// Progress counters saved with a checkpoint.
@@ -137,6 +157,17 @@ pub enum CheckpointError {
         /// burn's error text.
         message: String,
     },
+    /// A file's CRC-32 disagrees with the checkpoint's `checksums.json`: it was truncated,
+    /// overwritten or bit-flipped after it was written.
+    #[error("{path}: corrupt checkpoint file (CRC-32 {found:08x}, checksums.json says {expected:08x}); resume from an earlier copy or re-run the phase")]
+    Corrupt {
+        /// Path at fault.
+        path: PathBuf,
+        /// CRC-32 recorded when the checkpoint was written.
+        expected: u32,
+        /// CRC-32 of the file now.
+        found: u32,
+    },
     /// A JSON file is malformed.
     #[error("{path}: {source}")]
     Json {
@@ -163,31 +194,122 @@ pub fn dir(run: &Path) -> PathBuf {
     run.join("checkpoint")
 }
 
-/// Whether `run` holds a complete checkpoint.
+/// The manifest written last into a checkpoint folder: file name → CRC-32.
+const CHECKSUMS: &str = "checksums.json";
+
+/// Whether `run` holds a complete checkpoint. First completes a swap a kill interrupted (see
+/// the module docs): with no `checkpoint/` but a complete `checkpoint.tmp/` (its manifest
+/// present), the newer folder is moved into place; failing that, a `checkpoint.old/` is.
 pub fn exists(run: &Path) -> bool {
-    dir(run).join("state.json").is_file()
+    let final_dir = dir(run);
+    if !final_dir.join("state.json").is_file() && !final_dir.exists() {
+        let tmp = run.join("checkpoint.tmp");
+        let old = run.join("checkpoint.old");
+        let restored = if tmp.join(CHECKSUMS).is_file() {
+            std::fs::rename(&tmp, &final_dir)
+        } else if old.join("state.json").is_file() {
+            std::fs::rename(&old, &final_dir)
+        } else {
+            Ok(())
+        };
+        match restored {
+            Ok(()) => {
+                if old.exists() && final_dir.exists() {
+                    let _ = std::fs::remove_dir_all(&old);
+                }
+            }
+            Err(e) => tracing::warn!("{}: could not restore the checkpoint: {e}", run.display()),
+        }
+    }
+    final_dir.join("state.json").is_file()
+}
+
+/// CRC-32 of a file's bytes.
+fn crc_of(path: &Path) -> Result<u32, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(crc32fast::hash(&bytes))
+}
+
+/// Checks `file` of the checkpoint in `run` against its `checksums.json` (a checkpoint
+/// without one, written before checksums existed, passes unchecked).
+///
+/// # Errors
+/// [`CheckpointError::Corrupt`] on a mismatch; [`CheckpointError::Io`] /
+/// [`CheckpointError::Json`] when the file or the manifest cannot be read.
+pub fn verify(run: &Path, file: &str) -> Result<(), CheckpointError> {
+    let manifest = dir(run).join(CHECKSUMS);
+    if !manifest.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read(&manifest).map_err(io(&manifest))?;
+    let sums: BTreeMap<String, u32> =
+        serde_json::from_slice(&text).map_err(|source| CheckpointError::Json {
+            path: manifest.clone(),
+            source,
+        })?;
+    let path = dir(run).join(file);
+    let Some(&expected) = sums.get(file) else {
+        return Err(CheckpointError::Json {
+            path: manifest,
+            source: serde::de::Error::custom(format!("no checksum for {file}")),
+        });
+    };
+    let found = crc_of(&path)?;
+    if found != expected {
+        return Err(CheckpointError::Corrupt {
+            path,
+            expected,
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// Writes model, optimizer, config and state to `run/checkpoint/` atomically.
 ///
 /// # Errors
 /// [`CheckpointError`] naming the file that failed.
-pub fn save<B, O>(
+pub fn save<B: AutodiffBackend>(
     run: &Path,
     model: &Llama<B>,
-    optim: &O,
+    optim: &Optim<B>,
     config: &LlamaConfig,
     state: &TrainState,
-) -> Result<(), CheckpointError>
-where
-    B: AutodiffBackend,
-    O: Optimizer<Llama<B>, B>,
-{
+) -> Result<(), CheckpointError> {
     let tmp = run.join("checkpoint.tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let written = write_folder(&tmp, model, optim, config, state);
+    if written.is_err() {
+        // A full disk: give back what the partial copy took; `checkpoint/` is untouched.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    let final_dir = dir(run);
+    let old = run.join("checkpoint.old");
+    if final_dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&tmp))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Writes the five files of a checkpoint into the folder `tmp`, `checksums.json` last.
+fn write_folder<B: AutodiffBackend>(
+    tmp: &Path,
+    model: &Llama<B>,
+    optim: &Optim<B>,
+    config: &LlamaConfig,
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(tmp).map_err(io(tmp))?;
     let rec = recorder();
     let model_path = tmp.join("model");
     model
@@ -198,7 +320,16 @@ where
             message: e.to_string(),
         })?;
     let optim_path = tmp.join("optimizer");
-    Recorder::<B>::record(&rec, optim.to_record(), optim_path.clone()).map_err(|e| {
+    // burn keeps the moments in a hash map, whose iteration order (and so the file's byte
+    // order) differs between processes; written sorted by parameter id, equal states give
+    // equal files.
+    let moments: BTreeMap<String, _> = optim
+        .to_record()
+        .into_item::<FullPrecisionSettings>()
+        .into_iter()
+        .collect();
+    let item = BurnRecord::<_, B>::new::<NamedMpkFileRecorder<FullPrecisionSettings>>(moments);
+    Recorder::<B>::save_item(&rec, item, optim_path.clone()).map_err(|e| {
         CheckpointError::Record {
             path: optim_path.clone(),
             message: e.to_string(),
@@ -216,19 +347,21 @@ where
         serde_json::to_vec_pretty(state).expect("state serializes"),
     )
     .map_err(io(&state_path))?;
-    let final_dir = dir(run);
-    let old = run.join("checkpoint.old");
-    if final_dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+    let mut sums = BTreeMap::new();
+    for file in [
+        "model.mpk",
+        "optimizer.mpk",
+        "model_config.json",
+        "state.json",
+    ] {
+        sums.insert(file, crc_of(&tmp.join(file))?);
     }
-    std::fs::rename(&tmp, &final_dir).map_err(io(&tmp))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
+    let sums_path = tmp.join(CHECKSUMS);
+    std::fs::write(
+        &sums_path,
+        serde_json::to_vec_pretty(&sums).expect("checksums serialize"),
+    )
+    .map_err(io(&sums_path))
 }
 
 /// Reads the architecture saved with a checkpoint.
@@ -236,6 +369,7 @@ where
 /// # Errors
 /// [`CheckpointError`] naming the file.
 pub fn load_config(run: &Path) -> Result<LlamaConfig, CheckpointError> {
+    verify(run, "model_config.json")?;
     let path = dir(run).join("model_config.json");
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json { path, source })
@@ -246,6 +380,7 @@ pub fn load_config(run: &Path) -> Result<LlamaConfig, CheckpointError> {
 /// # Errors
 /// [`CheckpointError`] naming the file.
 pub fn load_state(run: &Path) -> Result<TrainState, CheckpointError> {
+    verify(run, "state.json")?;
     let path = dir(run).join("state.json");
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json { path, source })
@@ -254,12 +389,14 @@ pub fn load_state(run: &Path) -> Result<TrainState, CheckpointError> {
 /// Loads the saved weights into `model` (which must have the saved architecture).
 ///
 /// # Errors
-/// [`CheckpointError::Record`] when the file is missing or does not match.
+/// [`CheckpointError::Corrupt`] when the file disagrees with `checksums.json`;
+/// [`CheckpointError::Record`] when it is missing or does not match the model.
 pub fn load_model<B: burn::tensor::backend::Backend>(
     run: &Path,
     model: Llama<B>,
     device: &B::Device,
 ) -> Result<Llama<B>, CheckpointError> {
+    verify(run, "model.mpk")?;
     let path = dir(run).join("model");
     model
         .load_file(path.clone(), &recorder(), device)
@@ -287,12 +424,14 @@ pub fn load_saved<B: burn::tensor::backend::Backend>(
 /// Loads the saved optimizer state into `optim`.
 ///
 /// # Errors
-/// [`CheckpointError::Record`] when the file is missing or does not match.
+/// [`CheckpointError::Corrupt`] when the file disagrees with `checksums.json`;
+/// [`CheckpointError::Record`] when it is missing or does not match the model.
 pub fn load_optimizer<B, O>(run: &Path, optim: O, device: &B::Device) -> Result<O, CheckpointError>
 where
     B: AutodiffBackend,
     O: Optimizer<Llama<B>, B>,
 {
+    verify(run, "optimizer.mpk")?;
     let path = dir(run).join("optimizer");
     let record = Recorder::<B>::load(&recorder(), path.clone(), device).map_err(|e| {
         CheckpointError::Record {
@@ -301,4 +440,75 @@ where
         }
     })?;
     Ok(optim.load_record(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::backend::{self, Train};
+    use crate::rl::trainer::adamw;
+    use crate::rl::TrainConfig;
+
+    fn saved(run: &Path, step: usize) -> Llama<Train> {
+        let device = backend::device();
+        let cfg = LlamaConfig::tiny(64);
+        let model = Llama::<Train>::random(&cfg, &device).with_canonical_param_ids();
+        let optim = adamw::<Train>(&TrainConfig::default());
+        let state = TrainState {
+            step,
+            ..Default::default()
+        };
+        save(run, &model, &optim, &cfg, &state).unwrap();
+        model
+    }
+
+    #[test]
+    fn a_flipped_bit_or_a_truncation_names_the_file() {
+        let run = tempfile::tempdir().unwrap();
+        saved(run.path(), 1);
+        let device = backend::device();
+        assert!(load_saved::<Train>(run.path(), &device).is_ok());
+        let weights = dir(run.path()).join("model.mpk");
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10; // inside a tensor's bytes: msgpack alone would load it
+        std::fs::write(&weights, &bytes).unwrap();
+        let err = load_saved::<Train>(run.path(), &device).unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("model.mpk"), "{err}");
+
+        let state = dir(run.path()).join("state.json");
+        let text = std::fs::read_to_string(&state).unwrap();
+        std::fs::write(&state, &text[..text.len() / 2]).unwrap();
+        let err = load_state(run.path()).unwrap_err();
+        assert!(err.to_string().contains("state.json"), "{err}");
+    }
+
+    #[test]
+    fn a_kill_between_the_two_renames_keeps_the_newest_checkpoint() {
+        let run = tempfile::tempdir().unwrap();
+        saved(run.path(), 1);
+        saved(run.path(), 2);
+        // The state after `rename(checkpoint, checkpoint.old)`, before `rename(tmp, checkpoint)`.
+        std::fs::rename(dir(run.path()), run.path().join("checkpoint.tmp")).unwrap();
+        saved_copy(run.path(), 1, "checkpoint.old");
+        assert!(!dir(run.path()).exists());
+        assert!(exists(run.path()));
+        assert_eq!(load_state(run.path()).unwrap().step, 2);
+        assert!(!run.path().join("checkpoint.old").exists());
+        assert!(!run.path().join("checkpoint.tmp").exists());
+
+        // Killed while the tmp folder was written (no manifest yet): the old one comes back.
+        std::fs::create_dir(run.path().join("checkpoint.tmp")).unwrap();
+        std::fs::rename(dir(run.path()), run.path().join("checkpoint.old")).unwrap();
+        assert!(exists(run.path()));
+        assert_eq!(load_state(run.path()).unwrap().step, 2);
+    }
+
+    /// A complete checkpoint of `step` in `run/name` (written through `save` elsewhere).
+    fn saved_copy(run: &Path, step: usize, name: &str) {
+        let other = tempfile::tempdir().unwrap();
+        saved(other.path(), step);
+        std::fs::rename(dir(other.path()), run.join(name)).unwrap();
+    }
 }

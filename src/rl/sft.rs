@@ -164,7 +164,7 @@ impl<B: AutodiffBackend> SftTrainer<B> {
             return Err(TrainError::NoData);
         }
         Ok(Self {
-            model,
+            model: model.with_canonical_param_ids(),
             model_config,
             optim: adamw(&cfg),
             state: TrainState {

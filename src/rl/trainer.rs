@@ -224,7 +224,9 @@ impl From<crate::eval::QaExample> for Question {
     }
 }
 
-pub(crate) type Optim<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+/// The optimizer of every sleuth trainer: burn's AdamW over the policy's parameters (moments
+/// keyed by parameter id), as [`super::checkpoint`] saves and restores it.
+pub type Optim<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
 
 /// Policy weights as they were after optimizer step `step` (cheap to take: burn tensors are
 /// reference-counted and updates allocate new ones; each kept snapshot holds one copy of the
@@ -325,6 +327,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Err(TrainError::NoData);
         }
         check_sampling(&rollout)?;
+        let model = model.with_canonical_param_ids();
         let reference = (cfg.track_kl || cfg.kl_coef != 0.0).then(|| model.valid());
         let optim = adamw(&cfg);
         let state = TrainState {
