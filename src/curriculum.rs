@@ -238,7 +238,8 @@ pub fn run_curriculum<B: AutodiffBackend>(
                     run_step_offset: Some(run_steps_before),
                     echo_json: opts.echo_json,
                 };
-                let resumed = opts.resume && checkpoint::exists(&dir);
+                let resumed =
+                    opts.resume && checkpoint::recover(&dir).map_err(|e| terr(e.into()))?;
                 let outcome = if p.kind == PhaseKind::Sft {
                     let data_path = episodes.clone().ok_or_else(|| {
                         perr("an sft phase needs a collect phase before it".into())

@@ -379,3 +379,56 @@ async fn the_http_backend_returns_what_the_index_behind_the_server_returns() {
         "{err}"
     );
 }
+
+/// A backend slower than the request deadline.
+struct Slow;
+
+impl Retriever for Slow {
+    fn search(&self, _query: &str, _k: usize) -> Result<Vec<Hit>, SearchError> {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_deadline_get_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = ServerConfig {
+        request_timeout_s: 1,
+        ..ServerConfig::default()
+    };
+    let (url, _stop) = start(Arc::new(Slow), cfg).await;
+    // A search slower than the deadline.
+    let (status, v) = post(
+        &format!("{url}/queries"),
+        json!({"queries": ["x"]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 408, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("within 1 s"), "{v}");
+    // A body that never finishes arriving (a slow client): the same JSON 408, not an empty one.
+    let mut s = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"POST /queries HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"queries\"")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !answer.ends_with(b"}") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no answer to a stalled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert!(v["error"].as_str().unwrap().contains("within 1 s"), "{v}");
+}

@@ -329,7 +329,11 @@ impl TempDir {
     }
 
     /// Reserves a name and creates the directory.
+    /// First removes what killed builds of the same target left ([`super::remove_stale_temps`]).
     fn create(parent: &Path, out_dir: &Path, tag: &str) -> Result<Self, IndexError> {
+        if let Some(name) = out_dir.file_name().and_then(|n| n.to_str()) {
+            super::remove_stale_temps(parent, name, &["building", "old"]);
+        }
         let dir = Self::reserve(parent, out_dir, tag);
         fs::create_dir(&dir.path).map_err(io_err("cannot create", &dir.path))?;
         Ok(dir)

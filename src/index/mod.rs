@@ -17,7 +17,9 @@
 //! crash or a malformed corpus line never leaves a half-built index where a reader would find
 //! it. An existing non-empty directory is replaced only with [`IndexOptions::overwrite`], and
 //! only when it looks like an index (it holds a manifest or a tantivy `meta.json`), so a wrong
-//! path cannot wipe an unrelated folder.
+//! path cannot wipe an unrelated folder. A build killed with SIGKILL cannot clean up after
+//! itself; the next build beside the same target removes what dead builds left
+//! ([`remove_stale_temps`]).
 
 use std::path::PathBuf;
 
@@ -124,4 +126,71 @@ pub enum IndexError {
         /// Why it was rejected.
         reason: String,
     },
+}
+
+/// Removes the hidden temporary entries `.{name}.{tag}-{pid}[-…]` in `parent` whose process
+/// `pid` is no longer running: what a build of `name` killed by SIGKILL left behind (its
+/// clean-up on drop never ran). Entries of live processes, including this one, are kept, so two
+/// concurrent builds never delete each other's work. Best effort: a failure is logged.
+pub(crate) fn remove_stale_temps(parent: &std::path::Path, name: &str, tags: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let pid = tags.iter().find_map(|tag| {
+            let rest = file.strip_prefix(&format!(".{name}.{tag}-"))?;
+            let digits = rest.split('-').next()?;
+            digits.parse::<i32>().ok()
+        });
+        let Some(pid) = pid else { continue };
+        if pid <= 0 || pid as u32 == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a dead build's temporary entry")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a dead build's temporary entry")
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists (signal 0 probes without delivering anything).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod stale_tests {
+    #[test]
+    fn only_dead_processes_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid far above pid_max's default cannot be running.
+        let dead = dir.path().join(".wiki.building-99999999-123");
+        let mine = dir
+            .path()
+            .join(format!(".wiki.building-{}-5", std::process::id()));
+        let other_name = dir.path().join(".other.building-99999999-1");
+        let graph = dir.path().join(".g.bin.tmp-99999999");
+        for d in [&dead, &mine, &other_name] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(&graph, b"x").unwrap();
+        super::remove_stale_temps(dir.path(), "wiki", &["building", "old"]);
+        super::remove_stale_temps(dir.path(), "g.bin", &["tmp"]);
+        assert!(!dead.exists() && !graph.exists());
+        assert!(mine.exists() && other_name.exists());
+    }
 }

@@ -12,7 +12,7 @@
 //!   renamed to `checkpoint.old/`, the new one into place, the old one removed. A kill while
 //!   `checkpoint.tmp/` is written leaves `checkpoint/` untouched; a kill between the two
 //!   renames leaves no `checkpoint/` but a complete `checkpoint.tmp/` (its `checksums.json`
-//!   is written last), which [`exists`] moves into place before anything reads the run.
+//!   is written last), which [`recover`] moves into place when the run resumes.
 //! - *A full disk or any failed write.* [`save`] returns the error naming the file, removes the
 //!   partial `checkpoint.tmp/` (freeing what it took) and leaves `checkpoint/` as it was.
 //! - *A torn or bit-flipped file.* Each loader checks its file against `checksums.json` and
@@ -197,31 +197,60 @@ pub fn dir(run: &Path) -> PathBuf {
 /// The manifest written last into a checkpoint folder: file name → CRC-32.
 const CHECKSUMS: &str = "checksums.json";
 
-/// Whether `run` holds a complete checkpoint. First completes a swap a kill interrupted (see
-/// the module docs): with no `checkpoint/` but a complete `checkpoint.tmp/` (its manifest
-/// present), the newer folder is moved into place; failing that, a `checkpoint.old/` is.
+/// Whether `run` holds a complete checkpoint.
 pub fn exists(run: &Path) -> bool {
+    dir(run).join("state.json").is_file()
+}
+
+/// Repairs what a kill can leave in `run`, before a resume reads it (see the module docs):
+/// with no `checkpoint/` but a complete `checkpoint.tmp/` (its manifest present: killed
+/// between the two renames), the newer folder is moved into place, failing that a
+/// `checkpoint.old/`; then a partial `checkpoint.tmp/` or a stale `checkpoint.old/` is removed.
+/// Only the process that owns the run calls it (a resume); readers such as `eval` never do,
+/// so they cannot race a trainer's swap. Returns [`exists`] afterwards.
+///
+/// # Errors
+/// [`CheckpointError::Io`] naming the folder that could not be moved or removed.
+pub fn recover(run: &Path) -> Result<bool, CheckpointError> {
     let final_dir = dir(run);
-    if !final_dir.join("state.json").is_file() && !final_dir.exists() {
-        let tmp = run.join("checkpoint.tmp");
-        let old = run.join("checkpoint.old");
-        let restored = if tmp.join(CHECKSUMS).is_file() {
-            std::fs::rename(&tmp, &final_dir)
+    let tmp = run.join("checkpoint.tmp");
+    let old = run.join("checkpoint.old");
+    if !final_dir.exists() {
+        if tmp.join(CHECKSUMS).is_file() {
+            std::fs::rename(&tmp, &final_dir).map_err(io(&tmp))?;
         } else if old.join("state.json").is_file() {
-            std::fs::rename(&old, &final_dir)
-        } else {
-            Ok(())
-        };
-        match restored {
-            Ok(()) => {
-                if old.exists() && final_dir.exists() {
-                    let _ = std::fs::remove_dir_all(&old);
-                }
-            }
-            Err(e) => tracing::warn!("{}: could not restore the checkpoint: {e}", run.display()),
+            std::fs::rename(&old, &final_dir).map_err(io(&old))?;
         }
     }
-    final_dir.join("state.json").is_file()
+    if final_dir.exists() {
+        for stale in [&tmp, &old] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale).map_err(io(stale))?;
+            }
+        }
+    }
+    Ok(exists(run))
+}
+
+/// burn's recorder reports a failed write without its OS error; when the file system holding
+/// `dir` is (nearly) full, says so: `"; the file system holds 0 bytes free: disk full"`.
+fn space_note(dir: &Path) -> String {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return String::new();
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer statvfs fills on success.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return String::new();
+    }
+    // SAFETY: statvfs returned 0, so it initialized `st`.
+    let st = unsafe { st.assume_init() };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < 64 << 20 {
+        format!("; the file system holds {free} bytes free: disk full")
+    } else {
+        String::new()
+    }
 }
 
 /// CRC-32 of a file's bytes.
@@ -317,7 +346,7 @@ fn write_folder<B: AutodiffBackend>(
         .save_file(model_path.clone(), &rec)
         .map_err(|e| CheckpointError::Record {
             path: model_path.clone(),
-            message: e.to_string(),
+            message: format!("{e}{}", space_note(tmp)),
         })?;
     let optim_path = tmp.join("optimizer");
     // burn keeps the moments in a hash map, whose iteration order (and so the file's byte
@@ -332,7 +361,7 @@ fn write_folder<B: AutodiffBackend>(
     Recorder::<B>::save_item(&rec, item, optim_path.clone()).map_err(|e| {
         CheckpointError::Record {
             path: optim_path.clone(),
-            message: e.to_string(),
+            message: format!("{e}{}", space_note(tmp)),
         }
     })?;
     let cfg_path = tmp.join("model_config.json");
@@ -492,8 +521,8 @@ mod tests {
         // The state after `rename(checkpoint, checkpoint.old)`, before `rename(tmp, checkpoint)`.
         std::fs::rename(dir(run.path()), run.path().join("checkpoint.tmp")).unwrap();
         saved_copy(run.path(), 1, "checkpoint.old");
-        assert!(!dir(run.path()).exists());
-        assert!(exists(run.path()));
+        assert!(!exists(run.path()));
+        assert!(recover(run.path()).unwrap());
         assert_eq!(load_state(run.path()).unwrap().step, 2);
         assert!(!run.path().join("checkpoint.old").exists());
         assert!(!run.path().join("checkpoint.tmp").exists());
@@ -501,8 +530,12 @@ mod tests {
         // Killed while the tmp folder was written (no manifest yet): the old one comes back.
         std::fs::create_dir(run.path().join("checkpoint.tmp")).unwrap();
         std::fs::rename(dir(run.path()), run.path().join("checkpoint.old")).unwrap();
-        assert!(exists(run.path()));
+        assert!(recover(run.path()).unwrap());
         assert_eq!(load_state(run.path()).unwrap().step, 2);
+        assert!(
+            !run.path().join("checkpoint.tmp").exists(),
+            "partial copy removed"
+        );
     }
 
     /// A complete checkpoint of `step` in `run/name` (written through `save` elsewhere).

@@ -289,7 +289,12 @@ pub fn prepare_dir(
         })
     })?;
     let metrics = dir.join("metrics.jsonl");
-    if checkpoint::exists(dir) {
+    let found = if resume {
+        checkpoint::recover(dir).map_err(TrainError::Checkpoint)?
+    } else {
+        checkpoint::exists(dir)
+    };
+    if found {
         if !resume {
             return Err(TrainError::AlreadyExists(dir.to_path_buf()));
         }

@@ -18,7 +18,9 @@
 //! `Json` extractor, whose rejections are plain text) so that every refusal is
 //! `{"error": "..."}` with a 4xx status: 400 for malformed JSON, wrong field types or an
 //! out-of-range `k`; 413 for a body over [`ServerConfig::max_body_bytes`] or more than
-//! [`ServerConfig::max_batch`] queries; 404/405 for unknown routes and methods. A failing
+//! [`ServerConfig::max_batch`] queries; 404/405 for unknown routes and methods; 408 for a
+//! request (its body still arriving, or its search still running) not answered within
+//! [`ServerConfig::request_timeout_s`]. A failing
 //! backend is a 500 with the error text. Searches run on tokio's blocking pool, so a panic in a
 //! backend is caught by its `JoinHandle` and becomes a 500 as well, and the server keeps going.
 //!
@@ -150,11 +152,31 @@ pub fn router(retriever: Arc<dyn Retriever>, cfg: ServerConfig) -> Router {
                 "method not allowed; /queries and /retrieve take POST, /health GET".into(),
             )
         })
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            request_deadline(timeout, req, next)
+        }))
         .with_state(state)
+}
+
+/// Answers a request still unanswered (its body still arriving, or its search still running)
+/// after `timeout` with a JSON 408, like every other refusal. (tower-http's `TimeoutLayer`
+/// answers with an empty body.)
+async fn request_deadline(
+    timeout: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request not answered within {} s (request_timeout_s)",
+                timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Serves `router` on an already bound `listener` until `shutdown` resolves.

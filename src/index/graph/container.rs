@@ -374,6 +374,7 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result
     let name = path
         .file_name()
         .map_or_else(|| "graph".into(), |n| n.to_string_lossy().into_owned());
+    crate::index::remove_stale_temps(&parent, &name, &["tmp"]);
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
