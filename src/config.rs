@@ -7,6 +7,8 @@
 //! repository root, as the README does); `prompt.demonstrations_file` is relative to the
 //! config file.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

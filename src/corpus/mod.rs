@@ -22,6 +22,8 @@
 //! [`text`] holds the stop-word list and term splitter shared by builders, retrievers and
 //! evaluation.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod prepare;
 pub mod text;
 

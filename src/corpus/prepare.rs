@@ -27,6 +27,8 @@
 //! half-written corpus. A malformed line is an error naming the file and its 1-based line
 //! number.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File};
@@ -378,18 +380,22 @@ fn dpr_tsv(path: &Path, sink: &mut Sink) -> Result<(), PrepareError> {
                 ),
             ));
         }
-        if fields[id].is_empty() {
+        // The positions come from the header and the width was checked above, so every one is
+        // present; were one not, it would read as an empty field.
+        let field = |i: usize| fields.get(i).map_or("", String::as_str);
+        if field(id).is_empty() {
             return Err(malformed(path, line, "empty id"));
         }
-        if !seen.insert(&fields[id]) {
+        if !seen.insert(field(id)) {
             sink.skip_duplicate();
             continue;
         }
         let mut fields = fields;
+        let mut take = |i: usize| fields.get_mut(i).map(std::mem::take).unwrap_or_default();
         sink.write(&Passage {
-            id: std::mem::take(&mut fields[id]),
-            title: std::mem::take(&mut fields[title]),
-            text: std::mem::take(&mut fields[body]),
+            id: take(id),
+            title: take(title),
+            text: take(body),
         })?;
     }
     if columns.is_none() {

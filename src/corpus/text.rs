@@ -3,6 +3,8 @@
 //! TF-IDF embedder and retrieval evaluation all use. Kept here, at the bottom of the
 //! dependency order, so none of those modules imports another for it.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 /// English stop words: articles, auxiliaries, pronouns, prepositions and question words,
 /// which carry no topic in a QA question. Dropped by retrieval evaluation's
 /// `QueryRewrite::DropStopWords` and by [`text_terms`].

@@ -31,6 +31,8 @@
 //! The machines this repository is developed on reach none of the published sites, so this
 //! module is tested only against a loopback HTTP server (`tests/data_fetch.rs`).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -247,6 +249,7 @@ pub struct Manifest {
 
 impl Manifest {
     /// The repository's manifest ([`DEFAULT_MANIFEST`]).
+    #[allow(clippy::expect_used)] // a compile-time constant, parsed by a unit test
     pub fn builtin() -> Self {
         Self::parse(DEFAULT_MANIFEST, Path::new("corpus/manifest.toml"))
             .expect("the built-in manifest is valid (tested)")
@@ -476,6 +479,7 @@ fn hash_into(hasher: &mut Sha256, path: &Path) -> Result<u64, DataError> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_err("cannot read", path)(e)),
         };
+        #[allow(clippy::indexing_slicing)] // in bounds: `Read::read` returns n <= buf.len()
         hasher.update(&buf[..n]);
         total += n as u64;
     }
@@ -784,6 +788,7 @@ impl Fetcher {
                 "{spinner} {prefix} {bytes} {bytes_per_sec} · {elapsed}",
             ),
         };
+        #[allow(clippy::expect_used)] // the templates are the two literals above
         bar.set_style(
             indicatif::ProgressStyle::with_template(template)
                 .expect("the progress template is valid")

@@ -1,5 +1,7 @@
 //! Protocol tags and the text operations on them (DESIGN §3).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use crate::search::Hit;
 
 /// Opens a search query written by the policy.
@@ -40,12 +42,8 @@ pub fn documents_block(hits: &[Hit], max_words: usize) -> String {
     for (i, h) in hits.iter().enumerate() {
         let doc = h.render();
         let doc = if max_words > 0 {
-            let words: Vec<&str> = doc.split_whitespace().collect();
-            if words.len() > max_words {
-                words[..max_words].join(" ")
-            } else {
-                words.join(" ")
-            }
+            let words: Vec<&str> = doc.split_whitespace().take(max_words).collect();
+            words.join(" ")
         } else {
             doc
         };

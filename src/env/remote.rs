@@ -35,6 +35,8 @@
 //! retried with exponential backoff; any other failure aborts the rollout with an error naming
 //! the URL.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -260,24 +262,20 @@ impl RemotePolicy {
                 .buffer_unordered(usize::MAX)
                 .collect(),
         );
-        let mut episodes: Vec<Option<Episode>> = vec![None; results.len()];
+        // Results arrive in completion order; each carries its job's index.
+        let mut episodes: Vec<(usize, Episode)> = Vec::with_capacity(results.len());
         let mut stats = RolloutStats::default();
         for (i, r) in results {
             let (ep, times) = r?;
             stats.seconds_search += times.search;
             stats.sampled_tokens += times.sampled;
-            episodes[i] = Some(ep);
+            episodes.push((i, ep));
         }
+        episodes.sort_unstable_by_key(|&(i, _)| i);
         stats.seconds_total = t0.elapsed().as_secs_f64();
         // Episodes overlap in time: report generation as the wall time not spent searching.
         stats.seconds_generate = (stats.seconds_total - stats.seconds_search).max(0.0);
-        Ok((
-            episodes
-                .into_iter()
-                .map(|e| e.expect("every episode ran"))
-                .collect(),
-            stats,
-        ))
+        Ok((episodes.into_iter().map(|(_, ep)| ep).collect(), stats))
     }
 
     /// One episode's turn loop.
@@ -309,6 +307,7 @@ impl RemotePolicy {
                 break EpisodeEnd::Length;
             }
             let c = {
+                #[allow(clippy::expect_used)] // the semaphore is local to `run` and never closed
                 let _permit = permits.acquire().await.expect("semaphore never closed");
                 self.complete(
                     &format!("{prompt_text}{solution}"),
@@ -408,8 +407,8 @@ impl RemotePolicy {
             "stop": [END_QUERY, END_ANSWER],
             "seed": seed,
         });
-        for (k, v) in &self.opts.extra {
-            body[k] = v.clone();
+        if let Value::Object(fields) = &mut body {
+            fields.extend(self.opts.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let text = crate::retry::post_json(
             &self.http,

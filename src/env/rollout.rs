@@ -5,6 +5,8 @@
 //! per round), their documents inserted, and they rejoin the batch. The loop ends when no row
 //! is waiting for documents.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -319,6 +321,14 @@ pub fn rollout<M: Decoder + ?Sized>(
     )
 }
 
+/// An episode's state beside its generator row in [`rollout_observed`].
+#[derive(Default)]
+struct RowState {
+    searches: Vec<SearchCall>,
+    end: Option<EpisodeEnd>,
+    forced: Option<String>,
+}
+
 /// [`rollout`] with an observer that sees each token and each search as it happens and may
 /// stop rows early.
 ///
@@ -353,9 +363,8 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
     let mut gen = BatchGenerator::new(model, tokenizer, &prompts, cfg.context_tokens, stops, eos)?;
     let n = prompts.len();
     let budget = vec![cfg.max_new_tokens; n];
-    let mut searches: Vec<Vec<SearchCall>> = vec![Vec::new(); n];
-    let mut ends: Vec<Option<EpisodeEnd>> = vec![None; n];
-    let mut forced: Vec<Option<String>> = vec![None; n];
+    // One entry per generator row, in the same order.
+    let mut state: Vec<RowState> = (0..n).map(|_| RowState::default()).collect();
     let mut seconds_search = 0.0;
     loop {
         gen.generate_with(sampler, &budget, |r, id, text| {
@@ -363,24 +372,24 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
         });
         // Rows waiting for documents this round: (row, query).
         let mut wanted: Vec<(usize, String)> = Vec::new();
-        for (r, row) in gen.rows().iter().enumerate() {
-            if ends[r].is_some() {
+        for (r, (row, st)) in gen.rows().iter().zip(state.iter_mut()).enumerate() {
+            if st.end.is_some() {
                 continue;
             }
             match row.stop {
                 Some(StopReason::Stop(0)) => {
-                    match query_turn(&row.segment_text(), searches[r].len(), cfg.max_searches) {
+                    match query_turn(&row.segment_text(), st.searches.len(), cfg.max_searches) {
                         QueryTurn::Search(q) => wanted.push((r, q)),
                         QueryTurn::End(end, prediction) => {
-                            ends[r] = Some(end);
-                            forced[r] = prediction;
+                            st.end = Some(end);
+                            st.forced = prediction;
                         }
                     }
                 }
-                Some(StopReason::Stop(_)) => ends[r] = Some(EpisodeEnd::Answered),
-                Some(StopReason::Eos) => ends[r] = Some(EpisodeEnd::Eos),
+                Some(StopReason::Stop(_)) => st.end = Some(EpisodeEnd::Answered),
+                Some(StopReason::Eos) => st.end = Some(EpisodeEnd::Eos),
                 Some(StopReason::Length) | Some(StopReason::Capacity) | None => {
-                    ends[r] = Some(EpisodeEnd::Length)
+                    st.end = Some(EpisodeEnd::Length)
                 }
             }
         }
@@ -402,11 +411,14 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
         };
         seconds_search += t0.elapsed().as_secs_f64();
         for ((r, query), result) in wanted.into_iter().zip(results) {
+            // `r` came from enumerating the rows zipped with `state` above.
+            let (Some(row), Some(st)) = (gen.rows().get(r), state.get_mut(r)) else {
+                continue;
+            };
             let (call, block) = SearchCall::from_result(query, result, cfg.doc_max_words);
             // The token that closed the query may have written the block's first bytes
             // (`|>\n`): insert only the rest, so the text is the block exactly once.
-            let overshoot = &gen.rows()[r].overshoot;
-            let inserted = std::str::from_utf8(overshoot)
+            let inserted = std::str::from_utf8(&row.overshoot)
                 .ok()
                 .and_then(|o| block.strip_prefix(o))
                 .unwrap_or(&block)
@@ -418,20 +430,24 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
                 // The documents do not fit the context: the episode ends without them (its
                 // trajectory holds none of their tokens, so no reward pays for a block the
                 // policy never saw).
-                ends[r] = Some(EpisodeEnd::Length);
+                st.end = Some(EpisodeEnd::Length);
                 continue;
             }
             observer.on_search(r, &call, &inserted);
-            searches[r].push(call);
+            st.searches.push(call);
         }
     }
     let stats = gen.stats();
     let rows: Vec<Row> = gen.into_rows();
     let episodes = rows
         .into_iter()
+        .zip(state)
         .enumerate()
-        .map(|(r, row)| {
-            let solution = text_of(tokenizer, &row.tokens[row.prompt_len..]);
+        .map(|(r, (row, st))| {
+            let solution = text_of(
+                tokenizer,
+                row.tokens.get(row.prompt_len..).unwrap_or_default(),
+            );
             Episode {
                 question_index: r / g,
                 solution,
@@ -439,9 +455,9 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
                 tokens: row.tokens,
                 mask: row.mask,
                 logprobs: row.logprobs,
-                searches: std::mem::take(&mut searches[r]),
-                end: ends[r].unwrap_or(EpisodeEnd::Length),
-                forced_prediction: forced[r].take(),
+                searches: st.searches,
+                end: st.end.unwrap_or(EpisodeEnd::Length),
+                forced_prediction: st.forced,
                 retokenized: false,
             }
         })

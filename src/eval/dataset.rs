@@ -4,6 +4,8 @@
 //! step-level retrieval reward and multi-hop scripted episodes) and `type`
 //! (`bridge` / `comparison`).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

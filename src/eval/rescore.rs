@@ -18,6 +18,8 @@
 //! never held in memory; the first bad line stops the run with an error naming the file and
 //! the 1-based line number, because a silently skipped row would change the mean.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

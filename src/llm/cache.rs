@@ -1,6 +1,8 @@
 //! The reply cache: an append-only JSON Lines file, one line per completed request (format in
 //! the [`crate::llm`] module doc).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -139,6 +141,7 @@ impl ReplyCache {
     /// # Errors
     /// [`LlmError::CacheIo`] when the write fails.
     pub(crate) fn append(&self, key: &str, reply: &str) -> Result<(), LlmError> {
+        #[allow(clippy::expect_used)] // a struct of two `String`s always serializes
         let mut line = serde_json::to_string(&Line {
             key: key.to_string(),
             reply: reply.to_string(),

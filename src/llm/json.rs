@@ -21,6 +21,8 @@
 //! What still fails to parse is an error carrying the head of the reply, so the caller can log
 //! it and count the failure.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use serde_json::Value;
 
 /// Characters of a reply quoted in a parse error.
@@ -142,7 +144,7 @@ fn drop_trailing_commas(text: &str) -> String {
         if c == '"' {
             in_string = true;
         } else if c == ',' {
-            let next = chars[i + 1..].iter().find(|n| !n.is_whitespace());
+            let next = chars.iter().skip(i + 1).find(|n| !n.is_whitespace());
             if matches!(next, Some(']' | '}')) {
                 continue;
             }

@@ -10,6 +10,8 @@
 //! `.split()`) come from minijinja-contrib's `pycompat` callback. Tool-calling variables
 //! (`tools`, `documents`) are left undefined, which templates test with `is defined`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use serde::Serialize;
 
 use super::tokenizer::Tokenizer;
@@ -159,7 +161,11 @@ fn strftime_now(fmt: &str) -> String {
         .map_or(0, |d| d.as_secs());
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let (hh, mm) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    let month = MONTHS[(m - 1) as usize];
+    // `civil_from_days` returns a month in 1–12.
+    let month = MONTHS
+        .get((m as usize).wrapping_sub(1))
+        .copied()
+        .unwrap_or_default();
     let mut out = String::new();
     let mut chars = fmt.chars();
     while let Some(c) = chars.next() {
@@ -171,7 +177,7 @@ fn strftime_now(fmt: &str) -> String {
             Some('d') => out.push_str(&format!("{d:02}")),
             Some('m') => out.push_str(&format!("{m:02}")),
             Some('Y') => out.push_str(&y.to_string()),
-            Some('b') => out.push_str(&month[..3]),
+            Some('b') => out.push_str(month.get(..3).unwrap_or(month)),
             Some('B') => out.push_str(month),
             Some('H') => out.push_str(&format!("{hh:02}")),
             Some('M') => out.push_str(&format!("{mm:02}")),

@@ -44,6 +44,8 @@
 //! re-decoding the growing sequence. Other decoders fall back to the prefix-window algorithm of
 //! `tokenizers`' own `DecodeStream`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -430,15 +432,19 @@ impl Tokenizer {
         let vocab_size = vocab.values().max().map_or(0, |&m| m as usize + 1);
         let mut special = vec![false; vocab_size];
         for (id, tok) in hf.get_added_tokens_decoder() {
-            if tok.special && (id as usize) < vocab_size {
-                special[id as usize] = true;
+            // Added tokens past the vocabulary's largest id are left out.
+            if let Some(flag) = special.get_mut(id as usize).filter(|_| tok.special) {
+                *flag = true;
             }
         }
         let bytes = is_byte_level(hf.get_decoder()).then(|| {
             let inverse = byte_decoder();
             let mut table: Vec<Option<Box<[u8]>>> = vec![None; vocab_size];
             for (tok, id) in &vocab {
-                table[*id as usize] = Some(token_to_bytes(tok, &inverse).into_boxed_slice());
+                // Always present: `vocab_size` is the largest id + 1.
+                if let Some(slot) = table.get_mut(*id as usize) {
+                    *slot = Some(token_to_bytes(tok, &inverse).into_boxed_slice());
+                }
             }
             table
         });
@@ -614,14 +620,15 @@ impl TokenStream {
         self.tok.check_ids(&[id])?;
         let start = self.text.len();
         let inner = &self.tok.inner;
-        if self.skip_special && inner.special[id as usize] {
+        // `check_ids` above rejected ids outside the vocabulary.
+        if self.skip_special && inner.special.get(id as usize).copied().unwrap_or(false) {
             return Ok("");
         }
         match &inner.bytes {
             Some(table) => {
                 // Ids inside the range but absent from the vocabulary (gaps) decode to nothing,
                 // as in `tokenizers`.
-                if let Some(b) = &table[id as usize] {
+                if let Some(Some(b)) = table.get(id as usize) {
                     self.pending.extend_from_slice(b);
                     drain_utf8(&mut self.pending, &mut self.text, false);
                 }
@@ -667,7 +674,8 @@ impl TokenStream {
 fn drain_utf8(pending: &mut Vec<u8>, out: &mut String, flush: bool) {
     let mut consumed = 0;
     loop {
-        match std::str::from_utf8(&pending[consumed..]) {
+        // `consumed` never passes `pending.len()`.
+        match std::str::from_utf8(pending.get(consumed..).unwrap_or_default()) {
             Ok(s) => {
                 out.push_str(s);
                 consumed = pending.len();
@@ -676,7 +684,8 @@ fn drain_utf8(pending: &mut Vec<u8>, out: &mut String, flush: bool) {
             Err(e) => {
                 let valid = consumed + e.valid_up_to();
                 // Safe by construction: `valid_up_to` bytes are valid UTF-8.
-                out.push_str(std::str::from_utf8(&pending[consumed..valid]).unwrap_or_default());
+                let prefix = pending.get(consumed..valid).unwrap_or_default();
+                out.push_str(std::str::from_utf8(prefix).unwrap_or_default());
                 match e.error_len() {
                     Some(bad) => {
                         out.push(char::REPLACEMENT_CHARACTER);
@@ -729,11 +738,15 @@ fn byte_decoder() -> Vec<Option<u8>> {
     let mut table = vec![None; 256 + 68];
     let mut next = 256usize;
     for b in 0..=255u8 {
-        if printable(b) {
-            table[b as usize] = Some(b);
+        // In bounds: 256 slots for the bytes themselves, then one for each of the 68 others.
+        let slot = if printable(b) {
+            usize::from(b)
         } else {
-            table[next] = Some(b);
             next += 1;
+            next - 1
+        };
+        if let Some(entry) = table.get_mut(slot) {
+            *entry = Some(b);
         }
     }
     table

@@ -33,6 +33,8 @@
 //!   colon, because what the check is after is a policy that starts writing the next dialogue
 //!   turn. The bare word is allowed, so "Assistant Secretary of the Navy" is fine.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use serde::{Deserialize, Serialize};
 
 /// Opens a search query written by the policy.

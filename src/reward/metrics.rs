@@ -25,6 +25,8 @@
 //! Several gold answers are handled by taking each metric's maximum over the golds
 //! ([`score_answer`]); an empty gold list scores zero everywhere.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};

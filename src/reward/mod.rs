@@ -31,6 +31,8 @@
 //! assert_eq!(stage2.total, 1.0); // F1 = 1, format holds
 //! ```
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod format;
 pub mod metrics;
 pub mod rules;

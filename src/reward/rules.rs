@@ -13,6 +13,8 @@
 //!
 //! [`RewardKind`] names a rule in configs (`reward = "stage1"`) and builds it.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::fmt;
 use std::str::FromStr;
 

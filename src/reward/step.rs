@@ -17,6 +17,8 @@
 //! per title, as HotpotQA's does. Like the rules in [`super::rules`] this is a pure function
 //! (of the searches' returned titles and the gold titles).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};

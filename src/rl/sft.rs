@@ -9,6 +9,8 @@
 //! ([`TrainState::next_indices`]) and checkpoints use the same format, so `sleuth train --init`
 //! can start RL from an SFT run.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::Instant;
@@ -217,7 +219,8 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         let idx = self
             .state
             .next_indices(self.data.len(), self.cfg.questions_per_step.max(1));
-        let batch: Vec<&SftExample> = idx.iter().map(|&i| &self.data[i]).collect();
+        // `next_indices` yields positions below `data.len()`.
+        let batch: Vec<&SftExample> = idx.iter().filter_map(|&i| self.data.get(i)).collect();
         let total: usize = batch
             .iter()
             .map(|e| e.mask.iter().filter(|&&m| m == 1).count())
@@ -235,15 +238,11 @@ impl<B: AutodiffBackend> SftTrainer<B> {
             let (mut nll, mut entropy_sum) = (0.0, 0.0);
             let lens: Vec<usize> = batch.iter().map(|e| e.tokens.len()).collect();
             for chunk in micro_batches(&lens, self.cfg.micro_batch, self.cfg.micro_batch_tokens) {
+                // `micro_batches` yields positions in `lens`, one per `batch` entry.
                 let seqs: Vec<_> = chunk
                     .iter()
-                    .map(|&i| {
-                        (
-                            &batch[i].tokens[..],
-                            &batch[i].mask[..],
-                            batch[i].prompt_len,
-                        )
-                    })
+                    .filter_map(|&i| batch.get(i))
+                    .map(|e| (e.tokens.as_slice(), e.mask.as_slice(), e.prompt_len))
                     .collect();
                 let packed = pack::<B::InnerBackend>(&seqs, &self.device);
                 let tokens = Tensor::<B, 2, Int>::from_inner(packed.tokens);

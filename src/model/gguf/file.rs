@@ -1,6 +1,8 @@
 //! The in-memory GGUF file: metadata lookup with typed getters, the tensor directory, and
 //! tensors decoded to `f32`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -126,7 +128,10 @@ impl GgufFile {
 
     /// The value stored under `key`, if any.
     pub fn metadata(&self, key: &str) -> Option<&GgufValue> {
-        self.metadata_index.get(key).map(|&i| &self.metadata[i].1)
+        self.metadata_index
+            .get(key)
+            .and_then(|&i| self.metadata.get(i))
+            .map(|(_, v)| v)
     }
 
     /// All metadata in file order.
@@ -141,7 +146,9 @@ impl GgufFile {
 
     /// The directory entry for tensor `name`, if any.
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+        self.tensor_index
+            .get(name)
+            .and_then(|&i| self.tensors.get(i))
     }
 
     fn require(&self, key: &str) -> Result<&GgufValue> {
@@ -272,9 +279,20 @@ impl GgufFile {
     /// blocks directly.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
         let info = self.lookup(name)?;
-        // Bounds were validated at parse time.
+        // Bounds were validated at parse time; checked again here rather than trusted.
         let start = (self.data_offset + info.offset) as usize;
-        Ok(&self.bytes[start..start + info.n_bytes() as usize])
+        let len = info.n_bytes() as usize;
+        start
+            .checked_add(len)
+            .and_then(|end| self.bytes.get(start..end))
+            .ok_or_else(|| GgufError::Corrupt {
+                path: self.path.clone(),
+                offset: start as u64,
+                reason: format!(
+                    "tensor `{name}` ({len} bytes) runs past the end of the file ({} bytes)",
+                    self.bytes.len()
+                ),
+            })
     }
 
     /// Tensor `name` dequantized to `f32`, with its row-major shape (GGUF dims reversed:

@@ -1,6 +1,8 @@
 //! The parser: a bounds-checked little-endian cursor over the file's bytes, turning the
 //! header, metadata and tensor directory into a [`Header`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::path::Path;
 
 use super::{
@@ -38,16 +40,18 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
-        if n > self.remaining() {
+        let buf: &'a [u8] = self.buf;
+        let s = usize::try_from(n)
+            .ok()
+            .and_then(|n| buf.get(self.pos..self.pos.checked_add(n)?));
+        let Some(s) = s else {
             return Err(self.corrupt(format!(
                 "file ends while reading {} ({n} bytes needed, {} left)",
                 what(),
                 self.remaining()
             )));
-        }
-        let n = n as usize;
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
+        };
+        self.pos += s.len();
         Ok(s)
     }
 
@@ -149,10 +153,10 @@ impl<'a> Cursor<'a> {
 
 pub(super) fn parse(buf: &[u8], path: &Path) -> Result<Header> {
     let mut c = Cursor { buf, pos: 0, path };
-    if buf.len() < 4 || buf[..4] != GGUF_MAGIC {
+    if buf.get(..4) != Some(GGUF_MAGIC.as_slice()) {
         return Err(GgufError::BadMagic {
             path: path.to_path_buf(),
-            magic: buf[..buf.len().min(4)].to_vec(),
+            magic: buf.iter().take(4).copied().collect(),
         });
     }
     c.pos = 4;
@@ -271,11 +275,14 @@ pub(super) fn parse(buf: &[u8], path: &Path) -> Result<Header> {
             offset: type_pos as u64,
             reason: format!("tensor `{name}` has unknown ggml type id {type_id}"),
         })?;
-        if !dims[0].is_multiple_of(dtype.block_size() as u64) {
+        // `dims` is not empty: `n_dims` >= 1 was checked above.
+        if let Some(ne0) = dims
+            .first()
+            .filter(|d| !d.is_multiple_of(dtype.block_size() as u64))
+        {
             c.pos = type_pos;
             return Err(c.corrupt(format!(
-                "tensor `{name}`: ne0 = {} is not a multiple of the {dtype} block size {}",
-                dims[0],
+                "tensor `{name}`: ne0 = {ne0} is not a multiple of the {dtype} block size {}",
                 dtype.block_size()
             )));
         }

@@ -15,6 +15,8 @@
 //! names follow transformers' `save_pretrained` (`modeling_utils.py`) and the safetensors
 //! format specification (8-byte little-endian header length, JSON header, raw data).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 pub mod export;
 
 use std::collections::HashMap;
@@ -231,11 +233,15 @@ impl SafetensorsWeights {
     /// # Errors
     /// [`HfError::MissingTensor`], [`HfError::Dtype`], or [`HfError::Safetensors`].
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), HfError> {
-        let &i = self.index.get(name).ok_or_else(|| HfError::MissingTensor {
-            dir: self.dir.clone(),
-            tensor: name.to_string(),
-        })?;
-        let (path, map) = &self.shards[i];
+        // The index holds positions in `shards`, both built together at load.
+        let (path, map) = self
+            .index
+            .get(name)
+            .and_then(|&i| self.shards.get(i))
+            .ok_or_else(|| HfError::MissingTensor {
+                dir: self.dir.clone(),
+                tensor: name.to_string(),
+            })?;
         let st = SafeTensors::deserialize(map).map_err(|e| HfError::Safetensors {
             path: path.clone(),
             message: e.to_string(),
@@ -247,16 +253,22 @@ impl SafetensorsWeights {
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|&b| f32::from_le_bytes(b))
                 .collect(),
             Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .map(|&b| half::f16::from_le_bytes(b).to_f32())
                 .collect(),
             Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .map(|&b| half::bf16::from_le_bytes(b).to_f32())
                 .collect(),
             other => {
                 return Err(HfError::Dtype {
@@ -272,7 +284,8 @@ impl SafetensorsWeights {
     fn shard_path(&self, name: &str) -> PathBuf {
         self.index
             .get(name)
-            .map_or_else(|| self.dir.clone(), |&i| self.shards[i].0.clone())
+            .and_then(|&i| self.shards.get(i))
+            .map_or_else(|| self.dir.clone(), |(path, _)| path.clone())
     }
 }
 
