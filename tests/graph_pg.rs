@@ -1,7 +1,8 @@
 //! The passage graph (graph-RAG, DESIGN §6): entity linking, the edges and weights of a corpus
 //! whose graph is known by hand, the on-disk format (round trip, truncation, corruption,
 //! overwrite rules), and the graph retriever (expansion reaches a passage BM25 misses, the
-//! Retriever contract, a mismatched index), plus the CLI path end to end.
+//! Retriever contract, a mismatched index), plus the CLI path end to end, and that damaged
+//! images of every graph container (passage graph, KG kinds, tree) are errors, never panics.
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::path::Path;
 
 use sleuth::corpus::Passage;
 use sleuth::index::graph::{
-    build_pg, build_pg_from_path, EntityLinker, GraphError, PassageGraph, PgOptions,
+    build_kg, build_pg, build_pg_from_path, build_tree, EmbedderKind, EntityLinker, GraphError,
+    GraphKind, KgOptions, KnowledgeGraph, PassageGraph, PgOptions, TreeIndex, TreeOptions,
 };
 use sleuth::search::{Bm25Retriever, GraphOptions, GraphRetriever, Retriever, SearchError};
 
@@ -543,4 +545,119 @@ fn real_corpus_recall_against_bm25() {
         serde_json::json!({"retriever": "graph-pg titles only", "stats": stats, "report": rep})
     );
     assert!(best > 0.0);
+}
+
+/// Loads `image` as its container's type, then walks every accessor of what loaded, so that a
+/// damaged file that passes the checks must also be safe to use. Returns whether it loaded.
+fn load_and_walk(container: &str, image: &[u8], path: &Path) -> Result<(), GraphError> {
+    match container {
+        "pg" => {
+            let g = PassageGraph::from_bytes(image, path)?;
+            for node in 0..g.num_nodes() as u32 {
+                let _ = g.id(node);
+                for (t, _) in g.neighbors(node) {
+                    assert!(g.weight(node, t).is_some());
+                }
+            }
+        }
+        "kg" => {
+            let g = KnowledgeGraph::from_bytes(image, path)?;
+            for node in 0..g.num_passages() as u32 {
+                let _ = g.passage_id(node);
+            }
+            for e in 0..g.entities().len() as u32 {
+                let _ = g.entity_description(e);
+            }
+            for r in 0..g.relations().len() {
+                let _ = g.relation_description(r);
+            }
+            let _ = (g.entity_adjacency(), g.num_entity_pairs());
+        }
+        _ => {
+            let t = TreeIndex::from_bytes(image, path)?;
+            for level in 0..t.num_levels() {
+                let _ = t.level(level);
+            }
+            for node in 0..t.num_nodes() as u32 {
+                let _ = (t.level_of(node), t.summary(node), t.children(node));
+                let _ = (t.parent(node), t.central_leaf(node), t.embedding(node));
+                let _ = t.leaves_under(node);
+            }
+            let _ = t.nodes_per_level();
+        }
+    }
+    Ok(())
+}
+
+/// Calls [`load_and_walk`], turning a panic into a test failure that names the damage.
+fn survives(container: &str, image: &[u8], path: &Path, damage: &str) -> Result<(), GraphError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load_and_walk(container, image, path)
+    }))
+    .unwrap_or_else(|_| panic!("{container}: loading an image {damage} panicked"))
+}
+
+#[test]
+fn truncated_and_flipped_images_of_every_container_are_errors_never_panics() {
+    let path = Path::new("damaged.graph");
+    let (pg, _) = build_pg(&corpus(), &quiet()).unwrap();
+    let kg_opts = KgOptions {
+        progress: false,
+        ..KgOptions::default()
+    };
+    let tree_opts = TreeOptions {
+        embedder: EmbedderKind::Tfidf,
+        cluster_size: 2,
+        dims: 16,
+        summary_sentences: 1,
+        progress: false,
+        ..TreeOptions::default()
+    };
+    let (tree, _) = build_tree(&corpus(), &tree_opts).unwrap();
+    assert!(tree.num_levels() >= 2, "the tree has a summary level");
+    // (container, image, N header counts).
+    let mut images = vec![("pg", pg.to_bytes(), 3), ("tree", tree.to_bytes(), 9)];
+    for kind in [GraphKind::Kg, GraphKind::Tkg, GraphKind::Rkg] {
+        let (kg, _) = build_kg(&corpus(), kind, &kg_opts).unwrap();
+        assert!(!kg.relations().is_empty());
+        images.push(("kg", kg.to_bytes(), 13));
+    }
+    // The loader used by search, on a file, for a few damaged images.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, pg_image, _) = &images[0];
+    for len in [0, 7, 20, 47, pg_image.len() / 2, pg_image.len() - 1] {
+        let file = dir.path().join("cut.graph");
+        std::fs::write(&file, &pg_image[..len]).unwrap();
+        let err = PassageGraph::read(&file).unwrap_err().to_string();
+        assert!(err.contains("cut.graph"), "{err}");
+    }
+
+    for (container, image, n) in &images {
+        let crc_at = 16 + 8 * n;
+        let (word, body) = (crc_at + 4..crc_at + 8, crc_at + 8);
+        survives(container, image, path, "intact").unwrap();
+        // Every proper prefix is an error.
+        for len in 0..image.len() {
+            let err = survives(container, &image[..len], path, &format!("cut at {len}"));
+            assert!(err.is_err(), "{container}: cut at {len} loaded");
+        }
+        for (at, mask) in (0..image.len()).flat_map(|at| [(at, 0x01u8), (at, 0x80), (at, 0xff)]) {
+            let mut bad = image.clone();
+            bad[at] ^= mask;
+            let damage = format!("with byte {at} ^ {mask:#04x}");
+            let loaded = survives(container, &bad, path, &damage);
+            // Only the reserved word of the passage and knowledge graphs goes unread (the
+            // tree's is its embedder code).
+            if !(word.contains(&at) && *container != "tree") {
+                assert!(loaded.is_err(), "{container}: {damage} loaded");
+            }
+            // The same flip in the body under a matching CRC reaches the structural checks:
+            // it may load (a flipped weight is still a weight), but must not panic.
+            if at >= body {
+                let crc = crc32fast::hash(&bad[body..]).to_le_bytes();
+                bad[crc_at..crc_at + 4].copy_from_slice(&crc);
+                let _ = survives(container, &bad, path, &format!("{damage}, CRC fixed"));
+            }
+        }
+    }
 }

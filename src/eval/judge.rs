@@ -13,6 +13,8 @@
 //! `False` is counted as unparseable (and as not correct in ACC_L), never guessed. An empty
 //! prediction (an episode that never answered) is judged `False` without a request.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use crate::llm::{judge_prompt, LlmClient, LlmError};
 
 use super::parse_verdict;
@@ -47,19 +49,22 @@ pub fn judge_all(
     client: &LlmClient,
     items: &[JudgeItem<'_>],
 ) -> Result<Vec<Option<bool>>, LlmError> {
-    let asked: Vec<usize> = (0..items.len())
-        .filter(|&i| !items[i].prediction.trim().is_empty())
+    let mut verdicts = vec![Some(false); items.len()];
+    // The verdict slots of the items with a prediction, each beside its item.
+    let asked: Vec<(&mut Option<bool>, &JudgeItem<'_>)> = verdicts
+        .iter_mut()
+        .zip(items)
+        .filter(|(_, item)| !item.prediction.trim().is_empty())
         .collect();
     let prompts: Vec<_> = asked
         .iter()
-        .map(|&i| judge_prompt(items[i].question, items[i].golds, items[i].prediction))
+        .map(|(_, item)| judge_prompt(item.question, item.golds, item.prediction))
         .collect();
     let replies = client.complete_all(&prompts)?;
-    let mut verdicts = vec![Some(false); items.len()];
-    for (&i, reply) in asked.iter().zip(&replies) {
-        verdicts[i] = parse_verdict(reply);
-        if verdicts[i].is_none() {
-            tracing::warn!(question = items[i].question, reply = %reply, "unparseable judge verdict");
+    for ((slot, item), reply) in asked.into_iter().zip(&replies) {
+        *slot = parse_verdict(reply);
+        if slot.is_none() {
+            tracing::warn!(question = item.question, reply = %reply, "unparseable judge verdict");
         }
     }
     Ok(verdicts)

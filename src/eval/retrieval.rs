@@ -15,6 +15,8 @@
 //! The report is plain data (serde), so the CLI prints it as JSON and the tuning table in the
 //! README is built from these numbers.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
@@ -184,7 +186,7 @@ pub fn evaluate_retrieval(
     threads: usize,
 ) -> Result<RetrievalReport, SearchError> {
     let start = std::time::Instant::now();
-    let kmax = CUTOFFS[CUTOFFS.len() - 1];
+    let [.., kmax] = CUTOFFS;
     let threads = threads.max(1);
     let chunk = examples.len().div_ceil(threads).max(1);
     let hits: Vec<Vec<Hit>> = std::thread::scope(|s| {
@@ -227,20 +229,24 @@ pub fn evaluate_retrieval(
         if gold.is_some() {
             with_support += 1;
         }
-        for (c, &k) in CUTOFFS.iter().enumerate() {
-            let top = &hits[..k.min(hits.len())];
-            if rendered[..top.len()].iter().any(|&b| b) {
-                hit[c] += 1.0;
+        // One accumulator of each array per cut-off.
+        let sums = hit
+            .iter_mut()
+            .zip(&mut hit_text)
+            .zip(recall.iter_mut().zip(&mut all_found));
+        for (&k, ((hit, hit_text), (recall, all_found))) in CUTOFFS.iter().zip(sums) {
+            if rendered.iter().take(k).any(|&b| b) {
+                *hit += 1.0;
             }
-            if text_only[..top.len()].iter().any(|&b| b) {
-                hit_text[c] += 1.0;
+            if text_only.iter().take(k).any(|&b| b) {
+                *hit_text += 1.0;
             }
             if let Some(gold) = gold {
-                let titles: HashSet<&str> = top.iter().map(|h| h.title.as_str()).collect();
+                let titles: HashSet<&str> = hits.iter().take(k).map(|h| h.title.as_str()).collect();
                 let found = gold.iter().filter(|t| titles.contains(t.as_str())).count();
-                recall[c] += found as f64 / gold.len() as f64;
+                *recall += found as f64 / gold.len() as f64;
                 if found == gold.len() {
-                    all_found[c] += 1.0;
+                    *all_found += 1.0;
                 }
             }
         }

@@ -21,12 +21,14 @@
 //! [`GraphError::NotAGraph`]), that a whole header is present, and the version. The container
 //! then judges the kind code and counts, derives the file size from them
 //! ([`Header::check_len`]) and asks for the body, whose CRC is checked ([`Header::body`]).
-//! Checking the size before parsing is what lets [`Cursor`] slice the body without bounds
-//! errors.
+//! Checking the size before parsing is what lets [`Cursor`] read every section; it still
+//! bounds-checks each read, so a header/body mismatch is [`GraphError::Corrupt`], never a panic.
 //!
 //! A *string table* of `n` strings is `8·(n+1)` bytes of u64 offsets into a UTF-8 blob, then the
 //! blob; a *list table* of `n` lists is `8·(n+1)` bytes of u64 offsets into a u32 array, then the
 //! array ([`put_strings`], [`put_lists`], [`Cursor::strings`], [`Cursor::lists`]).
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 use std::fs;
@@ -97,7 +99,8 @@ impl Container {
     fn found(self, bytes: &[u8]) -> &'static str {
         bytes
             .get(12..16)
-            .and_then(|c| GraphKind::from_code(u32::from_le_bytes(c.try_into().expect("4 bytes"))))
+            .and_then(|c| c.try_into().ok())
+            .and_then(|c| GraphKind::from_code(u32::from_le_bytes(c)))
             .filter(|&k| self.holds(k))
             .map_or(self.describe(), GraphKind::describe)
     }
@@ -139,15 +142,17 @@ impl<'a, const N: usize> Header<'a, N> {
                 })
             }
         }
+        let truncated = || GraphError::Truncated {
+            path: path.to_path_buf(),
+            expected: Self::BYTES as u64,
+            found: bytes.len() as u64,
+        };
         if bytes.len() < Self::BYTES {
-            return Err(GraphError::Truncated {
-                path: path.to_path_buf(),
-                expected: Self::BYTES as u64,
-                found: bytes.len() as u64,
-            });
+            return Err(truncated());
         }
-        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-        let version = u32_at(8);
+        // Every field lies inside the `BYTES` just checked; `get` keeps that a checked fact.
+        let u32_at = |o: usize| le_at(bytes, o, u32::from_le_bytes).ok_or_else(truncated);
+        let version = u32_at(8)?;
         if version != container.version() {
             return Err(GraphError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -155,14 +160,15 @@ impl<'a, const N: usize> Header<'a, N> {
                 supported: container.version(),
             });
         }
-        let counts = std::array::from_fn(|i| {
-            u64::from_le_bytes(bytes[16 + 8 * i..24 + 8 * i].try_into().expect("8 bytes"))
-        });
+        let mut counts = [0u64; N];
+        for (i, count) in counts.iter_mut().enumerate() {
+            *count = le_at(bytes, 16 + 8 * i, u64::from_le_bytes).ok_or_else(truncated)?;
+        }
         Ok(Self {
-            kind: u32_at(12),
+            kind: u32_at(12)?,
             counts,
-            crc: u32_at(16 + 8 * N),
-            word: u32_at(20 + 8 * N),
+            crc: u32_at(16 + 8 * N)?,
+            word: u32_at(20 + 8 * N)?,
             bytes,
             path,
         })
@@ -183,7 +189,14 @@ impl<'a, const N: usize> Header<'a, N> {
 
     /// The body, once its CRC matches the header's.
     pub fn body(&self) -> Result<&'a [u8], GraphError> {
-        let body = &self.bytes[Self::BYTES..];
+        let body = self
+            .bytes
+            .get(Self::BYTES..)
+            .ok_or_else(|| GraphError::Truncated {
+                path: self.path.to_path_buf(),
+                expected: Self::BYTES as u64,
+                found: self.bytes.len() as u64,
+            })?;
         let mut crc = flate2::Crc::new();
         crc.update(body);
         if crc.sum() != self.crc {
@@ -195,6 +208,14 @@ impl<'a, const N: usize> Header<'a, N> {
         }
         Ok(body)
     }
+}
+
+/// The `W`-byte little-endian value at `offset` of `bytes`, decoded by `from_le`; `None` when
+/// `bytes` ends before it.
+fn le_at<T, const W: usize>(bytes: &[u8], offset: usize, from_le: fn([u8; W]) -> T) -> Option<T> {
+    let end = offset.checked_add(W)?;
+    let raw: [u8; W] = bytes.get(offset..end)?.try_into().ok()?;
+    Some(from_le(raw))
 }
 
 /// Frames `body` as a file image of `container`: the header (module doc), then the body.
@@ -271,7 +292,9 @@ pub(super) fn put<T, const W: usize>(
     }
 }
 
-/// Reads sections from a body whose total size was already checked against the header.
+/// Reads sections from a body whose total size was already checked against the header. Every
+/// read is bounds-checked all the same: a section running past the end of the body is an error
+/// naming the section and its body offset, never a panic. `what` names the section in errors.
 pub(super) struct Cursor<'a> {
     body: &'a [u8],
     pos: usize,
@@ -282,43 +305,60 @@ impl<'a> Cursor<'a> {
         Self { body, pos: 0 }
     }
 
-    fn take(&mut self, len: usize) -> &'a [u8] {
-        let s = &self.body[self.pos..self.pos + len];
-        self.pos += len;
-        s
+    /// The next `len` bytes (`len` as counted by the header, hence u128).
+    fn take(&mut self, len: u128, what: &str) -> Result<&'a [u8], String> {
+        let past_end = || {
+            format!(
+                "{what} ({len} bytes at body offset {}) run past the end of the {}-byte body",
+                self.pos,
+                self.body.len()
+            )
+        };
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.pos.checked_add(len))
+            .ok_or_else(past_end)?;
+        let s = self.body.get(self.pos..end).ok_or_else(past_end)?;
+        self.pos = end;
+        Ok(s)
     }
 
     /// `n` fixed-width values, each decoded by `from_le`.
-    fn values<T, const W: usize>(&mut self, n: usize, from_le: fn([u8; W]) -> T) -> Vec<T> {
-        self.take(W * n)
+    fn values<T, const W: usize>(
+        &mut self,
+        n: usize,
+        from_le: fn([u8; W]) -> T,
+        what: &str,
+    ) -> Result<Vec<T>, String> {
+        Ok(self
+            .take(W as u128 * n as u128, what)?
             .chunks_exact(W)
-            .map(|c| from_le(c.try_into().expect("W bytes")))
-            .collect()
+            .filter_map(|c| c.try_into().ok().map(from_le))
+            .collect())
     }
 
-    pub fn u32s(&mut self, n: usize) -> Vec<u32> {
-        self.values(n, u32::from_le_bytes)
+    pub fn u32s(&mut self, n: usize, what: &str) -> Result<Vec<u32>, String> {
+        self.values(n, u32::from_le_bytes, what)
     }
 
-    pub fn u64s(&mut self, n: usize) -> Vec<u64> {
-        self.values(n, u64::from_le_bytes)
+    pub fn u64s(&mut self, n: usize, what: &str) -> Result<Vec<u64>, String> {
+        self.values(n, u64::from_le_bytes, what)
     }
 
-    pub fn f32s(&mut self, n: usize) -> Vec<f32> {
-        self.values(n, f32::from_le_bytes)
+    pub fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>, String> {
+        self.values(n, f32::from_le_bytes, what)
     }
 
     /// A string table of `n` strings over a `blob_len`-byte blob; `what` names it in errors.
     pub fn strings(&mut self, n: usize, blob_len: u64, what: &str) -> Result<Vec<String>, String> {
-        let offsets = self.u64s(n + 1);
-        let blob = self.take(blob_len as usize);
+        let offsets = self.u64s(n.saturating_add(1), what)?;
+        let blob = self.take(u128::from(blob_len), what)?;
         check_offsets(&offsets, blob_len, what)?;
         let blob =
             std::str::from_utf8(blob).map_err(|err| format!("{what} are not UTF-8: {err}"))?;
-        offsets
-            .windows(2)
-            .map(|w| {
-                blob.get(w[0] as usize..w[1] as usize)
+        spans(&offsets)
+            .map(|span| {
+                span.and_then(|r| blob.get(r))
                     .map(str::to_string)
                     .ok_or_else(|| format!("an offset of {what} splits a UTF-8 character"))
             })
@@ -327,14 +367,28 @@ impl<'a> Cursor<'a> {
 
     /// A list table of `n` lists over `values` u32s; `what` names it in errors.
     pub fn lists(&mut self, n: usize, values: u64, what: &str) -> Result<Vec<Vec<u32>>, String> {
-        let offsets = self.u64s(n + 1);
-        let flat = self.u32s(values as usize);
+        let offsets = self.u64s(n.saturating_add(1), what)?;
+        let count = usize::try_from(values)
+            .map_err(|_| format!("{what} hold {values} values, more than memory can"))?;
+        let flat = self.u32s(count, what)?;
         check_offsets(&offsets, values, what)?;
-        Ok(offsets
-            .windows(2)
-            .map(|w| flat[w[0] as usize..w[1] as usize].to_vec())
-            .collect())
+        spans(&offsets)
+            .map(|span| {
+                span.and_then(|r| flat.get(r))
+                    .map(<[u32]>::to_vec)
+                    .ok_or_else(|| format!("an offset of {what} lies beyond its {values} values"))
+            })
+            .collect()
     }
+}
+
+/// The ranges between consecutive `offsets` (`offsets[i]..offsets[i+1]`); `None` for a range
+/// that does not fit in `usize`.
+pub(super) fn spans(offsets: &[u64]) -> impl Iterator<Item = Option<std::ops::Range<usize>>> + '_ {
+    offsets
+        .iter()
+        .zip(offsets.iter().skip(1))
+        .map(|(&a, &b)| Some(usize::try_from(a).ok()?..usize::try_from(b).ok()?))
 }
 
 /// Offsets must start at 0, never decrease and end at `end`.
@@ -342,10 +396,22 @@ pub(super) fn check_offsets(offsets: &[u64], end: u64, what: &str) -> Result<(),
     if offsets.first() != Some(&0) || offsets.last() != Some(&end) {
         return Err(format!("{what} do not span 0..{end}"));
     }
-    if offsets.windows(2).any(|w| w[0] > w[1]) {
+    if offsets
+        .iter()
+        .zip(offsets.iter().skip(1))
+        .any(|(a, b)| a > b)
+    {
         return Err(format!("{what} decrease"));
     }
     Ok(())
+}
+
+/// `items[i]` for the accessors whose `# Panics` contract makes an out-of-range id a caller bug:
+/// panics with a message naming `what`, `i` and the count instead of a bare index error.
+pub(super) fn at<'a, T>(items: &'a [T], i: usize, what: &str) -> &'a T {
+    items
+        .get(i)
+        .unwrap_or_else(|| panic!("{what} {i} out of range (there are {})", items.len()))
 }
 
 /// Maps each id to its position.

@@ -22,14 +22,16 @@
 //! catches flipped bytes; structural checks (monotone offsets, ids in range, UTF-8) catch a
 //! writer bug that the CRC would faithfully preserve.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::container::{
-    check_offsets, corruption, image, index_ids, put, put_strings, read_image, write_atomic,
-    Container, Cursor, Header,
+    at, check_offsets, corruption, image, index_ids, put, put_strings, read_image, spans,
+    write_atomic, Container, Cursor, Header,
 };
 use super::GraphError;
 
@@ -189,7 +191,7 @@ impl PassageGraph {
     /// # Panics
     /// When `node` is out of range.
     pub fn id(&self, node: u32) -> &str {
-        &self.ids[node as usize]
+        at(&self.ids, node as usize, "node").as_str()
     }
 
     /// The node of a passage id, if the graph has it.
@@ -202,24 +204,26 @@ impl PassageGraph {
     /// # Panics
     /// When `node` is out of range.
     pub fn neighbors(&self, node: u32) -> impl ExactSizeIterator<Item = (u32, f32)> + '_ {
-        let (a, b) = (
-            self.rows[node as usize] as usize,
-            self.rows[node as usize + 1] as usize,
-        );
-        self.targets[a..b]
-            .iter()
-            .copied()
-            .zip(self.weights[a..b].iter().copied())
+        let (targets, weights) = self
+            .row(node)
+            .unwrap_or_else(|| panic!("node {node} out of range (there are {})", self.ids.len()));
+        targets.iter().copied().zip(weights.iter().copied())
     }
 
-    /// The weight of the edge between `a` and `b`, if there is one.
+    /// The weight of the edge between `a` and `b`, if there is one (`None` also when `a` is
+    /// out of range).
     pub fn weight(&self, a: u32, b: u32) -> Option<f32> {
-        let (lo, hi) = (
-            self.rows[a as usize] as usize,
-            self.rows[a as usize + 1] as usize,
-        );
-        let row = &self.targets[lo..hi];
-        row.binary_search(&b).ok().map(|i| self.weights[lo + i])
+        let (targets, weights) = self.row(a)?;
+        let i = targets.binary_search(&b).ok()?;
+        weights.get(i).copied()
+    }
+
+    /// The neighbours and weights of `node`'s row; `None` when `node` is out of range.
+    fn row(&self, node: u32) -> Option<(&[u32], &[f32])> {
+        let node = node as usize;
+        let (&lo, &hi) = (self.rows.get(node)?, self.rows.get(node.checked_add(1)?)?);
+        let span = usize::try_from(lo).ok()?..usize::try_from(hi).ok()?;
+        Some((self.targets.get(span.clone())?, self.weights.get(span)?))
     }
 
     /// The file image: header and body (format in the module doc).
@@ -282,18 +286,22 @@ impl PassageGraph {
         let mut cur = Cursor::new(header.body()?);
         let (n, m) = (n as usize, m as usize);
         let ids = cur.strings(n, b, "passage ids").map_err(corrupt)?;
-        let rows = cur.u64s(n + 1);
-        let targets = cur.u32s(m);
-        let weights = cur.f32s(m);
+        let rows = cur.u64s(n + 1, "row offsets").map_err(corrupt)?;
+        let targets = cur.u32s(m, "neighbour ids").map_err(corrupt)?;
+        let weights = cur.f32s(m, "edge weights").map_err(corrupt)?;
         check_offsets(&rows, m as u64, "row offsets").map_err(corrupt)?;
-        for (node, w) in rows.windows(2).enumerate() {
-            let row = &targets[w[0] as usize..w[1] as usize];
+        for (node, span) in spans(&rows).enumerate() {
+            let Some(row) = span.and_then(|r| targets.get(r)) else {
+                return Err(corrupt(format!(
+                    "row offsets of node {node} lie beyond the {m} neighbour entries"
+                )));
+            };
             if let Some(&t) = row.iter().find(|&&t| t as usize >= n) {
                 return Err(corrupt(format!(
                     "node {node} has neighbour {t}, but there are {n} nodes"
                 )));
             }
-            if row.windows(2).any(|p| p[0] >= p[1]) {
+            if row.iter().zip(row.iter().skip(1)).any(|(a, b)| a >= b) {
                 return Err(corrupt(format!(
                     "neighbours of node {node} are not ascending"
                 )));

@@ -53,12 +53,14 @@
 //! parsing, the CRC catches flipped bytes, and structural checks (offsets, ranges, order,
 //! UTF-8, head ≠ tail, absent sections empty) catch what a writer bug would leave behind.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::container::{
-    corruption, image, index_ids, put, put_lists, put_strings, read_image, write_atomic, Container,
-    Cursor, Header,
+    at, corruption, image, index_ids, put, put_lists, put_strings, read_image, write_atomic,
+    Container, Cursor, Header,
 };
 use super::{GraphError, GraphKind};
 
@@ -158,7 +160,7 @@ impl KnowledgeGraph {
     /// # Panics
     /// When `node` is out of range.
     pub fn passage_id(&self, node: u32) -> &str {
-        &self.passage_ids[node as usize]
+        at(&self.passage_ids, node as usize, "passage node").as_str()
     }
 
     /// The node of passage id `id`, if the graph has it.
@@ -191,7 +193,7 @@ impl KnowledgeGraph {
     /// # Panics
     /// When `entity` is out of range.
     pub fn entity_description(&self, entity: u32) -> String {
-        self.join_sentences(&self.entities[entity as usize].description)
+        self.join_sentences(&at(&self.entities, entity as usize, "entity").description)
     }
 
     /// A relation's description: its sentences joined by a space (empty for a KG).
@@ -199,12 +201,13 @@ impl KnowledgeGraph {
     /// # Panics
     /// When `relation` is out of range.
     pub fn relation_description(&self, relation: usize) -> String {
-        self.join_sentences(&self.relations[relation].description)
+        self.join_sentences(&at(&self.relations, relation, "relation").description)
     }
 
+    /// Sentence ids are `< S` by the invariants ([`KnowledgeGraph::check`]), so none is skipped.
     fn join_sentences(&self, ids: &[u32]) -> String {
         ids.iter()
-            .map(|&s| self.sentences[s as usize].as_str())
+            .filter_map(|&s| self.sentences.get(s as usize).map(String::as_str))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -219,9 +222,14 @@ impl KnowledgeGraph {
             *pairs.entry(key).or_default() += r.passages.len().max(1) as f32;
         }
         let mut adjacency = vec![Vec::new(); self.entities.len()];
+        // Heads and tails are `< E` by the invariants ([`KnowledgeGraph::check`]).
         for ((a, b), w) in pairs {
-            adjacency[a as usize].push((b, w));
-            adjacency[b as usize].push((a, w));
+            if let Some(row) = adjacency.get_mut(a as usize) {
+                row.push((b, w));
+            }
+            if let Some(row) = adjacency.get_mut(b as usize) {
+                row.push((a, w));
+            }
         }
         for row in &mut adjacency {
             row.sort_by_key(|&(t, _)| t);
@@ -358,7 +366,7 @@ impl KnowledgeGraph {
         let passage_ids = cur.strings(p, pb, "passage ids").map_err(corrupt)?;
         let names = cur.strings(e, nb, "entity names").map_err(corrupt)?;
         let entity_passages = cur.lists(e, ep, "entity passages").map_err(corrupt)?;
-        let ends: Vec<u32> = cur.u32s(2 * r);
+        let ends: Vec<u32> = cur.u32s(2 * r, "relation ends").map_err(corrupt)?;
         let texts = cur.strings(r, tb, "relation texts").map_err(corrupt)?;
         let relation_passages = cur.lists(r, rp, "relation passages").map_err(corrupt)?;
         let (mut sentences, mut entity_desc, mut relation_desc) =
@@ -387,15 +395,19 @@ impl KnowledgeGraph {
                 description,
             })
             .collect();
+        // The cursor read exactly `2·R` ends, so there is one pair per relation.
         let relations: Vec<Relation> = texts
             .into_iter()
             .zip(relation_passages)
             .zip(relation_desc.into_iter().zip(keywords))
-            .enumerate()
+            .zip(
+                ends.chunks_exact(2)
+                    .filter_map(|pair| <[u32; 2]>::try_from(pair).ok()),
+            )
             .map(
-                |(i, ((text, passages), (description, keywords)))| Relation {
-                    head: ends[2 * i],
-                    tail: ends[2 * i + 1],
+                |(((text, passages), (description, keywords)), [head, tail])| Relation {
+                    head,
+                    tail,
                     text,
                     passages,
                     description,
@@ -428,12 +440,15 @@ impl KnowledgeGraph {
         );
         let described = self.kind != GraphKind::Kg;
         let ascending_below = |list: &[u32], n: usize| {
-            list.windows(2).all(|w| w[0] < w[1]) && list.last().is_none_or(|&x| (x as usize) < n)
+            list.iter().zip(list.iter().skip(1)).all(|(a, b)| a < b)
+                && list.last().is_none_or(|&x| (x as usize) < n)
         };
+        let mut previous: Option<&str> = None;
         for (i, ent) in self.entities.iter().enumerate() {
-            if i > 0 && self.entities[i - 1].name >= ent.name {
+            if previous.is_some_and(|prev| prev >= ent.name.as_str()) {
                 return Err(format!("entity names are not ascending at entity {i}"));
             }
+            previous = Some(&ent.name);
             if !ascending_below(&ent.passages, p) {
                 return Err(format!(
                     "passages of entity {i} are not ascending below {p}"

@@ -53,12 +53,14 @@
 //! one parent per node, ascending vocabulary, finite numbers) catch what a writer bug would
 //! leave behind.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::container::{
-    corruption, image, index_ids, put, put_lists, put_strings, read_image, write_atomic, Container,
-    Cursor, Header,
+    at, corruption, image, index_ids, put, put_lists, put_strings, read_image, write_atomic,
+    Container, Cursor, Header,
 };
 use super::{GraphError, GraphKind, TfidfEmbedder};
 use crate::embed::{EmbedError, Embedder, EmbedderKind, MiniLmEmbedder};
@@ -135,7 +137,10 @@ impl TreeIndex {
         tree.parents = vec![u32::MAX; n];
         for (i, ch) in tree.children.iter().enumerate() {
             for &c in ch {
-                tree.parents[c as usize] = (tree.passage_ids.len() + i) as u32;
+                // Children are `< N` by the check just passed.
+                if let Some(parent) = tree.parents.get_mut(c as usize) {
+                    *parent = (tree.passage_ids.len() + i) as u32;
+                }
             }
         }
         Ok(tree)
@@ -166,12 +171,23 @@ impl TreeIndex {
     /// # Panics
     /// When `level >= num_levels()`.
     pub fn level(&self, level: usize) -> std::ops::Range<u32> {
-        self.level_starts[level] as u32..self.level_starts[level + 1] as u32
+        match self.level_starts.get(level..=level.saturating_add(1)) {
+            Some(&[start, end]) => start as u32..end as u32,
+            _ => panic!(
+                "level {level} out of range (there are {})",
+                self.num_levels()
+            ),
+        }
     }
 
     /// Nodes per level, leaves first.
     pub fn nodes_per_level(&self) -> Vec<usize> {
-        self.level_starts.windows(2).map(|w| w[1] - w[0]).collect()
+        let starts = &self.level_starts;
+        starts
+            .iter()
+            .zip(starts.iter().skip(1))
+            .map(|(a, b)| b - a)
+            .collect()
     }
 
     /// The level of `node` (0 for a leaf).
@@ -198,7 +214,7 @@ impl TreeIndex {
     /// # Panics
     /// When `node` is not a leaf.
     pub fn passage_id(&self, node: u32) -> &str {
-        &self.passage_ids[node as usize]
+        at(&self.passage_ids, node as usize, "leaf").as_str()
     }
 
     /// The leaf of passage id `id`, if the tree has it.
@@ -212,7 +228,7 @@ impl TreeIndex {
     /// When `node` is out of range.
     pub fn summary(&self, node: u32) -> Option<&str> {
         let i = self.summary_index(node)?;
-        Some(&self.summaries[i])
+        self.summaries.get(i).map(String::as_str)
     }
 
     /// The children of `node`, ascending, all in the level below; empty for a leaf.
@@ -221,7 +237,8 @@ impl TreeIndex {
     /// When `node` is out of range.
     pub fn children(&self, node: u32) -> &[u32] {
         self.summary_index(node)
-            .map_or(&[], |i| self.children[i].as_slice())
+            .and_then(|i| self.children.get(i))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The parent of `node`; `None` for a node of the top level.
@@ -229,7 +246,7 @@ impl TreeIndex {
     /// # Panics
     /// When `node` is out of range.
     pub fn parent(&self, node: u32) -> Option<u32> {
-        let p = self.parents[node as usize];
+        let p = *at(&self.parents, node as usize, "node");
         (p != u32::MAX).then_some(p)
     }
 
@@ -239,7 +256,9 @@ impl TreeIndex {
     /// # Panics
     /// When `node` is out of range.
     pub fn central_leaf(&self, node: u32) -> u32 {
-        self.summary_index(node).map_or(node, |i| self.central[i])
+        self.summary_index(node)
+            .and_then(|i| self.central.get(i).copied())
+            .unwrap_or(node)
     }
 
     /// The leaves under `node`, ascending (`[node]` for a leaf).
@@ -272,7 +291,9 @@ impl TreeIndex {
     /// When `node` is out of range.
     pub fn embedding(&self, node: u32) -> &[f32] {
         let a = node as usize * self.dims;
-        &self.embeddings[a..a + self.dims]
+        self.embeddings
+            .get(a..a + self.dims)
+            .unwrap_or_else(|| panic!("node {node} out of range (there are {})", self.num_nodes()))
     }
 
     /// All embeddings, row-major (`N·D` values).
@@ -437,18 +458,19 @@ impl TreeIndex {
         Self::assemble(TreeParts {
             passage_ids: cur.strings(p, pb, "passage ids").map_err(corrupt)?,
             level_starts: cur
-                .u64s(l + 1)
+                .u64s(l + 1, "level starts")
+                .map_err(corrupt)?
                 .into_iter()
                 .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
                 .collect(),
             summaries: cur.strings(s, sb, "summaries").map_err(corrupt)?,
             children: cur.lists(s, ce, "children").map_err(corrupt)?,
-            central: cur.u32s(s),
+            central: cur.u32s(s, "central leaves").map_err(corrupt)?,
             vocabulary: cur.strings(v, vb, "vocabulary").map_err(corrupt)?,
-            idf: cur.f32s(v),
+            idf: cur.f32s(v, "idf").map_err(corrupt)?,
             embedder,
             dims: d,
-            embeddings: cur.f32s(n * d),
+            embeddings: cur.f32s(n * d, "embeddings").map_err(corrupt)?,
         })
         .map_err(corrupt)
     }
@@ -467,42 +489,59 @@ impl TreeIndex {
             return Err("summary sections differ in length".into());
         }
         let ls = &self.level_starts;
-        if ls.len() < 2 || ls[0] != 0 || ls[1] != p || ls.last() != Some(&n) {
+        if ls.first() != Some(&0) || ls.get(1) != Some(&p) || ls.last() != Some(&n) {
             return Err(format!("level starts {ls:?} do not span 0, {p} … {n}"));
         }
-        if ls[1..].windows(2).any(|w| w[0] >= w[1]) {
+        if ls
+            .iter()
+            .skip(1)
+            .zip(ls.iter().skip(2))
+            .any(|(a, b)| a >= b)
+        {
             return Err(format!("an upper level of {ls:?} is empty"));
         }
         let mut has_parent = vec![false; n];
-        for level in 1..ls.len() - 1 {
-            for node in ls[level]..ls[level + 1] {
+        // Each window is (start of the level below, start of the level, its end).
+        for (below, w) in ls.windows(3).enumerate() {
+            let &[below_start, start, end] = w else {
+                continue;
+            };
+            let level = below + 1;
+            for node in start..end {
                 let i = node - p;
-                let ch = &self.children[i];
+                let (Some(ch), Some(&central)) = (self.children.get(i), self.central.get(i)) else {
+                    return Err(format!(
+                        "summary node {node} lies beyond the summary sections"
+                    ));
+                };
                 if ch.is_empty() {
                     return Err(format!("summary node {node} has no children"));
                 }
-                if ch.windows(2).any(|w| w[0] >= w[1]) {
+                if ch.iter().zip(ch.iter().skip(1)).any(|(a, b)| a >= b) {
                     return Err(format!("children of node {node} are not ascending"));
                 }
                 for &c in ch {
                     let c = c as usize;
-                    if c < ls[level - 1] || c >= ls[level] {
+                    let slot = has_parent
+                        .get_mut(c)
+                        .filter(|_| below_start <= c && c < start);
+                    let Some(slot) = slot else {
                         return Err(format!(
-                            "node {node} of level {level} has child {c} outside level {}",
-                            level - 1
+                            "node {node} of level {level} has child {c} outside level {below}"
                         ));
-                    }
-                    if std::mem::replace(&mut has_parent[c], true) {
+                    };
+                    if std::mem::replace(slot, true) {
                         return Err(format!("node {c} has two parents"));
                     }
                 }
-                if self.central[i] as usize >= p {
+                if central as usize >= p {
                     return Err(format!("central leaf of node {node} is not a leaf"));
                 }
             }
         }
-        let top = ls[ls.len() - 2];
-        if let Some(orphan) = (0..top).find(|&u| !has_parent[u]) {
+        // The start of the top level; `ls` has at least two entries (checked above).
+        let top = ls.iter().rev().nth(1).copied().unwrap_or(0);
+        if let Some(orphan) = has_parent.iter().take(top).position(|&h| !h) {
             return Err(format!("node {orphan} below the top level has no parent"));
         }
         if self.dims == 0 || self.embeddings.len() != n * self.dims {
@@ -514,7 +553,12 @@ impl TreeIndex {
         if self.vocabulary.len() != self.idf.len() {
             return Err("vocabulary and idf differ in length".into());
         }
-        if self.vocabulary.windows(2).any(|w| w[0] >= w[1]) {
+        let vocabulary = &self.vocabulary;
+        if vocabulary
+            .iter()
+            .zip(vocabulary.iter().skip(1))
+            .any(|(a, b)| a >= b)
+        {
             return Err("vocabulary terms are not ascending and unique".into());
         }
         if self.idf.iter().any(|x| !x.is_finite() || *x <= 0.0) {
