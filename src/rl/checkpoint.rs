@@ -36,8 +36,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::trainer::Optim;
 use crate::model::{Llama, LlamaConfig};
+
+/// The optimizer of every sleuth trainer: burn's AdamW over the policy's parameters (moments
+/// keyed by parameter id), as [`save`] writes and [`load_optimizer`] restores it.
+pub type Optim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Llama<B>, B>;
 
 /// Progress counters saved with a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -475,14 +478,13 @@ where
 mod tests {
     use super::*;
     use crate::model::backend::{self, Train};
-    use crate::rl::trainer::adamw;
-    use crate::rl::TrainConfig;
+    use burn::optim::AdamWConfig;
 
     fn saved(run: &Path, step: usize) -> Llama<Train> {
         let device = backend::device();
         let cfg = LlamaConfig::tiny(64);
         let model = Llama::<Train>::random(&cfg, &device).with_canonical_param_ids();
-        let optim = adamw::<Train>(&TrainConfig::default());
+        let optim: Optim<Train> = AdamWConfig::new().init();
         let state = TrainState {
             step,
             ..Default::default()

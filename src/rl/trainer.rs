@@ -22,8 +22,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -224,9 +223,7 @@ impl From<crate::eval::QaExample> for Question {
     }
 }
 
-/// The optimizer of every sleuth trainer: burn's AdamW over the policy's parameters (moments
-/// keyed by parameter id), as [`super::checkpoint`] saves and restores it.
-pub type Optim<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+pub use super::checkpoint::Optim;
 
 /// Policy weights as they were after optimizer step `step` (cheap to take: burn tensors are
 /// reference-counted and updates allocate new ones; each kept snapshot holds one copy of the

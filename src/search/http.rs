@@ -16,6 +16,8 @@
 //! single-threaded tokio runtime); called from inside another runtime it runs the request on a
 //! scoped thread.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -148,6 +150,7 @@ impl HttpRetriever {
     }
 
     fn block_on_post(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, SearchError> {
+        #[allow(clippy::expect_used)] // `runtime` is Some from construction until drop.
         let rt = self.runtime.as_ref().expect("runtime present until drop");
         if tokio::runtime::Handle::try_current().is_ok() {
             // Inside another runtime (the chat server): block a scoped thread, not its worker.

@@ -28,6 +28,8 @@
 //! pool; concurrent requests share the same pool, so neither a big batch nor many small
 //! requests stall the async workers that accept connections.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -293,8 +295,12 @@ async fn search_all(
             let retriever = Arc::clone(retriever);
             let queries = Arc::clone(&queries);
             tokio::task::spawn_blocking(move || {
-                let end = (start + chunk).min(queries.len());
-                let slice: Vec<&str> = queries[start..end].iter().map(String::as_str).collect();
+                let slice: Vec<&str> = queries
+                    .iter()
+                    .skip(start)
+                    .take(chunk)
+                    .map(String::as_str)
+                    .collect();
                 retriever.search_batch(&slice, k)
             })
         })

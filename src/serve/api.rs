@@ -5,6 +5,8 @@
 //! such as `user` or `frequency_penalty`) and strictly about *known* ones: a `temperature`
 //! that is a string is a 400, not a silent default.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use serde::{Deserialize, Serialize};
 
 /// A chat message's content: a string, or a list of typed parts whose text parts are joined.

@@ -2,6 +2,8 @@
 //! responses. Handlers never touch the model: they validate, enqueue a [`Job`] and relay its
 //! [`Event`]s.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -189,7 +191,8 @@ fn parse(st: &AppState, body: &[u8]) -> Result<Parsed, Response> {
     // Earlier turns stay in the prompt, written the way the template writes a turn.
     let mut system = Vec::new();
     let mut history = String::new();
-    for m in &req.messages[..req.messages.len() - 1] {
+    let earlier = req.messages.split_last().map_or(&[][..], |(_, rest)| rest);
+    for m in earlier {
         let text = m.content.as_ref().map(Content::text).unwrap_or_default();
         match m.role {
             Role::System | Role::Developer => system.push(text),
@@ -383,13 +386,22 @@ async fn collect(
             );
         };
         match ev {
-            Event::Reasoning { choice, text } => msgs[choice].reasoning_content.push_str(&text),
-            Event::Content { choice, text } => msgs[choice].content.push_str(&text),
+            // `choice` < n: the worker numbers a request's rows 0..n.
+            Event::Reasoning { choice, text } => {
+                if let Some(m) = msgs.get_mut(choice) {
+                    m.reasoning_content.push_str(&text);
+                }
+            }
+            Event::Content { choice, text } => {
+                if let Some(m) = msgs.get_mut(choice) {
+                    m.content.push_str(&text);
+                }
+            }
             Event::Search { choice, call } => {
-                let k = msgs[choice].tool_calls.len();
-                msgs[choice]
-                    .tool_calls
-                    .push(tool_call(choice, k, &call.query, None));
+                if let Some(m) = msgs.get_mut(choice) {
+                    let k = m.tool_calls.len();
+                    m.tool_calls.push(tool_call(choice, k, &call.query, None));
+                }
             }
             Event::Done {
                 choice,
@@ -397,7 +409,9 @@ async fn collect(
                 prompt_tokens,
                 completion_tokens,
             } => {
-                finish[choice] = Some(f);
+                if let Some(slot) = finish.get_mut(choice) {
+                    *slot = Some(f);
+                }
                 usage.prompt_tokens += prompt_tokens;
                 usage.completion_tokens += completion_tokens;
             }
@@ -519,8 +533,10 @@ fn stream_response(
                     None,
                 ),
                 Some(Event::Search { choice, call }) => {
-                    let k = searches[choice];
-                    searches[choice] += 1;
+                    let k = searches.get(choice).copied().unwrap_or(0);
+                    if let Some(s) = searches.get_mut(choice) {
+                        *s += 1;
+                    }
                     chunk(
                         vec![delta(
                             choice,

@@ -6,6 +6,8 @@
 //! usage) at thousands of tokens per second; the text-splitting of answers and searches is
 //! unit-tested on its own in [`super::worker`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use burn::tensor::backend::Backend;
 
 use crate::model::{Llama, LlamaConfig, Tokenizer};
