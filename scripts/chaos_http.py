@@ -102,6 +102,15 @@ from load_chat import percentile  # noqa: E402  (shared with the plain load test
 # --------------------------------------------------------------------------------------------
 
 
+def run_threads(target, arg_tuples, timeout=None):
+    """Runs `target(*args)` on one daemon thread per tuple in `arg_tuples` and waits for them
+    all (each join bounded by `timeout` seconds when given)."""
+    threads = [threading.Thread(target=target, args=tuple(a), daemon=True) for a in arg_tuples]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+
 def rss_kib(pid):
     """VmRSS of `pid` in KiB, or None."""
     if not pid:
@@ -961,11 +970,7 @@ def case_slow_hold(ctx, rng):
         finally:
             s.close()
 
-    threads = [threading.Thread(target=one, args=kv, daemon=True) for kv in parts.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(hold + 10)
+    run_threads(one, parts.items(), hold + 10)
 
 
 def case_disconnect(ctx, rng):
@@ -1032,11 +1037,7 @@ def case_burst(ctx, rng):
         body["max_tokens"] = 16
         send_json(ctx, "burst/chat", "/v1/chat/completions", dumps(body), expect=expect_chat)
 
-    threads = [threading.Thread(target=one, args=(rng.randrange(10**9),), daemon=True) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(ctx.t.timeout + 10)
+    run_threads(one, [(rng.randrange(10**9),) for _ in range(n)], ctx.t.timeout + 10)
 
 
 # (function, weight, most runs per test; None = unlimited)
@@ -1128,11 +1129,7 @@ def run_hostile(a, target, api):
             except Exception as e:  # noqa: BLE001 - a bug in a case must not end the run
                 st.failure(f"{name}/tester_exception", e)
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(a.concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, [(i,) for i in range(a.concurrency)])
     elapsed = time.monotonic() - t0
     time.sleep(1.0)  # let cancelled work drain before measuring
     alive = server_alive(target, api, a.pid)
@@ -1222,11 +1219,7 @@ def run_load(a, target, api):
         conn.close()
 
     t_start = time.monotonic()
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(a.clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(client, [(i,) for i in range(a.clients)])
     elapsed = time.monotonic() - t_start
     alive = server_alive(target, api, a.pid)
     mon.stop.set()
