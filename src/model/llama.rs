@@ -277,6 +277,37 @@ impl<B: Backend> Attention<B> {
         }
     }
 
+    /// Attention of continuations `xc` `[B, C, hidden]` over a shared prefix `xp`
+    /// `[1, P, hidden]` (fused path only): returns the prefix's own causal attention
+    /// `[1, P, heads·hd]` and the continuations' `[B, C, heads·hd]`, both before the output
+    /// projection ([`fused::prefix_attention`]). `None` where the fused kernels are off.
+    fn shared(
+        &self,
+        xp: Tensor<B, 3>,
+        xc: Tensor<B, 3>,
+        tables: &Arc<RopeTables>,
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let project = |x: Tensor<B, 3>| {
+            let [b, t, _] = x.dims();
+            let q = self.q_proj.forward(x.clone());
+            let k = self.k_proj.forward(x.clone());
+            let v = self.v_proj.forward(x);
+            (
+                head_norm(&self.q_norm, q.reshape([b, t, self.n_heads, self.head_dim])),
+                head_norm(
+                    &self.k_norm,
+                    k.reshape([b, t, self.n_kv_heads, self.head_dim]),
+                ),
+                v.reshape([b, t, self.n_kv_heads, self.head_dim]),
+            )
+        };
+        let (qp, kp, vp) = project(xp);
+        let (qc, kc, vc) = project(xc);
+        let ap = fused::causal_attention(qp, kp.clone(), vp.clone(), tables)?;
+        let ac = fused::prefix_attention(qc, kc, vc, kp, vp, tables)?;
+        Some((ap, ac))
+    }
+
     /// Projects `x` `[B, T, hidden]` to rotated queries `[B, heads, T, hd]` and rotated keys
     /// and values `[B, kv_heads, T, hd]`.
     fn qkv(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> (Tensor<B, 4>, NewKv<B>) {
@@ -544,6 +575,54 @@ impl<B: Backend> Llama<B> {
             x = x + layer.mlp.forward(h);
         }
         self.norm.forward(x)
+    }
+
+    /// Whole-sequence forward of `B` rows that share their first `P` tokens: `prefix`
+    /// `[1, P]`, `tokens` `[B, C]` (each row's tokens after the prefix, right-padded) → final
+    /// hidden states of the continuations `[B, C, hidden]`, equal to
+    /// `forward(cat(prefix repeated B, tokens))[.., P..]`.
+    ///
+    /// On the fused backends the prefix runs once per layer and the continuations attend to
+    /// its keys and values ([`fused::prefix_attention`]): the update of a GRPO group runs its
+    /// prompt once instead of `G` times, and autodiff sums the prefix's gradient over the rows,
+    /// as the unshared forward does. Other backends run the unshared forward and slice.
+    pub fn forward_shared(
+        &self,
+        prefix: Tensor<B, 2, Int>,
+        tokens: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let [_, p] = prefix.dims();
+        let [b, c] = tokens.dims();
+        let hd = self.attn_shape().2;
+        if p == 0 || !fused::enabled::<B>() {
+            let all = Tensor::cat(vec![prefix.repeat_dim(0, b), tokens], 1);
+            let hidden = self.forward(all);
+            let width = hidden.dims()[2];
+            return hidden.slice([0..b, p..p + c, 0..width]);
+        }
+        let tables = Arc::new(RopeTables::new(p + c, hd, self.rope_theta));
+        let mut xp = self.embed(prefix);
+        let mut xc = self.embed(tokens);
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let hp = layer.input_layernorm.forward(xp.clone());
+            let hc = layer.input_layernorm.forward(xc.clone());
+            let (ap, ac) = layer
+                .self_attn
+                .shared(hp, hc, &tables)
+                .expect("fused::enabled was checked above");
+            let o = &layer.self_attn.o_proj;
+            xc = xc + o.forward(ac);
+            let h = layer.post_attention_layernorm.forward(xc.clone());
+            xc = xc + layer.mlp.forward(h);
+            // The prefix's output after the last attention feeds nothing.
+            if i < last {
+                xp = xp + o.forward(ap);
+                let h = layer.post_attention_layernorm.forward(xp.clone());
+                xp = xp + layer.mlp.forward(h);
+            }
+        }
+        self.norm.forward(xc)
     }
 
     /// Appends `tokens` to row `row` of `cache` (prompt or inserted documents) and returns the

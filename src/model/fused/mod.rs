@@ -51,6 +51,9 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+mod prefix;
+pub use prefix::prefix_attention;
+
 /// The training backend the fused ops specialise for (burn-flex under autodiff).
 type Ad = Autodiff<Flex>;
 /// Its float tensor primitive (`AutodiffTensor<Flex>`).
@@ -240,10 +243,27 @@ unsafe fn gemm_view(
 /// # Safety
 /// `a` and `b` must address `T × hd` valid elements each.
 unsafe fn causal_scores(dst: &mut [f32], a: View, b: View, t: usize, hd: usize, beta: f32) {
+    causal_scores_ld(dst, t, a, b, t, hd, beta)
+}
+
+/// [`causal_scores`] into a `dst` whose rows are `ld ≥ T` elements apart (the causal part of
+/// a wider score matrix, as [`prefix`] keeps it).
+///
+/// # Safety
+/// As [`causal_scores`]; `dst` must hold `(T − 1)·ld + T` elements.
+unsafe fn causal_scores_ld(
+    dst: &mut [f32],
+    ld: usize,
+    a: View,
+    b: View,
+    t: usize,
+    hd: usize,
+    beta: f32,
+) {
     for (r0, r1) in blocks(t) {
-        let d = dst[r0 * t..].as_mut_ptr();
+        let d = dst[r0 * ld..].as_mut_ptr();
         let par = gemm::Parallelism::None;
-        gemm_view(r1 - r0, r1, hd, d, t, false, a.at(r0, 0), b.t(), beta, par);
+        gemm_view(r1 - r0, r1, hd, d, ld, false, a.at(r0, 0), b.t(), beta, par);
     }
 }
 
@@ -253,8 +273,24 @@ unsafe fn causal_scores(dst: &mut [f32], a: View, b: View, t: usize, hd: usize, 
 /// # Safety
 /// `x` must address `T × hd` valid elements, `dst` `T` rows of `hd`, written by no one else.
 unsafe fn causal_mix(dst: *mut f32, dst_rs: usize, w: &[f32], x: View, t: usize, hd: usize) {
+    causal_mix_ld(dst, dst_rs, w, t, x, t, hd)
+}
+
+/// [`causal_mix`] with `w`'s rows `ld ≥ T` elements apart.
+///
+/// # Safety
+/// As [`causal_mix`]; `w` must hold `(T − 1)·ld + T` elements.
+unsafe fn causal_mix_ld(
+    dst: *mut f32,
+    dst_rs: usize,
+    w: &[f32],
+    ld: usize,
+    x: View,
+    t: usize,
+    hd: usize,
+) {
     for (r0, r1) in blocks(t) {
-        let (d, wv) = (dst.add(r0 * dst_rs), View::rows(w, t).at(r0, 0));
+        let (d, wv) = (dst.add(r0 * dst_rs), View::rows(w, ld).at(r0, 0));
         gemm_view(
             r1 - r0,
             hd,
@@ -277,8 +313,24 @@ unsafe fn causal_mix(dst: *mut f32, dst_rs: usize, w: &[f32], x: View, t: usize,
 /// # Safety
 /// As [`causal_mix`].
 unsafe fn causal_mix_t(dst: *mut f32, dst_rs: usize, w: &[f32], x: View, t: usize, hd: usize) {
+    causal_mix_t_ld(dst, dst_rs, w, t, x, t, hd)
+}
+
+/// [`causal_mix_t`] with `w`'s rows `ld ≥ T` elements apart.
+///
+/// # Safety
+/// As [`causal_mix`]; `w` must hold `(T − 1)·ld + T` elements.
+unsafe fn causal_mix_t_ld(
+    dst: *mut f32,
+    dst_rs: usize,
+    w: &[f32],
+    ld: usize,
+    x: View,
+    t: usize,
+    hd: usize,
+) {
     for (s0, s1) in blocks(t) {
-        let (d, wv) = (dst.add(s0 * dst_rs), View::rows(w, t).at(s0, s0).t());
+        let (d, wv) = (dst.add(s0 * dst_rs), View::rows(w, ld).at(s0, s0).t());
         let par = gemm::Parallelism::None;
         gemm_view(
             s1 - s0,
@@ -326,16 +378,17 @@ impl RopeTables {
     }
 
     /// Rotates (or with `inverse`, rotates back) every head of `x` `[B·T, heads, hd]` in
-    /// place; row `r` sits at position `r % tokens`. The inverse is also the backward of the
-    /// rotation (the rotation is orthogonal).
-    fn apply(&self, x: &mut [f32], tokens: usize, heads: usize, inverse: bool) {
+    /// place; row `r` sits at position `first + r % tokens` (the tables must cover
+    /// `first + tokens` positions). The inverse is also the backward of the rotation (the
+    /// rotation is orthogonal).
+    fn apply(&self, x: &mut [f32], first: usize, tokens: usize, heads: usize, inverse: bool) {
         let half = self.half;
         let hd = 2 * half;
         let sign = if inverse { -1.0f32 } else { 1.0 };
         x.par_chunks_mut(heads * hd)
             .enumerate()
             .for_each(|(r, row)| {
-                let t = r % tokens;
+                let t = first + r % tokens;
                 let cos = &self.cos[t * half..(t + 1) * half];
                 let sin = &self.sin[t * half..(t + 1) * half];
                 for head in row.chunks_exact_mut(hd) {
@@ -412,8 +465,8 @@ fn attention_forward(
     let group = d.group();
     let mut qr = q.to_vec();
     let mut kr = k.to_vec();
-    rope.apply(&mut qr, t, h, false);
-    rope.apply(&mut kr, t, kv, false);
+    rope.apply(&mut qr, 0, t, h, false);
+    rope.apply(&mut kr, 0, t, kv, false);
     let vs = slice(v);
     let mut out = vec![0f32; b * t * h * hd];
     let chunk = group * t * t;
@@ -527,8 +580,8 @@ fn attention_backward(dout: &[f32], s: &AttnSaved) -> (Vec<f32>, Vec<f32>, Vec<f
             }
         },
     );
-    s.rope.apply(&mut dq, t, h, true);
-    s.rope.apply(&mut dk, t, kv, true);
+    s.rope.apply(&mut dq, 0, t, h, true);
+    s.rope.apply(&mut dk, 0, t, kv, true);
     (dq, dk, dv)
 }
 
@@ -1112,7 +1165,16 @@ mod tests {
         tokens: &Tensor<Train, 2, Int>,
         r: &Tensor<Train, 3>,
     ) -> Vec<Tensor<Inference, 1>> {
-        let out = model.forward(tokens.clone());
+        run_with(model, r, |m| m.forward(tokens.clone()))
+    }
+
+    /// [`run`] for any forward pass of `model`.
+    fn run_with(
+        model: &Llama<Train>,
+        r: &Tensor<Train, 3>,
+        forward: impl Fn(&Llama<Train>) -> Tensor<Train, 3>,
+    ) -> Vec<Tensor<Inference, 1>> {
+        let out = forward(model);
         let grads: Grads = (out.clone() * r.clone()).sum().backward();
         let l0 = &model.layers[0];
         let l1 = &model.layers[1];
@@ -1150,11 +1212,82 @@ mod tests {
     /// `head_dim` wider than `hidden / heads`).
     #[test]
     fn fused_model_matches_composed_ops_forward_and_gradients() {
-        for arch in [
+        for cfg in tiny_configs() {
+            fused_matches_composed(&cfg);
+        }
+    }
+
+    /// The shared-prefix forward ([`Llama::forward_shared`]: the prefix once, its keys and
+    /// values broadcast to the rows) gives the unshared forward's continuation outputs and
+    /// every kind of parameter gradient, against the composed reference ops, for each
+    /// architecture. 3 rows, a 70-token prefix and 75-token continuations, so both causal
+    /// block loops split and the prefix gradient sums over rows that differ.
+    #[test]
+    fn shared_prefix_matches_unshared_forward_and_gradients() {
+        let device = Default::default();
+        let (b, p, c) = (3, 70, 75);
+        let prefix: Vec<i64> = (0..p).map(|i| ((i * 37 + 11) % 97) as i64).collect();
+        let mut rows = Vec::new();
+        for r in 0..b {
+            rows.extend_from_slice(&prefix);
+            rows.extend((0..c).map(|i| ((i * 13 + r * 29 + 3) % 97) as i64));
+        }
+        let full = Tensor::<Train, 2, Int>::from_data(TensorData::new(rows, [b, p + c]), &device);
+        let pre = full.clone().slice([0..1, 0..p]);
+        let cont = full.clone().slice([0..b, p..p + c]);
+        for cfg in tiny_configs() {
+            let arch = cfg.architecture().unwrap();
+            let model = test_model(&cfg, 5);
+            let r = Tensor::<Train, 3>::random(
+                [b, c, cfg.hidden_size],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let h = cfg.hidden_size;
+            let shared = run_with(&model, &r, |m| m.forward_shared(pre.clone(), cont.clone()));
+            let unshared = with_composite(|| {
+                run_with(&model, &r, |m| {
+                    m.forward(full.clone()).slice([0..b, p..p + c, 0..h])
+                })
+            });
+            assert_eq!(shared.len(), unshared.len());
+            for (i, (s, u)) in shared.into_iter().zip(unshared).enumerate() {
+                let err = rel_err(s, u);
+                assert!(
+                    err < 2e-4,
+                    "{arch:?} output/gradient {i}: relative error {err}"
+                );
+            }
+            // Inference backend, and the composed fallback of forward_shared itself.
+            let inner = model.valid();
+            let to_inf = |t: &Tensor<Train, 2, Int>| {
+                Tensor::<Inference, 2, Int>::from_data(t.clone().into_data(), &device)
+            };
+            let reference =
+                with_composite(|| flat(inner.forward(to_inf(&full)).slice([0..b, p..p + c, 0..h])));
+            let fused = flat(inner.forward_shared(to_inf(&pre), to_inf(&cont)));
+            let fallback =
+                with_composite(|| flat(inner.forward_shared(to_inf(&pre), to_inf(&cont))));
+            let err = rel_err(fused, reference.clone());
+            assert!(err < 2e-5, "{arch:?} inference: relative error {err}");
+            let err = rel_err(fallback, reference);
+            assert!(
+                err < 1e-6,
+                "{arch:?} composed fallback: relative error {err}"
+            );
+        }
+    }
+
+    /// The three architectures' tiny configs: Llama, Qwen2 (q/k/v biases), Qwen3 (per-head
+    /// q/k norms, explicit `head_dim` wider than `hidden / heads`).
+    fn tiny_configs() -> Vec<LlamaConfig> {
+        [
             Architecture::Llama,
             Architecture::Qwen2,
             Architecture::Qwen3,
-        ] {
+        ]
+        .into_iter()
+        .map(|arch| {
             let mut cfg = LlamaConfig {
                 rms_norm_eps: 1e-5,
                 ..LlamaConfig::tiny(97)
@@ -1163,14 +1296,16 @@ mod tests {
             if arch == Architecture::Qwen3 {
                 cfg.head_dim = Some(32);
             }
-            fused_matches_composed(&cfg);
-        }
+            cfg
+        })
+        .collect()
     }
 
-    fn fused_matches_composed(cfg: &LlamaConfig) {
+    /// A tiny random model with norm gains away from 1, so a gain's gradient is not the same
+    /// for every channel.
+    fn test_model(cfg: &LlamaConfig, seed: u64) -> Llama<Train> {
         let device = Default::default();
-        Train::seed(&device, 7);
-        let arch = cfg.architecture().unwrap();
+        Train::seed(&device, seed);
         let mut model = Llama::<Train>::random(cfg, &device);
         // Norm gains away from 1, so a gain's gradient is not the same for every channel.
         let gain = |n: usize| {
@@ -1191,6 +1326,13 @@ mod tests {
             }
         }
         model.norm.weight = gain(cfg.hidden_size);
+        model
+    }
+
+    fn fused_matches_composed(cfg: &LlamaConfig) {
+        let device = Default::default();
+        let arch = cfg.architecture().unwrap();
+        let model = test_model(cfg, 7);
         let (b, t) = (2, 70);
         let ids: Vec<i64> = (0..b * t).map(|i| ((i * 37 + 11) % 97) as i64).collect();
         let tokens = Tensor::<Train, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
