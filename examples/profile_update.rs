@@ -2,8 +2,11 @@
 //! the reference forward (no gradients), the policy forward to token log-probs, the loss and
 //! backward pass, and the AdamW step, on synthetic sequences.
 //!
-//! `cargo run --release --example profile_update -- [SEQS] [TOKENS] [POLICY_FRACTION] [REPS]`
-//! (defaults 4 256 1.0 3). `POLICY_FRACTION` is the share of each sequence's scored tokens
+//! `cargo run --release --example profile_update -- [SEQS] [TOKENS] [POLICY_FRACTION] [REPS]
+//! [PROMPT]` (defaults 4 256 1.0 3 32). The sequences are one group: they share their first
+//! `PROMPT` tokens, which the forward runs once ([`sleuth::model::Llama::forward_shared`]);
+//! `SLEUTH_SHARE_PROMPT=0` runs every sequence whole, for before/after figures in one build.
+//! `POLICY_FRACTION` is the share of each sequence's scored tokens
 //! that carry loss (mask 1); the rest stand for inserted documents (mask 0), as in a search
 //! episode, where typically 20–40 % of tokens are the policy's. `SLEUTH_FULL_HEAD=1` scores
 //! every position instead of the policy tokens only (the earlier path), for comparison.
@@ -29,12 +32,14 @@ fn secs(t: Instant) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: f64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (seqs, tokens, frac, reps) = (
+    let (seqs, tokens, frac, reps, prompt) = (
         arg(0, 4.0) as usize,
         arg(1, 256.0) as usize,
         arg(2, 1.0),
         arg(3, 3.0) as usize,
+        arg(4, 32.0) as usize,
     );
+    let share = std::env::var("SLEUTH_SHARE_PROMPT").map_or(true, |v| v != "0");
     // `SLEUTH_FULL_HEAD=1` runs the output head over every position (the path before
     // `PackedBatch::scored`), for before/after figures in one build.
     let full_head = std::env::var("SLEUTH_FULL_HEAD").is_ok_and(|v| v == "1");
@@ -54,8 +59,8 @@ fn main() {
         .init::<Train, _>();
     let mut model = model;
 
-    // Synthetic episodes: a 32-token prompt, then alternating policy (mask 1) and document
-    // (mask 0) spans so `frac` of the rest carries loss.
+    // Synthetic episodes of one group: a shared `prompt`-token prompt, then alternating
+    // policy (mask 1) and document (mask 0) spans so `frac` of the rest carries loss.
     let vocab = model.vocab_size() as u32;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
@@ -64,10 +69,12 @@ fn main() {
         rng ^= rng << 17;
         (rng % vocab as u64) as u32
     };
-    let prompt = 32.min(tokens / 2);
+    let prompt = prompt.min(tokens - 2);
+    let shared_prompt: Vec<u32> = (0..prompt).map(|_| next()).collect();
     let episodes: Vec<(Vec<u32>, Vec<u8>)> = (0..seqs)
         .map(|_| {
-            let toks: Vec<u32> = (0..tokens).map(|_| next()).collect();
+            let mut toks = shared_prompt.clone();
+            toks.extend((prompt..tokens).map(|_| next()));
             let mask: Vec<u8> = (0..tokens)
                 .map(|i| {
                     let j = i.saturating_sub(prompt);
@@ -86,18 +93,23 @@ fn main() {
         .map(|(_, m)| m.iter().map(|&x| x as usize).sum::<usize>())
         .sum();
     println!(
-        "{seqs} sequences x {tokens} tokens, {policy_tokens} policy tokens, backend {}, head over {}",
+        "{seqs} sequences x {tokens} tokens ({prompt}-token shared prompt, run {}), {policy_tokens} policy tokens, backend {}, head over {}",
+        if share { "once" } else { "per sequence" },
         backend::name(),
         if full_head { "all positions" } else { "policy tokens" }
     );
     for rep in 0..reps {
-        let p = pack::<<Train as AutodiffBackend>::InnerBackend>(&batch, &device);
+        let mut p = pack::<<Train as AutodiffBackend>::InnerBackend>(&batch, &device);
+        if !share {
+            p.shared = 0;
+        }
         let t = Instant::now();
         let ref_scored = (!full_head).then(|| p.scored.clone());
         let ref_lp = token_logprobs_entropy(
             &reference,
             p.tokens.clone(),
             p.start,
+            p.shared,
             1.0,
             false,
             ref_scored,
@@ -109,7 +121,7 @@ fn main() {
         let t = Instant::now();
         let toks = Tensor::<Train, 2, Int>::from_inner(p.tokens.clone());
         let scored = (!full_head).then(|| Tensor::<Train, 1, Int>::from_inner(p.scored.clone()));
-        let (logp, _) = token_logprobs_entropy(&model, toks, p.start, 1.0, false, scored);
+        let (logp, _) = token_logprobs_entropy(&model, toks, p.start, p.shared, 1.0, false, scored);
         let [b, tp] = logp.dims();
         let adv: Vec<f32> = (0..b * tp)
             .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })

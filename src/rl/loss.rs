@@ -31,6 +31,10 @@ pub struct PackedBatch<B: Backend> {
     /// First position scored: log-probs cover targets `start+1..T`, so tensors below are
     /// `[B, T − 1 − start]`.
     pub start: usize,
+    /// Leading tokens every row has in common (the group's prompt, or the system prompt and
+    /// demonstration that different questions share), at most `start`; 0 for one row. The
+    /// forward runs them once ([`Llama::forward_shared`]); set it to 0 to run every row whole.
+    pub shared: usize,
     /// Loss mask over targets `[B, T']` (1 on policy tokens).
     pub mask: Tensor<B, 2>,
     /// Host copy of the mask, row-major `[B][T']`.
@@ -71,7 +75,8 @@ pub fn micro_batches(lens: &[usize], max_seqs: usize, max_tokens: usize) -> Vec<
 }
 
 /// Packs sequences (`tokens`, `mask`, `prompt_len`) into a [`PackedBatch`]; positions before
-/// the shortest prompt are skipped since they never carry loss.
+/// the shortest prompt are skipped since they never carry loss, and the tokens all rows share
+/// up to there become [`PackedBatch::shared`].
 pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> PackedBatch<B> {
     let b = seqs.len();
     let t = seqs.iter().map(|s| s.0.len()).max().unwrap_or(1).max(2);
@@ -81,6 +86,15 @@ pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> 
         .min()
         .unwrap_or(0)
         .min(t - 2);
+    let shared = match seqs.split_first() {
+        Some((first, rest)) if !rest.is_empty() => (0..start)
+            .take_while(|&j| {
+                let x = first.0.get(j);
+                x.is_some() && rest.iter().all(|s| s.0.get(j) == x)
+            })
+            .count(),
+        _ => 0,
+    };
     let tp = t - 1 - start;
     let mut ids = vec![0i64; b * t];
     let mut mask = vec![0f32; b * tp];
@@ -107,6 +121,7 @@ pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> 
         scored: Tensor::from_data(TensorData::new(scored, [n]), device),
         tokens: Tensor::from_data(TensorData::new(ids, [b, t]), device),
         start,
+        shared,
         mask: Tensor::from_data(TensorData::new(mask, [b, tp]), device),
         mask_host,
     }
@@ -120,13 +135,17 @@ pub fn token_logprobs<B: Backend>(
     tokens: Tensor<B, 2, Int>,
     start: usize,
 ) -> Tensor<B, 2> {
-    token_logprobs_entropy(model, tokens, start, 1.0, false, None).0
+    token_logprobs_entropy(model, tokens, start, 0, 1.0, false, None).0
 }
 
 /// Log-probabilities of each next token under the distribution the rollout sampled from,
 /// `softmax(logits / temperature)` (`[B, T − 1 − start]`), plus, when `entropy` is set, that
 /// distribution's entropy at each position (`−Σ_v p_v log p_v` over the vocabulary, nats,
 /// `[B, T − 1 − start]`, detached).
+///
+/// The first `shared ≤ start` tokens must be the same in every row ([`PackedBatch::shared`]);
+/// when `shared > 0` and `B > 1` the forward runs them once ([`Llama::forward_shared`]) and the
+/// result is the same (tested against the unshared forward). Pass 0 to run every row whole.
 ///
 /// `scored` (flat indices into `[B·(T − 1 − start)]`, as [`PackedBatch::scored`]) limits the
 /// output head to those positions; every other position of both outputs is 0. `None` scores
@@ -141,16 +160,25 @@ pub fn token_logprobs_entropy<B: Backend>(
     model: &Llama<B>,
     tokens: Tensor<B, 2, Int>,
     start: usize,
+    shared: usize,
     temperature: f32,
     entropy: bool,
     scored: Option<Tensor<B, 1, Int>>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
     let [b, t] = tokens.dims();
     let tp = t - 1 - start;
-    let hidden = model.forward(tokens.clone());
+    // `hidden` covers positions `first..T`.
+    let (hidden, first) = match shared.min(start) {
+        s if s > 0 && b > 1 => {
+            let prefix = tokens.clone().slice([0..1, 0..s]);
+            let rest = tokens.clone().slice([0..b, s..t]);
+            (model.forward_shared(prefix, rest), s)
+        }
+        _ => (model.forward(tokens.clone()), 0),
+    };
     let h = hidden.dims()[2];
     let hidden = hidden
-        .slice([0..b, start..t - 1, 0..h])
+        .slice([0..b, start - first..t - 1 - first, 0..h])
         .reshape([b * tp, h]);
     let targets = tokens.slice([0..b, start + 1..t]).reshape([b * tp]);
     let (hidden, targets) = match &scored {
@@ -392,7 +420,7 @@ mod tests {
         let p = pack::<A>(&[(&t1, &m1, 3), (&t2, &m2, 2)], &device);
         let run = |scored: Option<Tensor<A, 1, Int>>| {
             let (lp, ent) =
-                token_logprobs_entropy(&model, p.tokens.clone(), p.start, 0.8, true, scored);
+                token_logprobs_entropy(&model, p.tokens.clone(), p.start, 0, 0.8, true, scored);
             let loss = (lp.clone() * p.mask.clone()).sum();
             let grads = loss.backward();
             let g = model.layers[0]
@@ -426,6 +454,72 @@ mod tests {
         for (a, b) in g_full.iter().zip(&g_s) {
             assert!((a - b).abs() <= 1e-5 * scale.max(1.0), "{a} vs {b}");
         }
+    }
+
+    /// `pack` finds the tokens all rows share, at most up to the first scored position, and
+    /// the log-probs and gradients of a micro-batch with that prefix run once equal the
+    /// unshared forward's (rows with different questions after a common system prompt, one
+    /// row shorter than the others; tiny random model, 1e-5 relative).
+    #[test]
+    fn shared_prompt_is_detected_and_changes_nothing() {
+        use crate::model::LlamaConfig;
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        A::seed(&device, 3);
+        let model = Llama::<A>::random(&LlamaConfig::tiny(97), &device);
+        let system: Vec<u32> = (0..70).map(|i| (i * 7 + 3) % 97).collect();
+        let row = |q: u32, len: usize| -> (Vec<u32>, Vec<u8>) {
+            let mut t = system.clone();
+            t.extend((0..len).map(|i| (i as u32 * 13 + q) % 97));
+            let m = (0..t.len()).map(|i| u8::from(i >= 75)).collect();
+            (t, m)
+        };
+        let rows = [row(1, 30), row(2, 24), row(5, 30)];
+        let seqs: Vec<(&[u32], &[u8], usize)> =
+            rows.iter().map(|(t, m)| (&t[..], &m[..], 75)).collect();
+        let p = pack::<A>(&seqs, &device);
+        assert_eq!(p.start, 74);
+        // The questions differ from token 70 on: 70 tokens shared.
+        assert_eq!(p.shared, 70);
+        // Identical prompts share up to the first scored position, not beyond.
+        let same = [row(1, 30), row(1, 30)];
+        let seqs_same: Vec<(&[u32], &[u8], usize)> =
+            same.iter().map(|(t, m)| (&t[..], &m[..], 75)).collect();
+        assert_eq!(pack::<A>(&seqs_same, &device).shared, 74);
+        assert_eq!(pack::<A>(&seqs[..1], &device).shared, 0, "one row");
+        let run = |shared: usize| {
+            let scored = Some(p.scored.clone());
+            let (lp, _) = token_logprobs_entropy(
+                &model,
+                p.tokens.clone(),
+                p.start,
+                shared,
+                1.0,
+                false,
+                scored,
+            );
+            let grads = (lp.clone() * p.mask.clone()).sum().backward();
+            let g = model.layers[0]
+                .self_attn
+                .k_proj
+                .weight
+                .grad(&grads)
+                .expect("gradient");
+            let lp: Vec<f32> = lp.into_data().to_vec().unwrap();
+            (lp, g.into_data().to_vec::<f32>().unwrap())
+        };
+        let (lp_s, g_s) = run(p.shared);
+        let (lp_u, g_u) = run(0);
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "{what} is all zero");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!((x - y).abs() <= 1e-5 * scale, "{what} {i}: {x} vs {y}");
+            }
+        };
+        close(&lp_s, &lp_u, "log-prob");
+        close(&g_s, &g_u, "k_proj gradient");
     }
 
     #[test]

@@ -244,7 +244,10 @@ impl<B: AutodiffBackend> SftTrainer<B> {
                     .filter_map(|&i| batch.get(i))
                     .map(|e| (e.tokens.as_slice(), e.mask.as_slice(), e.prompt_len))
                     .collect();
-                let packed = pack::<B::InnerBackend>(&seqs, &self.device);
+                let mut packed = pack::<B::InnerBackend>(&seqs, &self.device);
+                if !self.cfg.share_prompt {
+                    packed.shared = 0;
+                }
                 let tokens = Tensor::<B, 2, Int>::from_inner(packed.tokens);
                 let mask = Tensor::<B, 2>::from_inner(packed.mask);
                 let scored = Tensor::<B, 1, Int>::from_inner(packed.scored);
@@ -252,6 +255,7 @@ impl<B: AutodiffBackend> SftTrainer<B> {
                     &self.model,
                     tokens,
                     packed.start,
+                    packed.shared,
                     1.0,
                     true,
                     Some(scored),

@@ -42,6 +42,7 @@ fn logprobs_at<B: Backend>(model: &Llama<B>, p: &PackedBatch<B>, temperature: f3
         model,
         p.tokens.clone(),
         p.start,
+        p.shared,
         temperature,
         false,
         Some(p.scored.clone()),
@@ -69,6 +70,12 @@ pub struct TrainConfig {
     /// with documents go fewer to a pass ([`super::loss::micro_batches`]); one longer than
     /// this goes alone; 0 = no cap. Default 2048.
     pub micro_batch_tokens: usize,
+    /// Run the leading tokens that a forward pass's sequences share (a group's prompt; the
+    /// system prompt and demonstration of different questions) once, with their keys and
+    /// values broadcast to the sequences ([`crate::model::Llama::forward_shared`]), instead of
+    /// once per sequence. Same log-probs and gradients (tested); `false` only for before/after
+    /// measurements. Default true.
+    pub share_prompt: bool,
     /// AdamW learning rate (after warmup). Default 1e-6.
     pub learning_rate: f64,
     /// Linear warmup length in steps. Default 0.
@@ -143,6 +150,7 @@ impl Default for TrainConfig {
             questions_per_step: 2,
             micro_batch: 2,
             micro_batch_tokens: 2048,
+            share_prompt: true,
             learning_rate: 1e-6,
             warmup_steps: 0,
             weight_decay: 0.01,
@@ -705,7 +713,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         let inner_device = self.model.embed_tokens.device();
         let packed: Vec<PackedBatch<B::InnerBackend>> = chunks
             .iter()
-            .map(|c| pack::<B::InnerBackend>(&seqs(c), &inner_device))
+            .map(|c| {
+                let mut p = pack::<B::InnerBackend>(&seqs(c), &inner_device);
+                if !self.cfg.share_prompt {
+                    p.shared = 0;
+                }
+                p
+            })
             .collect();
         // Score tokens under the distribution they were sampled from (loss module docs).
         let temp = self.rollout.temperature;
@@ -795,8 +809,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             let tokens = Tensor::<B, 2, Int>::from_inner(p.tokens.clone());
             let mask = Tensor::<B, 2>::from_inner(p.mask.clone());
             let scored = Tensor::<B, 1, Int>::from_inner(p.scored.clone());
-            let (logp, ent) =
-                token_logprobs_entropy(&self.model, tokens, p.start, temp, true, Some(scored));
+            let (logp, ent) = token_logprobs_entropy(
+                &self.model,
+                tokens,
+                p.start,
+                p.shared,
+                temp,
+                true,
+                Some(scored),
+            );
             if let Some(e) = ent {
                 let m = Tensor::<B, 2>::from_inner(p.mask.clone());
                 entropy_sum += (e * m).sum().into_scalar().elem::<f64>();

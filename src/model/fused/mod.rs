@@ -1416,6 +1416,7 @@ mod tests {
                     &model,
                     tokens.clone(),
                     start,
+                    0,
                     0.8,
                     true,
                     Some(scored.clone()),
