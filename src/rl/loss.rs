@@ -46,30 +46,61 @@ pub struct PackedBatch<B: Backend> {
 }
 
 /// Splits sequences of lengths `lens` (tokens), in order, into micro-batches of at most
-/// `max_seqs` sequences and at most `max_tokens` padded tokens (count × longest, the shape the
-/// forward pass allocates); a sequence longer than `max_tokens` goes alone. `max_tokens = 0`
-/// caps only the count. Returns indices into `lens`.
+/// `max_seqs` sequences and at most `max_tokens` padded tokens; a sequence longer than
+/// `max_tokens` goes alone. `max_tokens = 0` caps only the count. Returns indices into `lens`.
+///
+/// `shared[i]` is how many leading tokens sequence `i` shares with sequence `i − 1` and
+/// runs once with it ([`shared_with_previous`]; all 0 when the forward runs every row whole):
+/// a micro-batch's padded size is then `s + count × (longest − s)`, `s` the least `shared`
+/// inside it, the tokens the forward actually computes ([`PackedBatch::shared`]).
 ///
 /// Why a token cap: training memory grows with the padded shape — the saved attention
 /// probabilities are `[B, heads, T, T]` per layer and the logits `[B, T, vocab]` — so two
 /// 2,048-token episodes (eight searches' documents) in one pass need about twice the memory
 /// of one, which on a 24 GiB machine is the difference between a step and the OOM killer.
-pub fn micro_batches(lens: &[usize], max_seqs: usize, max_tokens: usize) -> Vec<Vec<usize>> {
+pub fn micro_batches(
+    lens: &[usize],
+    shared: &[usize],
+    max_seqs: usize,
+    max_tokens: usize,
+) -> Vec<Vec<usize>> {
     let max_seqs = max_seqs.max(1);
     let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut longest = 0;
+    let (mut longest, mut common) = (0, 0);
     for (i, &len) in lens.iter().enumerate() {
+        let with_prev = shared.get(i).copied().unwrap_or(0);
         let fits = out.last().is_some_and(|mb| {
-            mb.len() < max_seqs
-                && (max_tokens == 0 || (mb.len() + 1) * longest.max(len) <= max_tokens)
+            let (l, s) = (longest.max(len), common.min(with_prev));
+            mb.len() < max_seqs && (max_tokens == 0 || s + (mb.len() + 1) * (l - s) <= max_tokens)
         });
         if fits {
             out.last_mut().expect("checked").push(i);
             longest = longest.max(len);
+            common = common.min(with_prev);
         } else {
             out.push(vec![i]);
-            longest = len;
+            (longest, common) = (len, len);
         }
+    }
+    out
+}
+
+/// For sequences (`tokens`, `prompt_len`) in order: how many leading tokens each shares with
+/// the one before (0 for the first), counting only prompt tokens before the first scored
+/// position, as [`pack`] does. The input [`micro_batches`] takes to size shared-prompt passes.
+pub fn shared_with_previous(seqs: &[(&[u32], usize)]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(seqs.len());
+    let mut prev: Option<(&[u32], usize)> = None;
+    for &(tokens, prompt_len) in seqs {
+        out.push(prev.map_or(0, |(p, p_len)| {
+            let cap = prompt_len.min(p_len).saturating_sub(1);
+            p.iter()
+                .zip(tokens)
+                .take(cap)
+                .take_while(|(a, b)| a == b)
+                .count()
+        }));
+        prev = Some((tokens, prompt_len));
     }
     out
 }
@@ -352,25 +383,60 @@ mod tests {
     #[test]
     fn micro_batches_cap_count_and_padded_tokens() {
         // Count cap only.
-        assert_eq!(micro_batches(&[5, 5, 5], 2, 0), vec![vec![0, 1], vec![2]]);
+        assert_eq!(
+            micro_batches(&[5, 5, 5], &[], 2, 0),
+            vec![vec![0, 1], vec![2]]
+        );
         // 2 × 600 ≤ 1,500 pairs; a 1,000-token sequence cannot join (2 × 1,000 > 1,500), and
         // one longer than the cap goes alone.
         assert_eq!(
-            micro_batches(&[600, 500, 1000, 2000, 100, 100], 4, 1500),
+            micro_batches(&[600, 500, 1000, 2000, 100, 100], &[0; 6], 4, 1500),
             vec![vec![0, 1], vec![2], vec![3], vec![4, 5]]
         );
         // Every index once, in order, whatever the caps.
         let lens = [7, 300, 2048, 1, 1, 900, 900, 900];
         for (s, t) in [(1, 0), (3, 0), (2, 2048), (8, 1000), (8, 1)] {
-            let flat: Vec<usize> = micro_batches(&lens, s, t).concat();
+            let flat: Vec<usize> = micro_batches(&lens, &[], s, t).concat();
             assert_eq!(flat, (0..lens.len()).collect::<Vec<_>>(), "caps {s}, {t}");
-            for mb in micro_batches(&lens, s, t) {
+            for mb in micro_batches(&lens, &[], s, t) {
                 let longest = mb.iter().map(|&i| lens[i]).max().unwrap();
                 assert!(mb.len() <= s);
                 assert!(t == 0 || mb.len() == 1 || mb.len() * longest <= t);
             }
         }
-        assert!(micro_batches(&[], 2, 100).is_empty());
+        assert!(micro_batches(&[], &[], 2, 100).is_empty());
+    }
+
+    /// A group sharing its prompt counts the prompt once against the token cap: four
+    /// 800-token episodes with a 600-token common prompt are 600 + 4 × 200 = 1,400 tokens,
+    /// one pass under a 2,048 cap (3,200 unshared: two passes); a different question breaks
+    /// the sharing.
+    #[test]
+    fn micro_batches_count_a_shared_prompt_once() {
+        let prompt: Vec<u32> = (0..600).collect();
+        let episode = |q: u32| -> Vec<u32> {
+            let mut t = prompt.clone();
+            t.extend((0..200).map(|i| i + q));
+            t
+        };
+        let mut other = episode(0);
+        other[10] = 9999;
+        let eps = [episode(1), episode(2), episode(3), episode(4), other];
+        let seqs: Vec<(&[u32], usize)> = eps.iter().map(|t| (&t[..], 601)).collect();
+        let shared = shared_with_previous(&seqs);
+        assert_eq!(shared, vec![0, 600, 600, 600, 10]);
+        let lens = vec![800; 5];
+        assert_eq!(
+            micro_batches(&lens, &shared, 8, 2048),
+            vec![vec![0, 1, 2, 3], vec![4]]
+        );
+        assert_eq!(
+            micro_batches(&lens, &[0; 5], 8, 2048),
+            vec![vec![0, 1], vec![2, 3], vec![4]]
+        );
+        // Prompt tokens only: identical prompts share up to the first scored position.
+        let a = episode(1);
+        assert_eq!(shared_with_previous(&[(&a, 601), (&a, 601)]), vec![0, 600]);
     }
     use burn::backend::Flex;
 

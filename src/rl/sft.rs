@@ -21,7 +21,7 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
-use super::loss::{micro_batches, pack, token_logprobs_entropy};
+use super::loss::{micro_batches, pack, shared_with_previous, token_logprobs_entropy};
 use super::trainer::{adamw, clip_global_norm, Optim, TrainConfig, TrainError};
 use crate::model::{Llama, LlamaConfig};
 
@@ -237,7 +237,17 @@ impl<B: AutodiffBackend> SftTrainer<B> {
             let mut accum = GradientsAccumulator::<Llama<B>>::new();
             let (mut nll, mut entropy_sum) = (0.0, 0.0);
             let lens: Vec<usize> = batch.iter().map(|e| e.tokens.len()).collect();
-            for chunk in micro_batches(&lens, self.cfg.micro_batch, self.cfg.micro_batch_tokens) {
+            let shared = match self.cfg.share_prompt {
+                true => shared_with_previous(
+                    &batch
+                        .iter()
+                        .map(|e| (&e.tokens[..], e.prompt_len))
+                        .collect::<Vec<_>>(),
+                ),
+                false => Vec::new(),
+            };
+            let (mb, mb_tokens) = (self.cfg.micro_batch, self.cfg.micro_batch_tokens);
+            for chunk in micro_batches(&lens, &shared, mb, mb_tokens) {
                 // `micro_batches` yields positions in `lens`, one per `batch` entry.
                 let seqs: Vec<_> = chunk
                     .iter()

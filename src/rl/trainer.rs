@@ -31,7 +31,8 @@ use super::advantage::{self, Algo};
 use super::checkpoint::{self, CheckpointError, PassRecord, TrainState};
 use super::guard::{CollapseGuard, GuardConfig, GuardEvent};
 use super::loss::{
-    micro_batches, pack, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs, PackedBatch,
+    micro_batches, pack, policy_loss, shared_with_previous, token_logprobs_entropy, KlEstimator,
+    LossInputs, PackedBatch,
 };
 pub use super::metrics::StepMetrics;
 
@@ -698,7 +699,21 @@ impl<B: AutodiffBackend> Trainer<B> {
             return UpdateStats::default();
         }
         let lens: Vec<usize> = episodes.iter().map(|e| e.tokens.len()).collect();
-        let chunks = micro_batches(&lens, self.cfg.micro_batch, self.cfg.micro_batch_tokens);
+        let shared = match self.cfg.share_prompt {
+            true => shared_with_previous(
+                &episodes
+                    .iter()
+                    .map(|e| (&e.tokens[..], e.prompt_len))
+                    .collect::<Vec<_>>(),
+            ),
+            false => Vec::new(),
+        };
+        let chunks = micro_batches(
+            &lens,
+            &shared,
+            self.cfg.micro_batch,
+            self.cfg.micro_batch_tokens,
+        );
         let seqs = |c: &[usize]| -> Vec<(&[u32], &[u8], usize)> {
             c.iter()
                 .map(|&i| {
