@@ -47,6 +47,13 @@ pub struct RolloutConfig {
     /// re-quantizes after every optimizer step and logs the rollout/training log-prob gap
     /// (`logprob_mismatch`). Default `q8_0`.
     pub weights: DecodeWeights,
+    /// Every episode samples exactly `max_new_tokens` policy tokens (fewer only when the
+    /// context fills): end-of-sequence and the stop strings (`<|end_of_query|>`, `</answer>`)
+    /// end nothing, so no search runs and every episode ends as [`EpisodeEnd::Length`]. For
+    /// throughput benchmarks at a fixed token budget (the counterpart of Hugging Face's
+    /// `min_new_tokens = max_new_tokens`), not for training runs. Local decoders only; a
+    /// remote policy ignores it. Default false.
+    pub fixed_length: bool,
 }
 
 impl RolloutConfig {
@@ -74,6 +81,7 @@ impl Default for RolloutConfig {
             top_p: 1.0,
             top_k_sampling: 0,
             weights: DecodeWeights::default(),
+            fixed_length: false,
         }
     }
 }
@@ -353,13 +361,17 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
         let ids = prompt.encode(tokenizer, q)?;
         prompts.extend(std::iter::repeat_n(ids, g));
     }
-    let stops = vec![END_QUERY.to_string(), END_ANSWER.to_string()];
-    let mut eos: Vec<u32> = tokenizer.eos_id().into_iter().collect();
-    if let Some(id) = tokenizer.token_to_id("<|endoftext|>") {
-        if !eos.contains(&id) {
-            eos.push(id);
+    let (stops, eos) = if cfg.fixed_length {
+        (Vec::new(), Vec::new())
+    } else {
+        let mut eos: Vec<u32> = tokenizer.eos_id().into_iter().collect();
+        if let Some(id) = tokenizer.token_to_id("<|endoftext|>") {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
         }
-    }
+        (vec![END_QUERY.to_string(), END_ANSWER.to_string()], eos)
+    };
     let mut gen = BatchGenerator::new(model, tokenizer, &prompts, cfg.context_tokens, stops, eos)?;
     let n = prompts.len();
     let budget = vec![cfg.max_new_tokens; n];
