@@ -205,6 +205,12 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         Ok(())
     }
 
+    /// The checkpoint [`Self::save`] would write, copied out so that another thread can write
+    /// it while training goes on ([`checkpoint::Snapshot`]).
+    pub fn snapshot(&self) -> checkpoint::Snapshot<B> {
+        checkpoint::Snapshot::of(&self.model, &self.optim, &self.model_config, &self.state)
+    }
+
     /// Whether the entropy stop rule (`sft_stop_entropy`) says the run should end after a step
     /// with these figures.
     pub fn should_stop(&self, m: &SftMetrics) -> bool {

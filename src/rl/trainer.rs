@@ -391,6 +391,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// The checkpoint [`Self::save`] would write, copied out so that another thread can write
+    /// it while training goes on ([`checkpoint::Snapshot`]).
+    pub fn snapshot(&self) -> checkpoint::Snapshot<B> {
+        checkpoint::Snapshot::of(&self.model, &self.optim, &self.model_config, &self.state)
+    }
+
     /// The indices of the next `n` questions that are not retired, advancing the data
     /// position (retired questions are skipped; at most two passes over the data are read).
     fn next_question_indices(&mut self, n: usize) -> Vec<usize> {
