@@ -339,7 +339,21 @@ impl QuantLlama {
 
     /// Runs `items` (`(row, token id)`, a row's tokens in order) at their rows' next
     /// positions; returns the logits of the items with `want[i]`, concatenated in order.
+    ///
+    /// Runs on a rayon worker (`rayon::scope` moves a call from outside the pool into it):
+    /// the ~120 parallel products of a decode step are then forked from a worker, whose peer
+    /// is usually still spinning for work, instead of each being injected from outside the
+    /// pool and waited for with a sleep and a wake-up.
     fn forward(&self, items: &[(usize, u32)], want: &[bool], cache: &mut QuantCache) -> Vec<f32> {
+        rayon::scope(|_| self.forward_on_worker(items, want, cache))
+    }
+
+    fn forward_on_worker(
+        &self,
+        items: &[(usize, u32)],
+        want: &[bool],
+        cache: &mut QuantCache,
+    ) -> Vec<f32> {
         let n = items.len();
         let (h, hd, nh, nkv) = (self.hidden, self.head_dim, self.n_heads, self.n_kv);
         // Positions: each row continues from its cached length.
