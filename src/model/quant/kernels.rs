@@ -97,6 +97,9 @@ pub struct ActRow<'a> {
     pub d: &'a [f32],
     /// Per-block `d · Σq`, `nb`.
     pub s: &'a [f32],
+    /// Per-block scale repeated 8 times, `nb · 8` (the AVX-512 kernels load a pair of
+    /// blocks' scales as one vector).
+    pub d8: &'a [f32],
 }
 
 /// Q8_0 weight row · Q8 activation row. `wq`: `nb·32`, `wd`: `nb`.
@@ -264,11 +267,54 @@ mod x86 {
         hsum256(acc) + offset
     }
 
+    /// `[wd[b] ×8, wd[b+1] ×8] · x.d8[8b..8b+16]`: a pair of blocks' combined scales, with one
+    /// 8-byte load and one permute for the weight's (instead of two broadcasts and an insert).
+    ///
+    /// # Safety
+    /// `b + 1 < wd.len()` and `x.d8.len() >= 8·(b + 2)`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    fn scales2(s0: f32, s1: f32) -> __m512 {
-        let lo = _mm512_castps256_ps512(_mm256_set1_ps(s0));
-        _mm512_insertf32x8(lo, _mm256_set1_ps(s1), 1)
+    unsafe fn pair_scales(w2: __m512, d8: &[f32], b: usize) -> __m512 {
+        // SAFETY: the caller guarantees 16 floats at 8b.
+        _mm512_mul_ps(w2, unsafe { _mm512_loadu_ps(d8.as_ptr().add(8 * b)) })
+    }
+
+    /// `[wd[b] ×8, wd[b+1] ×8]`.
+    ///
+    /// # Safety
+    /// `b + 1 < wd.len()`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn weight_pair(wd: &[f32], b: usize) -> __m512 {
+        // SAFETY: the caller guarantees wd[b], wd[b + 1].
+        let two = unsafe { _mm_castpd_ps(_mm_load_sd(wd.as_ptr().add(b) as *const f64)) };
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two))
+    }
+
+    /// `Σ_b wm[b] · s[b]` over `nb` blocks, 16 at a time (the Q4_1 offset term).
+    ///
+    /// # Safety
+    /// `wm.len() >= nb` and `s.len() >= nb`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn offset_dot(wm: &[f32], s: &[f32], nb: usize) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let mut b = 0;
+        while b < nb {
+            let k = (nb - b).min(16);
+            let mask: __mmask16 = if k == 16 { 0xffff } else { (1u16 << k) - 1 };
+            // SAFETY: masked loads touch only the k valid elements.
+            let (m, x) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(mask, wm.as_ptr().add(b)),
+                    _mm512_maskz_loadu_ps(mask, s.as_ptr().add(b)),
+                )
+            };
+            acc = _mm512_fmadd_ps(m, x, acc);
+            b += 16;
+        }
+        _mm512_reduce_add_ps(acc)
     }
 
     /// # Safety
@@ -277,6 +323,7 @@ mod x86 {
     pub unsafe fn dot_q8_0_avx512(wq: &[i8], wd: &[f32], x: ActRow<'_>) -> f32 {
         let nb = wd.len();
         assert!(wq.len() >= nb * QK && x.q.len() >= nb * QK && x.d.len() >= nb);
+        assert!(x.d8.len() >= nb * 8);
         let zero = _mm512_setzero_si512();
         let mut acc = _mm512_setzero_ps();
         let pairs = nb / 2;
@@ -294,7 +341,8 @@ mod x86 {
             let sx = _mm512_mask_sub_epi8(a, neg, zero, a);
             let aw = _mm512_abs_epi8(w);
             let dot = _mm512_dpbusd_epi32(zero, aw, sx);
-            let sc = scales2(wd[b] * x.d[b], wd[b + 1] * x.d[b + 1]);
+            // SAFETY: b + 1 < nb; d8 holds nb · 8 (asserted).
+            let sc = unsafe { pair_scales(weight_pair(wd, b), x.d8, b) };
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
         }
         let mut total = _mm512_reduce_add_ps(acc);
@@ -320,7 +368,7 @@ mod x86 {
         let nb = wd.len();
         assert!(wq.len() >= nb * QK);
         for r in &x {
-            assert!(r.q.len() >= nb * QK && r.d.len() >= nb);
+            assert!(r.q.len() >= nb * QK && r.d.len() >= nb && r.d8.len() >= nb * 8);
         }
         let zero = _mm512_setzero_si512();
         let mut acc = [_mm512_setzero_ps(); 4];
@@ -330,12 +378,15 @@ mod x86 {
             let w = unsafe { _mm512_loadu_si512(wq.as_ptr().add(b * QK) as *const __m512i) };
             let neg = _mm512_movepi8_mask(w);
             let aw = _mm512_abs_epi8(w);
+            // SAFETY: b + 1 < nb (asserted lengths).
+            let w2 = unsafe { weight_pair(wd, b) };
             for (k, r) in x.iter().enumerate() {
                 // SAFETY: as above.
                 let a = unsafe { _mm512_loadu_si512(r.q.as_ptr().add(b * QK) as *const __m512i) };
                 let sx = _mm512_mask_sub_epi8(a, neg, zero, a);
                 let dot = _mm512_dpbusd_epi32(zero, aw, sx);
-                let sc = scales2(wd[b] * r.d[b], wd[b + 1] * r.d[b + 1]);
+                // SAFETY: d8 holds nb · 8 (asserted).
+                let sc = unsafe { pair_scales(w2, r.d8, b) };
                 acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
             }
         }
@@ -370,10 +421,10 @@ mod x86 {
         assert!(wq.len() >= nb * QK / 2 && wm.len() >= nb);
         for r in &x {
             assert!(r.q.len() >= nb * QK && r.d.len() >= nb && r.s.len() >= nb);
+            assert!(r.d8.len() >= nb * 8);
         }
         let zero = _mm512_setzero_si512();
         let mut acc = [_mm512_setzero_ps(); 4];
-        let mut offset = [0f32; 4];
         for p in 0..nb / 2 {
             let b = 2 * p;
             // SAFETY: bounds asserted above; loads are unaligned.
@@ -388,18 +439,21 @@ mod x86 {
                 unpack_nibbles(p1),
                 1,
             );
+            // SAFETY: b + 1 < nb (asserted lengths).
+            let w2 = unsafe { weight_pair(wd, b) };
             for (k, r) in x.iter().enumerate() {
                 // SAFETY: as above.
                 let a = unsafe { _mm512_loadu_si512(r.q.as_ptr().add(b * QK) as *const __m512i) };
                 let dot = _mm512_dpbusd_epi32(zero, w, a);
-                let sc = scales2(wd[b] * r.d[b], wd[b + 1] * r.d[b + 1]);
+                // SAFETY: d8 holds nb · 8 (asserted).
+                let sc = unsafe { pair_scales(w2, r.d8, b) };
                 acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
-                offset[k] += wm[b] * r.s[b] + wm[b + 1] * r.s[b + 1];
             }
         }
         let mut out = [0f32; 4];
-        for k in 0..4 {
-            out[k] = _mm512_reduce_add_ps(acc[k]) + offset[k];
+        for (k, r) in x.iter().enumerate() {
+            // SAFETY: wm and s hold nb (asserted).
+            out[k] = _mm512_reduce_add_ps(acc[k]) + unsafe { offset_dot(wm, r.s, nb) };
         }
         if nb % 2 == 1 {
             let b = nb - 1;
@@ -411,7 +465,7 @@ mod x86 {
                 let a = unsafe { _mm256_loadu_si256(r.q.as_ptr().add(b * QK) as *const __m256i) };
                 let p16 = _mm256_maddubs_epi16(w, a);
                 let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-                out[k] += hsum256(s) * wd[b] * r.d[b] + wm[b] * r.s[b];
+                out[k] += hsum256(s) * wd[b] * r.d[b];
             }
         }
         out
@@ -423,10 +477,9 @@ mod x86 {
     pub unsafe fn dot_q4_1_avx512(wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f32 {
         let nb = wd.len();
         assert!(wq.len() >= nb * QK / 2 && x.q.len() >= nb * QK && wm.len() >= nb);
-        assert!(x.d.len() >= nb && x.s.len() >= nb);
+        assert!(x.d.len() >= nb && x.s.len() >= nb && x.d8.len() >= nb * 8);
         let zero = _mm512_setzero_si512();
         let mut acc = _mm512_setzero_ps();
-        let mut offset = 0f32;
         let pairs = nb / 2;
         for p in 0..pairs {
             let b = 2 * p;
@@ -444,11 +497,12 @@ mod x86 {
                 1,
             );
             let dot = _mm512_dpbusd_epi32(zero, w, a);
-            let sc = scales2(wd[b] * x.d[b], wd[b + 1] * x.d[b + 1]);
+            // SAFETY: b + 1 < nb; d8 holds nb · 8 (asserted).
+            let sc = unsafe { pair_scales(weight_pair(wd, b), x.d8, b) };
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
-            offset += wm[b] * x.s[b] + wm[b + 1] * x.s[b + 1];
         }
-        let mut total = _mm512_reduce_add_ps(acc) + offset;
+        // SAFETY: wm and x.s hold nb (asserted).
+        let mut total = _mm512_reduce_add_ps(acc) + unsafe { offset_dot(wm, x.s, nb) };
         if nb % 2 == 1 {
             let b = nb - 1;
             // SAFETY: bounds asserted above.
@@ -460,7 +514,7 @@ mod x86 {
             };
             let p16 = _mm256_maddubs_epi16(unpack_nibbles(p), a);
             let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-            total += hsum256(s) * wd[b] * x.d[b] + wm[b] * x.s[b];
+            total += hsum256(s) * wd[b] * x.d[b];
         }
         total
     }

@@ -294,6 +294,9 @@ pub struct QActs {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// Each block's scale repeated 8 times (`nb · 8` per row): a pair of blocks' scales is
+    /// one 16-lane load in the AVX-512 kernels.
+    d8: Vec<f32>,
 }
 
 impl QActs {
@@ -320,7 +323,15 @@ impl QActs {
             d[b] = quantize_q8_block(chunk, xq);
             s[b] = d[b] * xq.iter().map(|&v| v as i32).sum::<i32>() as f32;
         }
-        Self { n, cols, q, d, s }
+        let d8 = d.iter().flat_map(|&v| [v; 8]).collect();
+        Self {
+            n,
+            cols,
+            q,
+            d,
+            s,
+            d8,
+        }
     }
 
     /// Rows held.
@@ -339,6 +350,7 @@ impl QActs {
             q: &self.q[r * self.cols..(r + 1) * self.cols],
             d: &self.d[r * nb..(r + 1) * nb],
             s: &self.s[r * nb..(r + 1) * nb],
+            d8: &self.d8[r * nb * 8..(r + 1) * nb * 8],
         }
     }
 }
@@ -458,16 +470,37 @@ mod tests {
     /// The batched, threaded product equals row-by-row dots, on whichever path is active.
     #[test]
     fn matmul_matches_row_dots() {
-        let (rows, cols, n) = (300, 2 * QK, 5);
-        let w = random(rows * cols, 3);
-        let x = random(n * cols, 4);
-        let m = QMatrix::quantize(&w, rows, cols, QuantFormat::Q8_0);
-        let acts = QActs::quantize(&x, n, cols);
-        let y = m.matmul(&acts, Isa::active());
-        for r in 0..n {
-            for o in 0..rows {
-                let want = m.dot_row(Isa::Scalar, o, acts.row(r));
-                assert!((y[r * rows + o] - want).abs() < 1e-4);
+        // n = 5: one four-row kernel call and one single-row dot per weight row; 3 and 37
+        // blocks per row: the AVX-512 kernels' odd-block tail and a masked offset tail.
+        for (cols, format) in [
+            (2 * QK, QuantFormat::Q8_0),
+            (3 * QK, QuantFormat::Q8_0),
+            (3 * QK, QuantFormat::Q4_1),
+            (37 * QK, QuantFormat::Q4_1),
+            (37 * QK, QuantFormat::Q8_0),
+        ] {
+            let (rows, n) = (300, 5);
+            let w = random(rows * cols, 3);
+            let x = random(n * cols, 4);
+            let m = QMatrix::quantize(&w, rows, cols, format);
+            let acts = QActs::quantize(&x, n, cols);
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
+                if !isa.supported() {
+                    continue;
+                }
+                let y = m.matmul(&acts, isa);
+                for r in 0..n {
+                    for o in 0..rows {
+                        let want = m.dot_row(Isa::Scalar, o, acts.row(r));
+                        let got = y[r * rows + o];
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{} {} cols {cols} row {r} out {o}: {got} vs {want}",
+                            format.name(),
+                            isa.name()
+                        );
+                    }
+                }
             }
         }
     }
