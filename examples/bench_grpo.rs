@@ -74,6 +74,14 @@ struct Args {
     /// Keep a frozen reference model and log KL, as `[train] track_kl = true` does.
     #[arg(long)]
     track_kl: bool,
+    /// Sequences per forward/backward pass (`[train] micro_batch`). With G = 8 and the default
+    /// shared prompt, 8 puts a whole group in one pass, so its prompt runs once.
+    #[arg(long, default_value_t = TrainConfig::default().micro_batch)]
+    micro_batch: usize,
+    /// Run every sequence's prompt in the update (`[train] share_prompt = false`): the
+    /// before/after switch for the shared-prompt forward.
+    #[arg(long)]
+    no_share_prompt: bool,
     /// Write the rendered prompts (`[{"question", "text", "ids"}]`) to this JSON file.
     #[arg(long)]
     prompts_out: Option<PathBuf>,
@@ -171,6 +179,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         questions_per_step: QUESTIONS.len(),
         learning_rate: args.lr,
         track_kl: args.track_kl,
+        micro_batch: args.micro_batch,
+        share_prompt: !args.no_share_prompt,
         ..Default::default()
     };
     let questions = QUESTIONS
@@ -239,6 +249,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "prompt_tokens": prompt_tokens,
         "micro_batch": train.micro_batch,
         "micro_batch_tokens": train.micro_batch_tokens,
+        "share_prompt": train.share_prompt,
         "lr": train.learning_rate,
         "track_kl": train.track_kl,
         "rollout_weights": rollout.weights.name(),
