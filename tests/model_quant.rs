@@ -3,7 +3,8 @@
 //! - tiny random model: logits of every prefill/decode path within the quantization error of
 //!   the f32 logits, on every instruction-set path this CPU has (the portable fallback always);
 //! - batching and caching do not change the numbers: a token's logits are the same whether it
-//!   was prefilled with others, decoded alone, decoded beside another row, or in a forked row;
+//!   was prefilled with others, decoded alone, decoded beside another row, or in a forked row,
+//!   and a generator's shared prompt prefix (prefilled once, forked) changes no row's output;
 //! - the real default model: first-step logits close to transformers' (fixture), and greedy
 //!   ids equal to llama.cpp's on the same GGUF for the first tokens (fixture recorded by
 //!   `scripts/reference/record_quant_fixture.py`).
@@ -177,6 +178,44 @@ fn batch_generator_runs_on_the_quantized_engine() {
         rf.tokens[..11],
         "first greedy tokens agree with f32"
     );
+}
+
+/// Prompts that open alike prefill their common prefix once (forked into each row) and only
+/// their own rest after it; every row then generates exactly what it generates alone.
+#[test]
+fn shared_prompt_prefix_is_prefilled_once_and_changes_nothing() {
+    let model = tiny();
+    let q = QuantLlama::from_llama(&model, QuantFormat::Q8_0);
+    let tok = match common::default_tokenizer() {
+        Some(t) => t,
+        None => return,
+    };
+    let prefix: Vec<u32> = (0..20).map(|i| (i * 13 % 320) as u32).collect();
+    let with = |rest: &[u32]| [prefix.clone(), rest.to_vec()].concat();
+    // Two distinct prompts after the prefix (one two tokens longer), and a repeat of the first.
+    let prompts = [with(&[5, 6, 7]), with(&[9]), with(&[5, 6, 7])];
+    let greedy = || {
+        Sampler::new(SamplingConfig {
+            temperature: 0.0,
+            ..Default::default()
+        })
+    };
+    let mut batched = BatchGenerator::new(&q, &tok, &prompts, 64, vec![], vec![]).unwrap();
+    assert_eq!(
+        batched.stats().prefill_tokens,
+        prefix.len() + 3 + 1,
+        "the prefix once, then each distinct prompt's rest; the repeat is forked"
+    );
+    batched.generate(&mut greedy(), &[10, 10, 10]);
+    for (r, p) in prompts.iter().enumerate() {
+        let mut alone =
+            BatchGenerator::new(&q, &tok, std::slice::from_ref(p), 64, vec![], vec![]).unwrap();
+        assert_eq!(alone.stats().prefill_tokens, p.len());
+        alone.generate(&mut greedy(), &[10]);
+        let (b, a) = (&batched.rows()[r], &alone.rows()[0]);
+        assert_eq!(b.tokens, a.tokens, "row {r}: same greedy tokens");
+        assert_eq!(b.logprobs, a.logprobs, "row {r}: same log-probs");
+    }
 }
 
 /// The real default model: Q8_0 first-step logits near transformers' f32 logits, and the

@@ -146,6 +146,10 @@ pub struct GenStats {
     pub prefill_seconds: f64,
 }
 
+/// Shortest common prompt prefix (tokens) that [`BatchGenerator::new`] prefills once for all
+/// rows: below it, the fork's copy of the cache rows is not worth saving the prefill.
+pub const MIN_SHARED_PREFIX: usize = 16;
+
 /// Batched generation over a shared KV cache; see the module docs. `M` is the forward pass
 /// ([`Decoder`]: burn's f32 [`super::Llama`], the quantized engine, or an
 /// [`super::decoder::Engine`] choosing between them).
@@ -160,8 +164,10 @@ pub struct BatchGenerator<'m, M: Decoder + ?Sized> {
 }
 
 impl<'m, M: Decoder + ?Sized> BatchGenerator<'m, M> {
-    /// Prefills `prompts` (one per row; identical prompts are prefilled once and forked) into
-    /// a cache of `capacity` tokens per row.
+    /// Prefills `prompts` (one per row; identical prompts are prefilled once and forked, and
+    /// the longest prefix all distinct prompts share, when at least [`MIN_SHARED_PREFIX`]
+    /// tokens, is prefilled once and forked before each prefills its own rest) into a cache
+    /// of `capacity` tokens per row.
     ///
     /// # Errors
     /// [`ModelError::ContextOverflow`] when a prompt does not fit, or is empty.
@@ -220,6 +226,33 @@ impl<'m, M: Decoder + ?Sized> BatchGenerator<'m, M> {
                     first_of.insert(p.as_slice(), r);
                     forks.push((r, Vec::new()));
                 }
+            }
+        }
+        // Distinct prompts that open alike (a chat server's system turn, a rollout's template
+        // and demonstration) share that prefix's prefill: it runs once, on the first one, and
+        // its keys/values are forked into the others, which then prefill only their own rest.
+        // Every distinct prompt keeps at least one token of its own (its logits come from it).
+        let distinct: Vec<usize> = forks.iter().map(|(src, _)| *src).collect();
+        if let [first, others @ ..] = distinct.as_slice() {
+            let shared = others.iter().fold(prompts[*first].len() - 1, |n, &o| {
+                n.min(prompts[o].len() - 1).min(
+                    prompts[*first]
+                        .iter()
+                        .zip(&prompts[o])
+                        .take_while(|(a, b)| a == b)
+                        .count(),
+                )
+            });
+            if !others.is_empty() && shared >= MIN_SHARED_PREFIX {
+                let t0 = std::time::Instant::now();
+                gen.model
+                    .prefill_row(*first, &prompts[*first][..shared], &mut gen.cache);
+                gen.cache.fork_row(*first, others);
+                for &r in &distinct {
+                    gen.rows[r].fed = shared;
+                }
+                gen.stats.prefill_tokens += shared;
+                gen.stats.prefill_seconds += t0.elapsed().as_secs_f64();
             }
         }
         for (src, dsts) in forks {
