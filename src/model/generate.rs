@@ -6,6 +6,11 @@
 //! The caller may then [`BatchGenerator::resume`] a row with inserted tokens (retrieved
 //! documents) and generate again: only the new tokens are prefilled.
 //!
+//! **Shared prompts.** Rows with identical prompts prefill once and fork the cache row (a
+//! rollout's G samples of one question); distinct prompts prefill the prefix they all share
+//! once and fork it before each prefills its own rest (a chat server's system turn, a
+//! rollout's template and demonstration), as llama.cpp's server reuses a cached prefix.
+//!
 //! Every token carries a mask bit: 1 when the policy sampled it, 0 for prompt and inserted
 //! tokens. The tokens in [`Row::tokens`] are exactly the tokens the model was fed, so training
 //! re-scores the same ids (no re-tokenization drift).
