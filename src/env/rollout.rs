@@ -218,6 +218,8 @@ pub struct RolloutStats {
     pub sampled_tokens: usize,
     /// Tokens prefilled (prompts and documents).
     pub prefill_tokens: usize,
+    /// Seconds of `seconds_generate` spent prefilling (the rest is decode steps).
+    pub seconds_prefill: f64,
     /// Seconds of the whole rollout.
     pub seconds_total: f64,
 }
@@ -482,6 +484,7 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
             seconds_search,
             sampled_tokens: stats.sampled_tokens,
             prefill_tokens: stats.prefill_tokens,
+            seconds_prefill: stats.prefill_seconds,
             seconds_total: total,
         },
     ))

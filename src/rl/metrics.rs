@@ -83,6 +83,13 @@ pub struct StepMetrics {
     pub questions_retired: usize,
     /// Seconds generating (prefill + decode), excluding search.
     pub seconds_generate: f64,
+    /// Seconds of `seconds_generate` spent prefilling prompts and inserted documents (the
+    /// rest is batched decode steps).
+    #[serde(default)]
+    pub seconds_prefill: f64,
+    /// Tokens prefilled in the rollout (prompts, each shared prefix once, documents).
+    #[serde(default)]
+    pub prefill_tokens: usize,
     /// Seconds in the retriever.
     pub seconds_search: f64,
     /// Seconds of the whole rollout phase (generate + search + bookkeeping).

@@ -494,6 +494,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (mut seconds_rollout, mut seconds_reward) = (0.0, 0.0);
         let (mut seconds_generate, mut seconds_search, mut sampled_tokens, mut rollout_total) =
             (0.0, 0.0, 0usize, 0.0);
+        let (mut seconds_prefill, mut prefill_tokens) = (0.0, 0usize);
         loop {
             let need = if self.cfg.dynamic_sampling {
                 qps - groups_kept
@@ -522,6 +523,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             seconds_generate += rstats.seconds_generate;
             seconds_search += rstats.seconds_search;
             sampled_tokens += rstats.sampled_tokens;
+            seconds_prefill += rstats.seconds_prefill;
+            prefill_tokens += rstats.prefill_tokens;
             rollout_total += rstats.seconds_total;
 
             let t0 = Instant::now();
@@ -618,6 +621,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             groups_kept,
             questions_retired: self.questions_retired(),
             seconds_generate,
+            seconds_prefill,
+            prefill_tokens,
             seconds_search,
             seconds_rollout,
             seconds_reward,
