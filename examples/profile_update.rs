@@ -99,10 +99,7 @@ fn main() {
         if full_head { "all positions" } else { "policy tokens" }
     );
     for rep in 0..reps {
-        let mut p = pack::<<Train as AutodiffBackend>::InnerBackend>(&batch, &device);
-        if !share {
-            p.shared = 0;
-        }
+        let p = pack::<<Train as AutodiffBackend>::InnerBackend>(&batch, share, &device);
         let t = Instant::now();
         let ref_scored = (!full_head).then(|| p.scored.clone());
         let ref_lp = token_logprobs_entropy(

@@ -105,10 +105,33 @@ pub fn shared_with_previous(seqs: &[(&[u32], usize)]) -> Vec<usize> {
     out
 }
 
+/// [`micro_batches`] of sequences (`tokens`, `prompt_len`), each pass's shared prompt counted
+/// once when `share_prompt` ([`shared_with_previous`]), every row whole otherwise: the plan
+/// the RL trainer and SFT both follow (`[train] micro_batch`, `micro_batch_tokens`,
+/// `share_prompt`). Returns indices into `seqs`.
+pub fn plan_micro_batches(
+    seqs: &[(&[u32], usize)],
+    share_prompt: bool,
+    max_seqs: usize,
+    max_tokens: usize,
+) -> Vec<Vec<usize>> {
+    let lens: Vec<usize> = seqs.iter().map(|(t, _)| t.len()).collect();
+    let shared = match share_prompt {
+        true => shared_with_previous(seqs),
+        false => Vec::new(),
+    };
+    micro_batches(&lens, &shared, max_seqs, max_tokens)
+}
+
 /// Packs sequences (`tokens`, `mask`, `prompt_len`) into a [`PackedBatch`]; positions before
-/// the shortest prompt are skipped since they never carry loss, and the tokens all rows share
-/// up to there become [`PackedBatch::shared`].
-pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> PackedBatch<B> {
+/// the shortest prompt are skipped since they never carry loss, and with `share_prompt` the
+/// tokens all rows share up to there become [`PackedBatch::shared`] (0 without: the forward
+/// runs every row whole).
+pub fn pack<B: Backend>(
+    seqs: &[(&[u32], &[u8], usize)],
+    share_prompt: bool,
+    device: &B::Device,
+) -> PackedBatch<B> {
     let b = seqs.len();
     let t = seqs.iter().map(|s| s.0.len()).max().unwrap_or(1).max(2);
     let start = seqs
@@ -118,7 +141,7 @@ pub fn pack<B: Backend>(seqs: &[(&[u32], &[u8], usize)], device: &B::Device) -> 
         .unwrap_or(0)
         .min(t - 2);
     let shared = match seqs.split_first() {
-        Some((first, rest)) if !rest.is_empty() => (0..start)
+        Some((first, rest)) if share_prompt && !rest.is_empty() => (0..start)
             .take_while(|&j| {
                 let x = first.0.get(j);
                 x.is_some() && rest.iter().all(|s| s.0.get(j) == x)
@@ -483,7 +506,7 @@ mod tests {
         let m1 = [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1];
         let t2: Vec<u32> = (0..9).map(|i| (i * 11 + 5) % 97).collect();
         let m2 = [0, 0, 1, 0, 0, 1, 1, 0, 1];
-        let p = pack::<A>(&[(&t1, &m1, 3), (&t2, &m2, 2)], &device);
+        let p = pack::<A>(&[(&t1, &m1, 3), (&t2, &m2, 2)], true, &device);
         let run = |scored: Option<Tensor<A, 1, Int>>| {
             let (lp, ent) =
                 token_logprobs_entropy(&model, p.tokens.clone(), p.start, 0, 0.8, true, scored);
@@ -544,7 +567,7 @@ mod tests {
         let rows = [row(1, 30), row(2, 24), row(5, 30)];
         let seqs: Vec<(&[u32], &[u8], usize)> =
             rows.iter().map(|(t, m)| (&t[..], &m[..], 75)).collect();
-        let p = pack::<A>(&seqs, &device);
+        let p = pack::<A>(&seqs, true, &device);
         assert_eq!(p.start, 74);
         // The questions differ from token 70 on: 70 tokens shared.
         assert_eq!(p.shared, 70);
@@ -552,8 +575,9 @@ mod tests {
         let same = [row(1, 30), row(1, 30)];
         let seqs_same: Vec<(&[u32], &[u8], usize)> =
             same.iter().map(|(t, m)| (&t[..], &m[..], 75)).collect();
-        assert_eq!(pack::<A>(&seqs_same, &device).shared, 74);
-        assert_eq!(pack::<A>(&seqs[..1], &device).shared, 0, "one row");
+        assert_eq!(pack::<A>(&seqs_same, true, &device).shared, 74);
+        assert_eq!(pack::<A>(&seqs, false, &device).shared, 0, "sharing off");
+        assert_eq!(pack::<A>(&seqs[..1], true, &device).shared, 0, "one row");
         let run = |shared: usize| {
             let scored = Some(p.scored.clone());
             let (lp, _) = token_logprobs_entropy(
@@ -591,7 +615,7 @@ mod tests {
     #[test]
     fn pack_lists_at_least_one_scored_position() {
         let device = Default::default();
-        let p = pack::<Flex>(&[(&[1, 2, 3, 4], &[0, 0, 0, 0], 2)], &device);
+        let p = pack::<Flex>(&[(&[1, 2, 3, 4], &[0, 0, 0, 0], 2)], true, &device);
         assert_eq!(
             p.scored.into_data().iter::<i64>().collect::<Vec<_>>(),
             vec![0]

@@ -21,7 +21,7 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
-use super::loss::{micro_batches, pack, shared_with_previous, token_logprobs_entropy};
+use super::loss::{pack, plan_micro_batches, token_logprobs_entropy};
 use super::trainer::{adamw, clip_global_norm, Optim, TrainConfig, TrainError};
 use crate::model::{Llama, LlamaConfig};
 
@@ -242,28 +242,24 @@ impl<B: AutodiffBackend> SftTrainer<B> {
         if total > 0 {
             let mut accum = GradientsAccumulator::<Llama<B>>::new();
             let (mut nll, mut entropy_sum) = (0.0, 0.0);
-            let lens: Vec<usize> = batch.iter().map(|e| e.tokens.len()).collect();
-            let shared = match self.cfg.share_prompt {
-                true => shared_with_previous(
-                    &batch
-                        .iter()
-                        .map(|e| (&e.tokens[..], e.prompt_len))
-                        .collect::<Vec<_>>(),
-                ),
-                false => Vec::new(),
-            };
-            let (mb, mb_tokens) = (self.cfg.micro_batch, self.cfg.micro_batch_tokens);
-            for chunk in micro_batches(&lens, &shared, mb, mb_tokens) {
-                // `micro_batches` yields positions in `lens`, one per `batch` entry.
+            let share = self.cfg.share_prompt;
+            let plan = plan_micro_batches(
+                &batch
+                    .iter()
+                    .map(|e| (&e.tokens[..], e.prompt_len))
+                    .collect::<Vec<_>>(),
+                share,
+                self.cfg.micro_batch,
+                self.cfg.micro_batch_tokens,
+            );
+            for chunk in plan {
+                // The plan holds positions in `batch`.
                 let seqs: Vec<_> = chunk
                     .iter()
                     .filter_map(|&i| batch.get(i))
                     .map(|e| (e.tokens.as_slice(), e.mask.as_slice(), e.prompt_len))
                     .collect();
-                let mut packed = pack::<B::InnerBackend>(&seqs, &self.device);
-                if !self.cfg.share_prompt {
-                    packed.shared = 0;
-                }
+                let packed = pack::<B::InnerBackend>(&seqs, share, &self.device);
                 let tokens = Tensor::<B, 2, Int>::from_inner(packed.tokens);
                 let mask = Tensor::<B, 2>::from_inner(packed.mask);
                 let scored = Tensor::<B, 1, Int>::from_inner(packed.scored);

@@ -31,8 +31,8 @@ use super::advantage::{self, Algo};
 use super::checkpoint::{self, CheckpointError, PassRecord, TrainState};
 use super::guard::{CollapseGuard, GuardConfig, GuardEvent};
 use super::loss::{
-    micro_batches, pack, policy_loss, shared_with_previous, token_logprobs_entropy, KlEstimator,
-    LossInputs, PackedBatch,
+    pack, plan_micro_batches, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs,
+    PackedBatch,
 };
 pub use super::metrics::StepMetrics;
 
@@ -709,19 +709,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         if total_tokens == 0.0 {
             return UpdateStats::default();
         }
-        let lens: Vec<usize> = episodes.iter().map(|e| e.tokens.len()).collect();
-        let shared = match self.cfg.share_prompt {
-            true => shared_with_previous(
-                &episodes
-                    .iter()
-                    .map(|e| (&e.tokens[..], e.prompt_len))
-                    .collect::<Vec<_>>(),
-            ),
-            false => Vec::new(),
-        };
-        let chunks = micro_batches(
-            &lens,
-            &shared,
+        let share = self.cfg.share_prompt;
+        let chunks = plan_micro_batches(
+            &episodes
+                .iter()
+                .map(|e| (&e.tokens[..], e.prompt_len))
+                .collect::<Vec<_>>(),
+            share,
             self.cfg.micro_batch,
             self.cfg.micro_batch_tokens,
         );
@@ -739,13 +733,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let inner_device = self.model.embed_tokens.device();
         let packed: Vec<PackedBatch<B::InnerBackend>> = chunks
             .iter()
-            .map(|c| {
-                let mut p = pack::<B::InnerBackend>(&seqs(c), &inner_device);
-                if !self.cfg.share_prompt {
-                    p.shared = 0;
-                }
-                p
-            })
+            .map(|c| pack::<B::InnerBackend>(&seqs(c), share, &inner_device))
             .collect();
         // Score tokens under the distribution they were sampled from (loss module docs).
         let temp = self.rollout.temperature;
