@@ -451,6 +451,31 @@ struct AttnSaved {
     dims: AttnDims,
 }
 
+/// Runs `task(i, probs_i)` for the `tasks` (batch row, kv head) pairs of an attention forward
+/// in parallel; `probs_i` is the task's own `chunk` floats. With `keep` they are the task's
+/// part of the returned buffer (the probabilities the backward reads, `tasks · chunk`);
+/// without, a per-thread scratch buffer, and nothing is returned.
+fn run_attention_tasks(
+    tasks: usize,
+    chunk: usize,
+    keep: bool,
+    task: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    if keep {
+        let mut probs = vec![0f32; tasks * chunk];
+        probs
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, p)| task(i, p));
+        probs
+    } else {
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(|| vec![0f32; chunk], |p, i| task(i, p));
+        Vec::new()
+    }
+}
+
 /// Forward kernel. `q` `[B, T, H, hd]`, `k`/`v` `[B, T, KV, hd]`, all contiguous. Returns the
 /// output `[B, T, H·hd]`, and the saved state when `keep` is set.
 fn attention_forward(
@@ -471,7 +496,6 @@ fn attention_forward(
     let mut out = vec![0f32; b * t * h * hd];
     let chunk = group * t * t;
     // Probabilities of the heads of one (row, kv head) pair are contiguous in [B, H, T, T].
-    let mut probs = vec![0f32; if keep { b * h * t * t } else { 0 }];
     let out_ptr = SharedMut(out.as_mut_ptr());
     let (qs, ks) = (&qr[..], &kr[..]);
     let task = |task: usize, p_all: &mut [f32]| {
@@ -504,16 +528,7 @@ fn attention_forward(
             unsafe { causal_mix({ out_ptr }.0.add(q_base), h * hd, p, vv, t, hd) };
         }
     };
-    if keep {
-        probs
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, p)| task(i, p));
-    } else {
-        (0..b * kv)
-            .into_par_iter()
-            .for_each_init(|| vec![0f32; chunk], |p, i| task(i, p));
-    }
+    let probs = run_attention_tasks(b * kv, chunk, keep, task);
     let saved = keep.then(|| AttnSaved {
         qr: Arc::new(qr),
         kr: Arc::new(kr),

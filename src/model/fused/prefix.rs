@@ -114,7 +114,6 @@ fn prefix_forward(
     let (vs, vps) = (slice(v), slice(vp));
     let mut out = vec![0f32; b * c * h * hd];
     let chunk = group * c * l;
-    let mut probs = vec![0f32; if keep { b * h * c * l } else { 0 }];
     let out_ptr = SharedMut(out.as_mut_ptr());
     let (qs, ks, kps) = (&qr[..], &kr[..], &kpr[..]);
     let task = |task: usize, p_all: &mut [f32]| {
@@ -156,16 +155,7 @@ fn prefix_forward(
             }
         }
     };
-    if keep {
-        probs
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, p)| task(i, p));
-    } else {
-        (0..b * kv)
-            .into_par_iter()
-            .for_each_init(|| vec![0f32; chunk], |p, i| task(i, p));
-    }
+    let probs = run_attention_tasks(b * kv, chunk, keep, task);
     let saved = keep.then(|| PrefixSaved {
         qr: Arc::new(qr),
         kr: Arc::new(kr),
