@@ -413,7 +413,7 @@ fn shared_corpus() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// Indexes the whole 48,244-passage corpus (a few seconds, dev profile) and checks that a
+/// Indexes the whole 55,640-passage corpus (a few seconds, dev profile) and checks that a
 /// multi-hop style query reaches the passages R1-Searcher retrieved for it.
 #[test]
 fn real_corpus_finds_the_truman_sports_complex() {
@@ -435,10 +435,10 @@ fn real_corpus_finds_the_truman_sports_complex() {
         start.elapsed().as_secs_f64(),
         stats.bytes_on_disk
     );
-    assert_eq!(stats.passages, 48_244);
+    assert_eq!(stats.passages, 55_640);
 
     let r = Bm25Retriever::open(&dir).unwrap();
-    assert_eq!(r.num_passages(), 48_244);
+    assert_eq!(r.num_passages(), 55_640);
     let hits = r.search("Truman Sports Complex stadium", 5).unwrap();
     assert_contract(&hits, 5, "Truman Sports Complex stadium");
     assert_eq!(hits.len(), 5);
