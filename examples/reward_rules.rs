@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("guessed", guessed),
         ("malformed", malformed),
     ] {
-        for reward in [&Stage1Reward as &dyn RewardFn, &Stage2Reward] {
+        for reward in [&Stage1Reward::default() as &dyn RewardFn, &Stage2Reward] {
             let b = reward.score(solution, &golds);
             println!(
                 "{name:<10} {}: total {:+.2} (answer {:+.2}, retrieval format {:+.2}, answer format {:+.2}, penalty {:+.2}), {} searches",

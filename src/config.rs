@@ -187,8 +187,12 @@ impl SearchSection {
 pub struct RewardSection {
     /// `stage1` or `stage2` (DESIGN §4). Default `stage1`.
     pub kind: RewardKind,
-    /// `[reward.step]`: the optional step-level retrieval reward added to `kind`'s; defaults
-    /// (off) in [`crate::reward::StepRewardConfig`].
+    /// How stage 1 grades the answer: `cover_em` (±1) or `f1` (`2·F1 − 1`); stage 2 always
+    /// pays F1 ([`crate::reward::AnswerTerm`]). Default `cover_em`.
+    pub answer: crate::reward::AnswerTerm,
+    /// `[reward.step]`: the optional step-level retrieval reward added to `kind`'s, paid only
+    /// to episodes that finish in format; defaults (off) in
+    /// [`crate::reward::StepRewardConfig`].
     pub step: crate::reward::StepRewardConfig,
 }
 
@@ -196,8 +200,16 @@ impl Default for RewardSection {
     fn default() -> Self {
         Self {
             kind: RewardKind::Stage1,
+            answer: crate::reward::AnswerTerm::CoverEm,
             step: crate::reward::StepRewardConfig::default(),
         }
+    }
+}
+
+impl RewardSection {
+    /// The rule this section names, with its answer term.
+    pub fn build(&self) -> Box<dyn crate::reward::RewardFn> {
+        self.kind.build_with(self.answer)
     }
 }
 
@@ -212,6 +224,13 @@ pub struct DataSection {
     pub train: Vec<PathBuf>,
     /// Default evaluation set. Default `../shared/data/qa/hotpotqa_500.jsonl`.
     pub eval: PathBuf,
+    /// `[data.split]`: disjoint parts of the training questions by a seeded hash of each
+    /// question's text ([`crate::eval::QaSplit`]). Default: no parts.
+    pub split: crate::eval::QaSplit,
+    /// Train only on the questions of this part of `split` (set per phase, e.g.
+    /// `data = { part = "coldstart" }`). Default: all of `train`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 impl Default for DataSection {
@@ -219,21 +238,46 @@ impl Default for DataSection {
         Self {
             train: vec![PathBuf::from("../shared/data/qa/stage_1.jsonl")],
             eval: PathBuf::from("../shared/data/qa/hotpotqa_500.jsonl"),
+            split: crate::eval::QaSplit::default(),
+            part: None,
         }
     }
 }
 
 impl DataSection {
-    /// Reads every `train` file in order and concatenates their questions.
+    /// Reads every `train` file in order and concatenates their questions; with `part` set,
+    /// keeps only the questions of that part of `split`.
     ///
     /// # Errors
-    /// The first [`crate::eval::EvalError`], naming the file and line at fault.
+    /// The first [`crate::eval::EvalError`], naming the file and line at fault;
+    /// [`crate::eval::EvalError::Split`] when `part` names no part of `split` or the shares
+    /// are invalid.
     pub fn read_train(&self) -> Result<Vec<crate::eval::QaExample>, crate::eval::EvalError> {
+        self.check_split()
+            .map_err(|reason| crate::eval::EvalError::Split { reason })?;
         let mut out = Vec::new();
         for path in &self.train {
             out.extend(crate::eval::read_qa(path)?);
         }
+        if let Some(part) = &self.part {
+            out.retain(|q| self.split.part_of(&q.question) == Some(part.as_str()));
+        }
         Ok(out)
+    }
+
+    /// Checks `split`'s shares and that `part`, when set, names one of its parts.
+    ///
+    /// # Errors
+    /// A sentence naming the key at fault.
+    pub fn check_split(&self) -> Result<(), String> {
+        self.split.validate()?;
+        match &self.part {
+            Some(part) if !self.split.parts.contains_key(part) => Err(format!(
+                "[data] part = {part:?} is not a part of [data.split] (parts: {:?})",
+                self.split.parts.keys().collect::<Vec<_>>()
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -333,8 +377,16 @@ pub struct PhaseError {
 }
 
 impl RunConfig {
-    /// The config phase `p` runs with: this config with `p`'s override tables merged in key by
-    /// key (nested tables merge, other values replace).
+    /// The config phase `p` runs with: this config with `p`'s `train`, `rollout`, `prompt` and
+    /// `data` tables merged in key by key (nested tables merge, other values replace), and its
+    /// `reward` table, when given, **replacing** `[reward]` whole: a phase that states a reward
+    /// states all of it, so stage 2 (`reward = { kind = "stage2" }`) never inherits stage 1's
+    /// `[reward.step]` weights by accident (docs/learning.md round 4: they paid up to half the
+    /// maximum F1 reward in the stage meant to teach answering).
+    ///
+    /// Each phase also gets its own seed, `phase_seed([train] seed, name)`, unless its `train`
+    /// table sets `seed`: phases draw their data in distinct orders (otherwise stage 1 and
+    /// stage 2 replay the same question order) and sample with distinct streams.
     ///
     /// # Errors
     /// [`PhaseError::Phase`] naming the phase and the bad key.
@@ -364,6 +416,10 @@ impl RunConfig {
             ("data", &p.data),
         ] {
             if let Some(t) = table {
+                if section == "reward" {
+                    v.insert(section.to_string(), toml::Value::Table(t.clone()));
+                    continue;
+                }
                 let slot = v
                     .entry(section)
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -372,9 +428,14 @@ impl RunConfig {
                 }
             }
         }
-        toml::Value::Table(v)
+        let mut out: RunConfig = toml::Value::Table(v)
             .try_into()
-            .map_err(|e: toml::de::Error| err(e.to_string()))
+            .map_err(|e: toml::de::Error| err(e.to_string()))?;
+        if !p.train.as_ref().is_some_and(|t| t.contains_key("seed")) {
+            out.train.seed = phase_seed(self.train.seed, &p.name);
+        }
+        out.data.check_split().map_err(err)?;
+        Ok(out)
     }
 
     /// Checks every phase: unique names, overrides that parse.
@@ -394,6 +455,21 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// The seed of phase `name` under the config's `[train] seed`: FNV-1a of the name mixed with
+/// the seed (SplitMix64's finaliser), so each phase has its own data order and sampling stream
+/// and the same config always gives the same seeds.
+pub fn phase_seed(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15) ^ h;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Merges `src` into `dst`: tables recursively, other values replace.
@@ -454,6 +530,14 @@ pub enum ConfigError {
     /// A referenced file could not be read.
     #[error(transparent)]
     Prompt(#[from] crate::env::prompt::PromptError),
+    /// `[data]`'s split or part is invalid.
+    #[error("{path}: {reason}")]
+    Data {
+        /// Config path.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
     /// A `[[phase]]` is invalid.
     #[error("{path}: {source}")]
     Phase {
@@ -480,6 +564,10 @@ impl RunConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.prompt.resolve_files(base)?;
+        cfg.data.check_split().map_err(|reason| ConfigError::Data {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         cfg.check_phases().map_err(|source| ConfigError::Phase {
             path: path.to_path_buf(),
             source,
@@ -512,15 +600,22 @@ mod tests {
                 "{name} should carry a demonstration"
             );
         }
-        // The curriculum's phases all make valid configs; it trains on the questions whose
-        // evidence is in the corpus and evaluates on other sets.
-        let cur = RunConfig::load(&root.join("envs/curriculum.toml")).unwrap();
-        assert!(cur.phase.len() >= 4);
-        for p in &cur.phase {
-            let c = cur.phase_config(p).unwrap();
-            assert!(c.data.train[0].ends_with("hotpotqa_train_100.jsonl"));
-            if p.kind == PhaseKind::Eval {
-                assert!(p.sets.iter().all(|s| !c.data.train.contains(s)));
+        // The curricula's phases all make valid configs; RL trains on the questions whose
+        // evidence is in the corpus, and with the shared data present, no cold-start question
+        // is an RL question and no training question is an evaluation question.
+        for name in ["curriculum", "learning-r5"] {
+            let cur = RunConfig::load(&root.join(format!("envs/{name}.toml"))).unwrap();
+            assert!(cur.phase.len() >= 4);
+            for p in &cur.phase {
+                let c = cur.phase_config(p).unwrap();
+                if p.kind == PhaseKind::Rl {
+                    assert!(c.data.train[0].ends_with("hotpotqa_train_600.jsonl"));
+                    assert_eq!(c.data.part.as_deref(), Some("rl"), "{name}");
+                }
+            }
+            if root.join("../shared/data/qa/hotpotqa_train_600.jsonl").is_file() {
+                let record = crate::curriculum::check_question_sets(&cur).unwrap();
+                assert!(record.phases.iter().all(|p| p.questions > 0), "{record:?}");
             }
         }
         // The cold-started policy is trained and evaluated without the crutch.
@@ -621,6 +716,121 @@ rollout = { temperature = 1.2 }
         .unwrap();
         let e = RunConfig::load(&path).unwrap_err().to_string();
         assert!(e.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn a_phase_reward_is_stated_whole_and_never_inherits_step_weights() {
+        let cfg: RunConfig = toml::from_str(
+            r#"
+[reward]
+kind = "stage1"
+answer = "f1"
+[reward.step]
+new_support = 0.3
+repeat = -0.25
+[[phase]]
+name = "stage1"
+kind = "rl"
+[[phase]]
+name = "stage2"
+kind = "rl"
+reward = { kind = "stage2" }
+[[phase]]
+name = "stage2-steps"
+kind = "rl"
+reward = { kind = "stage2", step = { new_support = 0.1 } }
+"#,
+        )
+        .unwrap();
+        // A phase without a reward table takes [reward] as it is.
+        let s1 = cfg.phase_config(&cfg.phase[0]).unwrap();
+        assert_eq!(s1.reward, cfg.reward);
+        // A phase that states a reward gets exactly that: no step weights, default answer term.
+        let s2 = cfg.phase_config(&cfg.phase[1]).unwrap();
+        assert_eq!(s2.reward.kind, RewardKind::Stage2);
+        assert!(!s2.reward.step.enabled(), "{:?}", s2.reward.step);
+        assert_eq!(s2.reward.answer, crate::reward::AnswerTerm::CoverEm);
+        // Step weights it states are its own, none inherited (repeat stays at its default 0).
+        let s3 = cfg.phase_config(&cfg.phase[2]).unwrap();
+        assert_eq!(s3.reward.step.new_support, 0.1);
+        assert_eq!(s3.reward.step.repeat, 0.0);
+    }
+
+    #[test]
+    fn phases_get_distinct_seeds_unless_they_set_one() {
+        let cfg: RunConfig = toml::from_str(
+            r#"
+[train]
+seed = 5
+[[phase]]
+name = "stage1"
+kind = "rl"
+[[phase]]
+name = "stage2"
+kind = "rl"
+[[phase]]
+name = "pinned"
+kind = "rl"
+train = { seed = 5 }
+"#,
+        )
+        .unwrap();
+        let seeds: Vec<u64> = cfg
+            .phase
+            .iter()
+            .map(|p| cfg.phase_config(p).unwrap().train.seed)
+            .collect();
+        assert_ne!(seeds[0], seeds[1], "stage 1 and stage 2 draw in distinct orders");
+        assert_eq!(seeds[0], phase_seed(5, "stage1"));
+        assert_ne!(phase_seed(5, "stage1"), phase_seed(6, "stage1"));
+        assert_eq!(seeds[2], 5, "an explicit seed is kept");
+        // Distinct seeds give distinct question orders.
+        let order = |seed| {
+            let mut st = crate::rl::checkpoint::TrainState {
+                seed,
+                ..Default::default()
+            };
+            st.next_indices(100, 10)
+        };
+        assert_ne!(order(seeds[0]), order(seeds[1]));
+    }
+
+    #[test]
+    fn data_part_selects_its_questions_and_bad_parts_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let qa = dir.path().join("qa.jsonl");
+        let rows: String = (0..200)
+            .map(|i| format!("{{\"question\": \"Question {i}?\", \"answer\": \"a{i}\"}}\n"))
+            .collect();
+        std::fs::write(&qa, rows).unwrap();
+        let text = format!(
+            r#"
+[data]
+train = {qa:?}
+split = {{ seed = 1, parts = {{ coldstart = 0.6, rl = 0.4 }} }}
+[[phase]]
+name = "collect"
+kind = "collect"
+data = {{ part = "coldstart" }}
+[[phase]]
+name = "stage1"
+kind = "rl"
+data = {{ part = "rl" }}
+"#
+        );
+        let cfg: RunConfig = toml::from_str(&text).unwrap();
+        let cold = cfg.phase_config(&cfg.phase[0]).unwrap().data.read_train().unwrap();
+        let rl = cfg.phase_config(&cfg.phase[1]).unwrap().data.read_train().unwrap();
+        assert_eq!(cold.len() + rl.len(), 200);
+        assert!(cold.len() > 90 && rl.len() > 50, "{} / {}", cold.len(), rl.len());
+        assert!(cold.iter().all(|c| rl.iter().all(|r| r.question != c.question)));
+        // The whole set without a part.
+        assert_eq!(cfg.data.read_train().unwrap().len(), 200);
+
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text.replace("part = \"rl\"", "part = \"lr\"")).unwrap();
+        let e = RunConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("stage1") && e.contains("\"lr\""), "{e}");
     }
 
     #[test]

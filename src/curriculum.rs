@@ -157,6 +157,12 @@ pub fn run_curriculum<B: AutodiffBackend>(
             .map_err(|e| top(Box::new(e)))
     };
     save_state(&state)?;
+    let split = check_question_sets(cfg).map_err(|e| top(e.into()))?;
+    write_atomic(
+        &out.join("data-split.json"),
+        serde_json::to_string_pretty(&split).expect("split record"),
+    )
+    .map_err(|e| top(Box::new(e)))?;
 
     let mut weights: Option<PathBuf> = None; // checkpoint dir of the latest sft/rl phase
     let mut episodes: Option<PathBuf> = None; // latest collect phase's output
@@ -275,7 +281,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         arch.clone(),
                         tokenizer.clone(),
                         Box::new(Shared(retriever.clone())),
-                        phase_cfg.reward.kind.build(),
+                        phase_cfg.reward.build(),
                         phase_cfg.prompt.clone(),
                         phase_cfg.rollout.clone(),
                         phase_cfg.train.clone(),
@@ -437,6 +443,113 @@ pub fn before_after(evals: &[PhaseEval]) -> Vec<String> {
             ))
         })
         .collect()
+}
+
+/// What one phase trains or evaluates on, as recorded in `runs/NAME/data-split.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseQuestions {
+    /// Phase name.
+    pub phase: String,
+    /// Phase kind.
+    pub kind: PhaseKind,
+    /// The files read (`[data] train` for collect / rl, the sets for eval).
+    pub files: Vec<PathBuf>,
+    /// `[data] part`, when the phase reads one part of `[data.split]`.
+    pub part: Option<String>,
+    /// Questions selected (before any `limit`).
+    pub questions: usize,
+}
+
+/// The record of which questions each phase uses, `runs/NAME/data-split.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitRecord {
+    /// The base config's `[data.split]`.
+    pub split: crate::eval::QaSplit,
+    /// One entry per collect, rl and eval phase, in order.
+    pub phases: Vec<PhaseQuestions>,
+}
+
+/// Reads the questions of every collect, rl and eval phase and refuses a curriculum that would
+/// train twice on one question or train on an evaluation question:
+/// - no question of a `collect` phase (cold-start episodes, scripted or rejection-sampled) is
+///   a question of an `rl` phase, so RL's gains on its training questions are not recall of
+///   answers the cold start memorised (docs/learning.md round 4 trained both on the same 100);
+/// - no training question (collect or rl) is a question of an `eval` phase's sets.
+///
+/// Questions match by [`crate::eval::question_key`] (case and punctuation ignored), over the
+/// whole files (`limit` is not applied). Returns the record written to `data-split.json`.
+///
+/// # Errors
+/// A sentence naming the two phases and one shared question; a file that cannot be read.
+pub fn check_question_sets(
+    cfg: &RunConfig,
+) -> Result<SplitRecord, Box<dyn std::error::Error + Send + Sync>> {
+    use std::collections::HashMap;
+    let mut phases = Vec::new();
+    // question key → (phase name, kind) of the first training phase that uses it.
+    let mut collect_keys: HashMap<String, String> = HashMap::new();
+    let mut rl_keys: HashMap<String, String> = HashMap::new();
+    let mut eval_keys: HashMap<String, String> = HashMap::new();
+    for p in &cfg.phase {
+        let pc = cfg.phase_config(p)?;
+        let (files, questions) = match p.kind {
+            PhaseKind::Collect | PhaseKind::Rl => (pc.data.train.clone(), pc.data.read_train()?),
+            PhaseKind::Eval => {
+                let sets = if p.sets.is_empty() {
+                    vec![pc.data.eval.clone()]
+                } else {
+                    p.sets.clone()
+                };
+                let mut qs = Vec::new();
+                for set in &sets {
+                    qs.extend(read_qa(set)?);
+                }
+                (sets, qs)
+            }
+            PhaseKind::Sft => continue,
+        };
+        let target = match p.kind {
+            PhaseKind::Collect => &mut collect_keys,
+            PhaseKind::Rl => &mut rl_keys,
+            _ => &mut eval_keys,
+        };
+        for q in &questions {
+            target
+                .entry(crate::eval::question_key(&q.question))
+                .or_insert_with(|| p.name.clone());
+        }
+        phases.push(PhaseQuestions {
+            phase: p.name.clone(),
+            kind: p.kind,
+            files,
+            part: (p.kind != PhaseKind::Eval)
+                .then(|| pc.data.part.clone())
+                .flatten(),
+            questions: questions.len(),
+        });
+    }
+    let clash = |a: &HashMap<String, String>, b: &HashMap<String, String>, what: &str| {
+        let mut shared: Vec<(&String, &String, &String)> = a
+            .iter()
+            .filter_map(|(k, pa)| b.get(k).map(|pb| (k, pa, pb)))
+            .collect();
+        shared.sort();
+        match shared.first() {
+            None => Ok(()),
+            Some((k, pa, pb)) => Err(format!(
+                "phases {pa:?} and {pb:?} share {} question(s) ({what}), e.g. {k:?}: give them \
+                 different parts of [data.split] (`data = {{ part = \"…\" }}`) or other files",
+                shared.len()
+            )),
+        }
+    };
+    clash(&collect_keys, &rl_keys, "a cold-start question must not be an RL question")?;
+    clash(&collect_keys, &eval_keys, "never train on an evaluation question")?;
+    clash(&rl_keys, &eval_keys, "never train on an evaluation question")?;
+    Ok(SplitRecord {
+        split: cfg.data.split.clone(),
+        phases,
+    })
 }
 
 /// Drops the run's metrics lines that a resumed phase `phase` will write again: its lines past

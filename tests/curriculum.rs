@@ -51,12 +51,25 @@ fn base(tok: &Tokenizer) -> (Llama<Train>, LlamaConfig, Tokenizer) {
 }
 
 fn config(dir: &Path) -> RunConfig {
-    let qa = dir.join("qa.jsonl");
+    // Cold-start, RL and eval questions are distinct: the curriculum refuses overlaps.
+    let cold = dir.join("cold.jsonl");
     let rows = [
         r#"{"question": "Where do the Kansas City Chiefs play?", "answer": "Arrowhead Stadium", "type": "bridge", "support_titles": ["Kansas City Chiefs", "Arrowhead Stadium"]}"#,
         r#"{"question": "Which team plays at Arrowhead?", "answer": "Kansas City Chiefs", "type": "bridge", "support_titles": ["Arrowhead Stadium"]}"#,
     ];
+    std::fs::write(&cold, rows.join("\n") + "\n").unwrap();
+    let qa = dir.join("qa.jsonl");
+    let rows = [
+        r#"{"question": "In which stadium do the Kansas City Chiefs play home games?", "answer": "Arrowhead Stadium", "type": "bridge", "support_titles": ["Kansas City Chiefs", "Arrowhead Stadium"]}"#,
+        r#"{"question": "Which NFL team plays at Arrowhead?", "answer": "Kansas City Chiefs", "type": "bridge", "support_titles": ["Arrowhead Stadium"]}"#,
+    ];
     std::fs::write(&qa, rows.join("\n") + "\n").unwrap();
+    let held_out = dir.join("heldout.jsonl");
+    let rows = [
+        r#"{"question": "Where do the Chiefs of Kansas City play?", "answer": "Arrowhead Stadium"}"#,
+        r#"{"question": "Who plays at Arrowhead Stadium?", "answer": "Kansas City Chiefs"}"#,
+    ];
+    std::fs::write(&held_out, rows.join("\n") + "\n").unwrap();
     let text = format!(
         r#"
 [prompt]
@@ -71,7 +84,7 @@ new_support = 0.25
 repeat = -0.25
 [data]
 train = [{qa:?}]
-eval = {qa:?}
+eval = {held_out:?}
 [train]
 questions_per_step = 1
 micro_batch = 2
@@ -83,6 +96,7 @@ guard = {{ enabled = false }}
 [[phase]]
 name = "collect"
 kind = "collect"
+data = {{ train = [{cold:?}] }}
 [[phase]]
 name = "sft"
 kind = "sft"
@@ -175,7 +189,7 @@ fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
     );
     let run_steps: Vec<u64> = expected.iter().map(|l| l.2).collect();
     assert_eq!(run_steps, [1, 2, 3, 4, 5, 6]);
-    assert!(whole.join("05-after/eval-qa.json").exists());
+    assert!(whole.join("05-after/eval-heldout.json").exists());
     // Re-running without --resume refuses to overwrite.
     let again = run_curriculum(
         &cfg,
@@ -218,7 +232,7 @@ fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
         "9.0000",
         "the orphan line was dropped"
     );
-    assert!(cut.join("05-after/eval-qa.json").exists());
+    assert!(cut.join("05-after/eval-heldout.json").exists());
 
     // Bit for bit: every metrics figure, the final checkpoint's files (weights, optimizer
     // moments, progress) and the evaluation.
@@ -228,10 +242,73 @@ fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
         assert!(read(&cut) == read(&whole), "{file} differs after resume");
     }
     let report = |run: &Path| {
-        let text = std::fs::read_to_string(run.join("05-after/eval-qa.json")).unwrap();
+        let text = std::fs::read_to_string(run.join("05-after/eval-heldout.json")).unwrap();
         let mut v: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
         v.retain(|k, _| k != "seconds" && k != "tokens_per_s");
         v
     };
     assert_eq!(report(&cut), report(&whole));
+}
+
+/// A cold-start question that is also an RL question, or a training question that is also an
+/// evaluation question, stops the run before any phase; a valid run records which questions
+/// each phase used in `data-split.json`.
+#[test]
+fn overlapping_phase_questions_are_refused_and_the_split_is_recorded() {
+    let Some(tok) = tokenizer() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let out = dir.path().join("ok");
+    let opts = CurriculumOptions {
+        max_total_steps: Some(0),
+        ..Default::default()
+    };
+    run_curriculum(&cfg, base(&tok), Arc::new(Docs), &out, &opts, &backend::device()).unwrap();
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("data-split.json")).unwrap())
+            .unwrap();
+    let phases: Vec<(&str, u64)> = record["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["phase"].as_str().unwrap(), p["questions"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        phases,
+        [("collect", 2), ("stage1", 2), ("stage2", 2), ("after", 2)]
+    );
+
+    for (what, from, to) in [
+        ("cold-start", "cold.jsonl", "qa.jsonl"),
+        ("evaluation", "heldout.jsonl", "qa.jsonl"),
+    ] {
+        let mut bad = cfg.clone();
+        // The collect phase reads the RL questions, or the eval set is the RL set.
+        if from == "cold.jsonl" {
+            let table = bad.phase[0].data.as_mut().unwrap();
+            table.insert(
+                "train".into(),
+                toml::Value::Array(vec![toml::Value::String(
+                    dir.path().join(to).display().to_string(),
+                )]),
+            );
+        } else {
+            bad.data.eval = dir.path().join(to);
+        }
+        let e = run_curriculum(
+            &bad,
+            base(&tok),
+            Arc::new(Docs),
+            &dir.path().join(format!("bad-{what}")),
+            &CurriculumOptions::default(),
+            &backend::device(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(what) && e.contains("share 2 question"), "{e}");
+        assert!(
+            !dir.path().join(format!("bad-{what}/01-collect")).exists(),
+            "no phase ran"
+        );
+    }
 }

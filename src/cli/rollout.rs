@@ -60,7 +60,7 @@ pub fn run_rollout(a: RolloutArgs) -> Result<()> {
         std::slice::from_ref(&a.question),
         &mut sampler,
     )?;
-    let reward = cfg.reward.kind.build();
+    let reward = cfg.reward.build();
     for (i, ep) in episodes.iter().enumerate() {
         let r = reward.score(&ep.solution, &[]);
         if a.json {

@@ -110,7 +110,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         m.config,
         m.tokenizer,
         Box::new(retriever),
-        cfg.reward.kind.build(),
+        cfg.reward.build(),
         cfg.prompt.clone(),
         cfg.rollout.clone(),
         cfg.train.clone(),

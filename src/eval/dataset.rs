@@ -30,6 +30,104 @@ pub struct QaExample {
     pub kind: Option<String>,
 }
 
+/// A question's identity across files: lowercased, every run of non-alphanumeric characters
+/// collapsed to one space, trimmed (the matching rule `../shared/data/README.md` uses to check
+/// overlaps between sets).
+pub fn question_key(question: &str) -> String {
+    let mut out = String::with_capacity(question.len());
+    let mut gap = false;
+    for c in question.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            if gap && !out.is_empty() {
+                out.push(' ');
+            }
+            gap = false;
+            out.push(c);
+        } else {
+            gap = true;
+        }
+    }
+    out
+}
+
+/// `[data.split]`: disjoint parts of the training questions, so that the phases of a
+/// curriculum never train twice on one question (the cold start's questions are not RL's).
+///
+/// A question belongs to the part its **seeded hash of [`question_key`]** falls in: the hash,
+/// as a fraction in [0, 1), is laid against the parts' fractions in the parts' name order
+/// (`coldstart` 0.5, `rl` 0.5: the first half of the hash range is `coldstart`). So a question
+/// lands in the same part whatever files a phase reads and in whatever order, and two phases
+/// that read different parts share no question, by construction. Fractions are shares of
+/// the hash range; the counts per part follow them up to sampling noise (recorded in the run's
+/// `data-split.json`). Fractions that add up to less than 1 leave the rest of the questions in
+/// no part.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QaSplit {
+    /// Seed of the hash: another seed, another split. Default 0.
+    pub seed: u64,
+    /// Part name → share of the questions (≥ 0, adding up to ≤ 1). Default: none.
+    pub parts: std::collections::BTreeMap<String, f64>,
+}
+
+impl Default for QaSplit {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            parts: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl QaSplit {
+    /// Checks the fractions: each finite and ≥ 0, their sum ≤ 1.
+    ///
+    /// # Errors
+    /// A sentence naming the bad part or the sum.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut sum = 0.0;
+        for (name, &f) in &self.parts {
+            if !f.is_finite() || f < 0.0 {
+                return Err(format!("[data.split] parts.{name} = {f}: a share must be ≥ 0"));
+            }
+            sum += f;
+        }
+        if sum > 1.0 + 1e-9 {
+            return Err(format!(
+                "[data.split] parts add up to {sum}: the shares must add up to at most 1"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The part `question` belongs to, `None` when it falls past the last part's share.
+    pub fn part_of(&self, question: &str) -> Option<&str> {
+        let u = unit_hash(self.seed, &question_key(question));
+        let mut upper = 0.0;
+        for (name, &f) in &self.parts {
+            upper += f;
+            if u < upper {
+                return Some(name.as_str());
+            }
+        }
+        None
+    }
+}
+
+/// FNV-1a over `text`, finished with SplitMix64's mixer under `seed`, as a fraction in [0, 1).
+fn unit_hash(seed: u64, text: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut z = h ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Reads a QA JSONL file. Blank lines are skipped.
 ///
 /// # Errors
@@ -111,6 +209,55 @@ pub fn read_qa(path: &Path) -> Result<Vec<QaExample>, EvalError> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn question_key_ignores_case_and_punctuation() {
+        assert_eq!(question_key("  Who wrote *Hamlet*?"), "who wrote hamlet");
+        assert_eq!(question_key("who   wrote hamlet"), "who wrote hamlet");
+        assert_ne!(question_key("Who wrote Hamlet?"), question_key("Who wrote Macbeth?"));
+    }
+
+    #[test]
+    fn a_split_puts_each_question_in_one_part_by_its_text_alone() {
+        let split = QaSplit {
+            seed: 7,
+            parts: [("coldstart".to_string(), 0.5), ("rl".to_string(), 0.3)]
+                .into_iter()
+                .collect(),
+        };
+        split.validate().unwrap();
+        let questions: Vec<String> = (0..4000).map(|i| format!("Question number {i}?")).collect();
+        let mut counts = std::collections::BTreeMap::<Option<&str>, usize>::new();
+        for q in &questions {
+            let part = split.part_of(q);
+            // The same question in another spelling lands in the same part.
+            assert_eq!(split.part_of(&q.to_uppercase()), part);
+            *counts.entry(part).or_default() += 1;
+        }
+        // Shares follow the fractions (±3 % of 4,000), the rest (0.2) in no part.
+        let near = |got: usize, share: f64| (got as f64 / 4000.0 - share).abs() < 0.03;
+        assert!(near(counts[&Some("coldstart")], 0.5), "{counts:?}");
+        assert!(near(counts[&Some("rl")], 0.3), "{counts:?}");
+        assert!(near(counts[&None], 0.2), "{counts:?}");
+        // Another seed moves questions between parts.
+        let other = QaSplit { seed: 8, ..split.clone() };
+        let moved = questions
+            .iter()
+            .filter(|q| other.part_of(q) != split.part_of(q))
+            .count();
+        assert!(moved > 1000, "{moved}");
+        // Bad shares are refused with the part named.
+        let bad = QaSplit {
+            seed: 0,
+            parts: [("a".to_string(), 0.7), ("b".to_string(), 0.6)].into_iter().collect(),
+        };
+        assert!(bad.validate().unwrap_err().contains("add up to 1.2"));
+        let neg = QaSplit {
+            seed: 0,
+            parts: [("rl".to_string(), -0.1)].into_iter().collect(),
+        };
+        assert!(neg.validate().unwrap_err().contains("parts.rl"));
+    }
 
     #[test]
     fn reads_string_and_list_answers_and_names_bad_lines() {

@@ -27,7 +27,7 @@ mod rescore;
 pub mod retrieval;
 
 pub use agent::{evaluate, EvalRecord, EvalReport, EvalTally};
-pub use dataset::{read_qa, QaExample};
+pub use dataset::{question_key, read_qa, QaExample, QaSplit};
 pub use judge::{judge_all, JudgeItem};
 pub use rescore::{parse_verdict, rescore, rescore_rows, PredictionRow, RescoreReport};
 pub use retrieval::{evaluate_retrieval, read_support, QueryRewrite, RetrievalReport};
@@ -77,5 +77,11 @@ pub enum EvalError {
         field: &'static str,
         /// What the field should hold, e.g. "a string or a list of strings".
         expected: &'static str,
+    },
+    /// `[data] part` / `[data.split]` do not select a valid part of the training questions.
+    #[error("{reason}")]
+    Split {
+        /// What is wrong, naming the key.
+        reason: String,
     },
 }

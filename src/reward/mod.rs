@@ -43,6 +43,7 @@ pub use metrics::{
     cover_exact_match, exact_match, f1_score, normalize_answer, score_answer, AnswerRules, Metrics,
 };
 pub use rules::{
-    RewardBreakdown, RewardFn, RewardKind, Stage1Reward, Stage2Reward, UnknownRewardKind,
+    AnswerTerm, RewardBreakdown, RewardFn, RewardKind, Stage1Reward, Stage2Reward,
+    UnknownRewardKind,
 };
 pub use step::{step_retrieval_reward, StepReward, StepRewardConfig};

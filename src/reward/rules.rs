@@ -78,20 +78,50 @@ fn inspect(solution: &str, golds: &[String]) -> (FormatReport, Metrics) {
 
 /// Stage 1 (learn to call search).
 ///
-/// - answer: +1 if the prediction is cover-EM correct against some gold, else −1 (also when
-///   there is no answer at all);
+/// - answer: with [`AnswerTerm::CoverEm`] (the default, R1-Searcher's rule) +1 if the
+///   prediction is cover-EM correct against some gold, else −1 (also when there is no answer
+///   at all); with [`AnswerTerm::F1`], `2·F1 − 1` (−1 … +1), so a partly right answer earns
+///   something (a wrong or missing answer still −1, a fully right one +1);
 /// - retrieval format: +0.5 if the retrieval format holds **and** at least one search was made;
 /// - answer format: +0.5 if the think/answer tags, the language check and the role-word check
 ///   all hold ([`FormatReport::answer_format_ok`]). Language and role words are format checks
 ///   about the policy's own text, so they belong with the answer-side part rather than with
 ///   retrieval.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stage1Reward;
+pub struct Stage1Reward {
+    /// How the answer part is graded. Default [`AnswerTerm::CoverEm`].
+    pub answer: AnswerTerm,
+}
+
+/// How stage 1 grades the answer (`[reward] answer`).
+///
+/// Cover-EM pays all or nothing: on the 135M default 41 of 61 training questions drawn in
+/// docs/learning.md round 4 were never answered right in 4 samples, so almost every group
+/// differed only in format or search rewards. F1 grading lets a partial answer ("Seqenenre"
+/// for "Seqenenre Tao") pay part of the way, as stage 2's F1 reward does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerTerm {
+    /// ±1 by cover-EM (R1-Searcher's stage 1).
+    #[default]
+    CoverEm,
+    /// `2·F1 − 1`: −1 for F1 = 0, +1 for F1 = 1.
+    F1,
+}
 
 impl RewardFn for Stage1Reward {
     fn score(&self, solution: &str, golds: &[String]) -> RewardBreakdown {
         let (report, metrics) = inspect(solution, golds);
-        let answer = if metrics.cover_em { 1.0 } else { -1.0 };
+        let answer = match self.answer {
+            AnswerTerm::CoverEm => {
+                if metrics.cover_em {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
+            AnswerTerm::F1 => 2.0 * metrics.f1 as f32 - 1.0,
+        };
         let retrieval_format = if report.retrieval_format_ok && report.searches > 0 {
             0.5
         } else {
@@ -171,10 +201,17 @@ impl RewardKind {
     /// Every kind, in curriculum order.
     pub const ALL: [RewardKind; 2] = [RewardKind::Stage1, RewardKind::Stage2];
 
-    /// Build the reward rule this kind names.
+    /// Build the reward rule this kind names, with its default settings (the
+    /// [`AnswerTerm::CoverEm`] answer term for stage 1).
     pub fn build(self) -> Box<dyn RewardFn> {
+        self.build_with(AnswerTerm::default())
+    }
+
+    /// Build the reward rule this kind names; `answer` grades stage 1's answer part (stage 2
+    /// always pays F1).
+    pub fn build_with(self, answer: AnswerTerm) -> Box<dyn RewardFn> {
         match self {
-            RewardKind::Stage1 => Box::new(Stage1Reward),
+            RewardKind::Stage1 => Box::new(Stage1Reward { answer }),
             RewardKind::Stage2 => Box::new(Stage2Reward),
         }
     }
@@ -244,7 +281,7 @@ mod tests {
 
     #[test]
     fn stage1_pays_two_for_a_correct_well_formed_search() {
-        let b = Stage1Reward.score(GOOD, &arrowhead());
+        let b = Stage1Reward::default().score(GOOD, &arrowhead());
         assert_eq!(
             (b.total, b.answer, b.retrieval_format, b.answer_format),
             (2.0, 1.0, 0.5, 0.5)
@@ -258,7 +295,7 @@ mod tests {
     #[test]
     fn stage1_answer_part_uses_cover_em() {
         // Not an exact match, but every gold token is covered.
-        let b = Stage1Reward.score(
+        let b = Stage1Reward::default().score(
             &with_answer("the Arrowhead Stadium in Kansas City"),
             &arrowhead(),
         );
@@ -269,14 +306,14 @@ mod tests {
 
     #[test]
     fn stage1_wrong_answer_costs_one() {
-        let b = Stage1Reward.score(&with_answer("Kauffman"), &arrowhead());
+        let b = Stage1Reward::default().score(&with_answer("Kauffman"), &arrowhead());
         assert_eq!((b.answer, b.total), (-1.0, 0.0));
     }
 
     #[test]
     fn stage1_missing_answer_costs_one() {
         let s = GOOD.replace("<answer> Arrowhead Stadium </answer>", "Arrowhead Stadium");
-        let b = Stage1Reward.score(&s, &arrowhead());
+        let b = Stage1Reward::default().score(&s, &arrowhead());
         assert_eq!(b.prediction, None);
         assert_eq!(b.metrics, Metrics::default());
         assert_eq!(b.answer, -1.0);
@@ -288,7 +325,7 @@ mod tests {
     #[test]
     fn stage1_retrieval_bonus_needs_a_search() {
         let s = "I recall it.</think>\n<answer> Arrowhead Stadium </answer>";
-        let b = Stage1Reward.score(s, &arrowhead());
+        let b = Stage1Reward::default().score(s, &arrowhead());
         assert!(b.format_ok);
         assert_eq!(b.searches, 0);
         assert_eq!(b.retrieval_format, 0.0);
@@ -302,7 +339,7 @@ mod tests {
             "The stadium is",
             "<|begin_of_documents|>\nmade up<|end_of_documents|>\n\nThe stadium is",
         );
-        let b = Stage1Reward.score(&s, &arrowhead());
+        let b = Stage1Reward::default().score(&s, &arrowhead());
         assert_eq!(b.retrieval_format, 0.0);
         assert_eq!(b.answer_format, 0.5);
         assert_eq!(b.total, 1.5);
@@ -315,7 +352,7 @@ mod tests {
         let role = GOOD.replace("The stadium is Arrowhead.", "\nUser: thanks\nAssistant: ok");
         let reopened = GOOD.replace("Let me search.", "<think>Let me search.");
         for s in [too_long, chinese, role, reopened] {
-            let b = Stage1Reward.score(&s, &arrowhead());
+            let b = Stage1Reward::default().score(&s, &arrowhead());
             assert_eq!(b.answer_format, 0.0, "{s}");
             assert_eq!(b.retrieval_format, 0.5, "{s}");
             assert_eq!(b.answer, 1.0, "{s}");
@@ -441,6 +478,31 @@ mod tests {
         assert_eq!(
             RewardKind::Stage2.build().score(GOOD, &arrowhead()).total,
             1.0
+        );
+    }
+
+    #[test]
+    fn stage1_f1_answer_term_pays_partial_answers() {
+        let f1 = Stage1Reward {
+            answer: AnswerTerm::F1,
+        };
+        // Right: +1, the same as cover-EM.
+        assert_eq!(f1.score(GOOD, &arrowhead()).answer, 1.0);
+        // Half right ("Arrowhead" against "Arrowhead Stadium": P = 1, R = 1/2, F1 = 2/3).
+        let partial = f1.score(&with_answer("Arrowhead"), &arrowhead());
+        assert!((partial.answer - (2.0 * 2.0 / 3.0 - 1.0)).abs() < 1e-6, "{partial:?}");
+        assert_parts_add_up(&partial);
+        // Cover-EM grading gives the same partial answer the full −1.
+        let cem = Stage1Reward::default().score(&with_answer("Arrowhead"), &arrowhead());
+        assert_eq!(cem.answer, -1.0);
+        // Wrong or missing: −1 either way.
+        assert_eq!(f1.score(&with_answer("Kauffman"), &arrowhead()).answer, -1.0);
+        assert_eq!(f1.score("", &arrowhead()).answer, -1.0);
+        assert_eq!(
+            RewardKind::Stage1
+                .build_with(AnswerTerm::F1)
+                .score(&with_answer("Arrowhead"), &arrowhead()),
+            partial
         );
     }
 }

@@ -3,6 +3,13 @@
 //!
 //! - GRPO (Shao et al. 2024, DeepSeekMath): `A_i = (R_i − mean_g R) / (std_g R + ε)` for every
 //!   token of sample i; `std` is the sample standard deviation (n−1), as in TRL.
+//! - Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training", arXiv 2503.20783,
+//!   eq. 3): `A_i = R_i − mean_g R`, no division by the group's std. Dividing by the std makes
+//!   the advantages of every informative group the same size, so rewards `[0.3, 0.3, 0.3, 0.6]`
+//!   (one more gold title found) push as hard as `[0.3, 0.3, 0.3, 2.3]` (one answer right);
+//!   without it the update is proportional to what the reward paid. Dr. GRPO's other change,
+//!   no per-response `1/|o_i|` in the loss, sleuth already has: [`super::loss`] sums token
+//!   losses over the batch and divides by the batch's policy-token count.
 //! - Reinforce++ (Hu 2025, OpenRLHF): per-token reward `r_t = −β (log π_old − log π_ref)_t`,
 //!   plus `R` at the last policy token; return `G_t = Σ_{k≥t} r_k` over policy tokens; then
 //!   normalized over all policy tokens of the batch. The `baseline` variant first subtracts
@@ -51,6 +58,34 @@ pub fn grpo(rewards: &[f32], group: usize) -> Vec<f32> {
         out.extend(g.iter().map(|r| (r - mean) / (std + GRPO_EPS)));
     }
     out
+}
+
+/// How GRPO scales a group's centred rewards (`[train] advantage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupNorm {
+    /// Divide by the group's std ([`grpo`]).
+    #[default]
+    Grpo,
+    /// Only subtract the group's mean ([`dr_grpo`]).
+    DrGrpo,
+}
+
+impl GroupNorm {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupNorm::Grpo => "grpo",
+            GroupNorm::DrGrpo => "dr_grpo",
+        }
+    }
+}
+
+/// Dr. GRPO advantages (arXiv 2503.20783, eq. 3): `A_i = R_i − mean_g R`, one scalar per
+/// sample; `rewards` is ordered group by group, `group` wide. A group of equal rewards gets
+/// zeros, as with [`grpo`].
+pub fn dr_grpo(rewards: &[f32], group: usize) -> Vec<f32> {
+    subtract_group_mean(rewards, group)
 }
 
 /// Subtracts each group's mean reward (the Reinforce++-baseline first step).
@@ -128,6 +163,33 @@ mod tests {
         assert!((a[2] + a[3]).abs() < 1e-6 && a[3] > 0.0);
         // identical rewards carry no signal
         assert_eq!(&a[4..], &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn dr_grpo_keeps_the_size_of_what_the_reward_paid() {
+        // A group that differs by one extra gold title (+0.3) and one where a sample answered
+        // right (+2.0): GRPO's std division gives both the same advantages; Dr. GRPO does not.
+        let side = [0.3f32, 0.3, 0.3, 0.6];
+        let answer = [0.3f32, 0.3, 0.3, 2.3];
+        let (gs, ga) = (grpo(&side, 4), grpo(&answer, 4));
+        for (x, y) in gs.iter().zip(&ga) {
+            assert!((x - y).abs() < 1e-3, "GRPO: {gs:?} vs {ga:?}");
+        }
+        let (ds, da) = (dr_grpo(&side, 4), dr_grpo(&answer, 4));
+        // A = R − mean: mean 0.375 → [−0.075 ×3, 0.225]; mean 0.8 → [−0.5 ×3, 1.5].
+        for (got, want) in ds.iter().zip([-0.075f32, -0.075, -0.075, 0.225]) {
+            assert!((got - want).abs() < 1e-6, "{ds:?}");
+        }
+        for (got, want) in da.iter().zip([-0.5f32, -0.5, -0.5, 1.5]) {
+            assert!((got - want).abs() < 1e-6, "{da:?}");
+        }
+        assert!(da[3] / ds[3] > 6.0);
+        // Groups stay independent, and equal rewards give zeros.
+        assert_eq!(dr_grpo(&[1.0, 1.0, 0.0, 2.0], 2), vec![0.0, 0.0, -1.0, 1.0]);
+        // The config spelling.
+        let n: GroupNorm = serde_json::from_str(r#""dr_grpo""#).unwrap();
+        assert_eq!(n, GroupNorm::DrGrpo);
+        assert_eq!(n.as_str(), "dr_grpo");
     }
 
     #[test]

@@ -7,6 +7,16 @@
 //! micro-batch divides by the batch's total masked-token count, so accumulated gradients
 //! equal the gradient of the batch mean.
 //!
+//! **One update per batch, so the ratio is 1 and the clip never acts.** The trainer takes one
+//! optimizer step per rollout batch, so π_old (the policy that sampled) and π_θ (the policy
+//! being differentiated) are the same weights: it passes the detached current log-probs as
+//! `old_logp`, `ρ_t = exp(log π_θ − sg(log π_θ)) = 1` in value with gradient `∇ log π_θ`, and
+//! the surrogate reduces to the policy gradient `−A ∇ log π_θ` (`clip_frac` is 0). That is
+//! correct for this schedule, not an omission; several updates per batch (PPO epochs) would
+//! need the rollout-time log-probs here. What differs between sampling and scoring is the
+//! weights' *precision* (Q8_0 rollouts, f32 loss): [`LossInputs::is_weight`] corrects that
+//! with truncated importance sampling.
+//!
 //! Only the positions that carry loss reach the output head: the decoder runs over every
 //! token (documents are context), but the `[hidden → vocab]` projection, the log-softmax and
 //! its backward run on the rows of [`PackedBatch::scored`] alone. In a search episode most

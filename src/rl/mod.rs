@@ -23,7 +23,7 @@ pub mod run;
 pub mod sft;
 pub mod trainer;
 
-pub use advantage::Algo;
+pub use advantage::{Algo, GroupNorm};
 pub use guard::GuardConfig;
 pub use loss::KlEstimator;
 pub use metrics::{GuardEvent, StepMetrics};

@@ -27,7 +27,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::advantage::{self, Algo};
+use super::advantage::{self, Algo, GroupNorm};
 use super::checkpoint::{self, CheckpointError, PassRecord, TrainState};
 use super::guard::{CollapseGuard, GuardConfig, GuardEvent};
 use super::loss::{
@@ -63,6 +63,12 @@ use crate::search::Retriever;
 pub struct TrainConfig {
     /// Advantage estimator. Default `grpo`.
     pub algo: Algo,
+    /// How `algo = "grpo"` scales a group's centred rewards: `grpo` divides by the group's
+    /// standard deviation (DeepSeekMath), `dr_grpo` does not (Dr. GRPO, Liu et al. 2025,
+    /// arXiv 2503.20783), so a group that differs only by a small side reward (one more gold
+    /// title found) gets small advantages instead of the same ±0.87 as a group that differs
+    /// in the answer. Ignored by the Reinforce++ estimators. Default `grpo`.
+    pub advantage: GroupNorm,
     /// Questions per optimizer step (each sampled G times). Default 2.
     pub questions_per_step: usize,
     /// Sequences per forward/backward pass; gradients are accumulated. Default 2.
@@ -98,8 +104,11 @@ pub struct TrainConfig {
     /// Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly
     /// brings you off-policy RL training"): when > 0, each policy token's surrogate loss is
     /// weighted by `min(π_train / π_rollout, tis_cap)`, correcting for rollouts decoded from
-    /// quantized weights (`[rollout] weights`); 0 disables. Default 0 (off; the mismatch is
-    /// logged either way as `logprob_mismatch`).
+    /// other weights than the loss scores: the Q8_0 / Q4_1 engine (`[rollout] weights`, the
+    /// default) or a remote server. With f32 rollouts the ratio is 1 up to rounding and the
+    /// weight changes nothing. 0 disables. Default 2.0 (the cap of Yao et al.'s recipe); the
+    /// mismatch is logged either way as `logprob_mismatch` (0.02–0.05 nats per token with
+    /// Q8_0 rollouts here).
     pub tis_cap: f64,
     /// KL estimator for the GRPO loss term and the logged `kl`. Default `k3`. (Reinforce++
     /// puts the per-token log-ratio, i.e. k1, into the reward, as its paper defines.)
@@ -148,6 +157,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             algo: Algo::Grpo,
+            advantage: GroupNorm::Grpo,
             questions_per_step: 2,
             micro_batch: 2,
             micro_batch_tokens: 2048,
@@ -160,7 +170,7 @@ impl Default for TrainConfig {
             adam_eps: 1e-8,
             grad_clip: 1.0,
             clip_eps: 0.2,
-            tis_cap: 0.0,
+            tis_cap: 2.0,
             kl_coef: 0.0,
             kl_estimator: KlEstimator::K3,
             track_kl: true,
@@ -534,7 +544,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let rule = self.reward.score(&e.solution, &q.answers);
                 let titles: Vec<Vec<String>> =
                     e.searches.iter().map(|c| c.titles.clone()).collect();
-                let step_r = step_retrieval_reward(&titles, &q.support_titles, &self.step_reward);
+                let step_r = step_retrieval_reward(
+                    &titles,
+                    &q.support_titles,
+                    rule.format_ok,
+                    &self.step_reward,
+                );
                 let reward = rule.total + step_r.total;
                 by_group[e.question_index].push(Sampled {
                     episode: e,
@@ -770,7 +785,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Advantages per chunk, row, token.
         let adv: Vec<Vec<Vec<f32>>> = match self.cfg.algo {
             Algo::Grpo => {
-                let a = advantage::grpo(rewards, g);
+                let a = match self.cfg.advantage {
+                    GroupNorm::Grpo => advantage::grpo(rewards, g),
+                    GroupNorm::DrGrpo => advantage::dr_grpo(rewards, g),
+                };
                 chunks
                     .iter()
                     .zip(&packed)
@@ -1035,5 +1053,22 @@ mod tests {
             .2
             .is_none());
         assert_eq!(rollout_gap(&[&[][..]], &mask, &train, 0, 2.0).1, 0);
+    }
+
+    /// Rollouts decode from quantized weights by default, so TIS is on by default: the default
+    /// cap yields importance weights, truncated at 2 (Yao et al. 2025).
+    #[test]
+    fn tis_is_on_by_default_with_quantized_rollouts() {
+        let rollout_cfg = crate::env::RolloutConfig::default();
+        assert_ne!(rollout_cfg.weights, crate::model::DecodeWeights::F32);
+        let cfg = super::TrainConfig::default();
+        assert_eq!(cfg.tis_cap, 2.0);
+        let rollout: Vec<f32> = vec![0.0, -3.0, -0.1];
+        let train = vec![vec![-1.0f32, -0.2]];
+        let (_, n, w) = rollout_gap(&[&rollout[..]], &[vec![1, 1]], &train, 0, cfg.tis_cap);
+        let w = w.expect("TIS weights by default");
+        assert_eq!(n, 2);
+        assert_eq!(w[0][0], 2.0, "exp(2) truncated at the default cap");
+        assert!((w[0][1] - (-0.1f32).exp()).abs() < 1e-6);
     }
 }
