@@ -456,6 +456,7 @@ fn scripted_bridge_question_searches_the_bridge_entity() {
     .unwrap();
     assert_eq!(stats.kept, 1, "{stats:?}");
     assert_eq!(stats.kept_by_searches, [0, 0, 1, 0]);
+    assert_eq!((stats.hops_unseen, stats.kept_with_unseen_hop), (0, 0));
     assert_eq!(
         *engine.queries.lock().unwrap(),
         vec![question.to_string(), "Maximum Overdrive".to_string()]
@@ -492,6 +493,329 @@ fn scripted_bridge_question_searches_the_bridge_entity() {
             .iter()
             .any(|p| solution.contains(&p.replace("{entity}", "Maximum Overdrive"))),
         "{solution}"
+    );
+    // Before answering, it quotes the sentence of the second block that holds the answer.
+    let sentence = "Maximum Overdrive is a 1986 horror film written and directed by Stephen King.";
+    assert!(masked.contains(sentence));
+    assert_eq!(
+        closing_reason(&solution),
+        quoted_reason(
+            &solution,
+            "Maximum Overdrive (film)",
+            sentence,
+            "Stephen King"
+        )
+    );
+}
+
+/// The reasoning between the last documents block and `</think>`, trimmed.
+fn closing_reason(solution: &str) -> String {
+    let tail = solution.rsplit("<|end_of_documents|>").next().unwrap();
+    tail.split("</think>").next().unwrap().trim().to_string()
+}
+
+/// The default `quote_answer` wording whose filled-in form the solution holds, filled in.
+fn quoted_reason(solution: &str, title: &str, sentence: &str, answer: &str) -> String {
+    let filled: Vec<String> = ScriptPhrases::default()
+        .quote_answer
+        .iter()
+        .map(|p| {
+            p.replace("{title}", title)
+                .replace("{sentence}", sentence)
+                .replace("{answer}", answer)
+        })
+        .collect();
+    filled
+        .into_iter()
+        .find(|f| solution.contains(f.as_str()))
+        .unwrap_or_else(|| panic!("no quote_answer wording quoting {sentence:?}: {solution}"))
+}
+
+/// The first search names no bridge entity and the question does not either: the policy could
+/// not know it, so it is never searched (`hops_unseen`). The episode answers from its one
+/// search when a sentence there holds the answer, and is dropped as `uncovered` otherwise.
+#[test]
+fn scripted_bridge_question_never_searches_an_unseen_entity() {
+    let Some(tok) = tokenizer() else { return };
+    let question = "Who directed the film that was shot in Leland, North Carolina in 1986?";
+    let questions = vec![Question {
+        question: question.into(),
+        answers: vec!["Stephen King".into()],
+        support_titles: vec![
+            "Leland, North Carolina".into(),
+            "Maximum Overdrive (film)".into(),
+        ],
+        kind: Some("bridge".into()),
+    }];
+    let film = page(
+        "Maximum Overdrive (film)",
+        "Maximum Overdrive is a 1986 horror film written and directed by Stephen King.",
+    );
+    let run = |leland_text: &'static str, min_searches: usize| {
+        let engine = ByQuery::new(
+            vec![page("Leland, North Carolina", leland_text)],
+            vec![("Maximum Overdrive", vec![film.clone()])],
+        );
+        let mut kept = Vec::new();
+        let stats = scripted(
+            &tok,
+            &engine,
+            &prompt(),
+            &RolloutConfig::default(),
+            &ScriptPhrases::default(),
+            &questions,
+            min_searches,
+            3,
+            |ex| kept.push(masked_and_solution(&tok, ex).1),
+        )
+        .unwrap();
+        let queries = engine.queries.lock().unwrap().clone();
+        (stats, kept, queries)
+    };
+
+    // Nothing names the film: one search, and without the answer in it, nothing kept.
+    let (stats, kept, queries) = run(
+        "Leland is a town in Brunswick County. A horror film was shot there in 1986.",
+        1,
+    );
+    assert_eq!(queries, vec![question.to_string()]);
+    assert_eq!(stats.hops_unseen, 1, "{stats:?}");
+    assert_eq!(
+        (stats.uncovered, stats.kept, kept.len()),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.kept_with_unseen_hop, 0);
+
+    // The first page names the director but not the film: kept as a one-search episode that
+    // quotes it, counted as kept with an unseen hop.
+    let leland =
+        "Leland is a town in Brunswick County. A horror film by Stephen King was shot there.";
+    let (stats, kept, queries) = run(leland, 1);
+    assert_eq!(queries, vec![question.to_string()]);
+    assert_eq!(stats.hops_unseen, 1, "{stats:?}");
+    assert_eq!(stats.kept_by_searches, [0, 1, 0, 0], "{stats:?}");
+    assert_eq!(stats.kept_with_unseen_hop, 1, "{stats:?}");
+    let report = FormatReport::check(&kept[0]);
+    assert!(report.all_ok(), "{}", kept[0]);
+    assert_eq!(report.searches, 1);
+    assert!(!kept[0].contains("Maximum Overdrive"), "{}", kept[0]);
+    quoted_reason(
+        &kept[0],
+        "Leland, North Carolina",
+        "A horror film by Stephen King was shot there.",
+        "Stephen King",
+    );
+
+    // The same episode under min_searches 2 is dropped for searching once.
+    let (stats, kept, _) = run(leland, 2);
+    assert_eq!((stats.too_few_searches, stats.kept, kept.len()), (1, 0, 0));
+    assert_eq!(stats.kept_with_unseen_hop, 0);
+}
+
+/// Visibility is re-checked after every hop: the first search misses both support pages, the
+/// question names the first (searched with a `bridge_in_question` phrase), whose page names
+/// the second (searched with a `bridge_named` phrase).
+#[test]
+fn scripted_follow_up_hops_follow_what_each_hop_reveals() {
+    let Some(tok) = tokenizer() else { return };
+    let question = "Which sea does the river at Alpha Town reach?";
+    let engine = ByQuery::new(
+        vec![page("Seas", "Seas are large bodies of salt water.")],
+        vec![
+            (
+                "Alpha Town",
+                vec![page("Alpha Town", "Alpha Town lies on the Beta River.")],
+            ),
+            (
+                "Beta River",
+                vec![page(
+                    "Beta River",
+                    "The Beta River flows into the Gamma Sea.",
+                )],
+            ),
+        ],
+    );
+    let questions = vec![Question {
+        question: question.into(),
+        answers: vec!["Gamma Sea".into()],
+        // The second hop's page first: the order is not what makes it searchable.
+        support_titles: vec!["Beta River".into(), "Alpha Town".into()],
+        kind: Some("bridge".into()),
+    }];
+    let mut kept = Vec::new();
+    let stats = scripted(
+        &tok,
+        &engine,
+        &prompt(),
+        &RolloutConfig::default(),
+        &ScriptPhrases::default(),
+        &questions,
+        1,
+        0,
+        |ex| kept.push(masked_and_solution(&tok, ex).1),
+    )
+    .unwrap();
+    assert_eq!(
+        *engine.queries.lock().unwrap(),
+        vec![question, "Alpha Town", "Beta River"]
+    );
+    assert_eq!(stats.kept_by_searches, [0, 0, 0, 1], "{stats:?}");
+    assert_eq!(stats.hops_unseen, 0);
+    let solution = &kept[0];
+    let phrases = ScriptPhrases::default();
+    let said = |pool: &[String], entity: &str| {
+        pool.iter()
+            .any(|p| solution.contains(&p.replace("{entity}", entity)))
+    };
+    assert!(
+        said(&phrases.bridge_in_question, "Alpha Town"),
+        "{solution}"
+    );
+    assert!(said(&phrases.bridge_named, "Beta River"), "{solution}");
+    quoted_reason(
+        solution,
+        "Beta River",
+        "The Beta River flows into the Gamma Sea.",
+        "Gamma Sea",
+    );
+}
+
+/// A yes/no comparison is kept only when both compared pages came back: it quotes the first
+/// sentence of each and answers yes/no. Without the second page it is dropped as `uncovered`.
+#[test]
+fn scripted_yes_no_comparison_needs_both_support_pages() {
+    let Some(tok) = tokenizer() else { return };
+    let question = "Are Alice Example and Bob Sample both painters?";
+    let alice = page(
+        "Alice Example",
+        "Alice Example (born 1900) was a painter. She lived in Paris.",
+    );
+    let bob = page(
+        "Bob Sample (writer)",
+        "Bob Sample (born 1920) was a writer. He wrote novels.",
+    );
+    let questions = vec![Question {
+        question: question.into(),
+        answers: vec!["no".into()],
+        support_titles: vec!["Alice Example".into(), "Bob Sample (writer)".into()],
+        kind: Some("comparison".into()),
+    }];
+    let run = |bob_hits: Vec<Hit>| {
+        let engine = ByQuery::new(
+            vec![page("Painting", "Painting is an art.")],
+            vec![
+                ("Alice Example", vec![alice.clone()]),
+                ("Bob Sample", bob_hits),
+            ],
+        );
+        let mut kept = Vec::new();
+        let stats = scripted(
+            &tok,
+            &engine,
+            &prompt(),
+            &RolloutConfig::default(),
+            &ScriptPhrases::default(),
+            &questions,
+            1,
+            0,
+            |ex| kept.push(masked_and_solution(&tok, ex).1),
+        )
+        .unwrap();
+        let queries = engine.queries.lock().unwrap().clone();
+        (stats, kept, queries)
+    };
+    let (stats, kept, queries) = run(vec![bob.clone()]);
+    assert_eq!(queries, vec![question, "Alice Example", "Bob Sample"]);
+    assert_eq!((stats.kept, stats.kept_yes_no), (1, 1), "{stats:?}");
+    let solution = &kept[0];
+    let report = FormatReport::check(solution);
+    assert!(report.all_ok(), "{solution}");
+    assert_eq!(report.answer.as_deref(), Some("no"));
+    let reason = closing_reason(solution);
+    let expected: Vec<String> = ScriptPhrases::default()
+        .quote_yes_no
+        .iter()
+        .map(|p| {
+            p.replace("{first_title}", "Alice Example")
+                .replace("{first}", "Alice Example (born 1900) was a painter.")
+                .replace("{second_title}", "Bob Sample (writer)")
+                .replace("{second}", "Bob Sample (born 1920) was a writer.")
+                .replace("{answer}", "no")
+        })
+        .collect();
+    assert!(expected.contains(&reason), "{reason}");
+
+    // The search for Bob Sample finds another page: no second passage to compare, dropped.
+    let (stats, kept, queries) = run(vec![page("Bob Sampling", "Sampling is statistics.")]);
+    assert_eq!(queries.len(), 3);
+    assert_eq!((stats.kept, stats.kept_yes_no, stats.uncovered), (0, 0, 1));
+    assert!(kept.is_empty());
+}
+
+/// Single-hop questions (NQ-open) search once, even when the gold page did not come back and
+/// its entity is in view; kept when a sentence of the inserted (truncated) passage holds an
+/// answer.
+#[test]
+fn scripted_single_hop_question_searches_once() {
+    let Some(tok) = tokenizer() else { return };
+    let novel = page(
+        "It (novel)",
+        "It is a 1986 horror novel. It was written by Stephen King. The story follows seven children.",
+    );
+    let engine = ByQuery::new(vec![novel.clone()], vec![]);
+    let single = |question: &str, answers: &[&str], title: &str| Question {
+        question: question.into(),
+        answers: answers.iter().map(|a| a.to_string()).collect(),
+        support_titles: vec![title.into()],
+        kind: Some("single-hop".into()),
+    };
+    let questions = vec![
+        single(
+            "who wrote the novel it",
+            &["Stephen King", "King"],
+            "It (novel)",
+        ),
+        single(
+            "who directed the film it",
+            &["Andy Muschietti"],
+            "It (2017 film)",
+        ),
+    ];
+    // 2 title words + 12 text words: the passage is cut right after "Stephen King.".
+    let rollout = RolloutConfig {
+        doc_max_words: 14,
+        ..Default::default()
+    };
+    let mut kept = Vec::new();
+    let stats = scripted(
+        &tok,
+        &engine,
+        &prompt(),
+        &rollout,
+        &ScriptPhrases::default(),
+        &questions,
+        1,
+        0,
+        |ex| kept.push(masked_and_solution(&tok, ex)),
+    )
+    .unwrap();
+    assert_eq!(
+        *engine.queries.lock().unwrap(),
+        vec!["who wrote the novel it", "who directed the film it"]
+    );
+    assert_eq!(stats.kept_by_searches, [0, 1, 0, 0], "{stats:?}");
+    assert_eq!((stats.uncovered, stats.hops_unseen), (1, 0), "{stats:?}");
+    let (masked, solution) = &kept[0];
+    assert_eq!(*masked, documents_block(std::slice::from_ref(&novel), 14));
+    let report = FormatReport::check(solution);
+    assert!(report.all_ok(), "{solution}");
+    assert_eq!(report.answer.as_deref(), Some("Stephen King"));
+    quoted_reason(
+        solution,
+        "It (novel)",
+        "It was written by Stephen King.",
+        "Stephen King",
     );
 }
 
@@ -671,6 +995,14 @@ fn scripted_reasoning_varies_across_questions() {
             .unwrap()
             .to_string()
     };
+    for solution in &first {
+        quoted_reason(
+            solution,
+            "Arrowhead Stadium",
+            "Arrowhead Stadium is in Kansas City.",
+            "Kansas City",
+        );
+    }
     let firsts: std::collections::BTreeSet<String> = first.iter().map(think).collect();
     let lasts: std::collections::BTreeSet<String> = first.iter().map(answer_reason).collect();
     assert!(firsts.len() >= 3, "{firsts:?}");

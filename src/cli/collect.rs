@@ -48,11 +48,13 @@ pub struct CollectArgs {
     pub seed: u64,
     /// Write scripted episodes instead of sampling (no model run): per question, the question
     /// as the first query, then, when the question's gold support titles are not all among
-    /// the hits, one search per missing title (the bridge entity, or each compared entity; at
-    /// most the config's max_searches), the retriever's real documents after each query, and a
-    /// gold answer those documents cover (questions whose documents cover none are skipped).
-    /// The reasoning between searches varies per question. For policies too weak for
-    /// rejection sampling to keep anything.
+    /// the hits, one search per missing title whose entity the question or the documents so
+    /// far name (the bridge entity, or each compared entity; at most the config's
+    /// max_searches; unseen ones are not searched), the retriever's real documents after each
+    /// query, and a gold answer after quoting the documents sentence that holds it (questions
+    /// with no such sentence are skipped; yes/no comparisons need both compared pages). The
+    /// reasoning varies per question. For policies too weak for rejection sampling to keep
+    /// anything.
     #[arg(long)]
     pub scripted: bool,
 }
