@@ -34,8 +34,11 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{PhaseError, PhaseKind, PhaseSection, RunConfig};
-use crate::eval::{evaluate, read_qa, EvalReport};
+use crate::eval::{
+    compare, evaluate, format_p_value, read_outcomes, read_qa, standard_error_points, EvalReport,
+};
 use crate::model::{Llama, LlamaConfig, Tokenizer};
+use crate::reward::AnswerRules;
 use crate::rl::checkpoint::{self, CheckpointError};
 use crate::rl::run::{line_step, run_steps, truncate_metrics, LoopOptions};
 use crate::rl::sft::{read_examples, write_example, SftExample, SftTrainer};
@@ -99,6 +102,10 @@ pub struct PhaseEval {
     pub phase: String,
     /// (set file name, report).
     pub reports: Vec<(String, EvalReport)>,
+    /// The phase's folder, `runs/NAME/NN-phase`, where each set's
+    /// `eval-<set>.trajectories.jsonl` lies ([`before_after`] pairs them).
+    #[serde(default)]
+    pub dir: PathBuf,
 }
 
 /// A retriever shared by every phase.
@@ -407,6 +414,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                 evals.push(PhaseEval {
                     phase: p.name.clone(),
                     reports,
+                    dir: dir.clone(),
                 });
             }
         }
@@ -414,15 +422,28 @@ pub fn run_curriculum<B: AutodiffBackend>(
     Ok(evals)
 }
 
-/// `cover-EM 20.0 EM 18.0 F1 24.8 format-valid 96.0% searches 1.00 ≥2 searches 12.0%`.
+/// `cover-EM 20.0 ± 4.0 EM 18.0 F1 24.8 format-valid 96.0% searches 1.00 ≥2 searches 12.0%
+/// (n=100, 61 s)`; ± is one standard error ([`standard_error_points`]).
 pub fn eval_line(r: &EvalReport) -> String {
     format!(
-        "cover-EM {:.1} EM {:.1} F1 {:.1} format-valid {:.1}% searches {:.2} ≥2 searches {:.1}% (n={}, {:.0} s)",
-        r.cover_em, r.em, r.f1, r.format_ok_rate, r.searches_mean, r.multi_search_rate, r.n, r.seconds
+        "cover-EM {:.1} ± {:.1} EM {:.1} F1 {:.1} format-valid {:.1}% searches {:.2} ≥2 searches {:.1}% (n={}, {:.0} s)",
+        r.cover_em, standard_error_points(r.cover_em, r.n), r.em, r.f1, r.format_ok_rate,
+        r.searches_mean, r.multi_search_rate, r.n, r.seconds
     )
 }
 
-/// The before/after lines: for each set, the first eval phase against the last.
+/// The before/after lines: for each set, the first eval phase against the last, e.g.
+/// `hotpotqa_500: eval-a cover-EM 15.0 ± 3.6 → eval-b 12.0 ± 3.2 (n=100; gained 7, lost 10,
+/// McNemar p = 0.63); F1 …; format-valid …; searches …; ≥2 searches …`: each cover-EM ± one
+/// standard error, and the questions gained and lost between the two, paired question by
+/// question, with McNemar's exact p ([`crate::eval::compare`]).
+///
+/// The pairing reads the `eval-<set>.trajectories.jsonl` each eval phase writes beside its
+/// report, rather than a per-question list stored in [`EvalReport`]: the trajectories already
+/// hold every question's outcome with the idx and question text that pairing needs (a bare
+/// list of booleans could only pair by position, wrong once two phases evaluate different
+/// `limit`s), the report stays an aggregate, and runs made before this change compare too.
+/// When a file is missing or the sets do not pair, the line says so and keeps the rest.
 pub fn before_after(evals: &[PhaseEval]) -> Vec<String> {
     let (Some(first), Some(last)) = (evals.first(), evals.last()) else {
         return Vec::new();
@@ -436,8 +457,10 @@ pub fn before_after(evals: &[PhaseEval]) -> Vec<String> {
         .filter_map(|(set, before)| {
             let after = &last.reports.iter().find(|(s, _)| s == set)?.1;
             Some(format!(
-                "{set}: before ({}) cover-EM {:.1} → after ({}) {:.1}; F1 {:.1} → {:.1}; format-valid {:.1}% → {:.1}%; searches {:.2} → {:.2}; ≥2 searches {:.1}% → {:.1}%",
-                first.phase, before.cover_em, last.phase, after.cover_em, before.f1, after.f1,
+                "{set}: {} cover-EM {:.1} ± {:.1} → {} {:.1} ± {:.1} ({}); F1 {:.1} → {:.1}; format-valid {:.1}% → {:.1}%; searches {:.2} → {:.2}; ≥2 searches {:.1}% → {:.1}%",
+                first.phase, before.cover_em, standard_error_points(before.cover_em, before.n),
+                last.phase, after.cover_em, standard_error_points(after.cover_em, after.n),
+                paired_cover_em(first, last, set), before.f1, after.f1,
                 before.format_ok_rate, after.format_ok_rate, before.searches_mean,
                 after.searches_mean, before.multi_search_rate, after.multi_search_rate
             ))
@@ -550,6 +573,39 @@ pub fn check_question_sets(
         split: cfg.data.split.clone(),
         phases,
     })
+}
+
+/// `n=100; gained 7, lost 10, McNemar p = 0.63` for cover-EM between two eval phases' `set`,
+/// or `no paired test: <why>`.
+fn paired_cover_em(first: &PhaseEval, last: &PhaseEval, set: &str) -> String {
+    let read = |p: &PhaseEval| {
+        let file = p.dir.join(format!("eval-{set}.trajectories.jsonl"));
+        read_outcomes(&file, AnswerRules::default()).map_err(|e| e.to_string())
+    };
+    let compared = read(first).and_then(|a| {
+        let b = read(last)?;
+        compare(&a, &b).map_err(|e| e.to_string())
+    });
+    match compared {
+        Ok(c) => {
+            let unpaired = if c.only_a + c.only_b > 0 {
+                format!(
+                    ", {} only in {}, {} only in {}",
+                    c.only_a, first.phase, c.only_b, last.phase
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "n={}{unpaired}; gained {}, lost {}, McNemar p = {}",
+                c.n,
+                c.cover_em.gained,
+                c.cover_em.lost,
+                format_p_value(c.cover_em.p_value)
+            )
+        }
+        Err(e) => format!("no paired test: {e}"),
+    }
 }
 
 /// Drops the run's metrics lines that a resumed phase `phase` will write again: its lines past

@@ -312,3 +312,73 @@ fn overlapping_phase_questions_are_refused_and_the_split_is_recorded() {
         );
     }
 }
+
+/// The before/after lines give each cover-EM ± one standard error and, paired question by
+/// question from the first and last eval phases' trajectories, the questions gained and lost
+/// with McNemar's exact p; a set without trajectories keeps its line and says why it has no
+/// test.
+#[test]
+fn before_after_pairs_the_first_and_last_eval_phases() {
+    use sleuth::curriculum::{before_after, PhaseEval};
+    use sleuth::eval::EvalReport;
+
+    let run = tempfile::tempdir().unwrap();
+    // 100 questions; `right(i)` says whether the phase answered question i.
+    let phase = |name: &str, right: &dyn Fn(usize) -> bool| -> PhaseEval {
+        let dir = run.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: String = (0..100)
+            .map(|i| {
+                let pred = if right(i) { format!("ans{i}") } else { "no".into() };
+                format!(
+                    r#"{{"idx": {i}, "question": "Q{i}?", "answer": ["ans{i}"], "pred_ans": "{pred}"}}"#
+                ) + "\n"
+            })
+            .collect();
+        std::fs::write(dir.join("eval-qa.trajectories.jsonl"), rows).unwrap();
+        let right_count = (0..100).filter(|&i| right(i)).count();
+        let report = |cover_em: f64| EvalReport {
+            n: 100,
+            cover_em,
+            ..EvalReport::default()
+        };
+        PhaseEval {
+            phase: name.into(),
+            reports: vec![
+                ("qa".into(), report(right_count as f64)),
+                // Reported, but its trajectories were never written.
+                ("other".into(), report(1.0)),
+            ],
+            dir,
+        }
+    };
+    // Before: right on 0..15. After: keeps 10..15, gains 15..22, loses 0..10.
+    let evals = [
+        phase("before", &|i| i < 15),
+        phase("middle", &|_| true),
+        phase("after", &|i| (10..22).contains(&i)),
+    ];
+    let lines = before_after(&evals);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // SE sqrt(.15·.85/100) = 3.57 and sqrt(.12·.88/100) = 3.25 points;
+    // p = 2 · Σ_{k≤7} C(17,k) / 2^17 = 0.629.
+    assert!(
+        lines[0].starts_with(
+            "qa: before cover-EM 15.0 ± 3.6 → after 12.0 ± 3.2 \
+             (n=100; gained 7, lost 10, McNemar p = 0.63); F1 "
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1]
+            .starts_with("other: before cover-EM 1.0 ± 1.0 → after 1.0 ± 1.0 (no paired test: ")
+            && lines[1].contains("eval-other.trajectories.jsonl"),
+        "{}",
+        lines[1]
+    );
+
+    // A phase recorded before `dir` existed still loads.
+    let old: PhaseEval = serde_json::from_str(r#"{"phase": "x", "reports": []}"#).unwrap();
+    assert_eq!(old.dir, Path::new(""));
+}

@@ -1,21 +1,26 @@
 //! `sleuth eval`: the agent over a QA set (EM, cover-EM, F1, format-valid rate, searches),
-//! rescoring a predictions file, or retrieval alone (support-title recall, answer hit).
+//! rescoring a predictions file, comparing two evaluations question by question, or
+//! retrieval alone (support-title recall, answer hit).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{ArgGroup, Args};
 
 use super::{load_config, open_search};
 use crate::config::RunConfig;
 use crate::env::Policy;
-use crate::eval::{evaluate, judge_all, read_qa, rescore_rows, EvalRecord, EvalReport, JudgeItem};
+use crate::eval::{
+    compare, evaluate, format_p_value, judge_all, read_outcomes, read_qa, rescore_rows, Comparison,
+    EvalRecord, EvalReport, JudgeItem,
+};
 use crate::llm::{LlmClient, LlmOptions};
 use crate::reward::AnswerRules;
 
 /// Flags of `sleuth eval`.
 #[derive(Args)]
+#[command(group = ArgGroup::new("scored").args(["rescore", "compare"]).multiple(false))]
 pub struct EvalArgs {
     /// Measure retrieval alone: support-title recall@1/5/10 and answer hit@1/5/10 of the
     /// questions used as queries (no model needed); the BM25 index of --index, or the backend
@@ -40,12 +45,31 @@ pub struct EvalArgs {
     /// given (then rows need `question` too).
     #[arg(long, conflicts_with_all = ["config", "data", "out"])]
     pub rescore: Option<PathBuf>,
-    /// With --rescore: how answers are matched. r1-searcher (default) follows R1-Searcher's
+    /// With --rescore or --compare: how answers are matched. r1-searcher (default) follows R1-Searcher's
     /// metric_calc_rule.py exactly (only the raw strings "True"/"False" map to yes/no); folded
     /// maps true/false after normalizing (" False ", "TRUE.") and never covers an empty gold.
     /// Live evaluation always uses r1-searcher.
-    #[arg(long, value_enum, requires = "rescore", default_value_t = AnswerRules::R1Searcher)]
+    #[arg(long, value_enum, requires = "scored", default_value_t = AnswerRules::R1Searcher)]
     pub answer_rules: AnswerRules,
+    /// Compare two evaluations of the same questions, paired question by question (no model
+    /// or index needed): A and B are trajectories JSONL files (<stem>.trajectories.jsonl, as
+    /// --out and curriculum eval phases write them; any file with question, answer and
+    /// pred_ans works), or two folders holding them (eval phases runs/NAME/NN-phase, or --out
+    /// DIRs), whose files are paired by name. Rows pair by idx when every row has one, else by
+    /// question. Prints per metric A and B ± one standard error, questions gained (wrong in A,
+    /// right in B) and lost, and McNemar's exact p-value (cover-EM, EM); F1 means with the
+    /// paired difference ± its standard error. Predictions are rescored under --answer-rules.
+    #[arg(
+        long,
+        num_args = 2,
+        value_names = ["A", "B"],
+        conflicts_with_all = ["rescore", "retrieval", "config", "data", "out", "checkpoint", "limit", "url"]
+    )]
+    pub compare: Option<Vec<PathBuf>>,
+    /// With --compare: print one JSON line per compared pair of files on stdout (the tables go
+    /// to stderr).
+    #[arg(long, requires = "compare")]
+    pub json: bool,
     /// Env config (model, search, prompt, rollout settings). With --retrieval: measure the
     /// search backend it names (BM25, a graph kind, online) instead of --index.
     #[arg(long)]
@@ -200,12 +224,163 @@ fn run_eval_retrieval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--compare A B`: pairs two trajectories files (or the like-named files of two folders),
+/// and prints a table per pair, on stdout, or with `json` on stderr with one JSON line per
+/// pair on stdout.
+fn run_eval_compare(sides: &[PathBuf], rules: AnswerRules, json: bool) -> Result<()> {
+    let [a, b] = sides else {
+        bail!("--compare takes two paths, A and B");
+    };
+    let pairs: Vec<(Option<String>, PathBuf, PathBuf)> = match (a.is_dir(), b.is_dir()) {
+        (false, false) => vec![(None, a.clone(), b.clone())],
+        (true, true) => {
+            let (in_a, in_b) = (trajectories_in(a)?, trajectories_in(b)?);
+            for (name, dir, other) in in_a
+                .iter()
+                .filter(|n| !in_b.contains(n))
+                .map(|n| (n, a, b))
+                .chain(in_b.iter().filter(|n| !in_a.contains(n)).map(|n| (n, b, a)))
+            {
+                eprintln!(
+                    "{name}: in {} but not in {}, not compared",
+                    dir.display(),
+                    other.display()
+                );
+            }
+            let common: Vec<_> = in_a
+                .iter()
+                .filter(|n| in_b.contains(n))
+                .map(|n| (Some(set_name(n)), a.join(n), b.join(n)))
+                .collect();
+            if common.is_empty() {
+                bail!(
+                    "{} and {} hold no *.trajectories.jsonl of the same name",
+                    a.display(),
+                    b.display()
+                );
+            }
+            common
+        }
+        _ => bail!("--compare takes two files or two folders, not one of each"),
+    };
+    for (set, pa, pb) in &pairs {
+        let outcomes_a = read_outcomes(pa, rules)?;
+        let outcomes_b = read_outcomes(pb, rules)?;
+        let comparison = compare(&outcomes_a, &outcomes_b)
+            .with_context(|| format!("comparing {} with {}", pa.display(), pb.display()))?;
+        let mut table = String::new();
+        if let Some(set) = set {
+            table.push_str(&format!("## {set}\n\n"));
+        }
+        table.push_str(&compare_table(pa, pb, &comparison));
+        if json {
+            eprintln!("{table}");
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                set: Option<&'a str>,
+                a: &'a std::path::Path,
+                b: &'a std::path::Path,
+                #[serde(flatten)]
+                comparison: &'a Comparison,
+            }
+            let line = Line {
+                set: set.as_deref(),
+                a: pa,
+                b: pb,
+                comparison: &comparison,
+            };
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            println!("{table}");
+        }
+    }
+    Ok(())
+}
+
+/// File names ending `.trajectories.jsonl` in `dir`, sorted.
+fn trajectories_in(dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if let Some(name) = entry.file_name().to_str() {
+            if name.ends_with(".trajectories.jsonl") && entry.path().is_file() {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    if names.is_empty() {
+        bail!(
+            "{} holds no *.trajectories.jsonl: give an eval phase folder (runs/NAME/NN-phase), \
+             an --out folder of several sets, or two files",
+            dir.display()
+        );
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The set a trajectories file name stands for: `eval-hotpotqa_500.trajectories.jsonl` →
+/// `hotpotqa_500`.
+fn set_name(file: &str) -> String {
+    let stem = file.strip_suffix(".trajectories.jsonl").unwrap_or(file);
+    stem.strip_prefix("eval-").unwrap_or(stem).to_owned()
+}
+
+/// A comparison as a markdown table, headed by the two files and how their rows paired:
+/// cover-EM and EM with A and B ± one standard error, B − A, gained, lost and McNemar's p;
+/// F1 means with the paired difference ± its standard error.
+pub fn compare_table(a: &std::path::Path, b: &std::path::Path, c: &Comparison) -> String {
+    let mut t = format!(
+        "A: {}\nB: {}\n{} questions paired by {}",
+        a.display(),
+        b.display(),
+        c.n,
+        c.paired_by.as_str()
+    );
+    if c.only_a + c.only_b > 0 {
+        t.push_str(&format!(
+            " ({} only in A, {} only in B: not counted)",
+            c.only_a, c.only_b
+        ));
+    }
+    t.push_str(
+        "\n\n| metric | A | B | B − A | gained | lost | McNemar p |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, m) in [("cover-EM", &c.cover_em), ("EM", &c.em)] {
+        t.push_str(&format!(
+            "| {name} | {:.1} ± {:.1} | {:.1} ± {:.1} | {:+.1} | {} | {} | {} |\n",
+            m.a,
+            m.se_a,
+            m.b,
+            m.se_b,
+            m.b - m.a,
+            m.gained,
+            m.lost,
+            format_p_value(m.p_value)
+        ));
+    }
+    let f = &c.f1;
+    t.push_str(&format!(
+        "| F1 (mean) | {:.1} ± {:.1} | {:.1} ± {:.1} | {:+.1} ± {:.1} | – | – | – |\n",
+        f.a, f.se_a, f.b, f.se_b, f.diff, f.diff_se
+    ));
+    t.push_str(
+        "\n± is one standard error. gained: wrong in A, right in B; lost: right in A, wrong in B. \
+         McNemar p: how often gains and losses this unequal would arise if A and B were equally \
+         accurate (small: unlikely to be noise).\n",
+    );
+    t
+}
+
 /// `sleuth eval`: the agent over one or more QA sets (report JSON on stdout, optionally
-/// written with its trajectories; a table of all sets on stderr), `--rescore`, or
-/// `--retrieval`.
+/// written with its trajectories; a table of all sets on stderr), `--rescore`, `--compare`,
+/// or `--retrieval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     if a.retrieval {
         return run_eval_retrieval(a);
+    }
+    if let Some(sides) = &a.compare {
+        return run_eval_compare(sides, a.answer_rules, a.json);
     }
     let judge = a.judge.client()?;
     if let Some(path) = &a.rescore {

@@ -11,6 +11,9 @@
 //! - [`dataset`]: reading QA sets; [`agent`]: running the search agent over one and
 //!   reporting EM, cover-EM, F1, finished rate and searches per question.
 //!
+//! - [`compare`]: two evaluations of the same questions, paired question by question: the
+//!   standard error of each rate, questions gained and lost, McNemar's exact p-value.
+//!
 //! - [`judge`]: an LLM judge (ACC_L) over any OpenAI-compatible chat endpoint.
 //!
 //! - [`retrieval`]: retrieval quality alone (support-title recall@k, answer hit@k), the
@@ -21,12 +24,17 @@
 use std::path::PathBuf;
 
 pub mod agent;
+pub mod compare;
 pub mod dataset;
 pub mod judge;
 mod rescore;
 pub mod retrieval;
 
 pub use agent::{evaluate, EvalRecord, EvalReport, EvalTally};
+pub use compare::{
+    compare, format_p_value, mcnemar_exact, read_outcomes, standard_error_points, CompareError,
+    Comparison, Outcome, Paired, PairedBy, PairedMean,
+};
 pub use dataset::{question_key, read_qa, QaExample, QaSplit};
 pub use judge::{judge_all, JudgeItem};
 pub use rescore::{parse_verdict, rescore, rescore_rows, PredictionRow, RescoreReport};

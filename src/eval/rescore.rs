@@ -169,6 +169,9 @@ pub fn rescore_rows(
 pub struct PredictionRow {
     /// 1-based line number in the file.
     pub line: usize,
+    /// The `idx` field, when the row has one as an integer (as [`super::read_qa`] reads it);
+    /// a paired comparison ([`super::compare`]) matches rows by it.
+    pub idx: Option<i64>,
     /// The `question` field, when the row has one as a string.
     pub question: Option<String>,
     /// `pred_ans` (empty when missing or null).
@@ -227,13 +230,14 @@ fn parse_row(line: &str, path: &Path, line_no: usize) -> Result<PredictionRow, E
             Some(_) => return Err(invalid(field, "a string (True or False)")),
         }
     }
-    // Only a live judge needs it, and it says so when a row lacks it.
+    // Only a live judge and a paired comparison need it, and they say so when a row lacks it.
     let question = row
         .get("question")
         .and_then(Value::as_str)
         .map(str::to_owned);
     Ok(PredictionRow {
         line: line_no,
+        idx: row.get("idx").and_then(Value::as_i64),
         question,
         prediction,
         golds,
