@@ -613,7 +613,10 @@ mod tests {
                     assert_eq!(c.data.part.as_deref(), Some("rl"), "{name}");
                 }
             }
-            if root.join("../shared/data/qa/hotpotqa_train_600.jsonl").is_file() {
+            if root
+                .join("../shared/data/qa/hotpotqa_train_600.jsonl")
+                .is_file()
+            {
                 let record = crate::curriculum::check_question_sets(&cur).unwrap();
                 assert!(record.phases.iter().all(|p| p.questions > 0), "{record:?}");
             }
@@ -780,7 +783,10 @@ train = { seed = 5 }
             .iter()
             .map(|p| cfg.phase_config(p).unwrap().train.seed)
             .collect();
-        assert_ne!(seeds[0], seeds[1], "stage 1 and stage 2 draw in distinct orders");
+        assert_ne!(
+            seeds[0], seeds[1],
+            "stage 1 and stage 2 draw in distinct orders"
+        );
         assert_eq!(seeds[0], phase_seed(5, "stage1"));
         assert_ne!(phase_seed(5, "stage1"), phase_seed(6, "stage1"));
         assert_eq!(seeds[2], 5, "an explicit seed is kept");
@@ -819,11 +825,28 @@ data = {{ part = "rl" }}
 "#
         );
         let cfg: RunConfig = toml::from_str(&text).unwrap();
-        let cold = cfg.phase_config(&cfg.phase[0]).unwrap().data.read_train().unwrap();
-        let rl = cfg.phase_config(&cfg.phase[1]).unwrap().data.read_train().unwrap();
+        let cold = cfg
+            .phase_config(&cfg.phase[0])
+            .unwrap()
+            .data
+            .read_train()
+            .unwrap();
+        let rl = cfg
+            .phase_config(&cfg.phase[1])
+            .unwrap()
+            .data
+            .read_train()
+            .unwrap();
         assert_eq!(cold.len() + rl.len(), 200);
-        assert!(cold.len() > 90 && rl.len() > 50, "{} / {}", cold.len(), rl.len());
-        assert!(cold.iter().all(|c| rl.iter().all(|r| r.question != c.question)));
+        assert!(
+            cold.len() > 90 && rl.len() > 50,
+            "{} / {}",
+            cold.len(),
+            rl.len()
+        );
+        assert!(cold
+            .iter()
+            .all(|c| rl.iter().all(|r| r.question != c.question)));
         // The whole set without a part.
         assert_eq!(cfg.data.read_train().unwrap().len(), 200);
 

@@ -164,7 +164,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
             .map_err(|e| top(Box::new(e)))
     };
     save_state(&state)?;
-    let split = check_question_sets(cfg).map_err(|e| top(e.into()))?;
+    let split = check_question_sets(cfg).map_err(top)?;
     write_atomic(
         &out.join("data-split.json"),
         serde_json::to_string_pretty(&split).expect("split record"),
@@ -566,9 +566,21 @@ pub fn check_question_sets(
             )),
         }
     };
-    clash(&collect_keys, &rl_keys, "a cold-start question must not be an RL question")?;
-    clash(&collect_keys, &eval_keys, "never train on an evaluation question")?;
-    clash(&rl_keys, &eval_keys, "never train on an evaluation question")?;
+    clash(
+        &collect_keys,
+        &rl_keys,
+        "a cold-start question must not be an RL question",
+    )?;
+    clash(
+        &collect_keys,
+        &eval_keys,
+        "never train on an evaluation question",
+    )?;
+    clash(
+        &rl_keys,
+        &eval_keys,
+        "never train on an evaluation question",
+    )?;
     Ok(SplitRecord {
         split: cfg.data.split.clone(),
         phases,

@@ -263,7 +263,15 @@ fn overlapping_phase_questions_are_refused_and_the_split_is_recorded() {
         max_total_steps: Some(0),
         ..Default::default()
     };
-    run_curriculum(&cfg, base(&tok), Arc::new(Docs), &out, &opts, &backend::device()).unwrap();
+    run_curriculum(
+        &cfg,
+        base(&tok),
+        Arc::new(Docs),
+        &out,
+        &opts,
+        &backend::device(),
+    )
+    .unwrap();
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("data-split.json")).unwrap())
             .unwrap();
@@ -271,7 +279,12 @@ fn overlapping_phase_questions_are_refused_and_the_split_is_recorded() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["phase"].as_str().unwrap(), p["questions"].as_u64().unwrap()))
+        .map(|p| {
+            (
+                p["phase"].as_str().unwrap(),
+                p["questions"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         phases,

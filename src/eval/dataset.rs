@@ -61,22 +61,13 @@ pub fn question_key(question: &str) -> String {
 /// the hash range; the counts per part follow them up to sampling noise (recorded in the run's
 /// `data-split.json`). Fractions that add up to less than 1 leave the rest of the questions in
 /// no part.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QaSplit {
     /// Seed of the hash: another seed, another split. Default 0.
     pub seed: u64,
     /// Part name → share of the questions (≥ 0, adding up to ≤ 1). Default: none.
     pub parts: std::collections::BTreeMap<String, f64>,
-}
-
-impl Default for QaSplit {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            parts: std::collections::BTreeMap::new(),
-        }
-    }
 }
 
 impl QaSplit {
@@ -88,7 +79,9 @@ impl QaSplit {
         let mut sum = 0.0;
         for (name, &f) in &self.parts {
             if !f.is_finite() || f < 0.0 {
-                return Err(format!("[data.split] parts.{name} = {f}: a share must be ≥ 0"));
+                return Err(format!(
+                    "[data.split] parts.{name} = {f}: a share must be ≥ 0"
+                ));
             }
             sum += f;
         }
@@ -214,7 +207,10 @@ mod tests {
     fn question_key_ignores_case_and_punctuation() {
         assert_eq!(question_key("  Who wrote *Hamlet*?"), "who wrote hamlet");
         assert_eq!(question_key("who   wrote hamlet"), "who wrote hamlet");
-        assert_ne!(question_key("Who wrote Hamlet?"), question_key("Who wrote Macbeth?"));
+        assert_ne!(
+            question_key("Who wrote Hamlet?"),
+            question_key("Who wrote Macbeth?")
+        );
     }
 
     #[test]
@@ -240,7 +236,10 @@ mod tests {
         assert!(near(counts[&Some("rl")], 0.3), "{counts:?}");
         assert!(near(counts[&None], 0.2), "{counts:?}");
         // Another seed moves questions between parts.
-        let other = QaSplit { seed: 8, ..split.clone() };
+        let other = QaSplit {
+            seed: 8,
+            ..split.clone()
+        };
         let moved = questions
             .iter()
             .filter(|q| other.part_of(q) != split.part_of(q))
@@ -249,7 +248,9 @@ mod tests {
         // Bad shares are refused with the part named.
         let bad = QaSplit {
             seed: 0,
-            parts: [("a".to_string(), 0.7), ("b".to_string(), 0.6)].into_iter().collect(),
+            parts: [("a".to_string(), 0.7), ("b".to_string(), 0.6)]
+                .into_iter()
+                .collect(),
         };
         assert!(bad.validate().unwrap_err().contains("add up to 1.2"));
         let neg = QaSplit {

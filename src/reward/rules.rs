@@ -490,13 +490,19 @@ mod tests {
         assert_eq!(f1.score(GOOD, &arrowhead()).answer, 1.0);
         // Half right ("Arrowhead" against "Arrowhead Stadium": P = 1, R = 1/2, F1 = 2/3).
         let partial = f1.score(&with_answer("Arrowhead"), &arrowhead());
-        assert!((partial.answer - (2.0 * 2.0 / 3.0 - 1.0)).abs() < 1e-6, "{partial:?}");
+        assert!(
+            (partial.answer - (2.0 * 2.0 / 3.0 - 1.0)).abs() < 1e-6,
+            "{partial:?}"
+        );
         assert_parts_add_up(&partial);
         // Cover-EM grading gives the same partial answer the full −1.
         let cem = Stage1Reward::default().score(&with_answer("Arrowhead"), &arrowhead());
         assert_eq!(cem.answer, -1.0);
         // Wrong or missing: −1 either way.
-        assert_eq!(f1.score(&with_answer("Kauffman"), &arrowhead()).answer, -1.0);
+        assert_eq!(
+            f1.score(&with_answer("Kauffman"), &arrowhead()).answer,
+            -1.0
+        );
         assert_eq!(f1.score("", &arrowhead()).answer, -1.0);
         assert_eq!(
             RewardKind::Stage1

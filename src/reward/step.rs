@@ -134,7 +134,12 @@ mod tests {
     fn each_search_bringing_new_gold_is_paid_once() {
         let gold = titles(&["A", "B"]);
         // Search 1 brings A, search 2 brings B: two paid searches.
-        let r = step_retrieval_reward(&[titles(&["A", "x"]), titles(&["B", "y"])], &gold, true, &CFG);
+        let r = step_retrieval_reward(
+            &[titles(&["A", "x"]), titles(&["B", "y"])],
+            &gold,
+            true,
+            &CFG,
+        );
         assert_eq!((r.searches_with_new_support, r.repeated_searches), (2, 0));
         assert_eq!(r.support_found, 2);
         assert_eq!(r.total, 1.0);
