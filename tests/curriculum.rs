@@ -41,6 +41,15 @@ impl Retriever for Docs {
     }
 }
 
+/// Held by every test of this file for its whole run: [`base`] seeds burn's global RNG and
+/// draws the random weights from it, so two tests building models at once would interleave
+/// their draws and the bit-for-bit comparisons would see different weights.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn base(tok: &Tokenizer) -> (Llama<Train>, LlamaConfig, Tokenizer) {
     let device = backend::device();
     <Train as burn::tensor::backend::Backend>::seed(&device, 7);
@@ -175,6 +184,7 @@ fn run(cfg: &RunConfig, tok: &Tokenizer, out: &Path, resume: bool, max: Option<u
 
 #[test]
 fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
+    let _serial = serial();
     let Some(tok) = tokenizer() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
@@ -255,6 +265,7 @@ fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
 /// each phase used in `data-split.json`.
 #[test]
 fn overlapping_phase_questions_are_refused_and_the_split_is_recorded() {
+    let _serial = serial();
     let Some(tok) = tokenizer() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
@@ -332,6 +343,7 @@ fn overlapping_phase_questions_are_refused_and_the_split_is_recorded() {
 /// test.
 #[test]
 fn before_after_pairs_the_first_and_last_eval_phases() {
+    let _serial = serial();
     use sleuth::curriculum::{before_after, PhaseEval};
     use sleuth::eval::EvalReport;
 
