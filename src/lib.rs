@@ -80,6 +80,7 @@ pub mod data;
 pub mod embed;
 pub mod env;
 pub mod eval;
+mod hash;
 pub mod index;
 pub mod llm;
 pub mod model;

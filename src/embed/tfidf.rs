@@ -82,11 +82,7 @@ impl TfidfEmbedder {
 /// The dimension (`h mod dims`) and sign (`−` when the top bit of `h` is set) of `term` under
 /// [`TfidfEmbedder`]'s feature hashing, `h` being 64-bit FNV-1a of the term's bytes.
 pub fn hashed_feature(term: &str, dims: usize) -> (usize, f32) {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in term.as_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::hash::fnv1a(term.as_bytes());
     let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
     ((h % dims as u64) as usize, sign)
 }

@@ -109,15 +109,8 @@ impl QaSplit {
 
 /// FNV-1a over `text`, finished with SplitMix64's mixer under `seed`, as a fraction in [0, 1).
 fn unit_hash(seed: u64, text: &str) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let mut z = h ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    use crate::hash::{fnv1a, splitmix64_mix, GOLDEN_GAMMA};
+    let z = splitmix64_mix(fnv1a(text.as_bytes()) ^ seed.wrapping_mul(GOLDEN_GAMMA));
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 

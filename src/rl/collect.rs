@@ -304,12 +304,9 @@ enum Situation {
     YesNo,
 }
 
-/// SplitMix64's output function: a well-mixed 64-bit hash of `z`.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// SplitMix64's first output from state `z`: a well-mixed 64-bit hash of `z`.
+fn mix(z: u64) -> u64 {
+    crate::hash::splitmix64_mix(z.wrapping_add(crate::hash::GOLDEN_GAMMA))
 }
 
 /// The phrase for `situation` in question `index` under `seed`; the `nth` use of one situation

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::fnv1a;
+
 /// A fetched passage as stored in the cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedPassage {
@@ -25,15 +27,6 @@ struct Entry {
     engine: String,
     query: String,
     passages: Vec<CachedPassage>,
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// The cache file for `(engine, query)` under `dir`.
