@@ -330,11 +330,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                 save_state(&state)?;
             }
             PhaseKind::Eval => {
-                let sets = if p.sets.is_empty() {
-                    vec![phase_cfg.data.eval.clone()]
-                } else {
-                    p.sets.clone()
-                };
+                let sets = eval_sets(p, &phase_cfg);
                 let mut reports = Vec::new();
                 let mut model: Option<Llama<B>> = None; // loaded once, when a set needs it
                 for set in &sets {
@@ -518,11 +514,7 @@ pub fn check_question_sets(
         let (files, questions) = match p.kind {
             PhaseKind::Collect | PhaseKind::Rl => (pc.data.train.clone(), pc.data.read_train()?),
             PhaseKind::Eval => {
-                let sets = if p.sets.is_empty() {
-                    vec![pc.data.eval.clone()]
-                } else {
-                    p.sets.clone()
-                };
+                let sets = eval_sets(p, &pc);
                 let mut qs = Vec::new();
                 for set in &sets {
                     qs.extend(read_qa(set)?);
@@ -617,6 +609,16 @@ fn paired_cover_em(first: &PhaseEval, last: &PhaseEval, set: &str) -> String {
             )
         }
         Err(e) => format!("no paired test: {e}"),
+    }
+}
+
+/// The QA files an eval phase evaluates: its `sets`, or its config's `[data] eval` when it
+/// names none.
+fn eval_sets(p: &PhaseSection, phase_cfg: &RunConfig) -> Vec<PathBuf> {
+    if p.sets.is_empty() {
+        vec![phase_cfg.data.eval.clone()]
+    } else {
+        p.sets.clone()
     }
 }
 
