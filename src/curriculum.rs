@@ -24,7 +24,9 @@
 //! phases. `curriculum.json` records the phases completed (written atomically after each).
 //! With `--resume` a killed run skips completed phases, resumes the interrupted one from its
 //! checkpoint (or restarts it when it had none, e.g. a `collect` or `eval` phase), and drops
-//! the metrics lines past that checkpoint, so each step appears once.
+//! the metrics lines past that checkpoint, so each step appears once. A completed phase's
+//! checkpoint keeps its weights but not its optimizer moments
+//! ([`checkpoint::drop_optimizer`]): 0.5 GB instead of 1.6 GB per phase for the 135M default.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -233,6 +235,8 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         .find(|(n, _)| n == &p.name)
                         .map_or(0, |(_, s)| *s);
                     if checkpoint::exists(&dir) {
+                        // A run from before finished phases dropped their moments.
+                        checkpoint::drop_optimizer(&dir).map_err(|e| terr(e.into()))?;
                         weights = Some(dir);
                     }
                     continue;
@@ -321,13 +325,22 @@ pub fn run_curriculum<B: AutodiffBackend>(
                     );
                     return Ok(evals);
                 }
-                if checkpoint::exists(&dir) {
-                    weights = Some(dir);
-                } // else a zero-step phase: the weights pass on unchanged.
                 run_steps_before += outcome.steps_done;
                 state.completed.push(p.name.clone());
                 state.steps.push((p.name.clone(), outcome.steps_done));
                 save_state(&state)?;
+                if checkpoint::exists(&dir) {
+                    // Completed: no phase resumes it, the next starts a fresh optimizer.
+                    let freed = checkpoint::drop_optimizer(&dir).map_err(|e| terr(e.into()))?;
+                    if freed > 0 {
+                        eprintln!(
+                            "[{}] done; kept the weights, dropped the optimizer moments ({:.1} GB)",
+                            p.name,
+                            freed as f64 / 1e9
+                        );
+                    }
+                    weights = Some(dir);
+                } // else a zero-step phase: the weights pass on unchanged.
             }
             PhaseKind::Eval => {
                 let sets = eval_sets(p, &phase_cfg);
