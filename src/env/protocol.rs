@@ -1,4 +1,7 @@
-//! Protocol tags and the text operations on them (DESIGN §3).
+//! Protocol tags and the text operations on them (DESIGN §3): the one place the tags are
+//! written. The environment inserts documents with them and the reward rules
+//! (`crate::reward::format`) check the policy's text against the same constants, so changing a
+//! tag here changes both.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -12,8 +15,19 @@ pub const END_QUERY: &str = "<|end_of_query|>";
 pub const BEGIN_DOCS: &str = "<|begin_of_documents|>";
 /// Closes the inserted documents.
 pub const END_DOCS: &str = "<|end_of_documents|>";
+/// Opens the final answer.
+pub const BEGIN_ANSWER: &str = "<answer>";
 /// Closes the final answer; the episode ends here.
 pub const END_ANSWER: &str = "</answer>";
+/// Opens the reasoning; the prompt writes it (`Assistant: <think>`), never the policy.
+pub const BEGIN_THINK: &str = "<think>";
+/// Closes the reasoning.
+pub const END_THINK: &str = "</think>";
+/// A well-formed document block's opening as it appears in an episode: the policy's
+/// [`END_QUERY`], then the start of [`documents_block`].
+pub const DOCUMENTS_OPENING: &str = "<|end_of_query|>\n\n<|begin_of_documents|>\n";
+/// A well-formed document block's closing, the end of [`documents_block`].
+pub const DOCUMENTS_CLOSING: &str = "<|end_of_documents|>\n\n";
 /// Prediction recorded when the search budget is exceeded.
 pub const NO_ANSWER: &str = "I don't know.";
 
@@ -35,7 +49,10 @@ pub fn extract_query(segment: &str) -> Option<String> {
 /// policy already wrote `<|end_of_query|>`, so the block starts with the blank line.
 /// Each passage is rendered `"title" text` and cut to `max_words` words (0 = no cut).
 pub fn documents_block(hits: &[Hit], max_words: usize) -> String {
-    let mut s = format!("\n\n{BEGIN_DOCS}\n");
+    let mut s = DOCUMENTS_OPENING
+        .strip_prefix(END_QUERY)
+        .unwrap_or(DOCUMENTS_OPENING)
+        .to_string();
     if hits.is_empty() {
         s.push_str("None\n");
     }
@@ -49,14 +66,32 @@ pub fn documents_block(hits: &[Hit], max_words: usize) -> String {
         };
         s.push_str(&format!("({}){}\n", i + 1, doc));
     }
-    s.push_str(END_DOCS);
-    s.push_str("\n\n");
+    s.push_str(DOCUMENTS_CLOSING);
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_block_the_environment_inserts_is_the_block_the_reward_accepts() {
+        assert_eq!(DOCUMENTS_OPENING, format!("{END_QUERY}\n\n{BEGIN_DOCS}\n"));
+        assert_eq!(DOCUMENTS_CLOSING, format!("{END_DOCS}\n\n"));
+        for hits in [
+            vec![],
+            vec![Hit {
+                id: "1".into(),
+                title: "T".into(),
+                text: "x y".into(),
+                score: 1.0,
+            }],
+        ] {
+            let episode = format!("{END_QUERY}{}", documents_block(&hits, 0));
+            assert!(episode.starts_with(DOCUMENTS_OPENING), "{episode:?}");
+            assert!(episode.ends_with(DOCUMENTS_CLOSING), "{episode:?}");
+        }
+    }
 
     #[test]
     fn query_is_text_after_last_open_tag_cleaned() {

@@ -47,7 +47,7 @@ use tokio::sync::Semaphore;
 use crate::retry::{head, PostError};
 
 use super::prompt::PromptConfig;
-use super::protocol::{BEGIN_QUERY, END_ANSWER, END_QUERY};
+use super::protocol::{BEGIN_ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY};
 use super::rollout::{
     query_turn, Episode, EpisodeEnd, Policy, QueryTurn, RolloutConfig, RolloutError, RolloutStats,
     SearchCall,
@@ -492,14 +492,14 @@ fn stop_kind(stop_reason: Option<&str>, solution: &str) -> StopKind {
         (Some(_), None) => true,
         _ => false,
     };
-    let open_answer = match (last("<answer>"), last(END_ANSWER)) {
+    let open_answer = match (last(BEGIN_ANSWER), last(END_ANSWER)) {
         (Some(b), Some(e)) => b > e,
         (Some(_), None) => true,
         _ => false,
     };
     match (open_query, open_answer) {
         // Both open: the later opening tag is the one being closed.
-        (true, true) if last(BEGIN_QUERY) > last("<answer>") => StopKind::Query,
+        (true, true) if last(BEGIN_QUERY) > last(BEGIN_ANSWER) => StopKind::Query,
         (true, false) => StopKind::Query,
         (_, true) => StopKind::Answer,
         (false, false) => StopKind::Eos,

@@ -37,33 +37,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Opens a search query written by the policy.
-pub const BEGIN_OF_QUERY: &str = "<|begin_of_query|>";
-/// Closes a search query; generation stops here and the environment searches.
-pub const END_OF_QUERY: &str = "<|end_of_query|>";
-/// Opens a block of retrieved documents inserted by the environment.
-pub const BEGIN_OF_DOCUMENTS: &str = "<|begin_of_documents|>";
-/// Closes a block of retrieved documents.
-pub const END_OF_DOCUMENTS: &str = "<|end_of_documents|>";
-/// A well-formed document block opening, exactly as the environment inserts it.
-pub const DOCUMENTS_OPENING: &str = "<|end_of_query|>\n\n<|begin_of_documents|>\n";
-/// A well-formed document block closing, exactly as the environment inserts it.
-pub const DOCUMENTS_CLOSING: &str = "<|end_of_documents|>\n\n";
+use crate::env::protocol::{
+    BEGIN_ANSWER, BEGIN_DOCS, BEGIN_QUERY, BEGIN_THINK, DOCUMENTS_CLOSING, DOCUMENTS_OPENING,
+    END_ANSWER, END_DOCS, END_QUERY, END_THINK,
+};
+
 /// The longest accepted answer, in whitespace-separated words.
 pub const MAX_ANSWER_WORDS: usize = 10;
 /// Dialogue turn markers that must not appear in the policy's own text (case-sensitive).
 pub const ROLE_WORDS: [&str; 4] = ["Assistant:", "assistant:", "User:", "user:"];
 
-const THINK_OPEN: &str = "<think>";
-const THINK_CLOSE: &str = "</think>";
-const ANSWER_OPEN: &str = "<answer>";
-const ANSWER_CLOSE: &str = "</answer>";
-const PROTOCOL_MARKERS: [&str; 4] = [
-    BEGIN_OF_QUERY,
-    END_OF_QUERY,
-    BEGIN_OF_DOCUMENTS,
-    END_OF_DOCUMENTS,
-];
+const PROTOCOL_MARKERS: [&str; 4] = [BEGIN_QUERY, END_QUERY, BEGIN_DOCS, END_DOCS];
 
 /// The verdict of every format check on one solution, plus what the checks extracted.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -93,17 +77,17 @@ impl FormatReport {
             !PROTOCOL_MARKERS.iter().any(|m| a.contains(m))
                 && a.split_whitespace().count() <= MAX_ANSWER_WORDS
         });
-        let think_answer_format_ok = policy_text.matches(THINK_OPEN).count() == 0
-            && policy_text.matches(THINK_CLOSE).count() == 1
-            && policy_text.matches(ANSWER_OPEN).count() == 1
-            && policy_text.matches(ANSWER_CLOSE).count() == 1
+        let think_answer_format_ok = policy_text.matches(BEGIN_THINK).count() == 0
+            && policy_text.matches(END_THINK).count() == 1
+            && policy_text.matches(BEGIN_ANSWER).count() == 1
+            && policy_text.matches(END_ANSWER).count() == 1
             && answer_ok;
 
-        let searches = solution.matches(BEGIN_OF_QUERY).count();
+        let searches = solution.matches(BEGIN_QUERY).count();
         let retrieval_format_ok = [
-            END_OF_QUERY,
-            BEGIN_OF_DOCUMENTS,
-            END_OF_DOCUMENTS,
+            END_QUERY,
+            BEGIN_DOCS,
+            END_DOCS,
             DOCUMENTS_OPENING,
             DOCUMENTS_CLOSING,
         ]
@@ -139,9 +123,9 @@ impl FormatReport {
 /// This reads the text as given; [`FormatReport::check`] applies it to the text outside
 /// document blocks.
 pub fn extract_answer(text: &str) -> Option<&str> {
-    let close = text.rfind(ANSWER_CLOSE)?;
-    let open = text[..close].rfind(ANSWER_OPEN)?;
-    Some(text[open + ANSWER_OPEN.len()..close].trim())
+    let close = text.rfind(END_ANSWER)?;
+    let open = text[..close].rfind(BEGIN_ANSWER)?;
+    Some(text[open + BEGIN_ANSWER.len()..close].trim())
 }
 
 /// Whether a character belongs to a CJK script or CJK punctuation block, by code point range:
@@ -172,14 +156,14 @@ pub fn is_cjk(c: char) -> bool {
 fn outside_documents(solution: &str) -> String {
     let mut out = String::with_capacity(solution.len());
     let mut rest = solution;
-    while let Some(start) = rest.find(BEGIN_OF_DOCUMENTS) {
-        let after_open = &rest[start + BEGIN_OF_DOCUMENTS.len()..];
-        let Some(end) = after_open.find(END_OF_DOCUMENTS) else {
+    while let Some(start) = rest.find(BEGIN_DOCS) {
+        let after_open = &rest[start + BEGIN_DOCS.len()..];
+        let Some(end) = after_open.find(END_DOCS) else {
             break;
         };
         out.push_str(&rest[..start]);
         out.push('\n');
-        rest = &after_open[end + END_OF_DOCUMENTS.len()..];
+        rest = &after_open[end + END_DOCS.len()..];
     }
     out.push_str(rest);
     out

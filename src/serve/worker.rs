@@ -19,10 +19,7 @@ use crate::env::{rollout_observed, EpisodeEnd, PromptConfig, RolloutConfig, Roll
 use crate::model::{Engine, Llama, Sampler, SamplingConfig, Tokenizer};
 use crate::search::Retriever;
 
-/// Opens the final answer in the policy's text.
-const OPEN_ANSWER: &str = "<answer>";
-/// Closes it.
-const CLOSE_ANSWER: &str = "</answer>";
+use crate::env::protocol::{BEGIN_ANSWER as OPEN_ANSWER, END_ANSWER as CLOSE_ANSWER};
 
 /// Everything the served agent needs: the policy, its tokenizer, the retriever and the same
 /// prompt and rollout settings as training.
