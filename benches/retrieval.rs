@@ -181,6 +181,7 @@ fn server_latency(retriever: Arc<Bm25Retriever>, questions: &[String]) -> Value 
         let server = tokio::spawn(serve(
             listener,
             router(retriever, ServerConfig::default()),
+            ServerConfig::default().conn,
             async {
                 let _ = stopped.await;
             },

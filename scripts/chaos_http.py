@@ -42,10 +42,16 @@ Hostile mode (default)
                         must still be answered quickly ("stalls" counts those that were not).
                         Budgeted: it runs a handful of times, not thousands.
     - slow_hold:        one request stopped mid-headers and one mid-body, kept open up to
-                        --hold-seconds (default 65 when N >= 2000, otherwise off, so short runs
-                        stay short): retrieval must answer them with a JSON 408
-                        after its 60 s request_timeout_s; a request the server neither answers
-                        nor closes counts as "held_open" (informational). Runs once.
+                        --hold-seconds (default 65 when N >= 2000, otherwise --header-timeout
+                        + 5): the server must close the mid-headers one within its header-read
+                        deadline (--header-timeout; counted as "held_open_headers", a failure);
+                        retrieval answers the mid-body one with a JSON 408 after its 60 s
+                        request_timeout_s; a mid-body request the server neither answers nor
+                        closes counts as "held_open" (informational). Runs once.
+    - large_concurrent (retrieval): eight of the largest requests at once (1,024 queries,
+                        k = 100): all must be answered 200 with 1,024 lists, and the server's
+                        RSS may grow by at most 1 GiB while they run (its in-flight passage
+                        budget holds two at a time). Runs once.
     - disconnect:       clients hanging up mid-headers, mid-body, after sending a full request
                         but before the answer, and (serve) mid-stream after the first SSE chunk.
     - burst (serve):    150 concurrent requests at once, more than the queue holds: the excess
@@ -294,6 +300,7 @@ class Stats:
         self.fivexx, self.timeouts, self.non_json_4xx, self.protocol_4xx = 0, 0, 0, 0
         self.conn_errors, self.expected_resets, self.hangs, self.bad_2xx = 0, 0, 0, 0
         self.stalls, self.disconnects, self.held_open = 0, 0, 0
+        self.held_open_headers, self.large_rss_growth_kib, self.large_ok = 0, None, None
         self.fivexx_samples, self.non_json_samples, self.conn_samples = [], [], []
         self.bad_2xx_samples, self.stall_samples = [], []
         self.probe_latency_max = 0.0
@@ -374,6 +381,8 @@ class Stats:
         with self.lock:
             self.requests += 1
             self.held_open += 1
+            if "mid_headers" in case:
+                self.held_open_headers += 1
             self._case(case, "held_open")
 
     def stall(self, case, latency, err=None):
@@ -895,6 +904,7 @@ def case_slowloris(ctx, rng):
         except OSError as e:
             results.append(("fail", e))
             return
+        t0 = time.monotonic()
         try:
             pause = seconds / max(1, len(data))
             for b in data:
@@ -905,7 +915,9 @@ def case_slowloris(ctx, rng):
             else:
                 results.append(("gave_up", None))
         except (OSError, EOFError, ValueError) as e:
-            results.append(("fail", e))
+            # Headers still trickling past the server's header-read deadline: closed, as promised.
+            past = time.monotonic() - t0 >= 0.9 * ctx.header_timeout
+            results.append(("closed_at_deadline" if past else "fail", e))
         finally:
             s.close()
 
@@ -936,6 +948,8 @@ def case_slowloris(ctx, rng):
             ctx.st.answer("slowloris/trickled", r, expect=api.expect(post))
         elif what == "gave_up":
             ctx.st.disconnected("slowloris/gave_up")
+        elif what == "closed_at_deadline":
+            ctx.st.disconnected("slowloris/closed_at_header_deadline")
         else:
             ctx.st.failure("slowloris/trickled", r)
 
@@ -943,9 +957,12 @@ def case_slowloris(ctx, rng):
 def case_slow_hold(ctx, rng):
     """Two requests that stop arriving, one mid-headers, one mid-body, held for up to
     --hold-seconds: does the server answer them (retrieval: a JSON 408 after its
-    request_timeout_s) or keep them open? Kept-open ones count as "held_open" (informational:
-    neither server has a header-read timeout). Budgeted: one run."""
+    request_timeout_s) or keep them open? The mid-headers one must be closed by the header-read
+    deadline ("held_open_headers" otherwise, a failure); a kept-open mid-body one counts as
+    "held_open" (informational). Budgeted: one run."""
     hold = min(ctx.hold_seconds, ctx.deadline - time.monotonic() - 5)
+    if hold <= ctx.header_timeout:
+        return  # too little time left to tell a closed connection from a held one
     if hold <= 1:
         return
     post = ctx.api.post_routes()[0]
@@ -1040,6 +1057,40 @@ def case_burst(ctx, rng):
     run_threads(one, [(rng.randrange(10**9),) for _ in range(n)], ctx.t.timeout + 10)
 
 
+LARGE_RSS_LIMIT_KIB = 1 << 20  # 1 GiB
+
+
+def case_large_concurrent(ctx, rng):
+    """Eight of the largest requests at once (1,024 queries × k = 100): every one answered, and
+    the server's RSS growth while they run stays under LARGE_RSS_LIMIT_KIB."""
+    words = ["kansas", "city", "stadium", "paris", "france", "song", "norway", "hamlet", "river"]
+    qs = [" ".join(rng.choice(words) for _ in range(3)) for _ in range(1024)]
+    body = dumps({"queries": qs, "k": 100})
+    mon = RssMonitor(ctx.pid)
+    before = rss_kib(ctx.pid)
+    mon.start()
+    answered = []
+
+    def one(i):
+        try:
+            r = ctx.t.http("POST", "/queries", body, {"Content-Type": "application/json"},
+                           timeout=ctx.t.timeout)
+            ok = r.status == 200 and len(json.loads(r.body)["answers"]) == 1024
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            ok = False
+        with ctx.st.lock:
+            ctx.st.requests += 1
+            answered.append(ok)
+
+    run_threads(one, [(i,) for i in range(8)], ctx.t.timeout + 10)
+    time.sleep(0.6)
+    mon.stop.set()
+    with ctx.st.lock:
+        if before is not None and mon.peak is not None:
+            ctx.st.large_rss_growth_kib = mon.peak - before
+        ctx.st.large_ok = len(answered) == 8 and all(answered)
+
+
 # (function, weight, most runs per test; None = unlimited)
 CASES = {
     "valid": (case_valid, 12, None),
@@ -1059,13 +1110,15 @@ CASES = {
     "slowloris": (case_slowloris, 1, 4),
     "burst": (case_burst, 1, 2),
     "slow_hold": (case_slow_hold, 1, 1),
+    "large_concurrent": (case_large_concurrent, 1, 1),
 }
 
 
 class Ctx:
-    def __init__(self, target, api, stats, body_limit, hold_seconds, deadline):
+    def __init__(self, target, api, stats, body_limit, hold_seconds, deadline, header_timeout, pid):
         self.t, self.api, self.st, self.body_limit = target, api, stats, body_limit
         self.hold_seconds, self.deadline = hold_seconds, deadline
+        self.header_timeout, self.pid = header_timeout, pid
 
 
 # --------------------------------------------------------------------------------------------
@@ -1098,16 +1151,18 @@ def run_hostile(a, target, api):
     body_limit = a.body_limit or ((1 << 20) if a.kind == "serve" else (4 << 20))
     t0 = time.monotonic()
     deadline = t0 + a.seconds
-    ctx = Ctx(target, api, st, body_limit, a.hold_seconds, deadline)
+    ctx = Ctx(target, api, st, body_limit, a.hold_seconds, deadline, a.header_timeout, a.pid)
     names = [n for n in CASES if not (n == "burst" and a.kind != "serve")
+             and not (n == "large_concurrent" and a.kind != "retrieval")
              and not (n == "slow_hold" and a.hold_seconds <= 0)]
     weights = [CASES[n][1] for n in names]
     runs = {n: 0 for n in names}
     runs_lock = threading.Lock()
     # Slow families are budgeted; scale their budget gently with the request count.
     budget = {n: (CASES[n][2] and max(1, min(CASES[n][2], a.requests // 2500 + 1))) for n in names}
-    if "slow_hold" in budget:
-        budget["slow_hold"] = 1
+    for once in ("slow_hold", "large_concurrent"):
+        if once in budget:
+            budget[once] = 1
     rss_before = rss_kib(a.pid)
     mon = RssMonitor(a.pid)
     mon.start()
@@ -1155,6 +1210,9 @@ def run_hostile(a, target, api):
         "hangs": st.hangs,
         "client_disconnects": st.disconnects,
         "held_open": st.held_open,
+        "held_open_mid_headers": st.held_open_headers,
+        "large_concurrent_ok": st.large_ok,
+        "large_concurrent_rss_growth_kib": st.large_rss_growth_kib,
         "stalls": st.stalls,
         "stall_samples": st.stall_samples,
         "slowloris_probe_latency_max_s": round(st.probe_latency_max, 3),
@@ -1169,7 +1227,9 @@ def run_hostile(a, target, api):
         "server_health_after": health,
         "seconds": round(elapsed, 1),
     }
-    ok = st.fivexx == 0 and st.non_json_4xx == 0 and st.hangs == 0 and st.stalls == 0 and alive
+    ok = (st.fivexx == 0 and st.non_json_4xx == 0 and st.hangs == 0 and st.stalls == 0 and alive
+          and st.held_open_headers == 0 and st.large_ok is not False
+          and (st.large_rss_growth_kib or 0) <= LARGE_RSS_LIMIT_KIB)
     return report, ok
 
 
@@ -1267,6 +1327,9 @@ def main():
                     help="slow_hold case: how long to keep a stalled request open waiting for the "
                          "server to answer it (retrieval's deadline is 60 s); 0 disables; default "
                          "65 when --requests >= 2000, else 0 (keeps short runs short)")
+    ap.add_argument("--header-timeout", type=float, default=10.0,
+                    help="the server's header-read deadline in seconds (its --header-read-timeout, "
+                         "default 10): slow_hold's mid-headers request must be closed by then")
     ap.add_argument("--body-limit", type=int, default=None,
                     help="the server's body limit (default: serve 1 MiB, retrieval 4 MiB)")
     a = ap.parse_args()
@@ -1275,7 +1338,7 @@ def main():
     if a.request_timeout is None:
         a.request_timeout = 600.0 if a.load else 60.0
     if a.hold_seconds is None:
-        a.hold_seconds = 65.0 if a.requests >= 2000 else 0.0
+        a.hold_seconds = 65.0 if a.requests >= 2000 else a.header_timeout + 5.0
     target, api = Target(a.url, a.request_timeout), Api(a.kind)
     if a.load:
         if a.kind != "serve":

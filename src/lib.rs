@@ -81,6 +81,7 @@ pub mod embed;
 pub mod env;
 pub mod eval;
 mod hash;
+pub mod http;
 pub mod index;
 pub mod llm;
 pub mod model;

@@ -41,7 +41,8 @@ async fn start(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, router(retriever, cfg), async {
+    let limits = cfg.conn;
+    tokio::spawn(serve(listener, router(retriever, cfg), limits, async {
         let _ = rx.await;
     }));
     (format!("http://{addr}"), tx)

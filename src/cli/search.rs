@@ -44,6 +44,18 @@ pub struct RetrievalServerArgs {
     /// Multiplier on title matches (BM25 option).
     #[arg(long)]
     pub title_boost: Option<f32>,
+    /// Seconds a client has to send its request headers before its connection is closed
+    /// (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub header_read_timeout: Option<u64>,
+    /// Connections held open at once; more wait to be accepted (default 1024).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Passages (queries × k over all requests in flight) searched and answered at once; a
+    /// request waits for its share, bounding memory (default 204,800: two 1,024 × 100
+    /// requests).
+    #[arg(long, value_name = "N")]
+    pub max_inflight_passages: Option<usize>,
 }
 
 /// `sleuth search`: the top-k passages of one query, with scores and ids.
@@ -80,7 +92,16 @@ pub fn run_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
         ),
     };
     let addr = std::net::SocketAddr::new(a.host, a.port);
-    let cfg = crate::search::ServerConfig::default();
+    let mut cfg = crate::search::ServerConfig::default();
+    if let Some(s) = a.header_read_timeout {
+        cfg.conn.header_read_timeout_s = s;
+    }
+    if let Some(n) = a.max_connections {
+        cfg.conn.max_connections = n;
+    }
+    if let Some(n) = a.max_inflight_passages {
+        cfg.max_inflight_passages = n;
+    }
     Ok(crate::search::server::run(retriever, addr, cfg, |bound| {
         eprintln!("retrieval server listening on http://{bound}")
     })?)

@@ -12,8 +12,8 @@
 //!
 //! Queries can be rewritten before searching ([`QueryRewrite`]): dropping English stop words is
 //! one of the tuning choices, done here on the query side so one index serves both variants.
-//! The report is plain data (serde), so the CLI prints it as JSON and the tuning table in the
-//! README is built from these numbers.
+//! The report is plain data (serde), so the CLI prints it as JSON and the tuning tables of
+//! docs/retrieval.md are built from these numbers.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

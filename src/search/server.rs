@@ -27,6 +27,13 @@
 //! **Parallelism.** A batch is split into one chunk per core, each searched on the blocking
 //! pool; concurrent requests share the same pool, so neither a big batch nor many small
 //! requests stall the async workers that accept connections.
+//!
+//! **Bounded.** Requests search and answer within a budget of
+//! [`ServerConfig::max_inflight_passages`] (queries × k summed over requests in flight; a
+//! request waits for its share, inside its 408 deadline), so eight of the largest requests at
+//! once no longer take 1.5 GB. Connections are held by the shared accept loop
+//! ([`crate::http::server`]): a client that stalls mid-headers is closed after
+//! [`ConnLimits::header_read_timeout_s`], and at most [`ConnLimits::max_connections`] are open.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -45,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Hit, Retriever};
+use crate::http::server::ConnLimits;
 
 /// Settings of the retrieval server. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +69,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// A request still unanswered after this many seconds gets a 408. Default 60.
     pub request_timeout_s: u64,
+    /// Passages (queries × k, summed over requests) searched and answered at once; a request
+    /// waits until its share is free, so the memory of concurrent answers is bounded (the
+    /// largest request, 1,024 × 100, briefly takes 150–230 MB). Default 204,800: two of the
+    /// largest requests.
+    pub max_inflight_passages: usize,
+    /// Header-read deadline and connection bound ([`crate::http::server`]).
+    pub conn: ConnLimits,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +86,8 @@ impl Default for ServerConfig {
             max_batch: 1024,
             max_body_bytes: 4 << 20,
             request_timeout_s: 60,
+            max_inflight_passages: 2 * 1024 * 100,
+            conn: ConnLimits::default(),
         }
     }
 }
@@ -121,6 +138,26 @@ struct RetrieveRequest {
 struct AppState {
     retriever: Arc<dyn Retriever>,
     cfg: ServerConfig,
+    /// [`ServerConfig::max_inflight_passages`] permits; a request holds queries × k of them
+    /// from its search until its answer is serialized.
+    inflight: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// Waits for `n_queries × k` passages' worth of the in-flight budget (the whole budget at
+    /// most, so one oversized request runs alone rather than never).
+    async fn reserve(
+        &self,
+        n_queries: usize,
+        k: usize,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let budget = self.cfg.max_inflight_passages.clamp(1, u32::MAX as usize);
+        let want = n_queries.saturating_mul(k).clamp(1, budget);
+        self.inflight
+            .acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))
+    }
 }
 
 /// A refusal: status plus message, sent as `{"error": message}`.
@@ -137,7 +174,14 @@ impl IntoResponse for ApiError {
 /// listener.
 pub fn router(retriever: Arc<dyn Retriever>, cfg: ServerConfig) -> Router {
     let timeout = Duration::from_secs(cfg.request_timeout_s.max(1));
-    let state = AppState { retriever, cfg };
+    let inflight = Arc::new(tokio::sync::Semaphore::new(
+        cfg.max_inflight_passages.clamp(1, u32::MAX as usize),
+    ));
+    let state = AppState {
+        retriever,
+        cfg,
+        inflight,
+    };
     Router::new()
         .route("/queries", post(queries))
         .route("/retrieve", post(retrieve))
@@ -181,21 +225,20 @@ async fn request_deadline(
     }
 }
 
-/// Serves `router` on an already bound `listener` until `shutdown` resolves.
+/// Serves `router` on an already bound `listener` until `shutdown` resolves, on the shared
+/// accept loop ([`crate::http::server::serve`]: header-read deadline, connection bound).
 ///
 /// # Errors
 /// [`ServerError::Serve`] when accepting connections fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let addr = crate::http::server::local_addr(&listener);
     tracing::info!(%addr, "retrieval server listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+    crate::http::server::serve(listener, router, limits, shutdown)
         .await
         .map_err(|source| ServerError::Serve { addr, source })
 }
@@ -229,7 +272,8 @@ pub fn run(
                 std::future::pending::<()>().await;
             }
         };
-        serve(listener, router(retriever, cfg), shutdown).await
+        let limits = cfg.conn;
+        serve(listener, router(retriever, cfg), limits, shutdown).await
     })
 }
 
@@ -320,15 +364,17 @@ async fn search_all(
     Ok(out)
 }
 
-async fn queries(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+async fn queries(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let req: QueriesRequest = parse_body(body, state.cfg.max_body_bytes).await?;
     let k = check(&state.cfg, req.queries.len(), req.k, "k")?;
+    let _budget = state.reserve(req.queries.len(), k).await?;
     let hits = search_all(&state.retriever, req.queries.clone(), k).await?;
     let answers: Vec<Vec<String>> = hits
         .iter()
         .map(|list| list.iter().map(Hit::render).collect())
         .collect();
-    Ok(Json(json!({ "queries": req.queries, "answers": answers })))
+    // Serialized while the budget is held: the answer's bytes are part of what it bounds.
+    Ok(Json(json!({ "queries": req.queries, "answers": answers })).into_response())
 }
 
 /// A hit as a Search-R1 corpus document.
@@ -340,9 +386,10 @@ fn search_r1_doc(hit: &Hit) -> Value {
     })
 }
 
-async fn retrieve(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+async fn retrieve(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let req: RetrieveRequest = parse_body(body, state.cfg.max_body_bytes).await?;
     let k = check(&state.cfg, req.queries.len(), req.topk, "topk")?;
+    let _budget = state.reserve(req.queries.len(), k).await?;
     let hits = search_all(&state.retriever, req.queries, k).await?;
     let result: Vec<Vec<Value>> = hits
         .iter()
@@ -358,5 +405,5 @@ async fn retrieve(State(state): State<AppState>, body: Body) -> Result<Json<Valu
                 .collect()
         })
         .collect();
-    Ok(Json(json!({ "result": result })))
+    Ok(Json(json!({ "result": result })).into_response())
 }

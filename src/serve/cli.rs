@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send its request headers before its connection is closed
+    /// (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub header_read_timeout: Option<u64>,
+    /// Connections held open at once; more wait to be accepted (default 1024).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Serve a tiny random-weight model with the config's tokenizer (tests, CI, load runs).
     #[arg(long, hide = true)]
     pub tiny_test_model: bool,
@@ -168,7 +175,7 @@ pub fn run_serve(mut args: ServeArgs) -> Result<(), ServeError> {
     }
     let agent = load_agent(&args)?;
     let weights = agent.rollout.weights;
-    let opts = ServeOptions {
+    let mut opts = ServeOptions {
         model_name: args.model_name.clone(),
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_body_bytes,
@@ -177,6 +184,12 @@ pub fn run_serve(mut args: ServeArgs) -> Result<(), ServeError> {
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
         ..ServeOptions::default()
     };
+    if let Some(s) = args.header_read_timeout {
+        opts.conn.header_read_timeout_s = s;
+    }
+    if let Some(n) = args.max_connections {
+        opts.conn.max_connections = n;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

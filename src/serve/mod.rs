@@ -63,6 +63,8 @@ pub struct ServeOptions {
     pub max_tokens_limit: usize,
     /// Largest `n`. Default 8.
     pub max_n: usize,
+    /// Header-read deadline and connection bound ([`crate::http::server`]).
+    pub conn: crate::http::server::ConnLimits,
 }
 
 impl Default for ServeOptions {
@@ -76,6 +78,7 @@ impl Default for ServeOptions {
             timeout: Duration::from_secs(300),
             max_tokens_limit: 2048,
             max_n: 8,
+            conn: crate::http::server::ConnLimits::default(),
         }
     }
 }
@@ -160,7 +163,8 @@ where
     Ok(http::router(state))
 }
 
-/// Serves `agent` on `listener` until `shutdown` resolves.
+/// Serves `agent` on `listener` until `shutdown` resolves, on the shared accept loop
+/// ([`crate::http::server::serve`]: header-read deadline, connection bound).
 ///
 /// # Errors
 /// [`ServeError::Io`] when the worker cannot start or the server fails.
@@ -173,9 +177,9 @@ pub async fn serve<B: Backend>(
 where
     Llama<B>: Send + 'static,
 {
+    let limits = opts.conn;
     let app = router(agent, opts)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    crate::http::server::serve(listener, app, limits, shutdown)
         .await
         .map_err(|source| ServeError::Io {
             context: "serving".into(),
