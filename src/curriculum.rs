@@ -160,14 +160,12 @@ pub fn run_curriculum<B: AutodiffBackend>(
         CurriculumState::default()
     };
     let save_state = |s: &CurriculumState| -> Result<(), CurriculumError> {
-        let tmp = state_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(s).expect("state"))
-            .and_then(|_| std::fs::rename(&tmp, &state_path))
+        crate::atomic::write(&state_path, serde_json::to_string_pretty(s).expect("state"))
             .map_err(|e| top(Box::new(e)))
     };
     save_state(&state)?;
     let split = check_question_sets(cfg).map_err(top)?;
-    write_atomic(
+    crate::atomic::write(
         &out.join("data-split.json"),
         serde_json::to_string_pretty(&split).expect("split record"),
     )
@@ -404,9 +402,12 @@ pub fn run_curriculum<B: AutodiffBackend>(
                             .iter()
                             .map(|r| serde_json::to_string(r).expect("record") + "\n")
                             .collect();
-                        write_atomic(&dir.join(format!("eval-{name}.trajectories.jsonl")), &traj)
-                            .map_err(|e| perr(Box::new(e)))?;
-                        write_atomic(
+                        crate::atomic::write(
+                            &dir.join(format!("eval-{name}.trajectories.jsonl")),
+                            &traj,
+                        )
+                        .map_err(|e| perr(Box::new(e)))?;
+                        crate::atomic::write(
                             &report_path,
                             serde_json::to_string_pretty(&report).expect("report"),
                         )
@@ -663,14 +664,6 @@ fn policy_at<B: AutodiffBackend>(
     }
 }
 
-/// Writes `bytes` to `path` through `path` with extension `tmp` and a rename, so a reader
-/// never sees a half-written file.
-pub(crate) fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
 /// Runs a collect phase into `file` (atomically); returns the stats as JSON text.
 fn collect_phase<B: AutodiffBackend>(
     cfg: &RunConfig,
@@ -717,13 +710,8 @@ fn collect_phase<B: AutodiffBackend>(
             |ex: &SftExample| kept.push(ex.clone()),
         )?)?
     };
-    let tmp = file.with_extension("jsonl.part");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    for ex in &kept {
-        write_example(&mut w, ex)?;
-    }
-    std::io::Write::flush(&mut w)?;
-    drop(w);
-    std::fs::rename(&tmp, file)?;
+    crate::atomic::write_with(file, |w| {
+        kept.iter().try_for_each(|ex| write_example(w, ex))
+    })?;
     Ok(stats)
 }

@@ -72,6 +72,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod corpus;

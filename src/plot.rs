@@ -186,7 +186,8 @@ pub fn render(
 ) -> Result<(), PlotError> {
     // Registering twice is harmless (the second replaces the first).
     let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-    let tmp = out.with_extension("tmp.png");
+    // plotters picks the image format from the extension, so the temporary name keeps it.
+    let tmp = crate::atomic::temp_path(out).with_extension("png");
     let draw_err = |e: &dyn std::fmt::Display| PlotError::Draw {
         path: out.to_path_buf(),
         reason: e.to_string(),

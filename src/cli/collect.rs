@@ -2,7 +2,6 @@
 //! sampling, DeepSeek-R1's cold start and second round) or scripted from real retrieval
 //! ([`crate::rl::collect`]). Written to `OUT.jsonl.part`, renamed when complete.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -80,58 +79,59 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
     if let Some(parent) = a.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = a.out.with_extension("jsonl.part");
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
+    // Episodes stream into a temporary file beside `--out`, renamed into place at the end: a
+    // killed collect leaves no half file under the name.
     let bar = crate::progress::spinner(&format!("collect ({} questions)", questions.len()));
-    let mut write_err = None;
-    let mut done = 0;
-    let keep = |ex: &crate::rl::sft::SftExample| {
-        if let Err(e) = crate::rl::sft::write_example(&mut file, ex) {
-            write_err.get_or_insert(e);
-        }
-        done += 1;
-        bar.set_message(format!("kept {done}"));
-    };
-    let stats = if a.scripted {
-        let tokenizer = load_tokenizer(&cfg.model.path)?;
-        crate::rl::collect::scripted(
-            &tokenizer,
-            &retriever,
-            &cfg.prompt,
-            &cfg.rollout,
-            &Default::default(),
-            &questions,
-            a.min_searches,
-            a.seed,
-            keep,
-        )?
-    } else {
-        let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
-        policy.with(cfg.rollout.weights, |policy, tokenizer| {
-            crate::rl::collect::collect(
-                policy,
-                tokenizer,
+    let mut stats = None;
+    crate::atomic::write_with(&a.out, |file| -> Result<()> {
+        let mut write_err = None;
+        let mut done = 0;
+        let keep = |ex: &crate::rl::sft::SftExample| {
+            if let Err(e) = crate::rl::sft::write_example(file, ex) {
+                write_err.get_or_insert(e);
+            }
+            done += 1;
+            bar.set_message(format!("kept {done}"));
+        };
+        stats = Some(if a.scripted {
+            let tokenizer = load_tokenizer(&cfg.model.path)?;
+            crate::rl::collect::scripted(
+                &tokenizer,
                 &retriever,
                 &cfg.prompt,
                 &cfg.rollout,
+                &Default::default(),
                 &questions,
-                a.batch,
-                require_correct,
                 a.min_searches,
                 a.seed,
                 keep,
-            )
-        })?
-    };
+            )?
+        } else {
+            let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
+            policy.with(cfg.rollout.weights, |policy, tokenizer| {
+                crate::rl::collect::collect(
+                    policy,
+                    tokenizer,
+                    &retriever,
+                    &cfg.prompt,
+                    &cfg.rollout,
+                    &questions,
+                    a.batch,
+                    require_correct,
+                    a.min_searches,
+                    a.seed,
+                    keep,
+                )
+            })?
+        });
+        match write_err {
+            Some(e) => Err(e).with_context(|| format!("writing {}", a.out.display())),
+            None => Ok(()),
+        }
+    })?;
     bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    if let Some(stats) = stats {
+        println!("{}", serde_json::to_string(&stats)?);
     }
-    file.flush()?;
-    drop(file);
-    std::fs::rename(&tmp, &a.out)?;
-    println!("{}", serde_json::to_string(&stats)?);
     Ok(())
 }

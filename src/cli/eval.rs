@@ -572,10 +572,9 @@ fn trajectories_path(out: &std::path::Path) -> PathBuf {
     ))
 }
 
-/// [`crate::curriculum::write_atomic`], with the path in the error.
+/// [`crate::atomic::write`], with the path in the error.
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    crate::curriculum::write_atomic(path, bytes)
-        .with_context(|| format!("writing {}", path.display()))
+    crate::atomic::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Ask the judge about every record; adds ACC_L to the report and each row's verdict.

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::{load_config, load_model, load_policy, open_search};
+use crate::atomic::write as write_atomic;
 use crate::config::RunConfig;
-use crate::curriculum::write_atomic;
 use crate::model::backend::{self, Inference, Train};
 use crate::rl::trainer::Question;
 use crate::rl::{run, Trainer};

@@ -196,7 +196,7 @@ pub fn prepare(
     let name = out
         .file_name()
         .map_or_else(|| "corpus".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = crate::atomic::temp_path(&parent.join(&name));
     let result = (|| {
         fs::create_dir_all(&parent).map_err(write_err(&parent))?;
         let mut sink = Sink::create(&tmp, name.ends_with(".gz"), opts.progress)?;

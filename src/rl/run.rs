@@ -308,7 +308,7 @@ fn hms(seconds: f64) -> String {
 }
 
 /// Keeps only the metrics lines `keep` accepts (e.g. steps up to a checkpoint's), rewriting
-/// the file atomically (write a temp file, then rename). A missing file is fine; a line that
+/// the file atomically ([`crate::atomic::write`]). A missing file is fine; a line that
 /// is not JSON (a torn last line after a kill) is dropped.
 ///
 /// # Errors
@@ -331,10 +331,7 @@ pub fn truncate_metrics(path: &Path, keep: impl Fn(&Value) -> bool) -> Result<()
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    crate::atomic::write(path, kept).map_err(io)
 }
 
 /// The `"step"` of a metrics line (0 when absent).
@@ -470,7 +467,7 @@ mod tests {
             std::fs::read_to_string(&p).unwrap(),
             "{\"step\":1}\n{\"step\":2}\n"
         );
-        assert!(!p.with_extension("jsonl.tmp").exists());
+        assert!(!crate::atomic::temp_path(&p).exists());
         truncate_metrics(&dir.path().join("missing.jsonl"), |_| true).unwrap();
     }
 }

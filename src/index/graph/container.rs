@@ -441,17 +441,13 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result
         .file_name()
         .map_or_else(|| "graph".into(), |n| n.to_string_lossy().into_owned());
     crate::index::remove_stale_temps(&parent, &name, &["tmp"]);
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
-        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
+    // Synced before the rename: a graph index is expensive to rebuild.
+    crate::atomic::write_with(path, |f| {
+        f.write_all(bytes)?;
+        f.flush()?;
+        f.get_ref().sync_all()
+    })
+    .map_err(io_err("cannot write", path))?;
     Ok(bytes.len() as u64)
 }
 

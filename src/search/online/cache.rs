@@ -66,8 +66,6 @@ pub fn store(
         query: query.into(),
         passages: passages.to_vec(),
     };
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let json = serde_json::to_vec(&entry).map_err(|e| (path.clone(), e.into()))?;
-    std::fs::write(&tmp, json).map_err(|e| (tmp.clone(), e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| (path.clone(), e))
+    crate::atomic::write(&path, json).map_err(|e| (path.clone(), e))
 }

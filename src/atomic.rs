@@ -1,0 +1,91 @@
+//! Files written atomically: the one temp-then-rename writer of the crate.
+//!
+//! A reader (a resumed run, `eval --compare`, a second process) must never see half a file, and
+//! a kill or a full disk must never destroy the previous version. So every file sleuth writes
+//! for later reading (reports, trajectories, collected episodes, metrics rewritten on resume,
+//! run state, cache entries, graph indexes) is written to a hidden temporary file beside it,
+//! `.NAME.tmp-PID`, which is renamed over the target only once complete; on any failure the
+//! temporary file is removed and the target is left as it was. The same folder holds both, so
+//! the rename never crosses file systems (POSIX `rename(2)` replaces the target atomically).
+//!
+//! Not promised: durability across a power loss. Nothing is `fsync`ed unless the caller's
+//! closure does it ([`write_with`] hands it the open file); the graph index does, because it is
+//! expensive to rebuild.
+//!
+//! Checkpoints (folders of several files) have their own two-rename scheme,
+//! `crate::rl::checkpoint`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The temporary path [`write`] and [`write_with`] use for `path`: `.NAME.tmp-PID` in the same
+/// folder (hidden, and distinct per process so two writers never share one). Also what a writer
+/// of a whole folder renames into place (`export`), and what a drawing library writes into
+/// (`plot`).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically (module docs).
+///
+/// # Errors
+/// The I/O error of the create, write or rename, with the temporary file removed.
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+    write_with(path, |w| w.write_all(bytes.as_ref()))
+}
+
+/// Streams a file into `path` atomically: `fill` writes into a buffered handle on the
+/// temporary file, which is flushed and renamed over `path` when `fill` returns `Ok`.
+///
+/// # Errors
+/// `fill`'s error, or the I/O error of the create, flush or rename; the temporary file is then
+/// removed and `path` left as it was.
+pub fn write_with<E: From<std::io::Error>>(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> Result<(), E>,
+) -> Result<(), E> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        fill(&mut w)?;
+        w.flush()?;
+        drop(w);
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        write(&path, "old").unwrap();
+        let failed: std::io::Result<()> = write_with(&path, |w| {
+            w.write_all(b"half a ne")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "disk full");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "the temporary file was removed");
+        write(&path, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert!(!temp_path(&path).exists());
+        assert_eq!(
+            temp_path(&path).file_name().unwrap().to_string_lossy(),
+            format!(".report.json.tmp-{}", std::process::id())
+        );
+    }
+}
