@@ -270,6 +270,12 @@ fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
             .is_ok());
         }
     }
+    // `eval --checkpoint`, `export` and `serve` take the curriculum's own folder: its last phase
+    // with a checkpoint.
+    assert_eq!(
+        checkpoint::resolve(&whole).unwrap(),
+        whole.join("04-stage2")
+    );
     let report = |run: &Path| {
         let text = std::fs::read_to_string(run.join("05-after/eval-heldout.json")).unwrap();
         let mut v: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();

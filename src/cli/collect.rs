@@ -34,7 +34,8 @@ pub struct CollectArgs {
     /// episodes whose first search already found every support title.
     #[arg(long, default_value_t = 1)]
     pub min_searches: usize,
-    /// Sample from the weights saved in this SFT/RL run directory instead of the config's
+    /// Sample from the weights saved in this SFT/RL run directory (or a curriculum's folder: its
+    /// last phase with a checkpoint) instead of the config's
     /// model (DeepSeek-R1's second SFT round: sample the cold-started policy, keep its correct
     /// well-formed trajectories, fine-tune again). Turns --require-correct on by default.
     #[arg(long, value_name = "RUN")]

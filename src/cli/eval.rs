@@ -87,7 +87,9 @@ pub struct EvalArgs {
     /// DIR/table.md and DIR/table.json.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Evaluate the policy saved in this run directory's checkpoint.
+    /// Evaluate the policy saved in this run directory's checkpoint: a training run, a
+    /// curriculum phase (runs/NAME/04-sft-hotpot) or a curriculum's folder (its last phase with
+    /// a checkpoint).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Questions per batched rollout.

@@ -246,7 +246,8 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
 #[derive(Args)]
 pub struct ExportArgs {
     /// What to export: a run directory (its checkpoint's weights, the tokenizer of the model
-    /// its config.toml names), a GGUF file, or a Hugging Face model directory.
+    /// its config.toml names; a curriculum's folder exports its last phase with a checkpoint),
+    /// a GGUF file, or a Hugging Face model directory.
     pub source: PathBuf,
     /// Output directory (must not exist; written to a hidden temporary folder and renamed
     /// when complete).
@@ -284,14 +285,20 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     use anyhow::Context;
     let t0 = Instant::now();
     let device = backend::device();
-    let (loaded, base) = if crate::rl::checkpoint::exists(&a.source) {
+    // A run (a training run, a curriculum phase, or a curriculum's folder: its last phase with
+    // a checkpoint) or else a model file / directory.
+    let run = (crate::rl::checkpoint::exists(&a.source)
+        || a.source.join("curriculum.json").is_file())
+    .then(|| crate::rl::checkpoint::resolve(&a.source))
+    .transpose()?;
+    let (loaded, base) = if let Some(run) = run {
         let base = match &a.model {
             Some(m) => m.clone(),
             None => {
-                let cfg_path = run_config_path(&a.source).with_context(|| {
+                let cfg_path = run_config_path(&run).with_context(|| {
                     format!(
                         "{}: no config.toml in the run or in its curriculum folder; pass --model to name the base model",
-                        a.source.display()
+                        run.display()
                     )
                 })?;
                 RunConfig::load(&cfg_path)
@@ -306,7 +313,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
             }
         };
         let mut loaded = load_model::<Inference>(&base, &device)?;
-        (loaded.model, loaded.config) = crate::rl::checkpoint::load_saved(&a.source, &device)?;
+        (loaded.model, loaded.config) = crate::rl::checkpoint::load_saved(&run, &device)?;
         (loaded, base)
     } else {
         (

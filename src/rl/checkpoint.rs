@@ -175,6 +175,14 @@ pub enum CheckpointError {
         /// CRC-32 of the file now.
         found: u32,
     },
+    /// A path given as a checkpoint holds none.
+    #[error("{path}: no checkpoint here ({why}); expected a training run folder holding checkpoint/ (runs/NAME), a curriculum phase folder (runs/NAME/04-sft-hotpot) or a curriculum run folder holding curriculum.json")]
+    NotFound {
+        /// Path given.
+        path: PathBuf,
+        /// What was found instead.
+        why: String,
+    },
     /// A JSON file is malformed.
     #[error("{path}: {source}")]
     Json {
@@ -207,6 +215,52 @@ const CHECKSUMS: &str = "checksums.json";
 /// Whether `run` holds a complete checkpoint.
 pub fn exists(run: &Path) -> bool {
     dir(run).join("state.json").is_file()
+}
+
+/// The run folder whose checkpoint a reader (`eval --checkpoint`, `export`, `serve`, `chat`)
+/// loads, from what a user passes: a training run or curriculum phase folder (holding
+/// `checkpoint/`) as is; a curriculum run folder (holding `curriculum.json`) as its last phase
+/// folder (`NN-name`, by number) that holds a checkpoint.
+///
+/// # Errors
+/// [`CheckpointError::NotFound`] saying what the path holds instead: nothing, a file, or a
+/// curriculum with no training phase checkpointed yet.
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if exists(path) {
+        return Ok(path.to_path_buf());
+    }
+    let not_found = |why: &str| CheckpointError::NotFound {
+        path: path.to_path_buf(),
+        why: why.into(),
+    };
+    if !path.exists() {
+        return Err(not_found("the path does not exist"));
+    }
+    if !path.is_dir() {
+        return Err(not_found("it is a file"));
+    }
+    if !path.join("curriculum.json").is_file() {
+        return Err(not_found(
+            "a folder with neither checkpoint/ nor curriculum.json",
+        ));
+    }
+    let mut phases: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(io(path))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.len() > 3
+                    && n.as_bytes()[..2].iter().all(u8::is_ascii_digit)
+                    && n.as_bytes()[2] == b'-'
+            })
+        })
+        .collect();
+    phases.sort();
+    phases
+        .into_iter()
+        .rev()
+        .find(|p| exists(p))
+        .ok_or_else(|| not_found("a curriculum run with no training phase checkpointed yet"))
 }
 
 /// Repairs what a kill can leave in `run`, before a resume reads it (see the module docs):
@@ -501,14 +555,15 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
 
 /// A model of the architecture saved with the checkpoint, holding its weights: `(model,
 /// architecture)`. What every command that starts from a run directory (`--checkpoint`,
-/// `serve`, `export`) loads.
+/// `serve`, `export`) loads; `run` may also be a curriculum's run folder ([`resolve`]).
 ///
 /// # Errors
-/// [`load_config`]'s and [`load_model`]'s.
+/// [`resolve`]'s, [`load_config`]'s and [`load_model`]'s.
 pub fn load_saved<B: burn::tensor::backend::Backend>(
     run: &Path,
     device: &B::Device,
 ) -> Result<(Llama<B>, LlamaConfig), CheckpointError> {
+    let run = &resolve(run)?;
     let arch = load_config(run)?;
     let model = load_model(run, Llama::<B>::random(&arch, device), device)?;
     Ok((model, arch))
@@ -629,6 +684,34 @@ mod tests {
             err.contains("optimizer.mpk") && err.contains("weights only"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_curriculum_folder_resolves_to_its_last_checkpointed_phase() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path();
+        std::fs::write(run.join("curriculum.json"), "{}").unwrap();
+        let err = resolve(run).unwrap_err().to_string();
+        assert!(err.contains("no training phase checkpointed yet"), "{err}");
+        for (name, step) in [("02-sft", 2), ("04-stage1", 4)] {
+            std::fs::create_dir(run.join(name)).unwrap();
+            saved(&run.join(name), step);
+        }
+        // A later phase without a checkpoint (an eval) and a stray folder are passed over.
+        std::fs::create_dir(run.join("05-eval")).unwrap();
+        std::fs::create_dir(run.join("notes")).unwrap();
+        assert_eq!(resolve(run).unwrap(), run.join("04-stage1"));
+        assert_eq!(resolve(&run.join("02-sft")).unwrap(), run.join("02-sft"));
+        let device = backend::device();
+        assert!(load_saved::<Train>(run, &device).is_ok());
+        // One sentence naming the path and what was expected, the cause not repeated.
+        let err = resolve(&run.join("05-eval")).unwrap_err().to_string();
+        assert!(
+            err.contains("05-eval") && err.contains("expected a training run folder"),
+            "{err}"
+        );
+        let err = resolve(&run.join("missing")).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
     }
 
     #[test]

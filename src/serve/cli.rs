@@ -27,7 +27,8 @@ pub struct ServeArgs {
     /// Env config (model, search, prompt and rollout settings, as in training).
     #[arg(long)]
     pub config: PathBuf,
-    /// Serve the policy saved in this run directory's checkpoint.
+    /// Serve the policy saved in this run directory's checkpoint (a training run, a curriculum
+    /// phase, or a curriculum's folder: its last phase with a checkpoint).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Address to bind; the default keeps the server private to this machine.
