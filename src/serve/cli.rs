@@ -16,7 +16,7 @@ use crate::config::RunConfig;
 use crate::model::backend::{self, Inference};
 use crate::model::{Llama, Tokenizer};
 use crate::rl::checkpoint;
-use crate::search::{Bm25Retriever, Retriever};
+use crate::search::Retriever;
 
 /// Environment variable holding the bearer key when `--api-key` is not given.
 pub const API_KEY_ENV: &str = "SLEUTH_API_KEY";
@@ -141,18 +141,11 @@ fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
     let retriever: Box<dyn Retriever> = if args.no_index {
         Box::new(NoIndex)
     } else {
-        if cfg.search.backend != "bm25" {
-            return Err(ServeError::Option(format!(
-                "[search] backend {:?} is not supported by `sleuth serve` (use \"bm25\")",
-                cfg.search.backend
-            )));
-        }
-        Box::new(
-            Bm25Retriever::open(&cfg.search.index).map_err(|source| ServeError::Search {
-                path: cfg.search.index.clone(),
-                source,
-            })?,
-        )
+        // Every backend a config names (BM25, the graph indexes, online, http), as `eval`.
+        cfg.search.open().map_err(|source| ServeError::Search {
+            path: cfg.search.index.clone(),
+            source,
+        })?
     };
     Ok(Agent {
         model,
