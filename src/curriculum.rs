@@ -350,16 +350,28 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "eval".into());
                     let report_path = dir.join(format!("eval-{name}.json"));
-                    let report: EvalReport = if done && report_path.exists() {
+                    let mut examples = read_qa(set).map_err(|e| perr(Box::new(e)))?;
+                    if let Some(n) = limit {
+                        examples.truncate(n);
+                    }
+                    // A set finished before a kill is kept on resume (its report is written
+                    // atomically after its trajectories), when it covered the same questions.
+                    let saved = if (done || opts.resume) && report_path.exists() {
                         let text =
                             std::fs::read_to_string(&report_path).map_err(|e| perr(Box::new(e)))?;
-                        serde_json::from_str(&text).map_err(|e| perr(Box::new(e)))?
+                        let r: EvalReport =
+                            serde_json::from_str(&text).map_err(|e| perr(Box::new(e)))?;
+                        (done || r.n == examples.len()).then_some(r)
+                    } else {
+                        None
+                    };
+                    let report: EvalReport = if let Some(r) = saved {
+                        if !done {
+                            eprintln!("[{}] {name}: kept from before the resume", p.name);
+                        }
+                        r
                     } else {
                         std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
-                        let mut examples = read_qa(set).map_err(|e| perr(Box::new(e)))?;
-                        if let Some(n) = limit {
-                            examples.truncate(n);
-                        }
                         if model.is_none() {
                             model = Some(
                                 policy_at(weights.as_deref(), &base_model, device)

@@ -283,6 +283,52 @@ fn curriculum_resumes_inside_every_phase_to_the_uninterrupted_run() {
         v
     };
     assert_eq!(report(&cut), report(&whole));
+
+    // Killed inside the eval phase after a set finished: the resume keeps that set's report
+    // (marked here by a `seconds` no run would measure) when it covered the same questions,
+    // and evaluates again when the question count changed.
+    let reopen = |run: &Path| {
+        let path = run.join("curriculum.json");
+        let mut state: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        state["completed"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|p| p != "after");
+        std::fs::write(&path, state.to_string()).unwrap();
+    };
+    let report_path = cut.join("05-after/eval-heldout.json");
+    let mut saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    saved["seconds"] = serde_json::json!(12345.0);
+    std::fs::write(&report_path, saved.to_string()).unwrap();
+    reopen(&cut);
+    run(&cfg, &tok, &cut, true, None);
+    let kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(
+        kept["seconds"], 12345.0,
+        "the finished set was evaluated again"
+    );
+    reopen(&cut);
+    let opts = CurriculumOptions {
+        resume: true,
+        limit: Some(1),
+        ..Default::default()
+    };
+    run_curriculum(
+        &cfg,
+        base(&tok),
+        Arc::new(Docs),
+        &cut,
+        &opts,
+        &backend::device(),
+    )
+    .unwrap();
+    let redone: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(redone["n"], 1);
+    assert_ne!(redone["seconds"], 12345.0);
 }
 
 /// A cold-start question that is also an RL question, or a training question that is also an
