@@ -88,7 +88,6 @@ pub mod llm;
 pub mod model;
 pub mod plot;
 pub mod progress;
-mod retry;
 pub mod reward;
 pub mod rl;
 pub mod search;

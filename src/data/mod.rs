@@ -41,6 +41,8 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
+
+use crate::http::client::{Client, ClientOptions};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -523,30 +525,25 @@ struct Completed {
 #[derive(Debug)]
 pub struct Fetcher {
     opts: FetchOptions,
-    http: reqwest::Client,
-    runtime: tokio::runtime::Runtime,
+    client: Client,
 }
 
 impl Fetcher {
-    /// Builds the HTTP client and its single-threaded runtime.
+    /// Builds the HTTP client ([`crate::http::client::Client`], its own runtime).
     ///
     /// # Errors
     /// [`DataError::Setup`] when either cannot be built.
     pub fn new(opts: &FetchOptions) -> Result<Self, DataError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| DataError::Setup(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(opts.connect_timeout_secs))
-            .read_timeout(Duration::from_secs(opts.read_timeout_secs))
-            .user_agent(concat!("sleuth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DataError::Setup(e.to_string()))?;
+        let client = Client::new(&ClientOptions {
+            connect_timeout: Some(Duration::from_secs(opts.connect_timeout_secs)),
+            read_timeout: Some(Duration::from_secs(opts.read_timeout_secs)),
+            user_agent: Some(concat!("sleuth/", env!("CARGO_PKG_VERSION")).into()),
+            ..ClientOptions::default()
+        })
+        .map_err(|e| DataError::Setup(e.to_string()))?;
         Ok(Self {
             opts: opts.clone(),
-            http,
-            runtime,
+            client,
         })
     }
 
@@ -573,7 +570,7 @@ impl Fetcher {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
         }
-        let done = self.runtime.block_on(self.download(entry, &part))?;
+        let done = self.client.block_on(self.download(entry, &part))?;
         let url = &entry.url;
         if let Some(expected) = entry.size {
             if done.total < expected {
@@ -672,7 +669,7 @@ impl Fetcher {
             return whole_part(part, have);
         }
         let (mut resp, offset) = loop {
-            let mut req = self.http.get(url);
+            let mut req = self.client.http().get(url);
             if have > 0 {
                 req = req.header(RANGE, format!("bytes={have}-"));
             }

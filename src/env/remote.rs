@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::retry::{head, PostError};
+use crate::http::client::{head, Client, ClientOptions, PostError, RetryPolicy};
 
 use super::prompt::PromptConfig;
 use super::protocol::{BEGIN_ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY};
@@ -150,14 +150,13 @@ pub enum RemoteError {
     },
 }
 
-/// A policy served elsewhere (module docs). Blocking: it owns a single-threaded tokio runtime,
-/// so it must not be called from inside another runtime.
+/// A policy served elsewhere (module docs). Blocking: it drives its requests on its client's
+/// own runtime ([`crate::http::client`]).
 #[derive(Debug)]
 pub struct RemotePolicy {
     opts: RemoteOptions,
     endpoint: String,
-    http: reqwest::Client,
-    runtime: tokio::runtime::Runtime,
+    client: Client,
 }
 
 /// One completion: the text and how it ended.
@@ -189,19 +188,15 @@ impl RemotePolicy {
                 "concurrency and timeout_secs must be at least 1".into(),
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(opts.timeout_secs))
-            .build()
-            .map_err(|e| RemoteError::Setup(e.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RemoteError::Setup(e.to_string()))?;
+        let client = Client::new(&ClientOptions {
+            timeout: Some(Duration::from_secs(opts.timeout_secs)),
+            ..ClientOptions::default()
+        })
+        .map_err(|e| RemoteError::Setup(e.to_string()))?;
         Ok(Self {
             endpoint: opts.endpoint(),
             opts: opts.clone(),
-            http,
-            runtime,
+            client,
         })
     }
 
@@ -238,7 +233,7 @@ impl RemotePolicy {
             }
         }
         let permits = Semaphore::new(self.opts.concurrency);
-        let results: Vec<(usize, EpisodeResult)> = self.runtime.block_on(
+        let results: Vec<(usize, EpisodeResult)> = self.client.block_on(
             stream::iter(jobs.into_iter().enumerate())
                 .map(|(i, (qi, text, ids))| {
                     let permits = &permits;
@@ -410,31 +405,31 @@ impl RemotePolicy {
         if let Value::Object(fields) = &mut body {
             fields.extend(self.opts.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        let text = crate::retry::post_json(
-            &self.http,
-            &self.endpoint,
-            &body,
-            self.opts.retries,
-            self.opts.retry_backoff_ms,
-        )
-        .await
-        .map_err(|e| match e {
-            PostError::Status {
-                status,
-                attempts,
-                body,
-            } => RemoteError::Status {
-                url: self.endpoint.clone(),
-                status,
-                attempts,
-                body,
-            },
-            PostError::Transport { attempts, source } => RemoteError::Transport {
-                url: self.endpoint.clone(),
-                attempts,
-                source,
-            },
-        })?;
+        let retry = RetryPolicy {
+            retries: self.opts.retries,
+            backoff_ms: self.opts.retry_backoff_ms,
+        };
+        let text = self
+            .client
+            .post_json(&self.endpoint, &body, None, retry)
+            .await
+            .map_err(|e| match e {
+                PostError::Status {
+                    status,
+                    attempts,
+                    body,
+                } => RemoteError::Status {
+                    url: self.endpoint.clone(),
+                    status,
+                    attempts,
+                    body,
+                },
+                PostError::Transport { attempts, source } => RemoteError::Transport {
+                    url: self.endpoint.clone(),
+                    attempts,
+                    source,
+                },
+            })?;
         parse_completion(&text).ok_or_else(|| RemoteError::BadResponse {
             url: self.endpoint.clone(),
             reason: "no choices[0].text",

@@ -36,9 +36,9 @@
 //! passage or cluster: logged with `tracing::warn`, counted in [`LlmStats::failures`], and
 //! the build goes on.
 //!
-//! The client is blocking: it owns a single-threaded tokio runtime and must be called from
-//! synchronous code (calling it from inside a tokio runtime panics), which is how the graph
-//! builders run.
+//! The client is blocking: it drives its requests on its own runtime
+//! ([`crate::http::client::Client`], which also holds the retry policy above), as the graph
+//! builders and the judge call it, from synchronous code.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -52,6 +52,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::corpus::Passage;
+use crate::http::client::{send, Attempt, Client, ClientOptions, PostError, RetryPolicy};
 
 mod cache;
 mod json;
@@ -265,8 +266,7 @@ pub struct LlmClient {
     opts: LlmOptions,
     endpoint: String,
     api_key: Option<String>,
-    http: reqwest::Client,
-    runtime: tokio::runtime::Runtime,
+    client: Client,
     permits: Semaphore,
     cache: Option<ReplyCache>,
     requests: AtomicU64,
@@ -291,21 +291,17 @@ impl LlmClient {
         if let Some(c) = &cache {
             tracing::info!(replies = c.len(), "loaded LLM cache");
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| LlmError::Setup(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(opts.timeout_secs))
-            .build()
-            .map_err(|e| LlmError::Setup(e.to_string()))?;
+        let client = Client::new(&ClientOptions {
+            timeout: Some(Duration::from_secs(opts.timeout_secs)),
+            ..ClientOptions::default()
+        })
+        .map_err(|e| LlmError::Setup(e.to_string()))?;
         let api_key = std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty());
         Ok(Self {
             endpoint: opts.endpoint(),
             opts: opts.clone(),
             api_key,
-            http,
-            runtime,
+            client,
             permits: Semaphore::new(opts.concurrency),
             cache,
             requests: AtomicU64::new(0),
@@ -351,7 +347,7 @@ impl LlmClient {
     /// finish (and are cached), requests not yet sent are not sent.
     pub fn complete_all(&self, prompts: &[Prompt]) -> Result<Vec<String>, LlmError> {
         let abort = AtomicBool::new(false);
-        let results: Vec<(usize, Result<String, LlmError>)> = self.runtime.block_on(
+        let results: Vec<(usize, Result<String, LlmError>)> = self.client.block_on(
             stream::iter(prompts.iter().enumerate())
                 .map(|(i, p)| {
                     let abort = &abort;
@@ -485,7 +481,8 @@ impl LlmClient {
         result
     }
 
-    /// Sends `prompt` until it succeeds, fails for good, or the retries run out.
+    /// Sends `prompt` until it succeeds, fails for good, or the retries run out
+    /// ([`RetryPolicy::run`]); each attempt waits for a concurrency permit first.
     async fn request(&self, prompt: &Prompt, abort: &AtomicBool) -> Result<String, LlmError> {
         let body = json!({
             "model": self.opts.model,
@@ -497,72 +494,64 @@ impl LlmClient {
             "max_tokens": self.opts.max_tokens,
             "stream": false,
         });
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let outcome = {
-                #[allow(clippy::expect_used)] // cannot fail: `permits` is never closed
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                // Checked after the wait for a slot, which may outlast another request's failure.
-                if abort.load(Ordering::Relaxed) {
-                    return Err(LlmError::Aborted);
-                }
-                self.attempt(&body, attempt).await
-            };
-            match outcome {
-                Attempt::Done(result) => return result,
-                Attempt::Retry(error) if attempt <= self.opts.retries => {
-                    let wait = self
-                        .opts
-                        .retry_backoff_ms
-                        .saturating_mul(1u64 << (attempt - 1).min(16));
-                    tracing::debug!(url = %self.endpoint, attempt, wait_ms = wait, %error, "retrying LLM request");
+        let retry = RetryPolicy {
+            retries: self.opts.retries,
+            backoff_ms: self.opts.retry_backoff_ms,
+        };
+        let body = &body;
+        retry
+            .run(
+                &self.endpoint,
+                |attempts| async move {
+                    #[allow(clippy::expect_used)] // cannot fail: `permits` is never closed
+                    let _permit = self
+                        .permits
+                        .acquire()
+                        .await
+                        .expect("the semaphore is never closed");
+                    // Checked after the wait for a slot, which may outlast another request's
+                    // failure.
+                    if abort.load(Ordering::Relaxed) {
+                        return Attempt::Done(Err(LlmError::Aborted));
+                    }
+                    self.attempt(body, attempts).await
+                },
+                |_| {
                     self.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                Attempt::Retry(error) => return Err(error),
-            }
-        }
+                },
+            )
+            .await
     }
 
-    /// One HTTP attempt.
-    async fn attempt(&self, body: &Value, attempts: u32) -> Attempt {
+    /// One HTTP attempt, its reply parsed.
+    async fn attempt(&self, body: &Value, attempts: u32) -> Attempt<String, LlmError> {
         let url = &self.endpoint;
-        let mut req = self.http.post(url).json(body);
+        let mut req = self.client.http().post(url).json(body);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }
-        let transport = |source| LlmError::Transport {
-            url: url.clone(),
-            attempts,
-            source,
-        };
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Attempt::Retry(transport(e)),
-        };
-        let status = resp.status();
-        let text = match resp.text().await {
-            Ok(t) => t,
-            Err(e) => return Attempt::Retry(transport(e)),
-        };
-        if !status.is_success() {
-            let error = LlmError::Status {
-                url: url.clone(),
-                status: status.as_u16(),
+        let to_llm = |e: PostError| match e {
+            PostError::Status {
+                status,
                 attempts,
-                body: head(&text),
-            };
-            return if status.as_u16() == 429 || status.is_server_error() {
-                Attempt::Retry(error)
-            } else {
-                Attempt::Done(Err(error))
-            };
-        }
+                body,
+            } => LlmError::Status {
+                url: url.clone(),
+                status,
+                attempts,
+                body: head(&body),
+            },
+            PostError::Transport { attempts, source } => LlmError::Transport {
+                url: url.clone(),
+                attempts,
+                source,
+            },
+        };
+        let text = match send(req, attempts).await {
+            Attempt::Done(Ok(text)) => text,
+            Attempt::Done(Err(e)) => return Attempt::Done(Err(to_llm(e))),
+            Attempt::Retry(e) => return Attempt::Retry(to_llm(e)),
+        };
         let bad = |reason: &str| LlmError::BadResponse {
             url: url.clone(),
             reason: reason.into(),
@@ -585,12 +574,6 @@ impl LlmClient {
             .unwrap_or_default()
             .to_string()))
     }
-}
-
-/// The outcome of one attempt: final, or worth retrying.
-enum Attempt {
-    Done(Result<String, LlmError>),
-    Retry(LlmError),
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@
 //!
 //! Connection errors, timeouts, 429 and 5xx are retried with exponential backoff
 //! ([`HttpSearchOptions::retries`]); anything else, and a body that is not a `/retrieve`
-//! answer, is a [`SearchError::Remote`] naming the URL. The client is blocking (its own
-//! single-threaded tokio runtime); called from inside another runtime it runs the request on a
-//! scoped thread.
+//! answer, is a [`SearchError::Remote`] naming the URL. The client is blocking
+//! ([`crate::http::client::Client`]: its own runtime; called from inside another runtime it
+//! runs the request on a scoped thread).
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Hit, Retriever, SearchError};
-use crate::retry::{head, PostError};
+use crate::http::client::{head, Client, ClientOptions, RetryPolicy};
 
 /// `[search.http]`: where the retrieval server is. Defaults stated once, in `impl Default`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,19 +57,7 @@ impl Default for HttpSearchOptions {
 pub struct HttpRetriever {
     endpoint: String,
     opts: HttpSearchOptions,
-    http: reqwest::Client,
-    /// Always `Some` until dropped (taken in `Drop`, which may run inside another runtime).
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for HttpRetriever {
-    fn drop(&mut self) {
-        // Dropping a runtime inside another one panics; shutting it down in the background
-        // does not (the chat server drops its retriever on a tokio worker).
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
+    client: Client,
 }
 
 impl HttpRetriever {
@@ -97,19 +85,15 @@ impl HttpRetriever {
         } else {
             format!("{base}/retrieve")
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(opts.timeout_secs))
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
+        let client = Client::new(&ClientOptions {
+            timeout: Some(Duration::from_secs(opts.timeout_secs)),
+            ..ClientOptions::default()
+        })
+        .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             endpoint,
             opts: opts.clone(),
-            http,
-            runtime: Some(runtime),
+            client,
         })
     }
 
@@ -127,41 +111,17 @@ impl HttpRetriever {
 
     async fn post(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, SearchError> {
         let body = json!({"queries": queries, "topk": k, "return_scores": true});
-        let text = crate::retry::post_json(
-            &self.http,
-            &self.endpoint,
-            &body,
-            self.opts.retries,
-            self.opts.retry_backoff_ms,
-        )
-        .await
-        .map_err(|e| match e {
-            PostError::Status {
-                status,
-                attempts,
-                body,
-            } => self.error(format!("HTTP {status} after {attempts} attempt(s): {body}")),
-            PostError::Transport { attempts, source } => {
-                self.error(format!("after {attempts} attempt(s): {source}"))
-            }
-        })?;
+        let retry = RetryPolicy {
+            retries: self.opts.retries,
+            backoff_ms: self.opts.retry_backoff_ms,
+        };
+        let text = self
+            .client
+            .post_json(&self.endpoint, &body, None, retry)
+            .await
+            .map_err(|e| self.error(e.to_string()))?;
         parse_retrieve(&text, queries.len())
             .ok_or_else(|| self.error(format!("not a /retrieve answer: {}", head(&text))))
-    }
-
-    fn block_on_post(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, SearchError> {
-        #[allow(clippy::expect_used)] // `runtime` is Some from construction until drop.
-        let rt = self.runtime.as_ref().expect("runtime present until drop");
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // Inside another runtime (the chat server): block a scoped thread, not its worker.
-            std::thread::scope(|s| {
-                s.spawn(|| rt.block_on(self.post(queries, k)))
-                    .join()
-                    .unwrap_or_else(|_| Err(self.error("search thread panicked")))
-            })
-        } else {
-            rt.block_on(self.post(queries, k))
-        }
     }
 }
 
@@ -174,7 +134,7 @@ impl Retriever for HttpRetriever {
         if queries.is_empty() || k == 0 {
             return Ok(vec![Vec::new(); queries.len()]);
         }
-        let mut lists = self.block_on_post(queries, k)?;
+        let mut lists = self.client.block_on(self.post(queries, k))?;
         for list in &mut lists {
             list.truncate(k);
         }

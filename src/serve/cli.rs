@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 
 use super::{Agent, ServeError, ServeOptions};
 use crate::config::RunConfig;
+use crate::http::client::{Client, ClientOptions};
 use crate::model::backend::{self, Inference};
 use crate::model::{Llama, Tokenizer};
 use crate::rl::checkpoint;
@@ -219,14 +220,13 @@ pub fn run_chat(mut args: ChatArgs) -> Result<(), ServeError> {
     if args.api_key.is_none() {
         args.api_key = std::env::var(API_KEY_ENV).ok();
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting the async runtime"))?;
-    rt.block_on(async move {
-        let client = reqwest::Client::new();
+    let client = Client::new(&ClientOptions::default()).map_err(|e| ServeError::Io {
+        context: "starting the HTTP client".into(),
+        source: std::io::Error::other(e),
+    })?;
+    client.block_on(async {
         if let Some(q) = &args.question {
-            return ask(&client, &args, q).await;
+            return ask(client.http(), &args, q).await;
         }
         let stdin = std::io::stdin();
         loop {
@@ -238,7 +238,7 @@ pub fn run_chat(mut args: ChatArgs) -> Result<(), ServeError> {
             if line.trim().is_empty() {
                 continue;
             }
-            if let Err(e) = ask(&client, &args, line.trim()).await {
+            if let Err(e) = ask(client.http(), &args, line.trim()).await {
                 eprintln!("error: {e}");
             }
         }

@@ -31,6 +31,7 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
 use super::{Hit, Retriever, SearchError};
+use crate::http::client::{Client, ClientOptions};
 
 pub mod cache;
 pub mod engine;
@@ -92,18 +93,8 @@ impl Default for OnlineConfig {
 /// A [`Retriever`] over a web search engine. See the module docs.
 pub struct OnlineRetriever {
     cfg: OnlineConfig,
-    client: reqwest::Client,
-    /// Always `Some` until dropped; an `Option` so `Drop` can shut it down without blocking
-    /// (dropping a runtime inside an async context would panic).
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for OnlineRetriever {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    /// Two worker threads: result pages are fetched and parsed concurrently.
+    client: Client,
 }
 
 impl std::fmt::Debug for OnlineRetriever {
@@ -145,34 +136,16 @@ impl OnlineRetriever {
             url: cfg.base_url.clone(),
             reason,
         };
-        let max_redirects = cfg.max_redirects;
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > max_redirects {
-                attempt.error(format!("more than {max_redirects} redirects"))
-            } else if !matches!(attempt.url().scheme(), "http" | "https") {
-                let scheme = attempt.url().scheme().to_string();
-                attempt.error(format!("redirect to a {scheme}: URL refused"))
-            } else {
-                attempt.follow()
-            }
-        });
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .redirect(policy)
-            .user_agent(cfg.user_agent.clone())
-            .build()
-            .map_err(|e| online_err(format!("cannot build HTTP client: {e}")))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| online_err(format!("cannot start runtime: {e}")))?;
-        Ok(Self {
-            cfg,
-            client,
-            rt: Some(rt),
+        let client = Client::new(&ClientOptions {
+            timeout: Some(Duration::from_millis(cfg.timeout_ms)),
+            connect_timeout: Some(Duration::from_millis(cfg.connect_timeout_ms)),
+            user_agent: Some(cfg.user_agent.clone()),
+            max_redirects: Some(cfg.max_redirects),
+            worker_threads: 2,
+            ..ClientOptions::default()
         })
+        .map_err(|e| online_err(e.to_string()))?;
+        Ok(Self { cfg, client })
     }
 
     /// The settings in force.
@@ -204,14 +177,7 @@ impl OnlineRetriever {
         } else if self.cfg.offline {
             return Err(self.error(&self.cfg.base_url, "offline with no cache_dir set"));
         }
-        let Some(rt) = &self.rt else {
-            return Err(self.error(&self.cfg.base_url, "retriever is shutting down"));
-        };
-        let passages = std::thread::scope(|s| {
-            s.spawn(|| rt.block_on(self.fetch(query)))
-                .join()
-                .unwrap_or_else(|_| Err(self.error(&self.cfg.base_url, "search task panicked")))
-        })?;
+        let passages = self.client.block_on(self.fetch(query))?;
         if let Some(dir) = &self.cfg.cache_dir {
             if let Err((path, e)) = cache::store(dir, engine, query, &passages) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write search cache");
@@ -287,13 +253,19 @@ impl OnlineRetriever {
     /// GETs `url` with the byte cap: the final URL (after redirects) and at most
     /// `max_bytes` of the body. A non-2xx status or a non-text content type is an error.
     async fn get(&self, url: &Url) -> Result<(Url, Vec<u8>), String> {
-        let mut resp = self.client.get(url.clone()).send().await.map_err(|e| {
-            if e.is_timeout() {
-                format!("timed out after {} ms", self.cfg.timeout_ms)
-            } else {
-                format!("{e:#}")
-            }
-        })?;
+        let mut resp = self
+            .client
+            .http()
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    format!("timed out after {} ms", self.cfg.timeout_ms)
+                } else {
+                    format!("{e:#}")
+                }
+            })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("HTTP status {status}"));
