@@ -54,132 +54,9 @@ impl Default for ModelSection {
     }
 }
 
-/// The `[search] backend` names [`SearchSection::open`] knows, stated once.
-pub const SEARCH_BACKENDS: [&str; 8] = [
-    "bm25",
-    "http",
-    "graph-pg",
-    "graph-kg",
-    "graph-tkg",
-    "graph-rkg",
-    "graph-tree",
-    "online",
-];
-
-/// `[search]`: the retriever.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SearchSection {
-    /// Backend name: `"bm25"` (local tantivy index), `"graph-pg"` (BM25 seeds from `index`
-    /// expanded along the passage graph `graph`, settings in `[search.graph_options]`),
-    /// `"graph-kg"`, `"graph-tkg"`, `"graph-rkg"` (personalized PageRank over the knowledge
-    /// graph `graph` of that kind, fused with BM25 from `index`, settings in
-    /// `[search.kg_options]`), `"graph-tree"` (collapsed-tree retrieval over the RAPTOR tree
-    /// `graph`, passages from `index`, settings in `[search.tree_options]`), `"online"` (web
-    /// search, settings in `[search.online]`) or `"http"` (a retrieval server such as `sleuth
-    /// retrieval-server`, settings in `[search.http]`). Default `"bm25"`.
-    pub backend: String,
-    /// Index directory built by `sleuth index build`. Default `index/wiki`.
-    pub index: PathBuf,
-    /// Graph file built by `sleuth index graph --kind pg|kg|tkg|rkg|tree` over the corpus of
-    /// `index`; used by the `"graph-*"` backends. Default `index/pg`.
-    pub graph: PathBuf,
-    /// `[search.graph_options]`: the graph backend; defaults in
-    /// [`crate::search::GraphOptions`].
-    pub graph_options: crate::search::GraphOptions,
-    /// `[search.kg_options]`: the knowledge-graph backends; defaults in
-    /// [`crate::search::KgSearchOptions`].
-    pub kg_options: crate::search::KgSearchOptions,
-    /// `[search.tree_options]`: the tree backend; defaults in
-    /// [`crate::search::TreeSearchOptions`].
-    pub tree_options: crate::search::TreeSearchOptions,
-    /// `[search.online]`: the online backend; defaults in [`crate::search::OnlineConfig`].
-    pub online: crate::search::OnlineConfig,
-    /// `[search.http]`: the retrieval-server backend; defaults in
-    /// [`crate::search::HttpSearchOptions`].
-    pub http: crate::search::HttpSearchOptions,
-}
-
-impl Default for SearchSection {
-    fn default() -> Self {
-        Self {
-            backend: "bm25".into(),
-            index: PathBuf::from("index/wiki"),
-            graph: PathBuf::from("index/pg"),
-            graph_options: crate::search::GraphOptions::default(),
-            kg_options: crate::search::KgSearchOptions::default(),
-            tree_options: crate::search::TreeSearchOptions::default(),
-            online: crate::search::OnlineConfig::default(),
-            http: crate::search::HttpSearchOptions::default(),
-        }
-    }
-}
-
-impl SearchSection {
-    /// Opens the configured backend: the BM25 index at `index` for `"bm25"`, a
-    /// [`crate::search::GraphRetriever`] over `index` and `graph` for `"graph-pg"`, a
-    /// [`crate::search::KgRetriever`] over `index` and `graph` for `"graph-kg"`, `"graph-tkg"`
-    /// and `"graph-rkg"`, a [`crate::search::TreeRetriever`] over `index` and `graph` for
-    /// `"graph-tree"`, an [`crate::search::OnlineRetriever`] with `online` for `"online"`, an
-    /// [`crate::search::HttpRetriever`] with `http` for `"http"`.
-    ///
-    /// # Errors
-    /// [`crate::search::SearchError::InvalidOption`] naming `backend` for an unknown backend
-    /// name; [`crate::search::SearchError::Graph`] when a knowledge graph is of another kind
-    /// than the backend names; otherwise whatever opening the backend returns.
-    pub fn open(&self) -> Result<Box<dyn crate::search::Retriever>, crate::search::SearchError> {
-        match self.backend.as_str() {
-            "bm25" => Ok(Box::new(crate::search::Bm25Retriever::open(&self.index)?)),
-            "graph-pg" => Ok(Box::new(crate::search::GraphRetriever::open_with(
-                &self.index,
-                &self.graph,
-                crate::search::Bm25Options::default(),
-                self.graph_options.clone(),
-            )?)),
-            "graph-kg" | "graph-tkg" | "graph-rkg" => {
-                use crate::index::graph::GraphKind;
-                let wanted = match self.backend.as_str() {
-                    "graph-kg" => GraphKind::Kg,
-                    "graph-tkg" => GraphKind::Tkg,
-                    _ => GraphKind::Rkg,
-                };
-                let r = crate::search::KgRetriever::open_with(
-                    &self.index,
-                    &self.graph,
-                    crate::search::Bm25Options::default(),
-                    self.kg_options.clone(),
-                )?;
-                let found = r.graph().kind();
-                if found != wanted {
-                    return Err(crate::index::graph::GraphError::WrongKind {
-                        path: self.graph.clone(),
-                        found: found.describe(),
-                        wanted: wanted.describe(),
-                    }
-                    .into());
-                }
-                Ok(Box::new(r))
-            }
-            "graph-tree" => Ok(Box::new(crate::search::TreeRetriever::open_with(
-                &self.index,
-                &self.graph,
-                crate::search::Bm25Options::default(),
-                self.tree_options.clone(),
-            )?)),
-            "online" => Ok(Box::new(crate::search::OnlineRetriever::new(
-                self.online.clone(),
-            )?)),
-            "http" => Ok(Box::new(crate::search::HttpRetriever::new(&self.http)?)),
-            other => Err(crate::search::SearchError::InvalidOption {
-                name: "backend",
-                reason: format!(
-                    "unknown backend {other:?} (known: {})",
-                    SEARCH_BACKENDS.join(", ")
-                ),
-            }),
-        }
-    }
-}
+/// `[search]` is the search layer's own section: its schema, defaults and the factory that
+/// opens the retriever it names live in [`crate::search::config`]; this file only places it.
+pub use crate::search::config::{SearchBackend, SearchSection};
 
 /// `[reward]`: the reward rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -637,33 +514,6 @@ mod tests {
             RunConfig::load(&root.join("envs/learning-demo.toml"))
                 .unwrap()
                 .train
-        );
-    }
-
-    /// Every listed backend name is one `SearchSection::open` dispatches (opening fails on the
-    /// missing index, not on the name), and an unlisted one is refused naming the list.
-    #[test]
-    fn every_listed_backend_is_dispatched() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in SEARCH_BACKENDS {
-            let section = SearchSection {
-                backend: name.to_string(),
-                index: dir.path().join("missing-index"),
-                graph: dir.path().join("missing-graph"),
-                ..Default::default()
-            };
-            if let Err(e) = section.open() {
-                assert!(!e.to_string().contains("unknown backend"), "{name}: {e}");
-            }
-        }
-        let bad = SearchSection {
-            backend: "bm26".into(),
-            ..Default::default()
-        };
-        let e = bad.open().err().expect("unknown backend").to_string();
-        assert!(
-            e.contains("unknown backend") && e.contains("graph-tree"),
-            "{e}"
         );
     }
 

@@ -881,7 +881,7 @@ fn a_graph_over_another_corpus_or_of_another_kind_is_refused() {
 
     // A config naming graph-tkg refuses a KG file, and names both kinds.
     let section = SearchSection {
-        backend: "graph-tkg".into(),
+        backend: sleuth::config::SearchBackend::GraphTkg,
         index: index.clone(),
         graph: dir.path().join("kg"),
         ..SearchSection::default()
@@ -892,7 +892,7 @@ fn a_graph_over_another_corpus_or_of_another_kind_is_refused() {
         "{err}"
     );
     let ok = SearchSection {
-        backend: "graph-kg".into(),
+        backend: sleuth::config::SearchBackend::GraphKg,
         ..section
     };
     assert_eq!(ok.open().unwrap().search("Andy Reid", 1).unwrap().len(), 1);

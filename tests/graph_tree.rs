@@ -514,7 +514,7 @@ fn a_tree_over_another_corpus_or_of_another_kind_is_refused() {
         .write(&pg, false)
         .unwrap();
     let section = SearchSection {
-        backend: "graph-tree".into(),
+        backend: sleuth::config::SearchBackend::GraphTree,
         index: index.clone(),
         graph: pg,
         ..SearchSection::default()

@@ -347,7 +347,7 @@ fn config_reads_from_toml_section() {
         "[search]\nbackend = \"online\"\n[search.online]\nengine = \"duckduckgo\"\nbase_url = \"http://127.0.0.1:1\"\nmax_bytes = 1000\n",
     )
     .unwrap();
-    assert_eq!(cfg.search.backend, "online");
+    assert_eq!(cfg.search.backend, sleuth::config::SearchBackend::Online);
     assert_eq!(cfg.search.online.engine, Engine::Duckduckgo);
     assert_eq!(cfg.search.online.max_bytes, 1000);
     assert_eq!(
@@ -361,14 +361,16 @@ fn config_reads_from_toml_section() {
 
 #[test]
 fn search_section_opens_the_named_backend() {
-    let mut section = sleuth::config::SearchSection {
-        backend: "online".into(),
+    let section = sleuth::config::SearchSection {
+        backend: sleuth::config::SearchBackend::Online,
         ..Default::default()
     };
     let r = section.open().unwrap();
     // A query without words never reaches the network.
     assert!(r.search("?!", 3).unwrap().is_empty());
-    section.backend = "gopher".into();
-    let err = section.open().err().unwrap().to_string();
-    assert!(err.contains("backend") && err.contains("gopher"), "{err}");
+    // A backend no retriever answers to is refused when the config is read.
+    let err = toml::from_str::<sleuth::config::RunConfig>("[search]\nbackend = \"gopher\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gopher") && err.contains("online"), "{err}");
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::index::IndexError;
 
 pub mod bm25;
+pub mod config;
 pub mod graph;
 pub mod http;
 pub mod kg;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod tree;
 
 pub use bm25::{Bm25Options, Bm25Retriever, DEFAULT_MAX_QUERY_TERMS, DEFAULT_TITLE_BOOST};
+pub use config::{SearchBackend, SearchSection};
 pub use graph::{GraphOptions, GraphRetriever, DEFAULT_GRAPH_ALPHA, DEFAULT_GRAPH_SEEDS};
 pub use http::{HttpRetriever, HttpSearchOptions};
 pub use kg::{
