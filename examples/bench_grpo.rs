@@ -193,11 +193,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trainer = Trainer::new(
         loaded.model,
         loaded.config,
-        loaded.tokenizer,
-        Box::new(NoHits),
-        Box::new(EvenLength),
-        prompt,
-        rollout.clone(),
+        sleuth::env::Env {
+            tokenizer: loaded.tokenizer,
+            retriever: std::sync::Arc::new(NoHits),
+            prompt,
+            rollout: rollout.clone(),
+        },
+        sleuth::reward::Rewards {
+            rule: Box::new(EvenLength),
+            step: Default::default(),
+        },
         train.clone(),
         questions,
         device,

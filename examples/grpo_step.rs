@@ -16,11 +16,12 @@
 //! The returned [`StepMetrics`] are the line `sleuth train` appends to `metrics.jsonl`.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use sleuth::env::{PromptConfig, RolloutConfig};
+use sleuth::env::{Env, PromptConfig, RolloutConfig};
 use sleuth::model::backend::{self, Train};
 use sleuth::model::{gguf::GgufFile, Llama, LlamaConfig, Tokenizer};
-use sleuth::reward::{RewardBreakdown, RewardFn};
+use sleuth::reward::{RewardBreakdown, RewardFn, Rewards};
 use sleuth::rl::trainer::Question;
 use sleuth::rl::{Algo, TrainConfig, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
@@ -91,11 +92,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trainer = Trainer::new(
         policy,
         arch,
-        tokenizer,
-        Box::new(OnePassage),
-        Box::new(EvenLength),
-        PromptConfig::default(),
-        rollout,
+        // The environment: what the policy's queries search and how episodes are sampled.
+        Env {
+            tokenizer,
+            retriever: Arc::new(OnePassage),
+            prompt: PromptConfig::default(),
+            rollout,
+        },
+        // What an episode is paid: the toy rule, no step-level retrieval reward.
+        Rewards {
+            rule: Box::new(EvenLength),
+            step: Default::default(),
+        },
         train,
         questions,
         device,

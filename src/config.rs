@@ -88,6 +88,14 @@ impl RewardSection {
     pub fn build(&self) -> Box<dyn crate::reward::RewardFn> {
         self.kind.build_with(self.answer)
     }
+
+    /// The rule and the step-level reward this section names, as a trainer takes them.
+    pub fn rewards(&self) -> crate::reward::Rewards {
+        crate::reward::Rewards {
+            rule: self.build(),
+            step: self.step.clone(),
+        }
+    }
 }
 
 /// `[data]`: question sets.

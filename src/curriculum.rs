@@ -36,6 +36,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{PhaseError, PhaseKind, PhaseSection, RunConfig};
+use crate::env::Env;
 use crate::eval::{
     compare, evaluate, format_p_value, read_outcomes, read_qa, standard_error_points, EvalReport,
 };
@@ -45,7 +46,7 @@ use crate::rl::checkpoint::{self, CheckpointError};
 use crate::rl::run::{line_step, run_steps, truncate_metrics, LoopOptions};
 use crate::rl::sft::{read_examples, write_example, SftExample, SftTrainer};
 use crate::rl::trainer::{Question, TrainError, Trainer};
-use crate::search::{Hit, Retriever, SearchError};
+use crate::search::Retriever;
 
 /// Errors of a curriculum run.
 #[derive(Debug, thiserror::Error)]
@@ -108,18 +109,6 @@ pub struct PhaseEval {
     /// `eval-<set>.trajectories.jsonl` lies ([`before_after`] pairs them).
     #[serde(default)]
     pub dir: PathBuf,
-}
-
-/// A retriever shared by every phase.
-struct Shared(Arc<dyn Retriever>);
-
-impl Retriever for Shared {
-    fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>, SearchError> {
-        self.0.search(query, k)
-    }
-    fn search_batch(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<Hit>>, SearchError> {
-        self.0.search_batch(queries, k)
-    }
 }
 
 /// Runs the phases of `cfg` into `out` (see the module docs), starting from `base` (the
@@ -213,7 +202,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         limit,
                         model.as_ref(),
                         &tokenizer,
-                        &Shared(retriever.clone()),
+                        retriever.as_ref(),
                         &file,
                     )
                     .map_err(perr)?;
@@ -285,20 +274,22 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         data.truncate(n);
                     }
                     let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
+                    let env = Env {
+                        tokenizer: tokenizer.clone(),
+                        retriever: retriever.clone(),
+                        prompt: phase_cfg.prompt.clone(),
+                        rollout: phase_cfg.rollout.clone(),
+                    };
                     let mut trainer = Trainer::new(
                         start,
                         arch.clone(),
-                        tokenizer.clone(),
-                        Box::new(Shared(retriever.clone())),
-                        phase_cfg.reward.build(),
-                        phase_cfg.prompt.clone(),
-                        phase_cfg.rollout.clone(),
+                        env,
+                        phase_cfg.reward.rewards(),
                         phase_cfg.train.clone(),
                         questions,
                         device.clone(),
                     )
                     .map_err(terr)?;
-                    trainer.step_reward = phase_cfg.reward.step.clone();
                     if resumed {
                         trainer.resume_from(&dir).map_err(terr)?;
                     }
@@ -396,7 +387,7 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         let (report, records) = evaluate(
                             &engine,
                             &tokenizer,
-                            &Shared(retriever.clone()),
+                            retriever.as_ref(),
                             &phase_cfg.prompt,
                             &greedy,
                             0,

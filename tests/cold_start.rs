@@ -238,16 +238,21 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
     let mut rl = Trainer::new(
         init,
         arch,
-        tok,
-        Box::new(OneDoc),
-        RewardKind::Stage1.build(),
-        prompt(),
-        // RL samples the untruncated distribution (the trainer refuses top-k/top-p cuts).
-        RolloutConfig {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k_sampling: 0,
-            ..rollout_cfg
+        sleuth::env::Env {
+            tokenizer: tok,
+            retriever: std::sync::Arc::new(OneDoc),
+            prompt: prompt(),
+            // RL samples the untruncated distribution (the trainer refuses top-k/top-p cuts).
+            rollout: RolloutConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k_sampling: 0,
+                ..rollout_cfg
+            },
+        },
+        sleuth::reward::Rewards {
+            rule: RewardKind::Stage1.build(),
+            step: Default::default(),
         },
         TrainConfig {
             learning_rate: 1e-5,

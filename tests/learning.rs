@@ -147,11 +147,16 @@ fn trainer(tok: Tokenizer, algo: Algo, lr: f64, seed: u64) -> Trainer<Train> {
     Trainer::new(
         model,
         cfg,
-        tok,
-        Box::new(NoSearch),
-        Box::new(TargetShare(target)),
-        prompt(),
-        rollout_cfg(),
+        sleuth::env::Env {
+            tokenizer: tok,
+            retriever: std::sync::Arc::new(NoSearch),
+            prompt: prompt(),
+            rollout: rollout_cfg(),
+        },
+        sleuth::reward::Rewards {
+            rule: Box::new(TargetShare(target)),
+            step: Default::default(),
+        },
         train,
         data,
         backend::device(),
@@ -362,11 +367,16 @@ fn dynamic_trainer(
     Trainer::new(
         model,
         cfg,
-        tok,
-        Box::new(NoSearch),
-        Box::new(FlatOrLength),
-        prompt(),
-        rollout_cfg(),
+        sleuth::env::Env {
+            tokenizer: tok,
+            retriever: std::sync::Arc::new(NoSearch),
+            prompt: prompt(),
+            rollout: rollout_cfg(),
+        },
+        sleuth::reward::Rewards {
+            rule: Box::new(FlatOrLength),
+            step: Default::default(),
+        },
         train,
         data,
         backend::device(),
@@ -443,11 +453,16 @@ fn truncated_rollout_sampling_is_refused() {
     let err = Trainer::new(
         model,
         cfg,
-        tok,
-        Box::new(NoSearch),
-        Box::new(FlatOrLength),
-        prompt(),
-        rollout,
+        sleuth::env::Env {
+            tokenizer: tok,
+            retriever: std::sync::Arc::new(NoSearch),
+            prompt: prompt(),
+            rollout,
+        },
+        sleuth::reward::Rewards {
+            rule: Box::new(FlatOrLength),
+            step: Default::default(),
+        },
         TrainConfig::default(),
         vec![Question {
             question: "q".into(),

@@ -50,6 +50,17 @@ pub fn open_search(cfg: &RunConfig) -> Result<Box<dyn Retriever>> {
     Ok(cfg.search.open()?)
 }
 
+/// The environment `cfg` describes around `tokenizer`: its `[search]` retriever, prompt and
+/// rollout settings.
+pub fn env_for(cfg: &RunConfig, tokenizer: crate::model::Tokenizer) -> Result<crate::env::Env> {
+    Ok(crate::env::Env {
+        tokenizer,
+        retriever: std::sync::Arc::from(open_search(cfg)?),
+        prompt: cfg.prompt.clone(),
+        rollout: cfg.rollout.clone(),
+    })
+}
+
 /// Reads an env/run TOML ([`RunConfig::load`]: an unknown `[search] backend` is refused there,
 /// naming the known ones).
 pub fn load_config(path: &Path) -> Result<RunConfig> {

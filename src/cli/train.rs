@@ -99,7 +99,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         );
     };
     let m = load_policy::<Train>(&cfg, a.init.as_deref(), &device)?;
-    let retriever = open_search(&cfg)?;
+    let env = super::env_for(&cfg, m.tokenizer)?;
     let mut data = cfg.data.read_train()?;
     if let Some(n) = a.limit {
         data.truncate(n);
@@ -108,16 +108,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(
         m.model,
         m.config,
-        m.tokenizer,
-        Box::new(retriever),
-        cfg.reward.build(),
-        cfg.prompt.clone(),
-        cfg.rollout.clone(),
+        env,
+        cfg.reward.rewards(),
         cfg.train.clone(),
         questions,
         device,
     )?;
-    trainer.step_reward = cfg.reward.step.clone();
     let restored = run::prepare_dir(&a.out, a.resume, |dir| {
         trainer.resume_from(dir)?;
         Ok(trainer.state.step)

@@ -18,8 +18,26 @@ pub mod protocol;
 pub mod remote;
 pub mod rollout;
 
+use std::sync::Arc;
+
 pub use prompt::PromptConfig;
 pub use rollout::{
     rollout, rollout_observed, Episode, EpisodeEnd, Policy, RolloutConfig, RolloutObserver,
     RolloutStats, SearchCall,
 };
+
+/// The environment a policy acts in: the tokenizer that turns its text into tokens, the
+/// retriever its queries search, the prompt template and the rollout settings. Built once from
+/// a config (`cli::env_for`, the curriculum) and handed whole to training; cloning it shares
+/// the retriever, so every phase of a curriculum searches one open index.
+#[derive(Clone)]
+pub struct Env {
+    /// The policy's tokenizer.
+    pub tokenizer: crate::model::Tokenizer,
+    /// What `<|begin_of_query|> … <|end_of_query|>` searches.
+    pub retriever: Arc<dyn crate::search::Retriever>,
+    /// Prompt template.
+    pub prompt: PromptConfig,
+    /// Rollout settings (samples per question, token budget, searches, sampling).
+    pub rollout: RolloutConfig,
+}

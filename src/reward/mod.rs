@@ -47,3 +47,13 @@ pub use rules::{
     UnknownRewardKind,
 };
 pub use step::{step_retrieval_reward, StepReward, StepRewardConfig};
+
+/// What an RL episode is paid: the rule reward plus the step-level retrieval reward (off at
+/// [`StepRewardConfig`]'s default). One value, so a trainer is never built with one and
+/// left without the other.
+pub struct Rewards {
+    /// The rule reward ([`RewardKind`]'s stage rules).
+    pub rule: Box<dyn RewardFn>,
+    /// `[reward.step]`: paid per search that brings a new gold title ([`step_retrieval_reward`]).
+    pub step: StepRewardConfig,
+}

@@ -50,12 +50,9 @@ fn logprobs_at<B: Backend>(model: &Llama<B>, p: &PackedBatch<B>, temperature: f3
     )
     .0
 }
-use crate::env::{rollout, Episode, PromptConfig, RolloutConfig};
-use crate::model::{Engine, Llama, LlamaConfig, Sampler, Tokenizer};
-use crate::reward::{
-    step_retrieval_reward, RewardBreakdown, RewardFn, StepReward, StepRewardConfig,
-};
-use crate::search::Retriever;
+use crate::env::{rollout, Env, Episode, RolloutConfig};
+use crate::model::{Engine, Llama, LlamaConfig, Sampler};
+use crate::reward::{step_retrieval_reward, RewardBreakdown, Rewards, StepReward};
 
 /// Training hyper-parameters (`[train]` in an env config). Defaults stated once, here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,13 +298,9 @@ pub struct Trainer<B: AutodiffBackend> {
     pub model_config: LlamaConfig,
     reference: Option<Llama<B::InnerBackend>>,
     optim: Optim<B>,
-    tokenizer: Tokenizer,
-    retriever: Box<dyn Retriever>,
-    reward: Box<dyn RewardFn>,
-    /// Prompt template.
-    pub prompt: PromptConfig,
-    /// Rollout settings.
-    pub rollout: RolloutConfig,
+    /// Tokenizer, retriever, prompt and rollout settings.
+    pub env: Env,
+    rewards: Rewards,
     /// Training settings.
     pub cfg: TrainConfig,
     data: Vec<Question>,
@@ -317,8 +310,6 @@ pub struct Trainer<B: AutodiffBackend> {
     guard: CollapseGuard,
     /// The newest `window + 1` weights whose figures passed the guard, oldest first.
     passing: VecDeque<Snapshot<B>>,
-    /// `[reward.step]` weights of the step-level retrieval reward (off by default).
-    pub step_reward: StepRewardConfig,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -326,15 +317,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     ///
     /// # Errors
     /// [`TrainError::NoData`] for an empty question list.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: Llama<B>,
         model_config: LlamaConfig,
-        tokenizer: Tokenizer,
-        retriever: Box<dyn Retriever>,
-        reward: Box<dyn RewardFn>,
-        prompt: PromptConfig,
-        rollout: RolloutConfig,
+        env: Env,
+        rewards: Rewards,
         cfg: TrainConfig,
         data: Vec<Question>,
         device: B::Device,
@@ -342,7 +329,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if data.is_empty() {
             return Err(TrainError::NoData);
         }
-        check_sampling(&rollout)?;
+        check_sampling(&env.rollout)?;
         let model = model.with_canonical_param_ids();
         let reference = (cfg.track_kl || cfg.kl_coef != 0.0).then(|| model.valid());
         let optim = adamw(&cfg);
@@ -355,18 +342,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             model_config,
             reference,
             optim,
-            tokenizer,
-            retriever,
-            reward,
-            prompt,
-            rollout,
+            env,
+            rewards,
             cfg,
             data,
             state,
             device,
             guard: CollapseGuard::default(),
             passing: VecDeque::new(),
-            step_reward: StepRewardConfig::default(),
         })
     }
 
@@ -473,10 +456,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`TrainError::Sampling`] when the rollout settings truncate the distribution;
     /// [`TrainError::Collapsed`] when the guard has tripped `max_trips` times.
     pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
-        check_sampling(&self.rollout)?;
+        check_sampling(&self.env.rollout)?;
         let step = self.state.step + 1;
         let _span = tracing::info_span!("train_step", step).entered();
-        let g = self.rollout.samples_per_question.max(1);
+        let g = self.env.rollout.samples_per_question.max(1);
         let qps = self.cfg.questions_per_step.max(1);
 
         // Rollout with the current policy (inference backend, no graph). One sampler per step,
@@ -485,13 +468,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         // The rollout's decoding engine: the weights just updated, re-quantized once per step
         // when `[rollout] weights` asks for a quantized engine.
         let t_quant = Instant::now();
-        let engine = Engine::new(&policy, self.rollout.weights);
+        let engine = Engine::new(&policy, self.env.rollout.weights);
         let seconds_quantize = match engine {
             Engine::F32(_) => 0.0,
             Engine::Quantized(_) => t_quant.elapsed().as_secs_f64(),
         };
         let mut sampler = Sampler::new(
-            self.rollout.sampling(
+            self.env.rollout.sampling(
                 self.state
                     .seed
                     .wrapping_mul(1_000_003)
@@ -522,10 +505,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .collect();
             let (episodes, rstats) = rollout(
                 &engine,
-                &self.tokenizer,
-                self.retriever.as_ref(),
-                &self.prompt,
-                &self.rollout,
+                &self.env.tokenizer,
+                self.env.retriever.as_ref(),
+                &self.env.prompt,
+                &self.env.rollout,
                 &texts,
                 &mut sampler,
             )?;
@@ -541,14 +524,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             let mut by_group: Vec<Vec<Sampled>> = (0..qidx.len()).map(|_| Vec::new()).collect();
             for e in episodes {
                 let q = &self.data[qidx[e.question_index]];
-                let rule = self.reward.score(&e.solution, &q.answers);
+                let rule = self.rewards.rule.score(&e.solution, &q.answers);
                 let titles: Vec<Vec<String>> =
                     e.searches.iter().map(|c| c.titles.clone()).collect();
                 let step_r = step_retrieval_reward(
                     &titles,
                     &q.support_titles,
                     rule.format_ok,
-                    &self.step_reward,
+                    &self.rewards.step,
                 );
                 let reward = rule.total + step_r.total;
                 by_group[e.question_index].push(Sampled {
@@ -751,7 +734,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map(|c| pack::<B::InnerBackend>(&seqs(c), share, &inner_device))
             .collect();
         // Score tokens under the distribution they were sampled from (loss module docs).
-        let temp = self.rollout.temperature;
+        let temp = self.env.rollout.temperature;
         let kl_in_loss = if self.cfg.algo == Algo::Grpo {
             self.cfg.kl_coef
         } else {
