@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::{load_config, load_tokenizer, open_search};
+use super::{load_tokenizer, open_search};
+use crate::config::RunConfig;
 use crate::rl::trainer::Question;
 
 /// Flags of `sleuth collect`.
@@ -61,7 +62,7 @@ pub struct CollectArgs {
 
 /// `sleuth collect`: writes the kept trajectories and prints the collection statistics.
 pub fn run_collect(a: CollectArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config)?;
+    let mut cfg = RunConfig::load(&a.config)?;
     if let Some(g) = a.samples_per_question {
         cfg.rollout.samples_per_question = g;
     }

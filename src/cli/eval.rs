@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 
-use super::{load_config, open_search};
+use super::open_search;
 use crate::config::RunConfig;
 use crate::env::Policy;
 use crate::eval::{
@@ -191,7 +191,7 @@ fn run_eval_retrieval(a: EvalArgs) -> Result<()> {
                 "--title-boost sweeps the BM25 index of --index; it does not apply with --config"
             );
         }
-        let cfg = load_config(config)?;
+        let cfg = RunConfig::load(config)?;
         let retriever = open_search(&cfg)?;
         for rewrite in rewrites {
             let report = crate::eval::retrieval::evaluate_retrieval(
@@ -419,7 +419,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let Some(cfg_path) = a.config.clone() else {
         bail!("give --rescore FILE, or --config FILE to run the agent");
     };
-    let mut cfg = load_config(&cfg_path)?;
+    let mut cfg = RunConfig::load(&cfg_path)?;
     cfg.rollout.temperature = a.temperature;
     let sets = if a.data.is_empty() {
         vec![cfg.data.eval.clone()]

@@ -61,12 +61,6 @@ pub fn env_for(cfg: &RunConfig, tokenizer: crate::model::Tokenizer) -> Result<cr
     })
 }
 
-/// Reads an env/run TOML ([`RunConfig::load`]: an unknown `[search] backend` is refused there,
-/// naming the known ones).
-pub fn load_config(path: &Path) -> Result<RunConfig> {
-    Ok(RunConfig::load(path)?)
-}
-
 /// Loads a policy (weights, architecture, tokenizer) from a GGUF file or a Hugging Face model
 /// directory; the error says how to install the default model.
 pub fn load_model<B: burn::tensor::backend::Backend>(

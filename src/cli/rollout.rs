@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{load_config, load_policy, open_search};
+use super::{load_policy, open_search};
+use crate::config::RunConfig;
 use crate::env::rollout;
 use crate::model::backend::{self, Inference};
 use crate::model::{Engine, Sampler};
@@ -39,7 +40,7 @@ pub struct RolloutArgs {
 
 /// `sleuth rollout`: samples trajectories for one question and prints them.
 pub fn run_rollout(a: RolloutArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config)?;
+    let mut cfg = RunConfig::load(&a.config)?;
     if let Some(s) = a.samples {
         cfg.rollout.samples_per_question = s;
     }

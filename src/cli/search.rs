@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::{load_config, open_retriever, open_search};
+use super::{open_retriever, open_search};
+use crate::config::RunConfig;
 use crate::search::{Bm25Retriever, Retriever};
 
 /// Flags of `sleuth search`.
@@ -63,7 +64,7 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     let r: Box<dyn Retriever> = match (&a.index, &a.config) {
         (Some(i), _) => Box::new(open_retriever(i)?),
         // The config's backend: BM25, a graph-RAG index, or online search.
-        (None, Some(c)) => open_search(&load_config(c)?)?,
+        (None, Some(c)) => open_search(&RunConfig::load(c)?)?,
         (None, None) => bail!("give --index DIR or --config FILE"),
     };
     for (i, hit) in r.search(&a.query, a.k)?.iter().enumerate() {
@@ -85,7 +86,7 @@ pub fn run_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
         opts.title_boost = b;
     }
     let retriever: std::sync::Arc<dyn Retriever> = match &a.config {
-        Some(c) => open_search(&load_config(c)?)?.into(),
+        Some(c) => open_search(&RunConfig::load(c)?)?.into(),
         None => std::sync::Arc::new(
             Bm25Retriever::open_with(&a.index, opts)
                 .with_context(|| format!("opening index {}", a.index.display()))?,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::{load_config, load_model, load_policy, open_search};
+use super::{load_model, load_policy, open_search};
 use crate::atomic::write as write_atomic;
 use crate::config::RunConfig;
 use crate::model::backend::{self, Inference, Train};
@@ -86,7 +86,7 @@ pub struct SftArgs {
 /// `sleuth train`: one RL stage for `--steps` steps, or the curriculum when the config has
 /// `[[phase]]`s; resumable with `--resume`.
 pub fn run_train(a: TrainArgs) -> Result<()> {
-    let cfg = load_config(&a.config)?;
+    let cfg = RunConfig::load(&a.config)?;
     super::require_local(&cfg)?;
     let device = backend::device();
     if !cfg.phase.is_empty() {
@@ -198,7 +198,7 @@ fn run_curriculum(
 /// `sleuth sft`: supervised fine-tuning on `collect` output, loss on policy tokens only,
 /// stopping early on the entropy rule.
 pub fn run_sft(a: SftArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config)?;
+    let mut cfg = RunConfig::load(&a.config)?;
     super::require_local(&cfg)?;
     let device = backend::device();
     let m = load_model::<Train>(&cfg.model.path, &device)?;
