@@ -41,10 +41,10 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
-
-use crate::http::client::{Client, ClientOptions};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::http::client::{Client, ClientOptions};
 
 /// The repository's manifest, `corpus/manifest.toml`, compiled into the binary.
 pub const DEFAULT_MANIFEST: &str = include_str!("../../corpus/manifest.toml");

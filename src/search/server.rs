@@ -151,13 +151,20 @@ impl AppState {
         n_queries: usize,
         k: usize,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        let budget = self.cfg.max_inflight_passages.clamp(1, u32::MAX as usize);
-        let want = n_queries.saturating_mul(k).clamp(1, budget);
+        let want = n_queries
+            .saturating_mul(k)
+            .clamp(1, inflight_budget(&self.cfg));
         self.inflight
             .acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
             .await
             .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))
     }
+}
+
+/// The semaphore's size: [`ServerConfig::max_inflight_passages`], at least 1 and at most what
+/// one `acquire_many` can ask for (`u32::MAX`).
+fn inflight_budget(cfg: &ServerConfig) -> usize {
+    cfg.max_inflight_passages.clamp(1, u32::MAX as usize)
 }
 
 /// A refusal: status plus message, sent as `{"error": message}`.
@@ -174,9 +181,7 @@ impl IntoResponse for ApiError {
 /// listener.
 pub fn router(retriever: Arc<dyn Retriever>, cfg: ServerConfig) -> Router {
     let timeout = Duration::from_secs(cfg.request_timeout_s.max(1));
-    let inflight = Arc::new(tokio::sync::Semaphore::new(
-        cfg.max_inflight_passages.clamp(1, u32::MAX as usize),
-    ));
+    let inflight = Arc::new(tokio::sync::Semaphore::new(inflight_budget(&cfg)));
     let state = AppState {
         retriever,
         cfg,
