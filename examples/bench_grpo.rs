@@ -36,7 +36,7 @@ use sleuth::model::backend::{self, Train};
 use sleuth::model::{self, DecodeWeights};
 use sleuth::reward::{RewardBreakdown, RewardFn};
 use sleuth::rl::metrics::rss_peak_mib;
-use sleuth::rl::trainer::Question;
+use sleuth::rl::Question;
 use sleuth::rl::{Algo, StepMetrics, TrainConfig, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 

@@ -22,7 +22,7 @@ use sleuth::env::{Env, PromptConfig, RolloutConfig};
 use sleuth::model::backend::{self, Train};
 use sleuth::model::{gguf::GgufFile, Llama, LlamaConfig, Tokenizer};
 use sleuth::reward::{RewardBreakdown, RewardFn, Rewards};
-use sleuth::rl::trainer::Question;
+use sleuth::rl::Question;
 use sleuth::rl::{Algo, TrainConfig, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 

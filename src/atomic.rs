@@ -76,7 +76,11 @@ fn remove_dead_leftovers(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let prefix = format!(".{}.tmp-", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -150,6 +154,9 @@ mod tests {
         write(&path, "{}").unwrap();
         assert!(!dead_tmp.exists(), "a dead writer's leftover is removed");
         assert!(live_tmp.exists(), "a live writer's file is kept");
-        assert!(other.exists(), "another target's leftover waits for that target's next write");
+        assert!(
+            other.exists(),
+            "another target's leftover waits for that target's next write"
+        );
     }
 }

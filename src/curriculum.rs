@@ -43,9 +43,10 @@ use crate::eval::{
 use crate::model::{Llama, LlamaConfig, Tokenizer};
 use crate::reward::AnswerRules;
 use crate::rl::checkpoint::{self, CheckpointError};
+use crate::rl::collect::CollectOptions;
 use crate::rl::run::{line_step, run_steps, truncate_metrics, LoopOptions};
 use crate::rl::sft::{read_examples, write_example, SftExample, SftTrainer};
-use crate::rl::trainer::{Question, TrainError, Trainer};
+use crate::rl::{Question, TrainError, Trainer};
 use crate::search::Retriever;
 
 /// Errors of a curriculum run.
@@ -166,6 +167,14 @@ pub fn run_curriculum<B: AutodiffBackend>(
     let mut evals = Vec::new();
     for (i, p) in cfg.phase.iter().enumerate() {
         let phase_cfg = cfg.phase_config(p)?;
+        // The environment of this phase: one tokenizer and one open index for all phases,
+        // the phase's own prompt and rollout settings.
+        let env = Env {
+            tokenizer: tokenizer.clone(),
+            retriever: retriever.clone(),
+            prompt: phase_cfg.prompt.clone(),
+            rollout: phase_cfg.rollout.clone(),
+        };
         let dir = out.join(format!("{:02}-{}", i + 1, p.name));
         let perr = |source: Box<dyn std::error::Error + Send + Sync>| CurriculumError::Other {
             phase: p.name.clone(),
@@ -196,16 +205,8 @@ pub fn run_curriculum<B: AutodiffBackend>(
                                 .map_err(|e| terr(e.into()))?,
                         )
                     };
-                    let stats = collect_phase(
-                        &phase_cfg,
-                        p,
-                        limit,
-                        model.as_ref(),
-                        &tokenizer,
-                        retriever.as_ref(),
-                        &file,
-                    )
-                    .map_err(perr)?;
+                    let stats = collect_phase(&phase_cfg, p, limit, model.as_ref(), &env, &file)
+                        .map_err(perr)?;
                     eprintln!("[{}] {stats}", p.name);
                     std::fs::write(dir.join("stats.json"), &stats)
                         .map_err(|e| perr(Box::new(e)))?;
@@ -259,13 +260,13 @@ pub fn run_curriculum<B: AutodiffBackend>(
                     )
                     .map_err(terr)?;
                     if resumed {
-                        sft.resume_from(&dir).map_err(terr)?;
+                        sft.learner.resume_from(&dir).map_err(terr)?;
                     }
-                    truncate_phase_lines(&metrics_path, &state, &p.name, sft.state.step)
+                    truncate_phase_lines(&metrics_path, &state, &p.name, sft.learner.state.step)
                         .map_err(|e| terr(e.into()))?;
                     eprintln!(
                         "[{}] SFT from step {} to {steps} ({} episodes)",
-                        p.name, sft.state.step, episodes_read
+                        p.name, sft.learner.state.step, episodes_read
                     );
                     run_steps(&mut sft, &dir, &metrics_path, &loop_opts).map_err(terr)?
                 } else {
@@ -274,16 +275,10 @@ pub fn run_curriculum<B: AutodiffBackend>(
                         data.truncate(n);
                     }
                     let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
-                    let env = Env {
-                        tokenizer: tokenizer.clone(),
-                        retriever: retriever.clone(),
-                        prompt: phase_cfg.prompt.clone(),
-                        rollout: phase_cfg.rollout.clone(),
-                    };
                     let mut trainer = Trainer::new(
                         start,
                         arch.clone(),
-                        env,
+                        env.clone(),
                         phase_cfg.reward.rewards(),
                         phase_cfg.train.clone(),
                         questions,
@@ -293,14 +288,19 @@ pub fn run_curriculum<B: AutodiffBackend>(
                     if resumed {
                         trainer.resume_from(&dir).map_err(terr)?;
                     }
-                    truncate_phase_lines(&metrics_path, &state, &p.name, trainer.state.step)
-                        .map_err(|e| terr(e.into()))?;
+                    truncate_phase_lines(
+                        &metrics_path,
+                        &state,
+                        &p.name,
+                        trainer.learner.state.step,
+                    )
+                    .map_err(|e| terr(e.into()))?;
                     eprintln!(
                         "[{}] RL ({}, reward {}) from step {} to {steps}: {} questions × G={}, T={}",
                         p.name,
                         phase_cfg.train.algo.as_str(),
                         phase_cfg.reward.kind.as_str(),
-                        trainer.state.step,
+                        trainer.learner.state.step,
                         phase_cfg.train.questions_per_step,
                         phase_cfg.rollout.samples_per_question,
                         phase_cfg.rollout.temperature,
@@ -673,8 +673,7 @@ fn collect_phase<B: AutodiffBackend>(
     p: &PhaseSection,
     limit: Option<usize>,
     model: Option<&Llama<B>>,
-    tokenizer: &Tokenizer,
-    retriever: &dyn Retriever,
+    env: &Env,
     file: &Path,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let mut data = cfg.data.read_train()?;
@@ -685,10 +684,7 @@ fn collect_phase<B: AutodiffBackend>(
     let mut kept: Vec<SftExample> = Vec::new();
     let stats = if p.scripted {
         serde_json::to_string(&crate::rl::collect::scripted(
-            tokenizer,
-            retriever,
-            &cfg.prompt,
-            &cfg.rollout,
+            env,
             &Default::default(),
             &questions,
             p.min_searches,
@@ -699,17 +695,17 @@ fn collect_phase<B: AutodiffBackend>(
         let model = model.expect("a sampling collect phase is given the policy");
         let policy = model.valid();
         let engine = crate::model::Engine::new(&policy, cfg.rollout.weights);
+        let opts = CollectOptions {
+            batch: p.batch,
+            require_correct: true,
+            min_searches: p.min_searches,
+            seed: cfg.train.seed,
+        };
         serde_json::to_string(&crate::rl::collect::collect(
             &engine,
-            tokenizer,
-            retriever,
-            &cfg.prompt,
-            &cfg.rollout,
+            env,
             &questions,
-            p.batch,
-            true,
-            p.min_searches,
-            cfg.train.seed,
+            &opts,
             |ex: &SftExample| kept.push(ex.clone()),
         )?)?
     };

@@ -6,18 +6,20 @@
 mod common;
 use common::default_tokenizer as tokenizer;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::module::AutodiffModule;
 use sleuth::env::protocol::documents_block;
-use sleuth::env::{PromptConfig, RolloutConfig};
+use sleuth::env::{Env, PromptConfig, RolloutConfig};
 use sleuth::model::backend::{self, Train};
 use sleuth::model::gguf::GgufFile;
 use sleuth::model::{Llama, LlamaConfig, Tokenizer};
 use sleuth::reward::{FormatReport, RewardKind};
-use sleuth::rl::collect::{collect, entity_query, judge, scripted, ScriptPhrases, Verdict};
+use sleuth::rl::collect::{
+    collect, entity_query, judge, scripted, CollectOptions, ScriptPhrases, Verdict,
+};
 use sleuth::rl::sft::{SftExample, SftTrainer};
-use sleuth::rl::trainer::Question;
+use sleuth::rl::Question;
 use sleuth::rl::{checkpoint, TrainConfig, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
@@ -36,6 +38,21 @@ fn hit() -> Hit {
         title: "Arrowhead Stadium".into(),
         text: "Arrowhead Stadium is in Kansas City.".into(),
         score: 1.0,
+    }
+}
+
+/// The environment the collectors run in: `tok`, `retriever`, and copies of the settings.
+fn env(
+    tok: &Tokenizer,
+    retriever: Arc<dyn Retriever>,
+    prompt: &PromptConfig,
+    rollout: &RolloutConfig,
+) -> Env {
+    Env {
+        tokenizer: tok.clone(),
+        retriever,
+        prompt: prompt.clone(),
+        rollout: rollout.clone(),
     }
 }
 
@@ -141,16 +158,15 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
     }];
     let mut kept = Vec::new();
     let stats = collect(
-        &sft.model.valid(),
-        &tok,
-        &OneDoc,
-        &prompt(),
-        &rollout_cfg,
+        &sft.learner.model.valid(),
+        &env(&tok, Arc::new(OneDoc), &prompt(), &rollout_cfg),
         &questions,
-        1,
-        true,
-        1,
-        0,
+        &CollectOptions {
+            batch: 1,
+            require_correct: true,
+            min_searches: 1,
+            seed: 0,
+        },
         |ex| kept.push(ex.clone()),
     )
     .unwrap();
@@ -176,16 +192,15 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
         assert!(ex.mask[ex.prompt_len..at].iter().all(|&m| m == 1));
     }
     let stats = collect(
-        &sft.model.valid(),
-        &tok,
-        &OneDoc,
-        &with_demo,
-        &rollout_cfg,
+        &sft.learner.model.valid(),
+        &env(&tok, Arc::new(OneDoc), &with_demo, &rollout_cfg),
         &questions,
-        1,
-        false,
-        1,
-        0,
+        &CollectOptions {
+            batch: 1,
+            require_correct: false,
+            min_searches: 1,
+            seed: 0,
+        },
         |ex| {
             assert_eq!(
                 &ex.tokens[..ex.prompt_len],
@@ -198,16 +213,15 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
 
     // The same rollouts, asked for two searches each: none is kept.
     let stats = collect(
-        &sft.model.valid(),
-        &tok,
-        &OneDoc,
-        &prompt(),
-        &rollout_cfg,
+        &sft.learner.model.valid(),
+        &env(&tok, Arc::new(OneDoc), &prompt(), &rollout_cfg),
         &questions,
-        1,
-        false,
-        2,
-        0,
+        &CollectOptions {
+            batch: 1,
+            require_correct: false,
+            min_searches: 2,
+            seed: 0,
+        },
         |_| panic!("a one-search trajectory kept under --min-searches 2"),
     )
     .unwrap();
@@ -224,16 +238,23 @@ fn sft_collect_sft_then_rl_from_checkpoint() {
         learning_rate: 1e-5,
         ..train_cfg.clone()
     };
-    let mut sft2 = SftTrainer::new(sft.model.clone(), arch.clone(), gentle, kept, device).unwrap();
+    let mut sft2 = SftTrainer::new(
+        sft.learner.model.clone(),
+        arch.clone(),
+        gentle,
+        kept,
+        device,
+    )
+    .unwrap();
     assert!(sft2.step().loss.is_finite());
-    sft2.save(dir.path()).unwrap();
+    sft2.learner.save(dir.path()).unwrap();
 
     // 4. RL starts from the checkpoint's weights.
     let init = checkpoint::load_model(dir.path(), Llama::<Train>::random(&arch, &device), &device)
         .unwrap();
     assert_eq!(
         init.embed_tokens.val().into_data(),
-        sft2.model.embed_tokens.val().into_data()
+        sft2.learner.model.embed_tokens.val().into_data()
     );
     let mut rl = Trainer::new(
         init,
@@ -302,10 +323,7 @@ fn scripted_episodes_are_grounded_masked_and_format_valid() {
     ];
     let mut kept = Vec::new();
     let stats = sleuth::rl::collect::scripted(
-        &tok,
-        &OneDoc,
-        &with_demo,
-        &rollout,
+        &env(&tok, Arc::new(OneDoc), &with_demo, &rollout),
         &Default::default(),
         &questions,
         1,
@@ -362,12 +380,12 @@ struct ByQuery {
 }
 
 impl ByQuery {
-    fn new(fallback: Vec<Hit>, pages: Vec<(&'static str, Vec<Hit>)>) -> Self {
-        Self {
+    fn new(fallback: Vec<Hit>, pages: Vec<(&'static str, Vec<Hit>)>) -> Arc<Self> {
+        Arc::new(Self {
             pages,
             fallback,
             queries: Mutex::new(Vec::new()),
-        }
+        })
     }
 }
 
@@ -448,10 +466,7 @@ fn scripted_bridge_question_searches_the_bridge_entity() {
     }];
     let mut kept = Vec::new();
     let stats = scripted(
-        &tok,
-        &engine,
-        &with_demo,
-        &rollout,
+        &env(&tok, engine.clone(), &with_demo, &rollout),
         &ScriptPhrases::default(),
         &questions,
         1,
@@ -563,10 +578,7 @@ fn scripted_bridge_question_never_searches_an_unseen_entity() {
         );
         let mut kept = Vec::new();
         let stats = scripted(
-            &tok,
-            &engine,
-            &prompt(),
-            &RolloutConfig::default(),
+            &env(&tok, engine.clone(), &prompt(), &RolloutConfig::default()),
             &ScriptPhrases::default(),
             &questions,
             min_searches,
@@ -650,10 +662,7 @@ fn scripted_follow_up_hops_follow_what_each_hop_reveals() {
     }];
     let mut kept = Vec::new();
     let stats = scripted(
-        &tok,
-        &engine,
-        &prompt(),
-        &RolloutConfig::default(),
+        &env(&tok, engine.clone(), &prompt(), &RolloutConfig::default()),
         &ScriptPhrases::default(),
         &questions,
         1,
@@ -716,10 +725,7 @@ fn scripted_yes_no_comparison_needs_both_support_pages() {
         );
         let mut kept = Vec::new();
         let stats = scripted(
-            &tok,
-            &engine,
-            &prompt(),
-            &RolloutConfig::default(),
+            &env(&tok, engine.clone(), &prompt(), &RolloutConfig::default()),
             &ScriptPhrases::default(),
             &questions,
             1,
@@ -794,10 +800,7 @@ fn scripted_single_hop_question_searches_once() {
     };
     let mut kept = Vec::new();
     let stats = scripted(
-        &tok,
-        &engine,
-        &prompt(),
-        &rollout,
+        &env(&tok, engine.clone(), &prompt(), &rollout),
         &ScriptPhrases::default(),
         &questions,
         1,
@@ -856,10 +859,7 @@ fn scripted_min_searches_drops_one_search_episodes() {
     let run = |min_searches| {
         let mut kept = Vec::new();
         let stats = scripted(
-            &tok,
-            &engine,
-            &prompt(),
-            &RolloutConfig::default(),
+            &env(&tok, engine.clone(), &prompt(), &RolloutConfig::default()),
             &ScriptPhrases::default(),
             &questions,
             min_searches,
@@ -904,17 +904,14 @@ fn scripted_comparison_question_searches_each_entity() {
         support_titles: vec!["Alice Example".into(), "Bob Sample (writer)".into()],
         kind: Some("comparison".into()),
     }];
-    let run = |engine: &ByQuery, max_searches: usize| {
+    let run = |engine: &Arc<ByQuery>, max_searches: usize| {
         let rollout = RolloutConfig {
             max_searches,
             ..Default::default()
         };
         let mut kept = Vec::new();
         let stats = scripted(
-            &tok,
-            engine,
-            &prompt(),
-            &rollout,
+            &env(&tok, engine.clone(), &prompt(), &rollout),
             &ScriptPhrases::default(),
             &questions,
             1,
@@ -978,10 +975,7 @@ fn scripted_reasoning_varies_across_questions() {
     let solutions = |seed: u64| {
         let mut out = Vec::new();
         scripted(
-            &tok,
-            &OneDoc,
-            &prompt(),
-            &RolloutConfig::default(),
+            &env(&tok, Arc::new(OneDoc), &prompt(), &RolloutConfig::default()),
             &ScriptPhrases::default(),
             &questions,
             1,

@@ -16,7 +16,7 @@ use sleuth::env::{rollout, PromptConfig, RolloutConfig};
 use sleuth::model::backend::{self, Train};
 use sleuth::model::{text_of, Llama, LlamaConfig, Sampler, SamplingConfig, Tokenizer};
 use sleuth::reward::{RewardBreakdown, RewardFn};
-use sleuth::rl::trainer::Question;
+use sleuth::rl::Question;
 use sleuth::rl::{Algo, GuardConfig, TrainConfig, TrainError, Trainer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
@@ -208,14 +208,14 @@ fn reinforce_pp_baseline_steps_and_checkpoint_resumes() {
     let m = t.step().unwrap();
     assert_eq!(m.step, 1);
     assert!(m.loss.is_finite());
-    t.save(dir.path()).unwrap();
-    let saved = t.model.embed_tokens.val().into_data();
+    t.learner.save(dir.path()).unwrap();
+    let saved = t.learner.model.embed_tokens.val().into_data();
 
     let mut resumed = trainer(tok, Algo::ReinforcePpBaseline, 1e-3, 99);
-    assert_ne!(resumed.model.embed_tokens.val().into_data(), saved);
+    assert_ne!(resumed.learner.model.embed_tokens.val().into_data(), saved);
     resumed.resume_from(dir.path()).unwrap();
-    assert_eq!(resumed.state, t.state);
-    assert_eq!(resumed.model.embed_tokens.val().into_data(), saved);
+    assert_eq!(resumed.learner.state, t.learner.state);
+    assert_eq!(resumed.learner.model.embed_tokens.val().into_data(), saved);
     assert_eq!(resumed.step().unwrap().step, 2);
 }
 
@@ -242,38 +242,42 @@ fn collapse_guard_restores_last_good_weights_and_lowers_lr() {
         max_format_drop: -1.0,
         ..pass.clone()
     };
-    t.cfg.guard = pass.clone();
-    let theta0 = t.model.embed_tokens.val().into_data();
+    t.learner.cfg.guard = pass.clone();
+    let theta0 = t.learner.model.embed_tokens.val().into_data();
     let m1 = t.step().unwrap();
     assert!(m1.guard.is_none(), "{:?}", m1.guard);
     assert!(
         m1.grad_norm > 0.0,
         "step 1 must change the weights for this test to mean anything"
     );
-    assert_ne!(t.model.embed_tokens.val().into_data(), theta0);
+    assert_ne!(t.learner.model.embed_tokens.val().into_data(), theta0);
 
-    t.cfg.guard = trip.clone();
+    t.learner.cfg.guard = trip.clone();
     let m2 = t.step().unwrap();
     let ev = m2.guard.clone().expect("step 2 trips");
     assert!(ev.reason.contains("format-valid rate"), "{}", ev.reason);
     assert_eq!(ev.restored_step, Some(0));
     assert_eq!(ev.lr_scale, 0.5);
-    assert_eq!(t.model.embed_tokens.val().into_data(), theta0);
+    assert_eq!(t.learner.model.embed_tokens.val().into_data(), theta0);
     assert_eq!(
-        (t.state.step, t.state.lr_scale, t.state.guard_trips),
+        (
+            t.learner.state.step,
+            t.learner.state.lr_scale,
+            t.learner.state.guard_trips
+        ),
         (2, 0.5, 1)
     );
     // The event is part of the logged metrics line.
     let line = serde_json::to_string(&m2).unwrap();
     assert!(line.contains("\"restored_step\":0"), "{line}");
 
-    t.cfg.guard = pass;
+    t.learner.cfg.guard = pass;
     let m3 = t.step().unwrap();
     assert!(m3.guard.is_none());
     assert_eq!(m3.step, 3, "the step counter moves on after a rollback");
     assert_eq!(m3.lr, 0.5e-2);
 
-    t.cfg.guard = trip;
+    t.learner.cfg.guard = trip;
     match t.step() {
         Err(TrainError::Collapsed { trips: 2, .. }) => {}
         other => panic!(
@@ -297,13 +301,13 @@ fn windowed_guard_trip_restores_weights_from_before_the_window() {
         window: 2,
         ..Default::default()
     };
-    t.cfg.guard = pass.clone();
-    let theta0 = t.model.embed_tokens.val().into_data();
+    t.learner.cfg.guard = pass.clone();
+    let theta0 = t.learner.model.embed_tokens.val().into_data();
     assert!(t.step().unwrap().guard.is_none());
-    let theta1 = t.model.embed_tokens.val().into_data();
+    let theta1 = t.learner.model.embed_tokens.val().into_data();
     assert_ne!(theta1, theta0, "step 1 must move the weights");
     assert!(t.step().unwrap().guard.is_none());
-    t.cfg.guard = GuardConfig {
+    t.learner.cfg.guard = GuardConfig {
         max_format_drop: -1.0,
         ..pass
     };
@@ -311,7 +315,7 @@ fn windowed_guard_trip_restores_weights_from_before_the_window() {
     let ev = m3.guard.expect("step 3 trips on the 2-step window");
     assert!(ev.reason.contains("over 2 steps"), "{}", ev.reason);
     assert_eq!(ev.restored_step, Some(0));
-    assert_eq!(t.model.embed_tokens.val().into_data(), theta0);
+    assert_eq!(t.learner.model.embed_tokens.val().into_data(), theta0);
 }
 
 /// Scores 0 for questions whose gold is "flat" (every group all-equal, no advantage) and the
@@ -429,12 +433,14 @@ fn never_solved_questions_retire_down_to_the_step_size() {
     }
     assert!(retired.windows(2).all(|w| w[0] <= w[1]), "{retired:?}");
     assert_eq!(*retired.last().unwrap(), 2, "{retired:?}");
-    let active: Vec<usize> = (0..4).filter(|&i| !t.state.pass[i].retired).collect();
+    let active: Vec<usize> = (0..4)
+        .filter(|&i| !t.learner.state.pass[i].retired)
+        .collect();
     assert_eq!(active.len(), 2);
     // Retired questions are not drawn again: their group counts stop growing.
-    let before: Vec<usize> = t.state.pass.iter().map(|p| p.groups).collect();
+    let before: Vec<usize> = t.learner.state.pass.iter().map(|p| p.groups).collect();
     t.step().unwrap();
-    for (i, p) in t.state.pass.iter().enumerate() {
+    for (i, p) in t.learner.state.pass.iter().enumerate() {
         if p.retired {
             assert_eq!(p.groups, before[i]);
         }
@@ -495,8 +501,8 @@ fn same_seed_same_steps_and_same_weights() {
             })
             .collect();
         let weights: Vec<f32> = [
-            t.model.embed_tokens.val(),
-            t.model.norm.weight.val().unsqueeze(),
+            t.learner.model.embed_tokens.val(),
+            t.learner.model.norm.weight.val().unsqueeze(),
         ]
         .into_iter()
         .flat_map(|w| w.into_data().to_vec::<f32>().unwrap())
@@ -537,7 +543,7 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     };
     let mut t = trainer(tok.clone(), Algo::Grpo, 1e-2, 13);
     let expected: Vec<_> = (0..3).map(|_| line(t.step().unwrap())).collect();
-    t.save(&whole).unwrap();
+    t.learner.save(&whole).unwrap();
     assert!(
         expected[2]["grad_norm"].as_f64().unwrap() > 0.0,
         "step 3 must update for the optimizer state to matter: {:?}",
@@ -546,14 +552,14 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
 
     let mut first = trainer(tok.clone(), Algo::Grpo, 1e-2, 13);
     let mut got: Vec<_> = (0..2).map(|_| line(first.step().unwrap())).collect();
-    first.save(&cut).unwrap();
+    first.learner.save(&cut).unwrap();
     drop(first);
     // Built as a new process would build it (same config, base weights and reference model),
     // then everything past step 0 comes from the checkpoint.
     let mut resumed = trainer(tok, Algo::Grpo, 1e-2, 13);
     resumed.resume_from(&cut).unwrap();
     got.push(line(resumed.step().unwrap()));
-    resumed.save(&cut).unwrap();
+    resumed.learner.save(&cut).unwrap();
 
     assert_eq!(got, expected);
     for file in ["model.mpk", "optimizer.mpk", "state.json"] {

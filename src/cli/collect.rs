@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::{load_tokenizer, open_search};
 use crate::config::RunConfig;
-use crate::rl::trainer::Question;
+use crate::rl::Question;
 
 /// Flags of `sleuth collect`.
 #[derive(Args)]
@@ -72,7 +72,14 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
     let require_correct = a
         .require_correct
         .unwrap_or(a.checkpoint.is_some() || cfg.reward.kind == crate::reward::RewardKind::Stage2);
-    let retriever = open_search(&cfg)?;
+    let retriever: std::sync::Arc<dyn crate::search::Retriever> =
+        std::sync::Arc::from(open_search(&cfg)?);
+    let env_with = |tokenizer: &crate::model::Tokenizer| crate::env::Env {
+        tokenizer: tokenizer.clone(),
+        retriever: retriever.clone(),
+        prompt: cfg.prompt.clone(),
+        rollout: cfg.rollout.clone(),
+    };
     let mut data = cfg.data.read_train()?;
     if let Some(n) = a.limit {
         data.truncate(n);
@@ -98,10 +105,7 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
         stats = Some(if a.scripted {
             let tokenizer = load_tokenizer(&cfg.model.path)?;
             crate::rl::collect::scripted(
-                &tokenizer,
-                &retriever,
-                &cfg.prompt,
-                &cfg.rollout,
+                &env_with(&tokenizer),
                 &Default::default(),
                 &questions,
                 a.min_searches,
@@ -111,19 +115,13 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
         } else {
             let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
             policy.with(cfg.rollout.weights, |policy, tokenizer| {
-                crate::rl::collect::collect(
-                    policy,
-                    tokenizer,
-                    &retriever,
-                    &cfg.prompt,
-                    &cfg.rollout,
-                    &questions,
-                    a.batch,
+                let opts = crate::rl::collect::CollectOptions {
+                    batch: a.batch,
                     require_correct,
-                    a.min_searches,
-                    a.seed,
-                    keep,
-                )
+                    min_searches: a.min_searches,
+                    seed: a.seed,
+                };
+                crate::rl::collect::collect(policy, &env_with(tokenizer), &questions, &opts, keep)
             })?
         });
         match write_err {

@@ -11,7 +11,7 @@ use super::{load_model, load_policy, open_search};
 use crate::atomic::write as write_atomic;
 use crate::config::RunConfig;
 use crate::model::backend::{self, Inference, Train};
-use crate::rl::trainer::Question;
+use crate::rl::Question;
 use crate::rl::{run, Trainer};
 use crate::search::Retriever;
 
@@ -116,10 +116,14 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     )?;
     let restored = run::prepare_dir(&a.out, a.resume, |dir| {
         trainer.resume_from(dir)?;
-        Ok(trainer.state.step)
+        Ok(trainer.learner.state.step)
     })?;
     if restored {
-        eprintln!("resumed {} at step {}", a.out.display(), trainer.state.step);
+        eprintln!(
+            "resumed {} at step {}",
+            a.out.display(),
+            trainer.learner.state.step
+        );
     } else if a.resume {
         eprintln!("no checkpoint in {}; starting fresh", a.out.display());
     }
@@ -212,10 +216,14 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
     let mut sft =
         crate::rl::sft::SftTrainer::new(m.model, m.config, cfg.train.clone(), data, device)?;
     if run::prepare_dir(&a.out, a.resume, |dir| {
-        sft.resume_from(dir)?;
-        Ok(sft.state.step)
+        sft.learner.resume_from(dir)?;
+        Ok(sft.learner.state.step)
     })? {
-        eprintln!("resumed {} at step {}", a.out.display(), sft.state.step);
+        eprintln!(
+            "resumed {} at step {}",
+            a.out.display(),
+            sft.learner.state.step
+        );
     }
     // The run names its base model (tokenizer, architecture) for `export`, with the
     // overrides above applied.
@@ -230,7 +238,7 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
     if out.stopped_early {
         eprintln!(
             "stopped at step {}: policy entropy fell below sft_stop_entropy {}",
-            out.steps_done, sft.cfg.sft_stop_entropy
+            out.steps_done, sft.learner.cfg.sft_stop_entropy
         );
     }
     Ok(())

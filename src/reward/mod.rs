@@ -57,3 +57,34 @@ pub struct Rewards {
     /// `[reward.step]`: paid per search that brings a new gold title ([`step_retrieval_reward`]).
     pub step: StepRewardConfig,
 }
+
+/// An episode's pay: the rule reward, the step-level retrieval reward, and their sum.
+#[derive(Debug, Clone)]
+pub struct Paid {
+    /// The rule reward's parts (format, answer, penalty) and the answer metrics.
+    pub rule: RewardBreakdown,
+    /// The step-level retrieval reward's parts.
+    pub step: StepReward,
+    /// `rule.total + step.total`: what the advantage is computed from.
+    pub total: f32,
+}
+
+impl Rewards {
+    /// Scores one episode of a question: its final `solution` text against the gold
+    /// `answers` (the rule reward), and the titles each of its searches returned, in order,
+    /// against the question's gold `support_titles` (the step reward, paid only when the
+    /// rule reward found the format valid).
+    pub fn score(
+        &self,
+        solution: &str,
+        searched_titles: &[Vec<String>],
+        answers: &[String],
+        support_titles: &[String],
+    ) -> Paid {
+        let rule = self.rule.score(solution, answers);
+        let step =
+            step_retrieval_reward(searched_titles, support_titles, rule.format_ok, &self.step);
+        let total = rule.total + step.total;
+        Paid { rule, step, total }
+    }
+}

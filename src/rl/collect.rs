@@ -32,10 +32,10 @@
 use serde::Serialize;
 
 use super::sft::SftExample;
-use super::trainer::Question;
+use super::Question;
 use crate::env::protocol::{documents_block, extract_query, BEGIN_QUERY, END_ANSWER, END_QUERY};
 use crate::env::rollout::RolloutError;
-use crate::env::{Policy, PromptConfig, RolloutConfig};
+use crate::env::{Env, Policy, PromptConfig, RolloutConfig};
 use crate::model::{Sampler, Tokenizer};
 use crate::reward::{score_answer, FormatReport};
 use crate::search::{Hit, Retriever};
@@ -120,26 +120,41 @@ pub fn judge(
     Verdict::Keep
 }
 
-/// Rolls out `questions` (`batch` per rollout call, G = `rollout.samples_per_question`) with
-/// `model` (base weights or a checkpoint's, or a remote [`Policy`]), keeps the trajectories [`judge`] accepts and hands
-/// each to `keep` as an [`SftExample`].
+/// How [`collect`] samples and what it keeps. No defaults here: `sleuth collect`'s flags and
+/// a curriculum's `[[phase]]` state theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectOptions {
+    /// Questions per rollout call (each sampled `samples_per_question` times).
+    pub batch: usize,
+    /// Keep only trajectories whose answer is cover-EM correct.
+    pub require_correct: bool,
+    /// Fewest searches a kept trajectory made.
+    pub min_searches: usize,
+    /// Sampling seed.
+    pub seed: u64,
+}
+
+/// Rolls out `questions` in `env` (`opts.batch` per rollout call, G =
+/// `env.rollout.samples_per_question`) with `model` (base weights or a checkpoint's, or a
+/// remote [`Policy`]), keeps the trajectories [`judge`] accepts and hands each to `keep` as an
+/// [`SftExample`].
 ///
 /// # Errors
 /// [`RolloutError`] when a prompt cannot be built or does not fit the context.
-#[allow(clippy::too_many_arguments)]
 pub fn collect<P: Policy + ?Sized>(
     model: &P,
-    tokenizer: &Tokenizer,
-    retriever: &dyn Retriever,
-    prompt: &PromptConfig,
-    rollout_cfg: &RolloutConfig,
+    env: &Env,
     questions: &[Question],
-    batch: usize,
-    require_correct: bool,
-    min_searches: usize,
-    seed: u64,
+    opts: &CollectOptions,
     mut keep: impl FnMut(&SftExample),
 ) -> Result<CollectStats, RolloutError> {
+    let (tokenizer, prompt, rollout_cfg) = (&env.tokenizer, &env.prompt, &env.rollout);
+    let CollectOptions {
+        batch,
+        require_correct,
+        min_searches,
+        seed,
+    } = *opts;
     let bare = PromptConfig {
         demonstrations: Vec::new(),
         ..prompt.clone()
@@ -150,7 +165,7 @@ pub fn collect<P: Policy + ?Sized>(
         let texts: Vec<String> = chunk.iter().map(|q| q.question.clone()).collect();
         let (episodes, _) = model.rollout(
             tokenizer,
-            retriever,
+            env.retriever.as_ref(),
             prompt,
             rollout_cfg,
             &texts,
@@ -550,21 +565,19 @@ fn is_yes_no(answer: &str) -> bool {
 ///
 /// # Errors
 /// [`RolloutError`] when the prompt or the text cannot be encoded.
-#[allow(clippy::too_many_arguments)]
 pub fn scripted(
-    tokenizer: &Tokenizer,
-    retriever: &dyn Retriever,
-    prompt: &PromptConfig,
-    rollout_cfg: &RolloutConfig,
+    env: &Env,
     phrases: &ScriptPhrases,
     questions: &[Question],
     min_searches: usize,
     seed: u64,
     mut keep: impl FnMut(&SftExample),
 ) -> Result<CollectStats, RolloutError> {
+    let (tokenizer, retriever, rollout_cfg) =
+        (&env.tokenizer, env.retriever.as_ref(), &env.rollout);
     let bare = PromptConfig {
         demonstrations: Vec::new(),
-        ..prompt.clone()
+        ..env.prompt.clone()
     };
     let mut stats = CollectStats::default();
     let encode = |text: &str| -> Result<Vec<u32>, RolloutError> {

@@ -34,7 +34,7 @@ use burn::tensor::backend::AutodiffBackend;
 use super::checkpoint::{self, CheckpointError};
 use super::metrics::StepMetrics;
 use super::sft::{SftMetrics, SftTrainer};
-use super::trainer::{TrainError, Trainer};
+use super::{TrainError, Trainer};
 
 /// A checkpoint taken but not yet written (see [`Steps::checkpoint`]).
 pub type PendingSave = Box<dyn FnOnce() -> Result<(), TrainError> + Send>;
@@ -120,13 +120,13 @@ pub trait Steps {
 impl<B: AutodiffBackend> Steps for Trainer<B> {
     type Metrics = StepMetrics;
     fn steps_done(&self) -> usize {
-        self.state.step
+        self.learner.state.step
     }
     fn step(&mut self) -> Result<StepMetrics, TrainError> {
         Trainer::step(self)
     }
     fn checkpoint(&self, dir: &Path) -> Result<PendingSave, TrainError> {
-        let (snapshot, dir) = (self.snapshot(), dir.to_path_buf());
+        let (snapshot, dir) = (self.learner.snapshot(), dir.to_path_buf());
         Ok(Box::new(move || {
             snapshot.write(&dir).map_err(TrainError::Checkpoint)
         }))
@@ -147,13 +147,13 @@ impl<B: AutodiffBackend> Steps for Trainer<B> {
 impl<B: AutodiffBackend> Steps for SftTrainer<B> {
     type Metrics = SftMetrics;
     fn steps_done(&self) -> usize {
-        self.state.step
+        self.learner.state.step
     }
     fn step(&mut self) -> Result<SftMetrics, TrainError> {
         Ok(SftTrainer::step(self))
     }
     fn checkpoint(&self, dir: &Path) -> Result<PendingSave, TrainError> {
-        let (snapshot, dir) = (self.snapshot(), dir.to_path_buf());
+        let (snapshot, dir) = (self.learner.snapshot(), dir.to_path_buf());
         Ok(Box::new(move || {
             snapshot.write(&dir).map_err(TrainError::Checkpoint)
         }))

@@ -6,7 +6,7 @@
 //! trained on exactly the tokens it will later see in rollouts, and retrieved text never
 //! carries loss. The loss is the negative log-likelihood averaged over all masked tokens of
 //! the batch; batches are drawn with the same seeded, resumable order as RL
-//! ([`TrainState::next_indices`]) and checkpoints use the same format, so `sleuth train --init`
+//! ([`TrainState::next_indices`](super::checkpoint::TrainState::next_indices)) and checkpoints use the same format, so `sleuth train --init`
 //! can start RL from an SFT run.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -15,14 +15,13 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, TrainState};
-use super::loss::{pack, plan_micro_batches, token_logprobs_entropy};
-use super::trainer::{adamw, clip_global_norm, Optim, TrainConfig, TrainError};
+use super::learner::Learner;
+use super::loss::token_logprobs_entropy;
+use super::{TrainConfig, TrainError};
 use crate::model::{Llama, LlamaConfig};
 
 /// One training sequence: prompt (without demonstrations) and the policy's response.
@@ -133,21 +132,14 @@ pub struct SftMetrics {
     pub rss_peak_mib: Option<f64>,
 }
 
-/// Supervised fine-tuning state: policy, optimizer, data, progress.
+/// Supervised fine-tuning state: the [`Learner`] (policy, optimizer, settings, progress) and
+/// the examples. Of [`TrainConfig`], SFT reads `learning_rate`, `grad_clip`, `micro_batch`,
+/// `micro_batch_tokens`, `share_prompt`, `warmup_steps`, the AdamW parameters, the seed and
+/// `sft_stop_entropy`; `questions_per_step` is the number of sequences per step.
 pub struct SftTrainer<B: AutodiffBackend> {
-    /// The policy being trained.
-    pub model: Llama<B>,
-    /// Its architecture (saved with checkpoints).
-    pub model_config: LlamaConfig,
-    optim: Optim<B>,
-    /// Optimizer settings (`learning_rate`, `grad_clip`, `micro_batch`, `warmup_steps`,
-    /// AdamW parameters) and the seed; `questions_per_step` is the number of sequences per
-    /// step.
-    pub cfg: TrainConfig,
+    /// The policy, its optimizer, settings and progress.
+    pub learner: Learner<B>,
     data: Vec<SftExample>,
-    /// Progress (saved in checkpoints).
-    pub state: TrainState,
-    device: B::Device,
 }
 
 impl<B: AutodiffBackend> SftTrainer<B> {
@@ -166,72 +158,36 @@ impl<B: AutodiffBackend> SftTrainer<B> {
             return Err(TrainError::NoData);
         }
         Ok(Self {
-            model: model.with_canonical_param_ids(),
-            model_config,
-            optim: adamw(&cfg),
-            state: TrainState {
-                seed: cfg.seed,
-                ..Default::default()
-            },
-            cfg,
+            learner: Learner::new(model, model_config, cfg, device),
             data,
-            device,
         })
-    }
-
-    /// Restores model, optimizer and progress from `run`'s checkpoint.
-    ///
-    /// # Errors
-    /// [`TrainError::Checkpoint`] naming the file that failed.
-    pub fn resume_from(&mut self, run: &Path) -> Result<(), TrainError> {
-        self.state = checkpoint::load_state(run)?;
-        self.model = checkpoint::load_model(run, self.model.clone(), &self.device)?;
-        self.optim = checkpoint::load_optimizer(run, adamw(&self.cfg), &self.device)?;
-        Ok(())
-    }
-
-    /// Saves a checkpoint into `run` (same format as RL checkpoints).
-    ///
-    /// # Errors
-    /// [`TrainError::Checkpoint`] naming the file that failed.
-    pub fn save(&self, run: &Path) -> Result<(), TrainError> {
-        checkpoint::save(
-            run,
-            &self.model,
-            &self.optim,
-            &self.model_config,
-            &self.state,
-        )?;
-        Ok(())
-    }
-
-    /// The checkpoint [`Self::save`] would write, copied out so that another thread can write
-    /// it while training goes on ([`checkpoint::Snapshot`]).
-    pub fn snapshot(&self) -> checkpoint::Snapshot<B> {
-        checkpoint::Snapshot::of(&self.model, &self.optim, &self.model_config, &self.state)
     }
 
     /// Whether the entropy stop rule (`sft_stop_entropy`) says the run should end after a step
     /// with these figures.
     pub fn should_stop(&self, m: &SftMetrics) -> bool {
-        self.cfg.sft_stop_entropy > 0.0 && m.tokens > 0 && m.entropy < self.cfg.sft_stop_entropy
+        self.learner.cfg.sft_stop_entropy > 0.0
+            && m.tokens > 0
+            && m.entropy < self.learner.cfg.sft_stop_entropy
     }
 
-    /// One optimizer step on the next `questions_per_step` examples.
+    /// One optimizer step on the next `questions_per_step` examples: the negative
+    /// log-likelihood of their policy tokens, averaged over all of them.
     pub fn step(&mut self) -> SftMetrics {
         let t0 = Instant::now();
-        let step = self.state.step + 1;
-        let epoch = self.state.epoch;
-        let idx = self
+        let l = &mut self.learner;
+        let step = l.state.step + 1;
+        let epoch = l.state.epoch;
+        let idx = l
             .state
-            .next_indices(self.data.len(), self.cfg.questions_per_step.max(1));
+            .next_indices(self.data.len(), l.cfg.questions_per_step.max(1));
         // `next_indices` yields positions below `data.len()`.
         let batch: Vec<&SftExample> = idx.iter().filter_map(|&i| self.data.get(i)).collect();
         let total: usize = batch
             .iter()
             .map(|e| e.mask.iter().filter(|&&m| m == 1).count())
             .sum();
-        let lr = self.cfg.lr_at(step);
+        let lr = l.cfg.lr_at(step);
         let mut metrics = SftMetrics {
             step,
             epoch,
@@ -240,31 +196,19 @@ impl<B: AutodiffBackend> SftTrainer<B> {
             ..Default::default()
         };
         if total > 0 {
-            let mut accum = GradientsAccumulator::<Llama<B>>::new();
             let (mut nll, mut entropy_sum) = (0.0, 0.0);
-            let share = self.cfg.share_prompt;
-            let plan = plan_micro_batches(
-                &batch
-                    .iter()
-                    .map(|e| (&e.tokens[..], e.prompt_len))
-                    .collect::<Vec<_>>(),
-                share,
-                self.cfg.micro_batch,
-                self.cfg.micro_batch_tokens,
-            );
-            for chunk in plan {
-                // The plan holds positions in `batch`.
-                let seqs: Vec<_> = chunk
-                    .iter()
-                    .filter_map(|&i| batch.get(i))
-                    .map(|e| (e.tokens.as_slice(), e.mask.as_slice(), e.prompt_len))
-                    .collect();
-                let packed = pack::<B::InnerBackend>(&seqs, share, &self.device);
+            let seqs: Vec<_> = batch
+                .iter()
+                .map(|e| (e.tokens.as_slice(), e.mask.as_slice(), e.prompt_len))
+                .collect();
+            let mut grads = l.gradients();
+            for mb in l.micro_batches(&seqs) {
+                let packed = mb.packed;
                 let tokens = Tensor::<B, 2, Int>::from_inner(packed.tokens);
                 let mask = Tensor::<B, 2>::from_inner(packed.mask);
                 let scored = Tensor::<B, 1, Int>::from_inner(packed.scored);
                 let (logp, ent) = token_logprobs_entropy(
-                    &self.model,
+                    &l.model,
                     tokens,
                     packed.start,
                     packed.shared,
@@ -280,16 +224,13 @@ impl<B: AutodiffBackend> SftTrainer<B> {
                 }
                 let loss = (logp * mask).sum().neg().div_scalar(total as f64);
                 nll += loss.clone().detach().into_scalar().elem::<f64>();
-                let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-                accum.accumulate(&self.model, grads);
+                l.backward(&mut grads, loss);
             }
-            let mut grads = accum.grads();
-            metrics.grad_norm = clip_global_norm::<B>(&self.model, &mut grads, self.cfg.grad_clip);
+            metrics.grad_norm = l.apply(grads, lr).unwrap_or(0.0);
             metrics.loss = nll;
             metrics.entropy = entropy_sum / total as f64;
-            self.model = self.optim.step(lr, self.model.clone(), grads);
         }
-        self.state.step = step;
+        l.state.step = step;
         metrics.seconds = t0.elapsed().as_secs_f64();
         metrics.rss_peak_mib = super::metrics::rss_peak_mib();
         metrics

@@ -1,0 +1,241 @@
+//! The group sampler: draws a step's questions, rolls each out `G` times, pays every episode,
+//! and keeps the groups worth training on.
+//!
+//! **Informative groups.** A GRPO group whose G rewards are equal has zero advantage. With
+//! `dynamic_sampling` (DAPO, Yu et al. 2025, arXiv 2503.14476) the sampler keeps drawing
+//! questions until it holds `questions_per_step` groups whose rewards differ, for at most
+//! `max_resample` extra rounds; `groups_sampled` / `groups_kept` report it. Every question's
+//! pass rate is tracked in the checkpointed [`TrainState`]; with `retire_after` a question
+//! that is always or never solved after that many groups stops being drawn.
+
+use std::time::Instant;
+
+use super::checkpoint::{PassRecord, TrainState};
+use super::{TrainConfig, TrainError};
+use crate::env::{rollout, Env, Episode};
+use crate::model::{Decoder, Sampler};
+use crate::reward::{Paid, Rewards};
+
+/// A training question with its gold answers and, when the data has them, its gold support
+/// titles (HotpotQA `support_titles`) and type (`bridge` / `comparison`).
+#[derive(Debug, Clone, Default)]
+pub struct Question {
+    /// Question text.
+    pub question: String,
+    /// Acceptable answers.
+    pub answers: Vec<String>,
+    /// Gold support-paragraph titles; empty when unknown. Used by the step-level retrieval
+    /// reward and by multi-hop scripted episodes.
+    pub support_titles: Vec<String>,
+    /// HotpotQA question type when known (`bridge`, `comparison`).
+    pub kind: Option<String>,
+}
+
+impl From<crate::eval::QaExample> for Question {
+    fn from(q: crate::eval::QaExample) -> Self {
+        Self {
+            question: q.question,
+            answers: q.answers,
+            support_titles: q.support_titles,
+            kind: q.kind,
+        }
+    }
+}
+
+/// One sampled episode with its pay.
+pub(super) struct Sampled {
+    pub episode: Episode,
+    pub paid: Paid,
+}
+
+/// Time and token counts of a step's rollout rounds, summed.
+#[derive(Debug, Default)]
+pub(super) struct RolloutTotals {
+    /// Wall time of the rollout calls, seconds.
+    pub seconds_rollout: f64,
+    /// Wall time of reward scoring, seconds.
+    pub seconds_reward: f64,
+    pub seconds_generate: f64,
+    pub seconds_search: f64,
+    pub seconds_prefill: f64,
+    /// The rollouts' own total time (generate + search + bookkeeping), seconds.
+    pub seconds_total: f64,
+    pub sampled_tokens: usize,
+    pub prefill_tokens: usize,
+}
+
+/// What a step's rollouts produced.
+pub(super) struct Groups {
+    /// Every episode sampled this step, group by group.
+    pub sampled: Vec<Sampled>,
+    /// Indices into `sampled` of the episodes to train on: whole groups, in order.
+    pub kept: Vec<usize>,
+    pub groups_sampled: usize,
+    pub groups_kept: usize,
+    pub totals: RolloutTotals,
+}
+
+/// Draws and scores groups for one step (module docs).
+pub(super) struct GroupSampler<'a> {
+    pub env: &'a Env,
+    pub rewards: &'a Rewards,
+    pub cfg: &'a TrainConfig,
+    pub data: &'a [Question],
+}
+
+impl GroupSampler<'_> {
+    /// Samples step `step`'s groups with `engine`, drawing questions from `state`'s order and
+    /// recording each group's outcome there.
+    ///
+    /// # Errors
+    /// [`TrainError::Rollout`] when generation fails.
+    pub fn sample<M: Decoder + ?Sized>(
+        &self,
+        engine: &M,
+        sampler: &mut Sampler,
+        state: &mut TrainState,
+        step: usize,
+    ) -> Result<Groups, TrainError> {
+        let qps = self.cfg.questions_per_step.max(1);
+        let mut out = Groups {
+            sampled: Vec::new(),
+            kept: Vec::new(),
+            groups_sampled: 0,
+            groups_kept: 0,
+            totals: RolloutTotals::default(),
+        };
+        let mut rounds = 0usize;
+        loop {
+            let need = if self.cfg.dynamic_sampling {
+                qps - out.groups_kept
+            } else {
+                qps
+            };
+            let qidx = self.next_question_indices(state, need);
+            if qidx.is_empty() {
+                break;
+            }
+            let t0 = Instant::now();
+            let texts: Vec<String> = qidx
+                .iter()
+                .map(|&i| self.data[i].question.clone())
+                .collect();
+            let env = self.env;
+            let (episodes, rstats) = rollout(
+                engine,
+                &env.tokenizer,
+                env.retriever.as_ref(),
+                &env.prompt,
+                &env.rollout,
+                &texts,
+                sampler,
+            )?;
+            let t = &mut out.totals;
+            t.seconds_rollout += t0.elapsed().as_secs_f64();
+            t.seconds_generate += rstats.seconds_generate;
+            t.seconds_search += rstats.seconds_search;
+            t.sampled_tokens += rstats.sampled_tokens;
+            t.seconds_prefill += rstats.seconds_prefill;
+            t.prefill_tokens += rstats.prefill_tokens;
+            t.seconds_total += rstats.seconds_total;
+
+            let t0 = Instant::now();
+            let mut by_group: Vec<Vec<Sampled>> = (0..qidx.len()).map(|_| Vec::new()).collect();
+            for e in episodes {
+                let q = &self.data[qidx[e.question_index]];
+                let titles: Vec<Vec<String>> =
+                    e.searches.iter().map(|c| c.titles.clone()).collect();
+                let paid = self
+                    .rewards
+                    .score(&e.solution, &titles, &q.answers, &q.support_titles);
+                by_group[e.question_index].push(Sampled { episode: e, paid });
+            }
+            out.totals.seconds_reward += t0.elapsed().as_secs_f64();
+            for (j, group) in by_group.into_iter().enumerate() {
+                out.groups_sampled += 1;
+                let solved = group
+                    .iter()
+                    .filter(|s| s.paid.rule.metrics.cover_em)
+                    .count();
+                self.record_group(state, qidx[j], group.len(), solved, step);
+                let informative = group.iter().any(|s| s.paid.total != group[0].paid.total);
+                let keep = !self.cfg.dynamic_sampling || (informative && out.groups_kept < qps);
+                let first = out.sampled.len();
+                out.sampled.extend(group);
+                if keep {
+                    out.groups_kept += 1;
+                    out.kept.extend(first..out.sampled.len());
+                }
+            }
+            if !self.cfg.dynamic_sampling
+                || out.groups_kept >= qps
+                || rounds >= self.cfg.max_resample
+            {
+                break;
+            }
+            rounds += 1;
+        }
+        Ok(out)
+    }
+
+    /// The indices of the next `n` questions that are not retired, advancing the data
+    /// position (retired questions are skipped; at most two passes over the data are read).
+    fn next_question_indices(&self, state: &mut TrainState, n: usize) -> Vec<usize> {
+        let len = self.data.len();
+        let mut out = Vec::with_capacity(n);
+        let mut reads = 0;
+        while out.len() < n && reads < 2 * len.max(1) {
+            reads += 1;
+            let i = state.next_indices(len, 1)[0];
+            if !state.pass.get(i).is_some_and(|p| p.retired) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Records a group's outcome for question `qi`; retires the question when it has been
+    /// drawn `retire_after` groups and is always or never solved, unless that would leave fewer
+    /// than `questions_per_step` active questions.
+    fn record_group(
+        &self,
+        state: &mut TrainState,
+        qi: usize,
+        samples: usize,
+        solved: usize,
+        step: usize,
+    ) {
+        if state.pass.len() < self.data.len() {
+            state.pass.resize(self.data.len(), PassRecord::default());
+        }
+        let active = self.data.len() - retired(state);
+        let k = self.cfg.retire_after;
+        let rec = &mut state.pass[qi];
+        rec.groups += 1;
+        rec.samples += samples;
+        rec.solved += solved;
+        if k > 0
+            && !rec.retired
+            && rec.groups >= k
+            && (rec.solved == 0 || rec.solved == rec.samples)
+            && active > self.cfg.questions_per_step.max(1)
+        {
+            rec.retired = true;
+            tracing::info!(
+                step,
+                question = qi,
+                groups = rec.groups,
+                pass_rate = rec.pass_rate(),
+                text = %self.data[qi].question,
+                "question retired: {} after {} groups",
+                if rec.solved == 0 { "never solved" } else { "always solved" },
+                rec.groups
+            );
+        }
+    }
+}
+
+/// Questions retired so far in `state`.
+pub(super) fn retired(state: &TrainState) -> usize {
+    state.pass.iter().filter(|p| p.retired).count()
+}

@@ -1,0 +1,242 @@
+//! The part of training that SFT and RL share: a policy, its optimizer, its progress, and one
+//! optimizer step built from micro-batches.
+//!
+//! A [`Learner`] owns the policy on the autodiff backend, AdamW (learning rate passed per
+//! step, so warmup needs no scheduler object), the checkpointed [`TrainState`] and the
+//! [`TrainConfig`]. A step is: [`Learner::micro_batches`] plans and packs the step's sequences
+//! (at most `micro_batch` sequences and `micro_batch_tokens` padded tokens per pass, the shared
+//! prompt run once when `share_prompt`), the caller computes each micro-batch's loss with
+//! [`Learner::model`] and hands it to [`Learner::backward`], which accumulates the gradients,
+//! and [`Learner::apply`] clips their global norm and takes the AdamW step. What differs
+//! between SFT (negative log-likelihood) and RL (clipped surrogate with advantages, KL,
+//! importance weights; [`super::update`]) is only the loss, so only the loss lives in the
+//! callers.
+//!
+//! Checkpoints (`save`, `snapshot`, `resume_from`) are written and read here, so SFT and RL
+//! runs share one format and `sleuth train --init` can start RL from an SFT run.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+use super::checkpoint::{self, Optim, TrainState};
+use super::loss::{pack, plan_micro_batches, PackedBatch};
+use super::{TrainConfig, TrainError};
+use crate::model::{Llama, LlamaConfig};
+
+/// A policy under training with its optimizer and progress (module docs).
+pub struct Learner<B: AutodiffBackend> {
+    /// The policy being trained.
+    pub model: Llama<B>,
+    /// Its architecture (saved with checkpoints).
+    pub model_config: LlamaConfig,
+    optim: Optim<B>,
+    /// Training settings.
+    pub cfg: TrainConfig,
+    /// Progress (saved in checkpoints).
+    pub state: TrainState,
+    device: B::Device,
+}
+
+/// One planned forward/backward pass: which of the step's sequences it holds (positions in
+/// the slice given to [`Learner::micro_batches`]) and those sequences packed on the
+/// inference backend.
+pub struct MicroBatch<B: Backend> {
+    /// Positions of the pass's sequences in the step's sequence list.
+    pub rows: Vec<usize>,
+    /// The sequences packed: tokens `[b, t]`, mask and scored positions over the targets.
+    pub packed: PackedBatch<B>,
+}
+
+/// Gradients accumulated over a step's micro-batches ([`Learner::backward`]).
+pub struct Gradients<B: AutodiffBackend> {
+    accum: GradientsAccumulator<Llama<B>>,
+    passes: usize,
+}
+
+impl<B: AutodiffBackend> Learner<B> {
+    /// Wraps an initial policy; the optimizer starts empty and progress at step 0 with the
+    /// config's seed.
+    pub fn new(
+        model: Llama<B>,
+        model_config: LlamaConfig,
+        cfg: TrainConfig,
+        device: B::Device,
+    ) -> Self {
+        Self {
+            model: model.with_canonical_param_ids(),
+            model_config,
+            optim: adamw(&cfg),
+            state: TrainState {
+                seed: cfg.seed,
+                ..Default::default()
+            },
+            cfg,
+            device,
+        }
+    }
+
+    /// The device the policy lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Restores model, optimizer and progress from `run`'s checkpoint.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] naming the file that failed.
+    pub fn resume_from(&mut self, run: &Path) -> Result<(), TrainError> {
+        let state = checkpoint::load_state(run)?;
+        let model = checkpoint::load_model(run, self.model.clone(), &self.device)?;
+        self.optim = checkpoint::load_optimizer(run, adamw(&self.cfg), &self.device)?;
+        self.model = model;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Saves a checkpoint of model, optimizer, architecture and progress into `run`.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] naming the file that failed.
+    pub fn save(&self, run: &Path) -> Result<(), TrainError> {
+        checkpoint::save(
+            run,
+            &self.model,
+            &self.optim,
+            &self.model_config,
+            &self.state,
+        )?;
+        Ok(())
+    }
+
+    /// The checkpoint [`Self::save`] would write, copied out so that another thread can write
+    /// it while training goes on ([`checkpoint::Snapshot`]).
+    pub fn snapshot(&self) -> checkpoint::Snapshot<B> {
+        checkpoint::Snapshot::of(&self.model, &self.optim, &self.model_config, &self.state)
+    }
+
+    /// Replaces the weights and restarts AdamW's moments (the collapse guard's rollback).
+    pub fn restore(&mut self, model: Llama<B>) {
+        self.model = model;
+        self.optim = adamw(&self.cfg);
+    }
+
+    /// Plans and packs a step's sequences `(tokens, loss mask, prompt length)` into
+    /// micro-batches ([`plan_micro_batches`], [`pack`]) on the inference backend.
+    pub fn micro_batches(
+        &self,
+        seqs: &[(&[u32], &[u8], usize)],
+    ) -> Vec<MicroBatch<B::InnerBackend>> {
+        let share = self.cfg.share_prompt;
+        let lens: Vec<(&[u32], usize)> = seqs.iter().map(|&(t, _, p)| (t, p)).collect();
+        let device = self.model.embed_tokens.device();
+        plan_micro_batches(
+            &lens,
+            share,
+            self.cfg.micro_batch,
+            self.cfg.micro_batch_tokens,
+        )
+        .into_iter()
+        .map(|rows| {
+            // The plan holds positions in `seqs`.
+            let chunk: Vec<_> = rows.iter().filter_map(|&i| seqs.get(i).copied()).collect();
+            let packed = pack::<B::InnerBackend>(&chunk, share, &device);
+            MicroBatch { rows, packed }
+        })
+        .collect()
+    }
+
+    /// An empty gradient accumulator for one step.
+    pub fn gradients(&self) -> Gradients<B> {
+        Gradients {
+            accum: GradientsAccumulator::new(),
+            passes: 0,
+        }
+    }
+
+    /// Back-propagates one micro-batch's `loss` (already divided by the step's token count)
+    /// and adds its gradients to `grads`.
+    pub fn backward(&self, grads: &mut Gradients<B>, loss: Tensor<B, 1>) {
+        let g = GradientsParams::from_grads(loss.backward(), &self.model);
+        grads.accum.accumulate(&self.model, g);
+        grads.passes += 1;
+    }
+
+    /// Clips the accumulated gradients' global L2 norm to `grad_clip` and takes one AdamW step
+    /// at learning rate `lr`. Returns the norm before clipping, or `None` (and changes nothing)
+    /// when no micro-batch was back-propagated.
+    pub fn apply(&mut self, mut grads: Gradients<B>, lr: f64) -> Option<f64> {
+        if grads.passes == 0 {
+            return None;
+        }
+        let mut grads = grads.accum.grads();
+        let norm = clip_global_norm::<B>(&self.model, &mut grads, self.cfg.grad_clip);
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        Some(norm)
+    }
+}
+
+/// AdamW with the config's betas, epsilon and weight decay (the learning rate is passed per
+/// step, so warmup needs no scheduler object).
+fn adamw<B: AutodiffBackend>(cfg: &TrainConfig) -> Optim<B> {
+    AdamWConfig::new()
+        .with_beta_1(cfg.beta1)
+        .with_beta_2(cfg.beta2)
+        .with_epsilon(cfg.adam_eps)
+        .with_weight_decay(cfg.weight_decay)
+        .init::<B, Llama<B>>()
+}
+
+/// Visits every float parameter's gradient to sum squares, or to scale it.
+struct GradNorm<'a> {
+    grads: &'a mut GradientsParams,
+    scale: Option<f64>,
+    sum_sq: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        match self.scale {
+            None => {
+                if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                    let s: f32 = g.powi_scalar(2).sum().into_scalar().elem();
+                    self.sum_sq += s as f64;
+                }
+            }
+            Some(scale) => {
+                if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                    self.grads
+                        .register::<B::InnerBackend, D>(param.id, g.mul_scalar(scale));
+                }
+            }
+        }
+    }
+}
+
+/// Clips the global L2 norm of `grads` to `max_norm` (0 disables); returns the norm before
+/// clipping. burn's built-in clipping is per tensor; RL recipes clip the global norm.
+fn clip_global_norm<B: AutodiffBackend>(
+    model: &Llama<B>,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    let mut v = GradNorm {
+        grads,
+        scale: None,
+        sum_sq: 0.0,
+    };
+    model.visit(&mut v);
+    let norm = v.sum_sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let mut v = GradNorm {
+            grads,
+            scale: Some(max_norm / (norm + 1e-6)),
+            sum_sq: 0.0,
+        };
+        model.visit(&mut v);
+    }
+    norm
+}
