@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use sleuth::config::RunConfig;
-use sleuth::env::rollout;
+use sleuth::env::{rollout, Env};
 use sleuth::model::backend::{self, Inference};
 use sleuth::model::{load_gguf, Sampler};
 
@@ -29,14 +29,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let device = backend::device();
     let policy = load_gguf::<Inference>(&cfg.model.path, &device)?;
-    let retriever = cfg.search.open()?;
+    // The environment the policy acts in: its tokenizer, what its queries search, the prompt
+    // template and the rollout settings.
+    let env = Env {
+        tokenizer: policy.tokenizer.clone(),
+        retriever: cfg.search.open()?.into(),
+        prompt: cfg.prompt.clone(),
+        rollout: cfg.rollout.clone(),
+    };
     let mut sampler = Sampler::new(cfg.rollout.sampling(0));
     let (episodes, stats) = rollout(
         &policy.model,
-        &policy.tokenizer,
-        retriever.as_ref(),
-        &cfg.prompt,
-        &cfg.rollout,
+        &env,
         std::slice::from_ref(&question),
         &mut sampler,
     )?;

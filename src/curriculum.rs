@@ -384,22 +384,17 @@ pub fn run_curriculum<B: AutodiffBackend>(
                             crate::progress::bar(examples.len(), &format!("[{}] {name}", p.name));
                         let mut tally = crate::eval::EvalTally::default();
                         let engine = crate::model::Engine::new(&policy, greedy.weights);
-                        let (report, records) = evaluate(
-                            &engine,
-                            &tokenizer,
-                            retriever.as_ref(),
-                            &phase_cfg.prompt,
-                            &greedy,
-                            0,
-                            &examples,
-                            p.batch,
-                            |rec| {
+                        let greedy_env = Env {
+                            rollout: greedy,
+                            ..env.clone()
+                        };
+                        let (report, records) =
+                            evaluate(&engine, &greedy_env, 0, &examples, p.batch, |rec| {
                                 tally.add(rec);
                                 bar.set_message(tally.line());
                                 bar.inc(1);
-                            },
-                        )
-                        .map_err(|e| perr(Box::new(e)))?;
+                            })
+                            .map_err(|e| perr(Box::new(e)))?;
                         bar.finish_and_clear();
                         let traj: String = records
                             .iter()

@@ -20,7 +20,8 @@
 //!
 //! ```
 //! use sleuth::corpus::Passage;
-//! use sleuth::env::{rollout, PromptConfig, RolloutConfig};
+//! use std::sync::Arc;
+//! use sleuth::env::{rollout, Env, PromptConfig, RolloutConfig};
 //! use sleuth::index::{build_bm25, IndexOptions};
 //! use sleuth::model::backend::{self, Inference};
 //! use sleuth::model::{gguf::GgufFile, Llama, LlamaConfig, Sampler, Tokenizer};
@@ -51,14 +52,15 @@
 //! let device = backend::device();
 //! let policy = Llama::<Inference>::random(&LlamaConfig::tiny(tokenizer.vocab_size()), &device);
 //!
-//! // 3. One rollout: G = 2 episodes of at most 24 policy tokens, seeded sampling.
+//! // 3. The environment (tokenizer, retriever, prompt, rollout settings) and one rollout:
+//! //    G = 2 episodes of at most 24 policy tokens, seeded sampling.
 //! let cfg = RolloutConfig { samples_per_question: 2, max_new_tokens: 24, ..Default::default() };
+//! let env = Env {
+//!     tokenizer, retriever: Arc::new(retriever), prompt: PromptConfig::default(), rollout: cfg.clone(),
+//! };
 //! let mut sampler = Sampler::new(cfg.sampling(7));
 //! let question = "Which stadium do the Kansas City Chiefs play in?".to_string();
-//! let (episodes, stats) = rollout(
-//!     &policy, &tokenizer, &retriever, &PromptConfig::default(), &cfg,
-//!     &[question], &mut sampler,
-//! )?;
+//! let (episodes, stats) = rollout(&policy, &env, &[question], &mut sampler)?;
 //! assert_eq!(episodes.len(), 2);
 //! for ep in &episodes {
 //!     // Loss mask: 1 exactly on the tokens the policy sampled, never on the prompt.

@@ -94,10 +94,12 @@ fn most_sampled_token(model: &Llama<Train>, tok: &Tokenizer) -> String {
     });
     let (eps, _) = rollout(
         &model.valid(),
-        tok,
-        &NoSearch,
-        &prompt(),
-        &rollout_cfg(),
+        &sleuth::env::Env {
+            tokenizer: tok.clone(),
+            retriever: std::sync::Arc::new(NoSearch),
+            prompt: prompt().clone(),
+            rollout: rollout_cfg().clone(),
+        },
         &qs,
         &mut sampler,
     )

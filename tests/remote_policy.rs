@@ -162,10 +162,12 @@ fn remote_episodes_search_here_stop_where_told_and_score() {
     .collect();
     let (report, records) = evaluate(
         &policy,
-        &tokenizer,
-        &Paris,
-        &prompt,
-        &cfg,
+        &sleuth::env::Env {
+            tokenizer: tokenizer.clone(),
+            retriever: std::sync::Arc::new(Paris),
+            prompt: prompt.clone(),
+            rollout: cfg.clone(),
+        },
         0,
         &examples,
         6,
@@ -205,10 +207,12 @@ fn remote_episodes_search_here_stop_where_told_and_score() {
     let mut sampler = Sampler::new(cfg.sampling(0));
     let (episodes, stats) = policy
         .rollout(
-            &tokenizer,
-            &Paris,
-            &prompt,
-            &cfg,
+            &sleuth::env::Env {
+                tokenizer: tokenizer.clone(),
+                retriever: std::sync::Arc::new(Paris),
+                prompt: prompt.clone(),
+                rollout: cfg.clone(),
+            },
             &[examples[0].question.clone()],
             &mut sampler,
         )
@@ -268,10 +272,12 @@ fn the_held_out_benchmark_configs_evaluate_a_fixture_in_their_format() {
         };
         let (report, records) = evaluate(
             &policy,
-            &tokenizer,
-            &Paris,
-            &prompt,
-            &cfg.rollout,
+            &sleuth::env::Env {
+                tokenizer: tokenizer.clone(),
+                retriever: std::sync::Arc::new(Paris),
+                prompt: prompt.clone(),
+                rollout: cfg.rollout.clone(),
+            },
             0,
             &fixture,
             3,

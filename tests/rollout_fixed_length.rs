@@ -97,10 +97,12 @@ fn fixed_length_samples_the_whole_budget_past_end_of_sequence() {
         let mut sampler = Sampler::new(cfg.sampling(7));
         let (eps, stats) = rollout(
             &model,
-            &tok,
-            &NoHits,
-            &PromptConfig::default(),
-            &cfg,
+            &sleuth::env::Env {
+                tokenizer: tok.clone(),
+                retriever: std::sync::Arc::new(NoHits),
+                prompt: PromptConfig::default().clone(),
+                rollout: cfg.clone(),
+            },
             &questions,
             &mut sampler,
         )

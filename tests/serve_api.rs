@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sleuth::env::{PromptConfig, RolloutConfig};
+use sleuth::env::{Env, PromptConfig, RolloutConfig};
 use sleuth::model::backend::{self, Inference};
 use sleuth::model::gguf::GgufFile;
 use sleuth::model::Tokenizer;
@@ -50,13 +50,15 @@ async fn start(opts: ServeOptions) -> Option<String> {
     let device = backend::device();
     let agent = Agent::<Inference> {
         model: test_model::random(&tok, 7, &device),
-        tokenizer: tok,
-        retriever: Box::new(OneDoc),
-        prompt: PromptConfig::default(),
-        rollout: RolloutConfig {
-            max_new_tokens: 16,
-            temperature: 0.0,
-            ..Default::default()
+        env: Env {
+            tokenizer: tok,
+            retriever: std::sync::Arc::new(OneDoc),
+            prompt: PromptConfig::default(),
+            rollout: RolloutConfig {
+                max_new_tokens: 16,
+                temperature: 0.0,
+                ..Default::default()
+            },
         },
     };
     let (listener, addr) = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))

@@ -435,33 +435,28 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         }
         examples_per_set.push(examples);
     }
-    let retriever = open_search(&cfg)?;
+    let retriever: std::sync::Arc<dyn crate::search::Retriever> =
+        std::sync::Arc::from(open_search(&cfg)?);
     let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
     policy.with(cfg.rollout.weights, |policy, tokenizer| {
-        eval_sets(
-            &a,
-            &cfg,
-            &sets,
-            &examples_per_set,
-            policy,
-            tokenizer,
-            judge.as_ref(),
-            &retriever,
-        )
+        let env = crate::env::Env {
+            tokenizer: tokenizer.clone(),
+            retriever,
+            prompt: cfg.prompt.clone(),
+            rollout: cfg.rollout.clone(),
+        };
+        eval_sets(&a, &sets, &examples_per_set, policy, &env, judge.as_ref())
     })
 }
 
-/// Evaluates every set with `policy`, writes the outputs and prints the table.
-#[allow(clippy::too_many_arguments)]
+/// Evaluates every set with `policy` in `env`, writes the outputs and prints the table.
 fn eval_sets(
     a: &EvalArgs,
-    cfg: &RunConfig,
     sets: &[PathBuf],
     examples_per_set: &[Vec<crate::eval::QaExample>],
     policy: &dyn Policy,
-    tokenizer: &crate::model::Tokenizer,
+    env: &crate::env::Env,
     judge: Option<&LlmClient>,
-    retriever: &dyn crate::search::Retriever,
 ) -> Result<()> {
     let several = sets.len() > 1;
     let out_for = |set: &PathBuf| -> Option<PathBuf> {
@@ -492,29 +487,19 @@ fn eval_sets(
         let bar = crate::progress::bar(examples.len(), "eval");
         let mut tally = crate::eval::EvalTally::default();
         let mut write_err = None;
-        let (mut report, mut records) = evaluate(
-            policy,
-            tokenizer,
-            retriever,
-            &cfg.prompt,
-            &cfg.rollout,
-            0,
-            examples,
-            a.batch,
-            |rec| {
-                tally.add(rec);
-                bar.set_message(tally.line());
-                bar.inc(1);
-                if let Some(f) = traj_file.as_mut() {
-                    if let Err(e) = serde_json::to_writer(&mut *f, rec)
-                        .map_err(std::io::Error::from)
-                        .and_then(|_| writeln!(f))
-                    {
-                        write_err.get_or_insert(e);
-                    }
+        let (mut report, mut records) = evaluate(policy, env, 0, examples, a.batch, |rec| {
+            tally.add(rec);
+            bar.set_message(tally.line());
+            bar.inc(1);
+            if let Some(f) = traj_file.as_mut() {
+                if let Err(e) = serde_json::to_writer(&mut *f, rec)
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| writeln!(f))
+                {
+                    write_err.get_or_insert(e);
                 }
-            },
-        )?;
+            }
+        })?;
         bar.finish_and_clear();
         drop(traj_file);
         if let Some(e) = write_err {

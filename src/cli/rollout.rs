@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{load_policy, open_search};
+use super::load_policy;
 use crate::config::RunConfig;
 use crate::env::rollout;
 use crate::model::backend::{self, Inference};
@@ -49,15 +49,12 @@ pub fn run_rollout(a: RolloutArgs) -> Result<()> {
     }
     let device = backend::device();
     let m = load_policy::<Inference>(&cfg, a.checkpoint.as_deref(), &device)?;
-    let retriever = open_search(&cfg)?;
+    let env = super::env_for(&cfg, m.tokenizer.clone())?;
     let mut sampler = Sampler::new(cfg.rollout.sampling(a.seed));
     let engine = Engine::new(&m.model, cfg.rollout.weights);
     let (episodes, stats) = rollout(
         &engine,
-        &m.tokenizer,
-        &retriever,
-        &cfg.prompt,
-        &cfg.rollout,
+        &env,
         std::slice::from_ref(&a.question),
         &mut sampler,
     )?;

@@ -46,14 +46,13 @@ use tokio::sync::Semaphore;
 
 use crate::http::client::{head, Client, ClientOptions, PostError, RetryPolicy};
 
-use super::prompt::PromptConfig;
 use super::protocol::{BEGIN_ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY};
 use super::rollout::{
     query_turn, Episode, EpisodeEnd, Policy, QueryTurn, RolloutConfig, RolloutError, RolloutStats,
     SearchCall,
 };
-use crate::model::{ModelError, Sampler, Tokenizer};
-use crate::search::Retriever;
+use super::Env;
+use crate::model::{ModelError, Sampler};
 
 /// `[model.openai]`: where the remote policy is served. Defaults stated once, in `impl Default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,16 +211,13 @@ impl RemotePolicy {
     /// # Errors
     /// [`RolloutError::Prompt`] for a prompt that cannot be built, [`RolloutError::Remote`]
     /// for a request that failed after its retries.
-    #[allow(clippy::too_many_arguments)]
     pub fn episodes(
         &self,
-        tokenizer: &Tokenizer,
-        retriever: &dyn Retriever,
-        prompt: &PromptConfig,
-        cfg: &RolloutConfig,
+        env: &Env,
         questions: &[String],
         seed: u64,
     ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+        let (tokenizer, prompt, cfg) = (&env.tokenizer, &env.prompt, &env.rollout);
         let t0 = Instant::now();
         let g = cfg.samples_per_question.max(1);
         let mut jobs = Vec::with_capacity(questions.len() * g);
@@ -239,16 +235,7 @@ impl RemotePolicy {
                     let permits = &permits;
                     async move {
                         let r = self
-                            .episode(
-                                tokenizer,
-                                retriever,
-                                cfg,
-                                permits,
-                                qi,
-                                text,
-                                ids,
-                                seed.wrapping_add(i as u64),
-                            )
+                            .episode(env, permits, qi, text, ids, seed.wrapping_add(i as u64))
                             .await;
                         (i, r)
                     }
@@ -274,18 +261,16 @@ impl RemotePolicy {
     }
 
     /// One episode's turn loop.
-    #[allow(clippy::too_many_arguments)]
     async fn episode(
         &self,
-        tokenizer: &Tokenizer,
-        retriever: &dyn Retriever,
-        cfg: &RolloutConfig,
+        env: &Env,
         permits: &Semaphore,
         question_index: usize,
         prompt_text: String,
         prompt_ids: Vec<u32>,
         seed: u64,
     ) -> EpisodeResult {
+        let (tokenizer, retriever, cfg) = (&env.tokenizer, env.retriever.as_ref(), &env.rollout);
         let encode = |s: &str| tokenizer.encode(s, false).map_err(ModelError::from);
         let prompt_len = prompt_ids.len();
         let mut tokens = prompt_ids;
@@ -441,15 +426,12 @@ impl RemotePolicy {
 impl Policy for RemotePolicy {
     fn rollout(
         &self,
-        tokenizer: &Tokenizer,
-        retriever: &dyn Retriever,
-        prompt: &PromptConfig,
-        cfg: &RolloutConfig,
+        env: &Env,
         questions: &[String],
         sampler: &mut Sampler,
     ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
         let seed = sampler.next_seed();
-        self.episodes(tokenizer, retriever, prompt, cfg, questions, seed)
+        self.episodes(env, questions, seed)
     }
 }
 

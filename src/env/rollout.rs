@@ -12,13 +12,14 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::prompt::{PromptConfig, PromptError};
+use super::prompt::PromptError;
 use super::protocol::{documents_block, extract_query, END_ANSWER, END_QUERY, NO_ANSWER};
+use super::Env;
 use crate::model::generate::Row;
 use crate::model::{
-    text_of, BatchGenerator, DecodeWeights, Decoder, Sampler, SamplingConfig, StopReason, Tokenizer,
+    text_of, BatchGenerator, DecodeWeights, Decoder, Sampler, SamplingConfig, StopReason,
 };
-use crate::search::{Hit, Retriever, SearchError};
+use crate::search::{Hit, SearchError};
 
 /// Rollout settings (`[rollout]` in an env config). Defaults stated once, in `impl Default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,17 +248,15 @@ pub enum RolloutError {
 /// OpenAI-compatible completions server. Evaluation and `collect` take any policy; training
 /// needs a local one (it re-quantizes the weights it updates, and scores sampled ids).
 pub trait Policy {
-    /// Runs `cfg.samples_per_question` episodes for each question; episodes ordered
-    /// question-major, with the timing split. `sampler` supplies the randomness.
+    /// Runs `env.rollout.samples_per_question` episodes for each question in `env`;
+    /// episodes ordered question-major, with the timing split. `sampler` supplies the
+    /// randomness.
     ///
     /// # Errors
     /// [`RolloutError`] when a prompt cannot be built or does not fit, or the policy failed.
     fn rollout(
         &self,
-        tokenizer: &Tokenizer,
-        retriever: &dyn Retriever,
-        prompt: &PromptConfig,
-        cfg: &RolloutConfig,
+        env: &Env,
         questions: &[String],
         sampler: &mut Sampler,
     ) -> Result<(Vec<Episode>, RolloutStats), RolloutError>;
@@ -266,14 +265,11 @@ pub trait Policy {
 impl<M: Decoder + ?Sized> Policy for M {
     fn rollout(
         &self,
-        tokenizer: &Tokenizer,
-        retriever: &dyn Retriever,
-        prompt: &PromptConfig,
-        cfg: &RolloutConfig,
+        env: &Env,
         questions: &[String],
         sampler: &mut Sampler,
     ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
-        rollout(self, tokenizer, retriever, prompt, cfg, questions, sampler)
+        rollout(self, env, questions, sampler)
     }
 }
 
@@ -298,7 +294,8 @@ pub trait RolloutObserver {
 struct NoObserver;
 impl RolloutObserver for NoObserver {}
 
-/// Runs `samples_per_question` episodes for each question, all batched together.
+/// Runs `env.rollout.samples_per_question` episodes for each question, all batched together:
+/// `model` writes, `env.retriever` answers its queries, `env.prompt` frames each question.
 ///
 /// `model` is any [`Decoder`]; callers build the one `cfg.weights` names once with
 /// [`crate::model::Engine::new`] and reuse it across calls (quantizing costs a pass over the
@@ -309,26 +306,13 @@ impl RolloutObserver for NoObserver {}
 ///
 /// # Errors
 /// [`RolloutError`] when a prompt cannot be built or does not fit the context.
-#[allow(clippy::too_many_arguments)]
 pub fn rollout<M: Decoder + ?Sized>(
     model: &M,
-    tokenizer: &Tokenizer,
-    retriever: &dyn Retriever,
-    prompt: &PromptConfig,
-    cfg: &RolloutConfig,
+    env: &Env,
     questions: &[String],
     sampler: &mut Sampler,
 ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
-    rollout_observed(
-        model,
-        tokenizer,
-        retriever,
-        prompt,
-        cfg,
-        questions,
-        sampler,
-        &mut NoObserver,
-    )
+    rollout_observed(model, env, questions, sampler, &mut NoObserver)
 }
 
 /// An episode's state beside its generator row in [`rollout_observed`].
@@ -344,17 +328,19 @@ struct RowState {
 ///
 /// # Errors
 /// As [`rollout`].
-#[allow(clippy::too_many_arguments)]
 pub fn rollout_observed<M: Decoder + ?Sized>(
     model: &M,
-    tokenizer: &Tokenizer,
-    retriever: &dyn Retriever,
-    prompt: &PromptConfig,
-    cfg: &RolloutConfig,
+    env: &Env,
     questions: &[String],
     sampler: &mut Sampler,
     observer: &mut dyn RolloutObserver,
 ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+    let (tokenizer, retriever, prompt, cfg) = (
+        &env.tokenizer,
+        env.retriever.as_ref(),
+        &env.prompt,
+        &env.rollout,
+    );
     let _span = tracing::info_span!("rollout", questions = questions.len()).entered();
     let t_start = Instant::now();
     let g = cfg.samples_per_question.max(1);

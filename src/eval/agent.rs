@@ -9,10 +9,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::dataset::QaExample;
-use crate::env::{Episode, EpisodeEnd, Policy, PromptConfig, RolloutConfig, SearchCall};
-use crate::model::{Sampler, Tokenizer};
+use crate::env::{Env, Episode, EpisodeEnd, Policy, RolloutConfig, SearchCall};
+use crate::model::Sampler;
 use crate::reward::{extract_answer, score_answer, FormatReport};
-use crate::search::Retriever;
 
 /// Aggregate metrics of an evaluation run; rates and scores in percent, one decimal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -126,35 +125,35 @@ fn pct(x: f64) -> f64 {
     (x * 1000.0).round() / 10.0
 }
 
-/// Evaluates `examples`, `batch` questions per rollout; calls `on_record` after each
-/// question (for streaming output and progress). Returns the report and all records.
+/// Evaluates `examples` in `env` (one episode per question, whatever
+/// `env.rollout.samples_per_question` says; sampling seeded by `sampling_seed`), `batch`
+/// questions per rollout; calls `on_record` after each question (for streaming output and
+/// progress). Returns the report and all records.
 ///
 /// # Errors
 /// [`crate::env::rollout::RolloutError`] when a prompt cannot be built or does not fit.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate<P: Policy + ?Sized>(
     model: &P,
-    tokenizer: &Tokenizer,
-    retriever: &dyn Retriever,
-    prompt: &PromptConfig,
-    rollout_cfg: &RolloutConfig,
+    env: &Env,
     sampling_seed: u64,
     examples: &[QaExample],
     batch: usize,
     mut on_record: impl FnMut(&EvalRecord),
 ) -> Result<(EvalReport, Vec<EvalRecord>), crate::env::rollout::RolloutError> {
     let t0 = std::time::Instant::now();
-    let cfg = RolloutConfig {
-        samples_per_question: 1,
-        ..rollout_cfg.clone()
+    let env = Env {
+        rollout: RolloutConfig {
+            samples_per_question: 1,
+            ..env.rollout.clone()
+        },
+        ..env.clone()
     };
-    let mut sampler = Sampler::new(cfg.sampling(sampling_seed));
+    let mut sampler = Sampler::new(env.rollout.sampling(sampling_seed));
     let mut records = Vec::with_capacity(examples.len());
     let (mut tokens, mut gen_seconds) = (0usize, 0f64);
     for chunk in examples.chunks(batch.max(1)) {
         let questions: Vec<String> = chunk.iter().map(|e| e.question.clone()).collect();
-        let (episodes, stats) =
-            model.rollout(tokenizer, retriever, prompt, &cfg, &questions, &mut sampler)?;
+        let (episodes, stats) = model.rollout(&env, &questions, &mut sampler)?;
         tokens += stats.sampled_tokens;
         gen_seconds += stats.seconds_generate;
         for ep in episodes {

@@ -163,14 +163,7 @@ pub fn collect<P: Policy + ?Sized>(
     let mut stats = CollectStats::default();
     for chunk in questions.chunks(batch.max(1)) {
         let texts: Vec<String> = chunk.iter().map(|q| q.question.clone()).collect();
-        let (episodes, _) = model.rollout(
-            tokenizer,
-            env.retriever.as_ref(),
-            prompt,
-            rollout_cfg,
-            &texts,
-            &mut sampler,
-        )?;
+        let (episodes, _) = model.rollout(env, &texts, &mut sampler)?;
         stats.questions += chunk.len();
         for ep in episodes {
             stats.sampled += 1;

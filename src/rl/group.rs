@@ -120,16 +120,7 @@ impl GroupSampler<'_> {
                 .iter()
                 .map(|&i| self.data[i].question.clone())
                 .collect();
-            let env = self.env;
-            let (episodes, rstats) = rollout(
-                engine,
-                &env.tokenizer,
-                env.retriever.as_ref(),
-                &env.prompt,
-                &env.rollout,
-                &texts,
-                sampler,
-            )?;
+            let (episodes, rstats) = rollout(engine, self.env, &texts, sampler)?;
             let t = &mut out.totals;
             t.seconds_rollout += t0.elapsed().as_secs_f64();
             t.seconds_generate += rstats.seconds_generate;

@@ -139,21 +139,26 @@ fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
         }
         (loaded.model, loaded.tokenizer)
     };
-    let retriever: Box<dyn Retriever> = if args.no_index {
-        Box::new(NoIndex)
+    let retriever: std::sync::Arc<dyn Retriever> = if args.no_index {
+        std::sync::Arc::new(NoIndex)
     } else {
         // Every backend a config names (BM25, the graph indexes, online, http), as `eval`.
-        cfg.search.open().map_err(|source| ServeError::Search {
-            path: cfg.search.index.clone(),
-            source,
-        })?
+        cfg.search
+            .open()
+            .map_err(|source| ServeError::Search {
+                path: cfg.search.index.clone(),
+                source,
+            })?
+            .into()
     };
     Ok(Agent {
         model,
-        tokenizer,
-        retriever,
-        prompt: cfg.prompt,
-        rollout: cfg.rollout,
+        env: crate::env::Env {
+            tokenizer,
+            retriever,
+            prompt: cfg.prompt,
+            rollout: cfg.rollout,
+        },
     })
 }
 
@@ -169,7 +174,7 @@ pub fn run_serve(mut args: ServeArgs) -> Result<(), ServeError> {
         return Err(ServeError::Option("--api-key is empty".into()));
     }
     let agent = load_agent(&args)?;
-    let weights = agent.rollout.weights;
+    let weights = agent.env.rollout.weights;
     let mut opts = ServeOptions {
         model_name: args.model_name.clone(),
         api_key: args.api_key.clone(),

@@ -148,9 +148,9 @@ where
 {
     let stats = Arc::new(ServerStats::default());
     let state = http::AppState {
-        default_max_tokens: agent.rollout.max_new_tokens.min(opts.max_tokens_limit),
-        default_temperature: agent.rollout.temperature,
-        default_top_p: agent.rollout.top_p,
+        default_max_tokens: agent.env.rollout.max_new_tokens.min(opts.max_tokens_limit),
+        default_temperature: agent.env.rollout.temperature,
+        default_top_p: agent.env.rollout.top_p,
         jobs: worker::spawn(agent, opts.queue, opts.max_batch, stats.clone()).map_err(
             |source| ServeError::Io {
                 context: "spawning the generation thread".into(),

@@ -15,9 +15,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::env::SearchCall;
-use crate::env::{rollout_observed, EpisodeEnd, PromptConfig, RolloutConfig, RolloutObserver};
-use crate::model::{Engine, Llama, Sampler, SamplingConfig, Tokenizer};
-use crate::search::Retriever;
+use crate::env::{rollout_observed, Env, EpisodeEnd, RolloutObserver};
+use crate::model::{Engine, Llama, Sampler, SamplingConfig};
 
 use crate::env::protocol::{BEGIN_ANSWER as OPEN_ANSWER, END_ANSWER as CLOSE_ANSWER};
 
@@ -26,15 +25,10 @@ use crate::env::protocol::{BEGIN_ANSWER as OPEN_ANSWER, END_ANSWER as CLOSE_ANSW
 pub struct Agent<B: Backend> {
     /// Policy weights.
     pub model: Llama<B>,
-    /// Tokenizer of the policy.
-    pub tokenizer: Tokenizer,
-    /// Search backend.
-    pub retriever: Box<dyn Retriever>,
-    /// Prompt template (`[prompt]`).
-    pub prompt: PromptConfig,
-    /// Rollout settings (`[rollout]`): search budget, top-k, context and the default token
-    /// budget and sampling of a request.
-    pub rollout: RolloutConfig,
+    /// Tokenizer, search backend, prompt template (`[prompt]`) and rollout settings
+    /// (`[rollout]`: search budget, top-k, context, and a request's default token budget and
+    /// sampling). A request's own system prompt, token budget and sampling are set on a copy.
+    pub env: Env,
 }
 
 /// Counters shown by `GET /health`.
@@ -165,7 +159,7 @@ where
         .spawn(move || {
             // The decoding engine `[rollout] weights` names, built once (quantizing is a pass
             // over the weights).
-            let engine = Engine::new(&agent.model, agent.rollout.weights);
+            let engine = Engine::new(&agent.model, agent.env.rollout.weights);
             let mut pending: VecDeque<Job> = VecDeque::new();
             loop {
                 if pending.is_empty() {
@@ -220,15 +214,15 @@ where
 /// Whether `job`'s prompt fits the context with room to generate; if not, tells its client
 /// (one oversized request must not fail the others in its batch).
 fn fits<B: Backend>(agent: &Agent<B>, job: &Job) -> bool {
-    let mut prompt = agent.prompt.clone();
+    let mut prompt = agent.env.prompt.clone();
     if let Some(sys) = &job.system {
         prompt.system = format!("{}\n\n{}", prompt.system, sys);
     }
-    let (len, err) = match prompt.encode(&agent.tokenizer, &job.question) {
+    let (len, err) = match prompt.encode(&agent.env.tokenizer, &job.question) {
         Ok(ids) => (ids.len(), None),
         Err(e) => (0, Some(e.to_string())),
     };
-    let capacity = agent.rollout.context_tokens;
+    let capacity = agent.env.rollout.context_tokens;
     let msg = match err {
         Some(e) => format!("cannot build the prompt: {e}"),
         None if len + 1 >= capacity => format!(
@@ -249,33 +243,25 @@ fn run_batch<B: Backend>(
 ) {
     let _span = tracing::info_span!("serve_batch", requests = batch.len()).entered();
     let head = &batch[0];
-    let mut cfg = agent.rollout.clone();
-    cfg.samples_per_question = head.n;
-    cfg.max_new_tokens = head.max_tokens;
-    let mut prompt = agent.prompt.clone();
+    // The request's settings on a copy of the agent's environment (cheap: the tokenizer and
+    // the retriever are shared).
+    let mut env = agent.env.clone();
+    env.rollout.samples_per_question = head.n;
+    env.rollout.max_new_tokens = head.max_tokens;
     if let Some(sys) = &head.system {
-        prompt.system = format!("{}\n\n{}", prompt.system, sys);
+        env.prompt.system = format!("{}\n\n{}", env.prompt.system, sys);
     }
     let seed = head.seed.unwrap_or_else(rand::random);
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: head.temperature,
         top_p: head.top_p,
-        top_k: cfg.top_k_sampling,
+        top_k: env.rollout.top_k_sampling,
         seed,
     });
     let questions: Vec<String> = batch.iter().map(|j| j.question.clone()).collect();
     let mut obs = Streamer::new(batch, head.n, stats);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        rollout_observed(
-            engine,
-            &agent.tokenizer,
-            agent.retriever.as_ref(),
-            &prompt,
-            &cfg,
-            &questions,
-            &mut sampler,
-            &mut obs,
-        )
+        rollout_observed(engine, &env, &questions, &mut sampler, &mut obs)
     }));
     match result {
         Ok(Ok((episodes, _))) => {
