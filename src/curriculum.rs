@@ -296,13 +296,13 @@ pub fn run_curriculum<B: AutodiffBackend>(
                     )
                     .map_err(|e| terr(e.into()))?;
                     eprintln!(
-                        "[{}] RL ({}, reward {}) from step {} to {steps}: {} questions × G={}, T={}",
+                        "[{}] RL ({}, reward {}) from step {} to {steps}: {} questions × {}, T={}",
                         p.name,
                         phase_cfg.train.algo.as_str(),
                         phase_cfg.reward.kind.as_str(),
                         trainer.learner.state.step,
                         phase_cfg.train.questions_per_step,
-                        phase_cfg.rollout.samples_per_question,
+                        phase_cfg.rollout.group_desc(),
                         phase_cfg.rollout.temperature,
                     );
                     run_steps(&mut trainer, &dir, &metrics_path, &loop_opts).map_err(terr)?

@@ -1,7 +1,9 @@
 //! Training curves: `metrics.jsonl` of one or more runs → one PNG (plotters, bitmap backend).
 //!
-//! Six panels share the step axis: reward mean with a ±std band, format-valid rate, searches
-//! per episode, response length (policy tokens), KL to the reference and policy entropy.
+//! Eight panels share the step axis: reward mean with a ±std band, format-valid rate, searches
+//! per episode, response length (policy tokens), KL to the reference, policy entropy,
+//! distinct answers per question (how much a group can tell right from wrong) and episodes
+//! per 1,000 policy tokens sampled (what the rollout budget buys: chain samples or tree leaves).
 //! Each run gets one colour; every figure is drawn raw (thin) and as a trailing moving
 //! average over `smooth` steps (thick), since an 8-episode step is noisy. Steps where the
 //! collapse guard tripped get a vertical mark. Missing figures (`null` KL or entropy on steps
@@ -156,13 +158,15 @@ pub fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-const PANELS: [(&str, &str); 6] = [
+const PANELS: [(&str, &str); 8] = [
     ("reward_mean", "reward (mean ± std)"),
     ("format_ok_rate", "format-valid rate"),
     ("searches_mean", "searches per episode"),
     ("response_tokens_mean", "response length (tokens)"),
     ("kl", "KL to reference (nats/token)"),
     ("entropy", "policy entropy (nats/token)"),
+    ("distinct_answers", "distinct answers per question"),
+    ("episodes_per_1k_tokens", "episodes per 1,000 policy tokens"),
 ];
 
 const COLOURS: [RGBColor; 4] = [
@@ -172,7 +176,7 @@ const COLOURS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
-/// Draws the six panels for `runs` into a `width`×`height` PNG at `out`, smoothing with a
+/// Draws the eight panels for `runs` into a `width`×`height` PNG at `out`, smoothing with a
 /// `smooth`-step moving average.
 ///
 /// # Errors
@@ -195,7 +199,7 @@ pub fn render(
     {
         let root = BitMapBackend::new(&tmp, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| draw_err(&e))?;
-        let panels = root.split_evenly((2, 3));
+        let panels = root.split_evenly((2, 4));
         let max_step = runs
             .iter()
             .flat_map(|r| r.series("reward_mean"))

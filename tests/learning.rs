@@ -570,3 +570,71 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
         assert!(read(&cut) == read(&whole), "{file} differs after resume");
     }
 }
+
+/// Tree rollouts (`[rollout] mode = "tree"`) through the trainer: every step's group is the
+/// question's leaves, its metrics carry the tree figures, and a run resumed after step 2 takes
+/// step 3 exactly as the uninterrupted run does (node picks are seeded by the step). The tiny
+/// model never searches, so its trees grow from the root; search nodes are covered in
+/// `tests/tree.rs`.
+#[test]
+fn tree_mode_steps_report_trees_and_resume_bit_for_bit() {
+    let Some(tok) = tokenizer() else { return };
+    let tree_trainer = || {
+        let mut t = trainer(tok.clone(), Algo::Grpo, 1e-2, 21);
+        t.env.rollout.mode = sleuth::env::RolloutMode::Tree;
+        t.env.rollout.tree = sleuth::env::TreeConfig {
+            trees: 2,
+            expansions: 1,
+            expand_nodes: 2,
+            ..Default::default()
+        };
+        t
+    };
+    let line = |m: sleuth::rl::StepMetrics| {
+        let mut v = serde_json::to_value(m).unwrap();
+        v.as_object_mut().unwrap().retain(|k, _| {
+            !(k.starts_with("seconds") || k == "tokens_per_s" || k == "rss_peak_mib")
+        });
+        v
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
+    let mut t = tree_trainer();
+    let expected: Vec<_> = (0..3).map(|_| line(t.step().unwrap())).collect();
+    t.learner.save(&whole).unwrap();
+    for m in &expected {
+        assert_eq!(m["tree_trees"], 2 * 2, "{m}");
+        assert_eq!(m["tree_leaves"], 2 * 6, "{m}");
+        assert_eq!(m["episodes"], 2 * 6, "{m}");
+        assert_eq!(m["tree_nodes_expanded"], 2 * 2 * 2, "{m}");
+        assert!(m["episodes_per_1k_tokens"].as_f64().unwrap() > 0.0);
+        assert!(m["sampled_tokens"].as_u64().unwrap() > 0);
+    }
+    assert!(expected
+        .iter()
+        .any(|m| m["grad_norm"].as_f64().unwrap() > 0.0));
+
+    let mut first = tree_trainer();
+    let mut got: Vec<_> = (0..2).map(|_| line(first.step().unwrap())).collect();
+    first.learner.save(&cut).unwrap();
+    drop(first);
+    let mut resumed = tree_trainer();
+    resumed.resume_from(&cut).unwrap();
+    got.push(line(resumed.step().unwrap()));
+    resumed.learner.save(&cut).unwrap();
+    assert_eq!(got, expected);
+    for file in ["model.mpk", "optimizer.mpk", "state.json"] {
+        let read =
+            |run: &std::path::Path| std::fs::read(run.join("checkpoint").join(file)).unwrap();
+        assert!(read(&cut) == read(&whole), "{file} differs after resume");
+    }
+
+    // Tree advantages are GRPO's: Reinforce++ with trees is refused.
+    let mut rpp = trainer(tok.clone(), Algo::ReinforcePpBaseline, 1e-2, 21);
+    rpp.env.rollout.mode = sleuth::env::RolloutMode::Tree;
+    let err = rpp.step().unwrap_err().to_string();
+    assert!(
+        err.contains("mode = \"tree\"") && err.contains("grpo"),
+        "{err}"
+    );
+}

@@ -18,7 +18,7 @@ pub struct PlotArgs {
     #[arg(long, default_value_t = 5)]
     pub smooth: usize,
     /// Image width in pixels.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1900)]
     pub width: u32,
     /// Image height in pixels.
     #[arg(long, default_value_t = 800)]

@@ -129,12 +129,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     }
     write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     eprintln!(
-        "training {} ({} backend, rollouts decode {}): {} questions × G={} per step, ≤{} new tokens, algo {}",
+        "training {} ({} backend, rollouts decode {}): {} questions × {} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
         backend::name(),
         cfg.rollout.weights.name(),
         cfg.train.questions_per_step,
-        cfg.rollout.samples_per_question,
+        cfg.rollout.group_desc(),
         cfg.rollout.max_new_tokens,
         cfg.train.algo.as_str()
     );

@@ -8,7 +8,8 @@
 //!
 //! [`protocol`] holds the tags and the text surgery (query extraction, document blocks);
 //! [`prompt`] the configurable template with optional demonstrations; [`rollout`] the batched
-//! episode loop over [`crate::model::BatchGenerator`] and the [`Policy`] seam; [`remote`] the
+//! episode loop over [`crate::model::BatchGenerator`] and the [`Policy`] seam; [`tree`] tree
+//! rollouts that branch at searches (Tree-GRPO); [`remote`] the
 //! same loop against an OpenAI-compatible completions server. The environment owns no model state: it
 //! drives a generator and a [`crate::search::Retriever`], so the same loop serves training,
 //! evaluation and (later) the chat server.
@@ -17,14 +18,16 @@ pub mod prompt;
 pub mod protocol;
 pub mod remote;
 pub mod rollout;
+pub mod tree;
 
 use std::sync::Arc;
 
 pub use prompt::PromptConfig;
 pub use rollout::{
-    rollout, rollout_observed, Episode, EpisodeEnd, Policy, RolloutConfig, RolloutObserver,
-    RolloutStats, SearchCall,
+    rollout, rollout_from, rollout_observed, Episode, EpisodeEnd, EpisodeStart, NodeSelect, Policy,
+    RolloutConfig, RolloutMode, RolloutObserver, RolloutStats, SearchCall, TreeConfig,
 };
+pub use tree::{rollout_trees, Leaf};
 
 /// The environment a policy acts in: the tokenizer that turns its text into tokens, the
 /// retriever its queries search, the prompt template and the rollout settings. Built once from

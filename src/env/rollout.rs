@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::prompt::PromptError;
 use super::protocol::{documents_block, extract_query, END_ANSWER, END_QUERY, NO_ANSWER};
 use super::Env;
-use crate::model::generate::Row;
+use crate::model::generate::{Row, RowStart};
 use crate::model::{
     text_of, BatchGenerator, DecodeWeights, Decoder, Sampler, SamplingConfig, StopReason,
 };
@@ -55,9 +55,33 @@ pub struct RolloutConfig {
     /// `min_new_tokens = max_new_tokens`), not for training runs. Local decoders only; a
     /// remote policy ignores it. Default false.
     pub fixed_length: bool,
+    /// How RL samples a question's episodes: `chain` (`samples_per_question` independent
+    /// episodes) or `tree` (trees that branch at searches, `[rollout.tree]`; training only:
+    /// evaluation, collection and serving always run chains). Default `chain`.
+    pub mode: RolloutMode,
+    /// Tree-rollout settings (`[rollout.tree]`), read when `mode = "tree"`.
+    pub tree: TreeConfig,
 }
 
 impl RolloutConfig {
+    /// How RL samples a question's group, for progress lines: `G=4` for chains,
+    /// `2 trees × (1 + 1×1) = 4 leaves` for trees.
+    pub fn group_desc(&self) -> String {
+        match self.mode {
+            RolloutMode::Chain => format!("G={}", self.samples_per_question),
+            RolloutMode::Tree => {
+                let t = &self.tree;
+                format!(
+                    "{} trees × (1 + {}×{}) = {} leaves",
+                    t.trees,
+                    t.expansions,
+                    t.expand_nodes,
+                    t.leaves_per_question()
+                )
+            }
+        }
+    }
+
     /// The sampler settings these rollouts use, with `seed`.
     pub fn sampling(&self, seed: u64) -> SamplingConfig {
         SamplingConfig {
@@ -83,7 +107,63 @@ impl Default for RolloutConfig {
             top_k_sampling: 0,
             weights: DecodeWeights::default(),
             fixed_length: false,
+            mode: RolloutMode::Chain,
+            tree: TreeConfig::default(),
         }
+    }
+}
+
+/// How RL rollouts are sampled (`[rollout] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutMode {
+    /// `samples_per_question` independent episodes per question.
+    #[default]
+    Chain,
+    /// Trees that branch at searches ([`TreeConfig`], module docs).
+    Tree,
+}
+
+/// How an expansion round picks the nodes it grows from (`[rollout.tree] select`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSelect {
+    /// Every node of the tree equally likely (Tree-GRPO's rule).
+    #[default]
+    Uniform,
+}
+
+/// Tree-rollout settings (`[rollout.tree]`; used when `[rollout] mode = "tree"`). Defaults
+/// stated once, here: two trees of one expansion each, four leaves per question at about the
+/// token cost of three chains, sized for a two-core CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TreeConfig {
+    /// Trees per question (M), each started from an independent chain. Default 2.
+    pub trees: usize,
+    /// Expansion rounds (L). Default 1.
+    pub expansions: usize,
+    /// Nodes expanded per tree and round (N). Default 1.
+    pub expand_nodes: usize,
+    /// Which nodes a round picks. Default `uniform`.
+    pub select: NodeSelect,
+}
+
+impl Default for TreeConfig {
+    fn default() -> Self {
+        Self {
+            trees: 2,
+            expansions: 1,
+            expand_nodes: 1,
+            select: NodeSelect::Uniform,
+        }
+    }
+}
+
+impl TreeConfig {
+    /// Leaves each question gets: `M × (1 + L × N)`.
+    pub fn leaves_per_question(&self) -> usize {
+        self.trees.max(1) * (1 + self.expansions * self.expand_nodes.max(1))
     }
 }
 
@@ -205,6 +285,79 @@ impl Episode {
     /// Whether the policy closed `</answer>`.
     pub fn finished(&self) -> bool {
         self.end == EpisodeEnd::Answered
+    }
+
+    /// Token positions right after each inserted documents block, in order: where one agent
+    /// step (reasoning, query, documents) ends and the next begins — the nodes a tree rollout
+    /// can branch from ([`super::tree`]). Entry `k` follows search `k`. Documents blocks are
+    /// the only mask-0 tokens after the prompt, so these are the ends of the mask-0 runs there.
+    pub fn node_ends(&self) -> Vec<usize> {
+        let after = self.mask.get(self.prompt_len..).unwrap_or_default();
+        let mut ends = Vec::new();
+        for (j, w) in after.iter().enumerate() {
+            let next = after.get(j + 1);
+            if *w == 0 && next.is_none_or(|&m| m == 1) {
+                ends.push(self.prompt_len + j + 1);
+            }
+        }
+        ends.truncate(self.searches.len());
+        ends
+    }
+}
+
+/// Where an episode starts: a question's prompt, or a node of an earlier episode (a tree
+/// rollout's expansion, [`super::tree`]), whose tokens, mask, log-probs and searches it keeps.
+#[derive(Debug, Clone)]
+pub struct EpisodeStart {
+    /// Index of the question in the batch (copied to [`Episode::question_index`]).
+    pub question_index: usize,
+    /// Tokens fed before generation: the prompt, then any earlier steps.
+    pub tokens: Vec<u32>,
+    /// Loss mask of `tokens` (1 on sampled tokens).
+    pub mask: Vec<u8>,
+    /// Rollout log-probs of `tokens` (0 where `mask` is 0).
+    pub logprobs: Vec<f32>,
+    /// Prompt tokens at the start.
+    pub prompt_len: usize,
+    /// Searches already run (they count against `max_searches`).
+    pub searches: Vec<SearchCall>,
+}
+
+impl EpisodeStart {
+    /// A fresh episode of question `question_index` from its encoded prompt.
+    pub fn question(question_index: usize, prompt: Vec<u32>) -> Self {
+        let n = prompt.len();
+        Self {
+            question_index,
+            mask: vec![0; n],
+            logprobs: vec![0.0; n],
+            prompt_len: n,
+            tokens: prompt,
+            searches: Vec::new(),
+        }
+    }
+
+    /// The state of `episode` at its node `k` ([`Episode::node_ends`]): everything up to and
+    /// including the documents of search `k`. A `k` past the last node starts at the last.
+    pub fn at_node(episode: &Episode, k: usize) -> Self {
+        let ends = episode.node_ends();
+        let end = ends
+            .get(k)
+            .or(ends.last())
+            .copied()
+            .unwrap_or(episode.prompt_len)
+            .min(episode.tokens.len());
+        let searches = k.min(ends.len().saturating_sub(1)) + usize::from(!ends.is_empty());
+        let mut logprobs = episode.logprobs.get(..end).unwrap_or_default().to_vec();
+        logprobs.resize(end, 0.0);
+        Self {
+            question_index: episode.question_index,
+            tokens: episode.tokens.get(..end).unwrap_or_default().to_vec(),
+            mask: episode.mask.get(..end).unwrap_or_default().to_vec(),
+            logprobs,
+            prompt_len: episode.prompt_len,
+            searches: episode.searches.iter().take(searches).cloned().collect(),
+        }
     }
 }
 
@@ -335,20 +488,41 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
     sampler: &mut Sampler,
     observer: &mut dyn RolloutObserver,
 ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
-    let (tokenizer, retriever, prompt, cfg) = (
-        &env.tokenizer,
-        env.retriever.as_ref(),
-        &env.prompt,
-        &env.rollout,
-    );
-    let _span = tracing::info_span!("rollout", questions = questions.len()).entered();
-    let t_start = Instant::now();
-    let g = cfg.samples_per_question.max(1);
-    let mut prompts = Vec::with_capacity(questions.len() * g);
-    for q in questions {
-        let ids = prompt.encode(tokenizer, q)?;
-        prompts.extend(std::iter::repeat_n(ids, g));
+    let g = env.rollout.samples_per_question.max(1);
+    let mut starts = Vec::with_capacity(questions.len() * g);
+    for (q, text) in questions.iter().enumerate() {
+        let ids = env.prompt.encode(&env.tokenizer, text)?;
+        starts.extend(std::iter::repeat_n(EpisodeStart::question(q, ids), g));
     }
+    rollout_from_observed(model, env, &starts, sampler, observer)
+}
+
+/// Runs one episode from each of `starts` (a prompt, or an earlier episode's node), all
+/// batched together; episodes come back in the order of `starts`. Identical starts are
+/// prefilled once and forked. Otherwise as [`rollout`].
+///
+/// # Errors
+/// As [`rollout`].
+pub fn rollout_from<M: Decoder + ?Sized>(
+    model: &M,
+    env: &Env,
+    starts: &[EpisodeStart],
+    sampler: &mut Sampler,
+) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+    rollout_from_observed(model, env, starts, sampler, &mut NoObserver)
+}
+
+/// The episode loop under [`rollout_observed`] and [`rollout_from`].
+fn rollout_from_observed<M: Decoder + ?Sized>(
+    model: &M,
+    env: &Env,
+    starts: &[EpisodeStart],
+    sampler: &mut Sampler,
+    observer: &mut dyn RolloutObserver,
+) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+    let (tokenizer, retriever, cfg) = (&env.tokenizer, env.retriever.as_ref(), &env.rollout);
+    let _span = tracing::info_span!("rollout", episodes = starts.len()).entered();
+    let t_start = Instant::now();
     let (stops, eos) = if cfg.fixed_length {
         (Vec::new(), Vec::new())
     } else {
@@ -360,11 +534,27 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
         }
         (vec![END_QUERY.to_string(), END_ANSWER.to_string()], eos)
     };
-    let mut gen = BatchGenerator::new(model, tokenizer, &prompts, cfg.context_tokens, stops, eos)?;
-    let n = prompts.len();
+    let rows: Vec<RowStart> = starts
+        .iter()
+        .map(|s| RowStart {
+            tokens: s.tokens.clone(),
+            mask: s.mask.clone(),
+            logprobs: s.logprobs.clone(),
+            prompt_len: s.prompt_len,
+        })
+        .collect();
+    let mut gen =
+        BatchGenerator::from_starts(model, tokenizer, rows, cfg.context_tokens, (stops, eos))?;
+    let n = starts.len();
     let budget = vec![cfg.max_new_tokens; n];
     // One entry per generator row, in the same order.
-    let mut state: Vec<RowState> = (0..n).map(|_| RowState::default()).collect();
+    let mut state: Vec<RowState> = starts
+        .iter()
+        .map(|s| RowState {
+            searches: s.searches.clone(),
+            ..RowState::default()
+        })
+        .collect();
     let mut seconds_search = 0.0;
     loop {
         gen.generate_with(sampler, &budget, |r, id, text| {
@@ -442,14 +632,14 @@ pub fn rollout_observed<M: Decoder + ?Sized>(
     let episodes = rows
         .into_iter()
         .zip(state)
-        .enumerate()
-        .map(|(r, (row, st))| {
+        .zip(starts)
+        .map(|((row, st), start)| {
             let solution = text_of(
                 tokenizer,
                 row.tokens.get(row.prompt_len..).unwrap_or_default(),
             );
             Episode {
-                question_index: r / g,
+                question_index: start.question_index,
                 solution,
                 prompt_len: row.prompt_len,
                 tokens: row.tokens,

@@ -151,6 +151,33 @@ pub struct GenStats {
     pub prefill_seconds: f64,
 }
 
+/// Where a generator row starts: a prompt, or a sequence to continue (its sampled tokens keep
+/// their mask and log-probs; [`BatchGenerator::from_starts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowStart {
+    /// The tokens fed before generation starts.
+    pub tokens: Vec<u32>,
+    /// 1 on tokens the policy sampled, 0 elsewhere; same length as `tokens`.
+    pub mask: Vec<u8>,
+    /// Log-probs of the sampled tokens (0 where `mask` is 0); same length as `tokens`.
+    pub logprobs: Vec<f32>,
+    /// Prompt tokens at the start (≤ `tokens.len()`).
+    pub prompt_len: usize,
+}
+
+impl RowStart {
+    /// A bare prompt: nothing sampled yet.
+    pub fn prompt(tokens: Vec<u32>) -> Self {
+        let n = tokens.len();
+        Self {
+            mask: vec![0; n],
+            logprobs: vec![0.0; n],
+            prompt_len: n,
+            tokens,
+        }
+    }
+}
+
 /// Shortest common prompt prefix (tokens) that [`BatchGenerator::new`] prefills once for all
 /// rows: below it, the fork's copy of the cache rows is not worth saving the prefill.
 pub const MIN_SHARED_PREFIX: usize = 16;
@@ -176,7 +203,6 @@ impl<'m, M: Decoder + ?Sized> BatchGenerator<'m, M> {
     ///
     /// # Errors
     /// [`ModelError::ContextOverflow`] when a prompt does not fit, or is empty.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: &'m M,
         tokenizer: &'m Tokenizer,
@@ -185,18 +211,40 @@ impl<'m, M: Decoder + ?Sized> BatchGenerator<'m, M> {
         stops: Vec<String>,
         eos: Vec<u32>,
     ) -> Result<Self, ModelError> {
-        let cache = model.new_cache(prompts.len(), capacity);
-        let rows = prompts
-            .iter()
-            .map(|p| Row {
-                tokens: p.clone(),
-                mask: vec![0; p.len()],
-                logprobs: vec![0.0; p.len()],
-                prompt_len: p.len(),
-                generated: 0,
+        let starts: Vec<RowStart> = prompts.iter().cloned().map(RowStart::prompt).collect();
+        Self::from_starts(model, tokenizer, starts, capacity, (stops, eos))
+    }
+
+    /// As [`Self::new`], each row starting from `starts` instead of a bare prompt: a row
+    /// continues a sequence whose earlier tokens (sampled ones with their mask and log-probs)
+    /// are kept as they were and count towards the row's budget. The whole start is prefilled
+    /// (identical starts once, forked; a prefix all distinct starts share once, as for
+    /// prompts); generation resumes in a new segment. `stop` is the stop strings and the
+    /// end-of-sequence ids.
+    ///
+    /// # Errors
+    /// [`ModelError::ContextOverflow`] when a start does not fit, or is empty.
+    pub fn from_starts(
+        model: &'m M,
+        tokenizer: &'m Tokenizer,
+        starts: Vec<RowStart>,
+        capacity: usize,
+        stop: (Vec<String>, Vec<u32>),
+    ) -> Result<Self, ModelError> {
+        let (stops, eos) = stop;
+        let cache = model.new_cache(starts.len(), capacity);
+        let prompts: Vec<Vec<u32>> = starts.iter().map(|s| s.tokens.clone()).collect();
+        let rows = starts
+            .into_iter()
+            .map(|s| Row {
+                generated: s.mask.iter().filter(|&&m| m == 1).count(),
+                segment_start: s.tokens.len(),
+                tokens: s.tokens,
+                mask: s.mask,
+                logprobs: s.logprobs,
+                prompt_len: s.prompt_len,
                 stop: None,
                 overshoot: Vec::new(),
-                segment_start: p.len(),
                 segment_bytes: Vec::new(),
                 fed: 0,
                 next_logits: None,

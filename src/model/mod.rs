@@ -36,7 +36,7 @@ use burn::tensor::backend::Backend;
 
 pub use config::{Architecture, LlamaConfig};
 pub use decoder::{DecodeCache, DecodeWeights, Decoder, Engine};
-pub use generate::{text_of, BatchGenerator, StopReason};
+pub use generate::{text_of, BatchGenerator, RowStart, StopReason};
 pub use kv_cache::KvCache;
 pub use llama::Llama;
 pub use quant::{QuantFormat, QuantLlama};

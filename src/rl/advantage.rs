@@ -10,6 +10,14 @@
 //!   without it the update is proportional to what the reward paid. Dr. GRPO's other change,
 //!   no per-response `1/|o_i|` in the loss, sleuth already has: [`super::loss`] sums token
 //!   losses over the batch and divides by the batch's policy-token count.
+//! - Tree-GRPO (Ji et al. 2025, "Tree Search for LLM Agent Reinforcement Learning", arXiv
+//!   2509.21240, §3.2): for leaf i of tree t of a question's forest,
+//!   `A_i = Â_intra(i) + Â_inter(i)`, where `Â_intra(i) = (R_i − mean_{j∈t} R_j) / (std_{j∈t} R_j + ε)`
+//!   over the leaves of the same tree and `Â_inter(i) = (R_i − mean_j R_j) / (std_j R_j + ε)`
+//!   over all leaves of the question's trees ([`tree_grpo`]). Leaves that share a node compare
+//!   the steps after it (the intra-tree term: step-level credit), and the inter-tree term keeps
+//!   the question-level baseline of chain GRPO. With `advantage = "dr_grpo"` neither term
+//!   divides by the std.
 //! - Reinforce++ (Hu 2025, OpenRLHF): per-token reward `r_t = −β (log π_old − log π_ref)_t`,
 //!   plus `R` at the last policy token; return `G_t = Σ_{k≥t} r_k` over policy tokens; then
 //!   normalized over all policy tokens of the batch. The `baseline` variant first subtracts
@@ -56,6 +64,38 @@ pub fn grpo(rewards: &[f32], group: usize) -> Vec<f32> {
         };
         let std = var.sqrt();
         out.extend(g.iter().map(|r| (r - mean) / (std + GRPO_EPS)));
+    }
+    out
+}
+
+/// Tree-GRPO advantages (module docs): one scalar per leaf. `rewards` is ordered question by
+/// question, `group` leaves each; `trees[i]` is leaf i's tree within its question; `norm`
+/// scales both terms as GRPO ([`grpo`]) or Dr. GRPO ([`dr_grpo`]) would.
+pub fn tree_grpo(rewards: &[f32], trees: &[usize], group: usize, norm: GroupNorm) -> Vec<f32> {
+    let relative = |r: &[f32]| match norm {
+        GroupNorm::Grpo => grpo(r, r.len()),
+        GroupNorm::DrGrpo => dr_grpo(r, r.len()),
+    };
+    let mut out = Vec::with_capacity(rewards.len());
+    let group = group.max(1);
+    for (q, chunk) in rewards.chunks(group).enumerate() {
+        let base = q * group;
+        let mut adv = relative(chunk);
+        let tree_of = |i: usize| trees.get(base + i).copied().unwrap_or(0);
+        let mut seen: Vec<usize> = Vec::new();
+        for i in 0..chunk.len() {
+            let t = tree_of(i);
+            if seen.contains(&t) {
+                continue;
+            }
+            seen.push(t);
+            let members: Vec<usize> = (0..chunk.len()).filter(|&j| tree_of(j) == t).collect();
+            let r: Vec<f32> = members.iter().map(|&j| chunk[j]).collect();
+            for (&j, a) in members.iter().zip(relative(&r)) {
+                adv[j] += a;
+            }
+        }
+        out.extend(adv);
     }
     out
 }
@@ -153,6 +193,40 @@ pub fn reinforce_pp(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hand-built forest: one question, tree 0 with leaves paid [1, 0, 0], tree 1 with
+    /// [0, 2]. Worked by hand (sample std, ε = 1e-4):
+    /// - inter: mean 0.6, std √(((0.4)² + 3 (0.6)² + (1.4)²) / 4) = √0.8;
+    /// - intra, tree 0: mean 1/3, std √(((2/3)² + 2 (1/3)²) / 2) = √(1/3); tree 1: mean 1,
+    ///   std √2.
+    #[test]
+    fn tree_advantage_is_intra_plus_inter_as_computed_by_hand() {
+        let rewards = [1.0, 0.0, 2.0, 0.0, 0.0];
+        let trees = [0, 0, 1, 1, 0];
+        let inter = |r: f32| (r - 0.6) / (0.8f32.sqrt() + GRPO_EPS);
+        let t0 = |r: f32| (r - 1.0 / 3.0) / ((1.0f32 / 3.0).sqrt() + GRPO_EPS);
+        let t1 = |r: f32| (r - 1.0) / (2.0f32.sqrt() + GRPO_EPS);
+        let want = [
+            inter(1.0) + t0(1.0),
+            inter(0.0) + t0(0.0),
+            inter(2.0) + t1(2.0),
+            inter(0.0) + t1(0.0),
+            inter(0.0) + t0(0.0),
+        ];
+        let got = tree_grpo(&rewards, &trees, 5, GroupNorm::Grpo);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        // Dr. GRPO: centred only. Leaf 2: (2 − 0.6) + (2 − 1) = 2.4.
+        let dr = tree_grpo(&rewards, &trees, 5, GroupNorm::DrGrpo);
+        assert!((dr[2] - 2.4).abs() < 1e-6, "{dr:?}");
+        // Two questions are independent forests: the second question's leaves alone.
+        let two = tree_grpo(&[1.0, 0.0, 5.0, 5.0], &[0, 1, 0, 1], 2, GroupNorm::DrGrpo);
+        assert_eq!(two, vec![0.5, -0.5, 0.0, 0.0]);
+        // A tree of one leaf has no intra-tree spread: its intra term is 0.
+        let single = tree_grpo(&[1.0, 0.0], &[0, 1], 2, GroupNorm::Grpo);
+        assert!((single[0] - grpo(&[1.0, 0.0], 2)[0]).abs() < 1e-6);
+    }
 
     #[test]
     fn grpo_normalizes_within_groups() {

@@ -7,14 +7,20 @@
 //! `max_resample` extra rounds; `groups_sampled` / `groups_kept` report it. Every question's
 //! pass rate is tracked in the checkpointed [`TrainState`]; with `retire_after` a question
 //! that is always or never solved after that many groups stops being drawn.
+//!
+//! **Chains or trees.** With `[rollout] mode = "tree"` a question's group is the leaves of its
+//! trees ([`crate::env::tree`]): `M × (1 + L × N)` episodes, each with its tree, so the
+//! advantages can be tree-relative ([`super::advantage::tree_grpo`]); a group whose leaves all
+//! tie is as uninformative as a chain group that ties and is redrawn the same way.
 
 use std::time::Instant;
 
 use super::checkpoint::{PassRecord, TrainState};
+use super::metrics::TreeMetrics;
 use super::{TrainConfig, TrainError};
-use crate::env::{rollout, Env, Episode};
+use crate::env::{rollout, rollout_trees, Env, Episode, RolloutMode};
 use crate::model::{Decoder, Sampler};
-use crate::reward::{Paid, Rewards};
+use crate::reward::{normalize_answer, Paid, Rewards};
 
 /// A training question with its gold answers and, when the data has them, its gold support
 /// titles (HotpotQA `support_titles`) and type (`bridge` / `comparison`).
@@ -46,6 +52,8 @@ impl From<crate::eval::QaExample> for Question {
 pub(super) struct Sampled {
     pub episode: Episode,
     pub paid: Paid,
+    /// Its tree within the question's forest (tree rollouts; 0 for chains).
+    pub tree: usize,
 }
 
 /// Time and token counts of a step's rollout rounds, summed.
@@ -73,6 +81,10 @@ pub(super) struct Groups {
     pub groups_sampled: usize,
     pub groups_kept: usize,
     pub totals: RolloutTotals,
+    /// Tree rollouts' figures (`None` for chains).
+    pub tree: Option<TreeMetrics>,
+    /// Mean distinct predicted answers per group.
+    pub distinct_answers: f64,
 }
 
 /// Draws and scores groups for one step (module docs).
@@ -103,7 +115,10 @@ impl GroupSampler<'_> {
             groups_sampled: 0,
             groups_kept: 0,
             totals: RolloutTotals::default(),
+            tree: None,
+            distinct_answers: 0.0,
         };
+        let tree_mode = self.env.rollout.mode == RolloutMode::Tree;
         let mut rounds = 0usize;
         loop {
             let need = if self.cfg.dynamic_sampling {
@@ -120,7 +135,21 @@ impl GroupSampler<'_> {
                 .iter()
                 .map(|&i| self.data[i].question.clone())
                 .collect();
-            let (episodes, rstats) = rollout(engine, self.env, &texts, sampler)?;
+            let (episodes, trees, rstats) = if tree_mode {
+                let (eps, leaves, ts) =
+                    rollout_trees(engine, self.env, &self.env.rollout.tree, &texts, sampler)?;
+                let tm = out.tree.get_or_insert_with(TreeMetrics::default);
+                tm.tree_trees += texts.len() * self.env.rollout.tree.trees.max(1);
+                tm.tree_leaves += eps.len();
+                tm.tree_nodes_expanded += ts.nodes_expanded;
+                tm.tree_shared_prefix_tokens += ts.shared_prefix_tokens;
+                let trees: Vec<usize> = leaves.iter().map(|l| l.tree).collect();
+                (eps, trees, ts.rollout)
+            } else {
+                let (eps, st) = rollout(engine, self.env, &texts, sampler)?;
+                let n = eps.len();
+                (eps, vec![0; n], st)
+            };
             let t = &mut out.totals;
             t.seconds_rollout += t0.elapsed().as_secs_f64();
             t.seconds_generate += rstats.seconds_generate;
@@ -132,18 +161,23 @@ impl GroupSampler<'_> {
 
             let t0 = Instant::now();
             let mut by_group: Vec<Vec<Sampled>> = (0..qidx.len()).map(|_| Vec::new()).collect();
-            for e in episodes {
+            for (e, tree) in episodes.into_iter().zip(trees) {
                 let q = &self.data[qidx[e.question_index]];
                 let titles: Vec<Vec<String>> =
                     e.searches.iter().map(|c| c.titles.clone()).collect();
                 let paid = self
                     .rewards
                     .score(&e.solution, &titles, &q.answers, &q.support_titles);
-                by_group[e.question_index].push(Sampled { episode: e, paid });
+                by_group[e.question_index].push(Sampled {
+                    episode: e,
+                    paid,
+                    tree,
+                });
             }
             out.totals.seconds_reward += t0.elapsed().as_secs_f64();
             for (j, group) in by_group.into_iter().enumerate() {
                 out.groups_sampled += 1;
+                out.distinct_answers += distinct_answers(&group) as f64;
                 let solved = group
                     .iter()
                     .filter(|s| s.paid.rule.metrics.cover_em)
@@ -166,6 +200,7 @@ impl GroupSampler<'_> {
             }
             rounds += 1;
         }
+        out.distinct_answers /= out.groups_sampled.max(1) as f64;
         Ok(out)
     }
 
@@ -224,6 +259,19 @@ impl GroupSampler<'_> {
             );
         }
     }
+}
+
+/// Distinct predicted answers (normalized; no answer counts as one value) in a question's
+/// group.
+fn distinct_answers(group: &[Sampled]) -> usize {
+    let mut seen: Vec<String> = Vec::new();
+    for s in group {
+        let pred = normalize_answer(s.paid.rule.prediction.as_deref().unwrap_or_default());
+        if !seen.contains(&pred) {
+            seen.push(pred);
+        }
+    }
+    seen.len()
 }
 
 /// Questions retired so far in `state`.

@@ -111,6 +111,35 @@ pub struct StepMetrics {
     /// the learning-rate scale from now on. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardEvent>,
+    /// Policy tokens sampled by the step's rollouts (all rounds; what the rollout budget
+    /// bought, for comparing chain and tree steps at equal cost).
+    #[serde(default)]
+    pub sampled_tokens: usize,
+    /// Episodes (chain samples or tree leaves) per 1,000 policy tokens sampled.
+    #[serde(default)]
+    pub episodes_per_1k_tokens: f64,
+    /// Mean number of distinct predicted answers (normalized; no answer is one value) in a
+    /// question's group: how much the group can tell right from wrong.
+    #[serde(default)]
+    pub distinct_answers: f64,
+    /// Tree rollouts' figures (`[rollout] mode = "tree"`); absent for chains.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeMetrics>,
+}
+
+/// A tree-rollout step's figures, over every round of the step (`tree_` fields of a metrics
+/// line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TreeMetrics {
+    /// Trees grown (questions × M).
+    pub tree_trees: usize,
+    /// Leaves (complete episodes) sampled.
+    pub tree_leaves: usize,
+    /// Nodes expanded (questions × M × L × N).
+    pub tree_nodes_expanded: usize,
+    /// Tokens after the prompt that expansions reused from their node instead of sampling
+    /// and searching them again.
+    pub tree_shared_prefix_tokens: usize,
 }
 
 /// What the guard did at a step (logged as the `guard` field of that metrics line).

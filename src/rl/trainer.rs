@@ -19,13 +19,14 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
+use super::advantage::{self, Algo, GroupNorm};
 use super::group::{self, GroupSampler, Question, Sampled};
 use super::guard::{CollapseGuard, GuardEvent};
 use super::learner::Learner;
 pub use super::metrics::StepMetrics;
-use super::update::{update, UpdateStats};
+use super::update::{update, Batch, UpdateStats};
 use super::{TrainConfig, TrainError};
-use crate::env::{Env, Episode, RolloutConfig};
+use crate::env::{Env, Episode, RolloutConfig, RolloutMode};
 use crate::model::{Engine, Llama, LlamaConfig, Sampler};
 use crate::reward::Rewards;
 
@@ -38,9 +39,17 @@ struct Snapshot<B: AutodiffBackend> {
 }
 
 /// RL scores tokens under the distribution the rollout sampled from ([`super::loss`]); top-k
-/// and top-p truncation are not modelled in the loss, so they are refused.
-fn check_sampling(r: &RolloutConfig) -> Result<(), TrainError> {
+/// and top-p truncation are not modelled in the loss, so they are refused. Tree rollouts have
+/// tree-relative advantages, defined for GRPO only ([`super::advantage::tree_grpo`]).
+fn check_sampling(r: &RolloutConfig, algo: Algo) -> Result<(), TrainError> {
     let bad = |reason: String| Err(TrainError::Sampling { reason });
+    if r.mode == RolloutMode::Tree && algo != Algo::Grpo {
+        return bad(format!(
+            "[rollout] mode = \"tree\" needs [train] algo = \"grpo\" (tree advantages are \
+             group-relative; got \"{}\")",
+            algo.as_str()
+        ));
+    }
     if r.temperature <= 0.0 {
         return bad(format!(
             "[rollout] temperature = {} (RL needs sampling: temperature > 0)",
@@ -90,7 +99,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if data.is_empty() {
             return Err(TrainError::NoData);
         }
-        check_sampling(&env.rollout)?;
+        check_sampling(&env.rollout, cfg.algo)?;
         let learner = Learner::new(model, model_config, cfg, device);
         let reference =
             (learner.cfg.track_kl || learner.cfg.kl_coef != 0.0).then(|| learner.model.valid());
@@ -131,7 +140,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`TrainError::Sampling`] when the rollout settings truncate the distribution;
     /// [`TrainError::Collapsed`] when the guard has tripped `max_trips` times.
     pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
-        check_sampling(&self.env.rollout)?;
+        check_sampling(&self.env.rollout, self.learner.cfg.algo)?;
         let step = self.learner.state.step + 1;
         let _span = tracing::info_span!("train_step", step).entered();
         let g = self.env.rollout.samples_per_question.max(1);
@@ -181,17 +190,34 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map(|&i| groups.sampled[i].episode.clone())
             .collect();
         let train_rewards: Vec<f32> = kept.iter().map(|&i| groups.sampled[i].paid.total).collect();
+        let trees: Vec<usize> = kept.iter().map(|&i| groups.sampled[i].tree).collect();
+        let tree_mode = self.env.rollout.mode == RolloutMode::Tree;
+        let group = if tree_mode {
+            self.env.rollout.tree.leaves_per_question()
+        } else {
+            g
+        };
+        let norm = self.learner.cfg.advantage;
+        let advantages = match (tree_mode, norm) {
+            (true, _) => advantage::tree_grpo(&train_rewards, &trees, group, norm),
+            (false, GroupNorm::Grpo) => advantage::grpo(&train_rewards, group),
+            (false, GroupNorm::DrGrpo) => advantage::dr_grpo(&train_rewards, group),
+        };
         let upd = if train_eps.is_empty() {
             UpdateStats::default()
         } else {
+            let batch = Batch {
+                episodes: &train_eps,
+                rewards: &train_rewards,
+                advantages: &advantages,
+                group,
+            };
             let temperature = self.env.rollout.temperature;
             update(
                 &mut self.learner,
                 self.reference.as_ref(),
                 temperature,
-                &train_eps,
-                &train_rewards,
-                g,
+                &batch,
                 lr,
             )
         };
@@ -245,6 +271,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             tokens_per_s: t.sampled_tokens as f64 / t.seconds_total.max(1e-9),
             rss_peak_mib: super::metrics::rss_peak_mib(),
             guard: None,
+            sampled_tokens: t.sampled_tokens,
+            episodes_per_1k_tokens: sampled.len() as f64 * 1000.0 / t.sampled_tokens.max(1) as f64,
+            distinct_answers: groups.distinct_answers,
+            tree: groups.tree.clone(),
         };
         if let Some(before) = before {
             metrics.guard = self.apply_guard(&metrics, before)?;

@@ -17,11 +17,24 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
-use super::advantage::{self, Algo, GroupNorm};
+use super::advantage::{self, Algo};
 use super::learner::Learner;
 use super::loss::{policy_loss, token_logprobs_entropy, LossInputs, PackedBatch};
 use crate::env::Episode;
 use crate::model::Llama;
+
+/// The episodes of one update with their pay.
+#[derive(Clone, Copy)]
+pub(super) struct Batch<'a> {
+    /// Kept episodes, whole groups in order.
+    pub episodes: &'a [Episode],
+    /// Each episode's reward.
+    pub rewards: &'a [f32],
+    /// Each episode's advantage (`algo = "grpo"`: chain or tree GRPO).
+    pub advantages: &'a [f32],
+    /// Episodes per group (Reinforce++'s baseline).
+    pub group: usize,
+}
 
 /// What the update measured.
 #[derive(Debug, Default, Clone, Copy)]
@@ -55,9 +68,11 @@ fn logprobs_at<B: Backend>(model: &Llama<B>, p: &PackedBatch<B>, temperature: f3
     .0
 }
 
-/// One optimizer step of `learner` on `episodes` (groups of `g` in order) paid `rewards`,
-/// at learning rate `lr`, scoring tokens at the rollout `temperature`; `reference` is the
-/// frozen reference policy when KL is tracked or penalised.
+/// One optimizer step of `learner` on `batch` at learning rate `lr`, scoring tokens at the
+/// rollout `temperature`; `reference` is the frozen reference policy when KL is tracked or
+/// penalised. With `algo = "grpo"` each episode's advantage is `batch.advantages` (chain or
+/// tree GRPO, computed by the caller); Reinforce++ computes per-token advantages here from
+/// `batch.rewards`.
 ///
 /// Micro-batches whose advantages are all zero (e.g. a GRPO group with equal rewards)
 /// carry no gradient when KL is not a loss term, so they skip the forward and backward
@@ -67,11 +82,15 @@ pub(super) fn update<B: AutodiffBackend>(
     learner: &mut Learner<B>,
     reference: Option<&Llama<B::InnerBackend>>,
     temperature: f32,
-    episodes: &[Episode],
-    rewards: &[f32],
-    g: usize,
+    batch: &Batch<'_>,
     lr: f64,
 ) -> UpdateStats {
+    let Batch {
+        episodes,
+        rewards,
+        advantages: seq_adv,
+        group: g,
+    } = *batch;
     let _span = tracing::info_span!("update", episodes = episodes.len()).entered();
     let total_tokens: f64 = episodes.iter().map(|e| e.policy_tokens() as f64).sum();
     if total_tokens == 0.0 {
@@ -123,10 +142,7 @@ pub(super) fn update<B: AutodiffBackend>(
     // Advantages per micro-batch, row, token.
     let adv: Vec<Vec<Vec<f32>>> = match cfg.algo {
         Algo::Grpo => {
-            let a = match cfg.advantage {
-                GroupNorm::Grpo => advantage::grpo(rewards, g),
-                GroupNorm::DrGrpo => advantage::dr_grpo(rewards, g),
-            };
+            let a = seq_adv;
             batches
                 .iter()
                 .map(|mb| {
