@@ -534,33 +534,46 @@ fn same_seed_same_steps_and_same_weights() {
 #[test]
 fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     let Some(tok) = tokenizer() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
-    let line = |m: sleuth::rl::StepMetrics| {
-        let mut v = serde_json::to_value(m).unwrap();
-        v.as_object_mut().unwrap().retain(|k, _| {
-            !(k.starts_with("seconds") || k == "tokens_per_s" || k == "rss_peak_mib")
-        });
-        v
-    };
-    let mut t = trainer(tok.clone(), Algo::Grpo, 1e-2, 13);
-    let expected: Vec<_> = (0..3).map(|_| line(t.step().unwrap())).collect();
-    t.learner.save(&whole).unwrap();
+    let expected =
+        assert_resume_equals_uninterrupted(|| trainer(tok.clone(), Algo::Grpo, 1e-2, 13));
     assert!(
         expected[2]["grad_norm"].as_f64().unwrap() > 0.0,
         "step 3 must update for the optimizer state to matter: {:?}",
         expected[2]
     );
+}
 
-    let mut first = trainer(tok.clone(), Algo::Grpo, 1e-2, 13);
-    let mut got: Vec<_> = (0..2).map(|_| line(first.step().unwrap())).collect();
+/// A step's metrics line without the wall-clock and memory figures.
+fn deterministic_line(m: sleuth::rl::StepMetrics) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).unwrap();
+    v.as_object_mut()
+        .unwrap()
+        .retain(|k, _| !(k.starts_with("seconds") || k == "tokens_per_s" || k == "rss_peak_mib"));
+    v
+}
+
+/// Runs three steps of `make()`'s trainer, then two steps of another, a checkpoint, and step 3
+/// from a third trainer (built as a new process would build it: same config, base weights and
+/// reference model) resumed from that checkpoint; asserts the same metrics lines and
+/// byte-identical checkpoint files, and returns the lines.
+fn assert_resume_equals_uninterrupted(make: impl Fn() -> Trainer<Train>) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
+    let mut t = make();
+    let expected: Vec<_> = (0..3)
+        .map(|_| deterministic_line(t.step().unwrap()))
+        .collect();
+    t.learner.save(&whole).unwrap();
+
+    let mut first = make();
+    let mut got: Vec<_> = (0..2)
+        .map(|_| deterministic_line(first.step().unwrap()))
+        .collect();
     first.learner.save(&cut).unwrap();
     drop(first);
-    // Built as a new process would build it (same config, base weights and reference model),
-    // then everything past step 0 comes from the checkpoint.
-    let mut resumed = trainer(tok, Algo::Grpo, 1e-2, 13);
+    let mut resumed = make();
     resumed.resume_from(&cut).unwrap();
-    got.push(line(resumed.step().unwrap()));
+    got.push(deterministic_line(resumed.step().unwrap()));
     resumed.learner.save(&cut).unwrap();
 
     assert_eq!(got, expected);
@@ -569,6 +582,7 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
             |run: &std::path::Path| std::fs::read(run.join("checkpoint").join(file)).unwrap();
         assert!(read(&cut) == read(&whole), "{file} differs after resume");
     }
+    expected
 }
 
 /// Tree rollouts (`[rollout] mode = "tree"`) through the trainer: every step's group is the
@@ -590,18 +604,7 @@ fn tree_mode_steps_report_trees_and_resume_bit_for_bit() {
         };
         t
     };
-    let line = |m: sleuth::rl::StepMetrics| {
-        let mut v = serde_json::to_value(m).unwrap();
-        v.as_object_mut().unwrap().retain(|k, _| {
-            !(k.starts_with("seconds") || k == "tokens_per_s" || k == "rss_peak_mib")
-        });
-        v
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
-    let mut t = tree_trainer();
-    let expected: Vec<_> = (0..3).map(|_| line(t.step().unwrap())).collect();
-    t.learner.save(&whole).unwrap();
+    let expected = assert_resume_equals_uninterrupted(tree_trainer);
     for m in &expected {
         assert_eq!(m["tree_trees"], 2 * 2, "{m}");
         assert_eq!(m["tree_leaves"], 2 * 6, "{m}");
@@ -613,21 +616,6 @@ fn tree_mode_steps_report_trees_and_resume_bit_for_bit() {
     assert!(expected
         .iter()
         .any(|m| m["grad_norm"].as_f64().unwrap() > 0.0));
-
-    let mut first = tree_trainer();
-    let mut got: Vec<_> = (0..2).map(|_| line(first.step().unwrap())).collect();
-    first.learner.save(&cut).unwrap();
-    drop(first);
-    let mut resumed = tree_trainer();
-    resumed.resume_from(&cut).unwrap();
-    got.push(line(resumed.step().unwrap()));
-    resumed.learner.save(&cut).unwrap();
-    assert_eq!(got, expected);
-    for file in ["model.mpk", "optimizer.mpk", "state.json"] {
-        let read =
-            |run: &std::path::Path| std::fs::read(run.join("checkpoint").join(file)).unwrap();
-        assert!(read(&cut) == read(&whole), "{file} differs after resume");
-    }
 
     // Tree advantages are GRPO's: Reinforce++ with trees is refused.
     let mut rpp = trainer(tok.clone(), Algo::ReinforcePpBaseline, 1e-2, 21);

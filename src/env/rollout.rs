@@ -378,6 +378,18 @@ pub struct RolloutStats {
     pub seconds_total: f64,
 }
 
+impl std::ops::AddAssign<&RolloutStats> for RolloutStats {
+    /// Sums two rollouts' counts and times (e.g. the rounds of one step).
+    fn add_assign(&mut self, s: &RolloutStats) {
+        self.seconds_generate += s.seconds_generate;
+        self.seconds_search += s.seconds_search;
+        self.sampled_tokens += s.sampled_tokens;
+        self.prefill_tokens += s.prefill_tokens;
+        self.seconds_prefill += s.seconds_prefill;
+        self.seconds_total += s.seconds_total;
+    }
+}
+
 /// Errors that abort a rollout (model or prompt failures; search failures do not abort, they
 /// become a `None` document block and an error note in the episode).
 #[derive(Debug, thiserror::Error)]

@@ -90,7 +90,7 @@ pub fn rollout_trees<M: Decoder + ?Sized>(
         .flat_map(|(q, p)| (0..m).map(move |_| EpisodeStart::question(q, p.clone())))
         .collect();
     let (episodes, st) = rollout_from(model, env, &starts, sampler)?;
-    add_stats(&mut stats.rollout, &st);
+    stats.rollout += &st;
     for (i, ep) in episodes.into_iter().enumerate() {
         let leaf = Leaf {
             tree: i % m,
@@ -139,7 +139,7 @@ pub fn rollout_trees<M: Decoder + ?Sized>(
             }
         }
         let (episodes, st) = rollout_from(model, env, &starts, sampler)?;
-        add_stats(&mut stats.rollout, &st);
+        stats.rollout += &st;
         for (ep, (q, leaf)) in episodes.into_iter().zip(placed) {
             forest[q].push((ep, leaf));
         }
@@ -168,13 +168,4 @@ fn tree_nodes(
         }
     }
     nodes
-}
-
-fn add_stats(total: &mut RolloutStats, s: &RolloutStats) {
-    total.seconds_generate += s.seconds_generate;
-    total.seconds_search += s.seconds_search;
-    total.sampled_tokens += s.sampled_tokens;
-    total.prefill_tokens += s.prefill_tokens;
-    total.seconds_prefill += s.seconds_prefill;
-    total.seconds_total += s.seconds_total;
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::checkpoint::{PassRecord, TrainState};
 use super::metrics::TreeMetrics;
 use super::{TrainConfig, TrainError};
-use crate::env::{rollout, rollout_trees, Env, Episode, RolloutMode};
+use crate::env::{rollout, rollout_trees, Env, Episode, RolloutMode, RolloutStats};
 use crate::model::{Decoder, Sampler};
 use crate::reward::{normalize_answer, Paid, Rewards};
 
@@ -63,13 +63,8 @@ pub(super) struct RolloutTotals {
     pub seconds_rollout: f64,
     /// Wall time of reward scoring, seconds.
     pub seconds_reward: f64,
-    pub seconds_generate: f64,
-    pub seconds_search: f64,
-    pub seconds_prefill: f64,
-    /// The rollouts' own total time (generate + search + bookkeeping), seconds.
-    pub seconds_total: f64,
-    pub sampled_tokens: usize,
-    pub prefill_tokens: usize,
+    /// The rollouts' own counts and times, summed over rounds.
+    pub rollout: RolloutStats,
 }
 
 /// What a step's rollouts produced.
@@ -150,14 +145,8 @@ impl GroupSampler<'_> {
                 let n = eps.len();
                 (eps, vec![0; n], st)
             };
-            let t = &mut out.totals;
-            t.seconds_rollout += t0.elapsed().as_secs_f64();
-            t.seconds_generate += rstats.seconds_generate;
-            t.seconds_search += rstats.seconds_search;
-            t.sampled_tokens += rstats.sampled_tokens;
-            t.seconds_prefill += rstats.seconds_prefill;
-            t.prefill_tokens += rstats.prefill_tokens;
-            t.seconds_total += rstats.seconds_total;
+            out.totals.seconds_rollout += t0.elapsed().as_secs_f64();
+            out.totals.rollout += &rstats;
 
             let t0 = Instant::now();
             let mut by_group: Vec<Vec<Sampled>> = (0..qidx.len()).map(|_| Vec::new()).collect();

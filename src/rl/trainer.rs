@@ -229,7 +229,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mean = |f: &dyn Fn(&Sampled) -> f64| sampled.iter().map(f).sum::<f64>() / n;
         let reward_mean = mean(&|s| s.paid.total as f64);
         let reward_std = mean(&|s| (s.paid.total as f64 - reward_mean).powi(2)).sqrt();
-        let t = &groups.totals;
+        let (t, r) = (&groups.totals, &groups.totals.rollout);
         let mut metrics = StepMetrics {
             phase: None,
             step,
@@ -260,19 +260,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             groups_sampled: groups.groups_sampled,
             groups_kept: groups.groups_kept,
             questions_retired: self.questions_retired(),
-            seconds_generate: t.seconds_generate,
-            seconds_prefill: t.seconds_prefill,
-            prefill_tokens: t.prefill_tokens,
-            seconds_search: t.seconds_search,
+            seconds_generate: r.seconds_generate,
+            seconds_prefill: r.seconds_prefill,
+            prefill_tokens: r.prefill_tokens,
+            seconds_search: r.seconds_search,
             seconds_rollout: t.seconds_rollout,
             seconds_reward: t.seconds_reward,
             seconds_update,
             seconds_quantize,
-            tokens_per_s: t.sampled_tokens as f64 / t.seconds_total.max(1e-9),
+            tokens_per_s: r.sampled_tokens as f64 / r.seconds_total.max(1e-9),
             rss_peak_mib: super::metrics::rss_peak_mib(),
             guard: None,
-            sampled_tokens: t.sampled_tokens,
-            episodes_per_1k_tokens: sampled.len() as f64 * 1000.0 / t.sampled_tokens.max(1) as f64,
+            sampled_tokens: r.sampled_tokens,
+            episodes_per_1k_tokens: sampled.len() as f64 * 1000.0 / r.sampled_tokens.max(1) as f64,
             distinct_answers: groups.distinct_answers,
             tree: groups.tree.clone(),
         };
