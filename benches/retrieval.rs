@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sleuth::eval::read_qa;
 use sleuth::index::{build_bm25_from_path, IndexOptions};
+use sleuth::qa::read_qa;
 use sleuth::search::server::{router, serve, ServerConfig};
 use sleuth::search::{Bm25Retriever, Retriever};
 

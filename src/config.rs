@@ -110,8 +110,8 @@ pub struct DataSection {
     /// Default evaluation set. Default `../shared/data/qa/hotpotqa_500.jsonl`.
     pub eval: PathBuf,
     /// `[data.split]`: disjoint parts of the training questions by a seeded hash of each
-    /// question's text ([`crate::eval::QaSplit`]). Default: no parts.
-    pub split: crate::eval::QaSplit,
+    /// question's text ([`crate::qa::QaSplit`]). Default: no parts.
+    pub split: crate::qa::QaSplit,
     /// Train only on the questions of this part of `split` (set per phase, e.g.
     /// `data = { part = "coldstart" }`). Default: all of `train`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,7 +123,7 @@ impl Default for DataSection {
         Self {
             train: vec![PathBuf::from("../shared/data/qa/stage_1.jsonl")],
             eval: PathBuf::from("../shared/data/qa/hotpotqa_500.jsonl"),
-            split: crate::eval::QaSplit::default(),
+            split: crate::qa::QaSplit::default(),
             part: None,
         }
     }
@@ -134,15 +134,15 @@ impl DataSection {
     /// keeps only the questions of that part of `split`.
     ///
     /// # Errors
-    /// The first [`crate::eval::EvalError`], naming the file and line at fault;
-    /// [`crate::eval::EvalError::Split`] when `part` names no part of `split` or the shares
+    /// The first [`crate::qa::QaError`], naming the file and line at fault;
+    /// [`crate::qa::QaError::Split`] when `part` names no part of `split` or the shares
     /// are invalid.
-    pub fn read_train(&self) -> Result<Vec<crate::eval::QaExample>, crate::eval::EvalError> {
+    pub fn read_train(&self) -> Result<Vec<crate::qa::QaExample>, crate::qa::QaError> {
         self.check_split()
-            .map_err(|reason| crate::eval::EvalError::Split { reason })?;
+            .map_err(|reason| crate::qa::QaError::Split { reason })?;
         let mut out = Vec::new();
         for path in &self.train {
-            out.extend(crate::eval::read_qa(path)?);
+            out.extend(crate::qa::read_qa(path)?);
         }
         if let Some(part) = &self.part {
             out.retain(|q| self.split.part_of(&q.question) == Some(part.as_str()));

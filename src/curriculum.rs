@@ -38,9 +38,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{PhaseError, PhaseKind, PhaseSection, RunConfig};
 use crate::env::Env;
 use crate::eval::{
-    compare, evaluate, format_p_value, read_outcomes, read_qa, standard_error_points, EvalReport,
+    compare, evaluate, format_p_value, read_outcomes, standard_error_points, EvalReport,
 };
 use crate::model::{Llama, LlamaConfig, Tokenizer};
+use crate::qa::read_qa;
 use crate::reward::AnswerRules;
 use crate::rl::checkpoint::{self, CheckpointError};
 use crate::rl::collect::CollectOptions;
@@ -495,7 +496,7 @@ pub struct PhaseQuestions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SplitRecord {
     /// The base config's `[data.split]`.
-    pub split: crate::eval::QaSplit,
+    pub split: crate::qa::QaSplit,
     /// One entry per collect, rl and eval phase, in order.
     pub phases: Vec<PhaseQuestions>,
 }
@@ -507,7 +508,7 @@ pub struct SplitRecord {
 ///   answers the cold start memorised (docs/learning.md round 4 trained both on the same 100);
 /// - no training question (collect or rl) is a question of an `eval` phase's sets.
 ///
-/// Questions match by [`crate::eval::question_key`] (case and punctuation ignored), over the
+/// Questions match by [`crate::qa::question_key`] (case and punctuation ignored), over the
 /// whole files (`limit` is not applied). Returns the record written to `data-split.json`.
 ///
 /// # Errors
@@ -542,7 +543,7 @@ pub fn check_question_sets(
         };
         for q in &questions {
             target
-                .entry(crate::eval::question_key(&q.question))
+                .entry(crate::qa::question_key(&q.question))
                 .or_insert_with(|| p.name.clone());
         }
         phases.push(PhaseQuestions {

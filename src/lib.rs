@@ -90,6 +90,7 @@ pub mod llm;
 pub mod model;
 pub mod plot;
 pub mod progress;
+pub mod qa;
 pub mod reward;
 pub mod rl;
 pub mod search;

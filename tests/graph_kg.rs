@@ -967,8 +967,8 @@ fn cli_builds_each_kind_and_searches_it_through_a_config() {
 #[test]
 #[ignore = "needs index/wiki and index/kg, index/tkg, index/rkg built from the shared corpus"]
 fn real_corpus_recall_against_bm25() {
-    use sleuth::eval::read_qa;
     use sleuth::eval::retrieval::{evaluate_retrieval, read_support, QueryRewrite};
+    use sleuth::qa::read_qa;
     use sleuth::search::Bm25Retriever;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let index = root.join("index/wiki");
@@ -1054,7 +1054,7 @@ fn real_corpus_recall_against_bm25() {
 #[test]
 #[ignore = "needs index/wiki and index/kg, index/tkg, index/rkg built from the shared corpus"]
 fn real_corpus_seed_sources() {
-    use sleuth::eval::read_qa;
+    use sleuth::qa::read_qa;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let qa = root.join("../shared/data/qa");
     for kind in ["kg", "tkg", "rkg"] {

@@ -486,8 +486,8 @@ fn cli_builds_a_graph_and_searches_it_through_a_config() {
 #[test]
 #[ignore = "needs index/wiki and index/pg built from the shared corpus"]
 fn real_corpus_recall_against_bm25() {
-    use sleuth::eval::read_qa;
     use sleuth::eval::retrieval::{evaluate_retrieval, read_support, QueryRewrite};
+    use sleuth::qa::read_qa;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (index, graph) = (root.join("index/wiki"), root.join("index/pg"));
     let data = root.join("../shared/data/qa/hotpotqa_500.jsonl");

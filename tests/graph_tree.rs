@@ -692,8 +692,8 @@ fn minilm_tree_embeds_by_meaning_and_round_trips() {
 #[test]
 #[ignore = "needs index/wiki and index/tree built from the shared corpus"]
 fn real_corpus_recall_against_bm25() {
-    use sleuth::eval::read_qa;
     use sleuth::eval::retrieval::{evaluate_retrieval, read_support, QueryRewrite};
+    use sleuth::qa::read_qa;
     use sleuth::search::Bm25Retriever;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let index = root.join("index/wiki");

@@ -29,8 +29,9 @@ use serde_json::{json, Value};
 
 use sleuth::env::remote::{RemoteOptions, RemotePolicy};
 use sleuth::env::{EpisodeEnd, Policy, PromptConfig, RolloutConfig};
-use sleuth::eval::{evaluate, QaExample};
+use sleuth::eval::evaluate;
 use sleuth::model::{text_of, Sampler};
+use sleuth::qa::QaExample;
 use sleuth::search::{Hit, Retriever, SearchError};
 
 #[derive(Default)]
@@ -246,7 +247,7 @@ fn the_held_out_benchmark_configs_evaluate_a_fixture_in_their_format() {
         return;
     };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let fixture = sleuth::eval::read_qa(&root.join("tests/fixtures/qa_r1_format.jsonl")).unwrap();
+    let fixture = sleuth::qa::read_qa(&root.join("tests/fixtures/qa_r1_format.jsonl")).unwrap();
     assert_eq!(fixture.len(), 3);
     assert_eq!(fixture[1].answers, ["1583", "1582"]);
     let (url, _server) = serve();

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use sleuth::corpus::Passage;
 use sleuth::eval::retrieval::{evaluate_retrieval, read_support, sweep, QueryRewrite};
-use sleuth::eval::QaExample;
 use sleuth::index::{build_bm25, IndexOptions, TokenizerKind};
+use sleuth::qa::QaExample;
 use sleuth::search::{Bm25Retriever, DEFAULT_TITLE_BOOST};
 
 fn p(id: &str, title: &str, text: &str) -> Passage {

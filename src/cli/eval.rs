@@ -12,10 +12,11 @@ use super::open_search;
 use crate::config::RunConfig;
 use crate::env::Policy;
 use crate::eval::{
-    compare, evaluate, format_p_value, judge_all, read_outcomes, read_qa, rescore_rows, Comparison,
+    compare, evaluate, format_p_value, judge_all, read_outcomes, rescore_rows, Comparison,
     EvalRecord, EvalReport, JudgeItem,
 };
 use crate::llm::{LlmClient, LlmOptions};
+use crate::qa::read_qa;
 use crate::reward::AnswerRules;
 
 /// Flags of `sleuth eval`.
@@ -453,7 +454,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
 fn eval_sets(
     a: &EvalArgs,
     sets: &[PathBuf],
-    examples_per_set: &[Vec<crate::eval::QaExample>],
+    examples_per_set: &[Vec<crate::qa::QaExample>],
     policy: &dyn Policy,
     env: &crate::env::Env,
     judge: Option<&LlmClient>,

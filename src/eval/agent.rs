@@ -8,9 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dataset::QaExample;
 use crate::env::{Env, Episode, EpisodeEnd, Policy, RolloutConfig, SearchCall};
 use crate::model::Sampler;
+use crate::qa::QaExample;
 use crate::reward::{extract_answer, score_answer, FormatReport};
 
 /// Aggregate metrics of an evaluation run; rates and scores in percent, one decimal.

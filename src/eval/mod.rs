@@ -8,8 +8,8 @@
 //!   `pred_ans` and `answer`), e.g. one written by R1-Searcher's own evaluation scripts, so
 //!   results from either side can be compared on one scale.
 //!
-//! - [`dataset`]: reading QA sets; [`agent`]: running the search agent over one and
-//!   reporting EM, cover-EM, F1, finished rate and searches per question.
+//! - [`agent`]: running the search agent over a QA set ([`crate::qa`]) and reporting EM,
+//!   cover-EM, F1, finished rate and searches per question.
 //!
 //! - [`compare`]: two evaluations of the same questions, paired question by question: the
 //!   standard error of each rate, questions gained and lost, McNemar's exact p-value.
@@ -25,7 +25,6 @@ use std::path::PathBuf;
 
 pub mod agent;
 pub mod compare;
-pub mod dataset;
 pub mod judge;
 mod rescore;
 pub mod retrieval;
@@ -35,7 +34,6 @@ pub use compare::{
     compare, format_p_value, mcnemar_exact, read_outcomes, standard_error_points, CompareError,
     Comparison, Outcome, Paired, PairedBy, PairedMean,
 };
-pub use dataset::{question_key, read_qa, QaExample, QaSplit};
 pub use judge::{judge_all, JudgeItem};
 pub use rescore::{parse_verdict, rescore, rescore_rows, PredictionRow, RescoreReport};
 pub use retrieval::{evaluate_retrieval, read_support, QueryRewrite, RetrievalReport};
@@ -85,11 +83,5 @@ pub enum EvalError {
         field: &'static str,
         /// What the field should hold, e.g. "a string or a list of strings".
         expected: &'static str,
-    },
-    /// `[data] part` / `[data.split]` do not select a valid part of the training questions.
-    #[error("{reason}")]
-    Split {
-        /// What is wrong, naming the key.
-        reason: String,
     },
 }

@@ -23,7 +23,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EvalError, QaExample};
+use super::EvalError;
+use crate::qa::QaExample;
 use crate::reward::metrics::normalize_answer;
 use crate::search::{Bm25Options, Bm25Retriever, Hit, Retriever, SearchError};
 

@@ -37,8 +37,8 @@ pub struct Question {
     pub kind: Option<String>,
 }
 
-impl From<crate::eval::QaExample> for Question {
-    fn from(q: crate::eval::QaExample) -> Self {
+impl From<crate::qa::QaExample> for Question {
+    fn from(q: crate::qa::QaExample) -> Self {
         Self {
             question: q.question,
             answers: q.answers,

@@ -3,6 +3,11 @@
 //! HotpotQA fields are kept when present: `support_titles` (gold paragraph titles, for the
 //! step-level retrieval reward and multi-hop scripted episodes) and `type`
 //! (`bridge` / `comparison`).
+//!
+//! Training (`rl`, the curriculum's collect phases) and evaluation (`eval`) both read these
+//! files, so the type and its reader sit below both, with their own error ([`QaError`]) that
+//! names the file and line at fault. [`QaSplit`] cuts a training set into disjoint parts
+//! (cold start, rejection sampling, RL) by a seeded hash of each question.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -12,7 +17,60 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::EvalError;
+/// A QA file that cannot be read, or a `[data]` split that selects nothing valid. Each variant
+/// names the file, and the line or field at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QaError {
+    /// Reading the file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file being read.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not valid JSON.
+    #[error("{}:{line}: malformed JSON: {source}", path.display())]
+    Json {
+        /// The JSONL file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A row lacks a required field.
+    #[error("{}:{line}: missing field `{field}`", path.display())]
+    MissingField {
+        /// The JSONL file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The missing field's name.
+        field: &'static str,
+    },
+    /// A row has a field of the wrong type.
+    #[error("{}:{line}: field `{field}` must be {expected}", path.display())]
+    InvalidField {
+        /// The JSONL file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The field's name.
+        field: &'static str,
+        /// What the field should hold, e.g. "a string or a list of strings".
+        expected: &'static str,
+    },
+    /// `[data] part` / `[data.split]` do not select a valid part of the training questions.
+    #[error("{reason}")]
+    Split {
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+}
 
 /// One question with its acceptable answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,11 +175,11 @@ fn unit_hash(seed: u64, text: &str) -> f64 {
 /// Reads a QA JSONL file. Blank lines are skipped.
 ///
 /// # Errors
-/// [`EvalError::Io`] when the file cannot be read; [`EvalError::Json`],
-/// [`EvalError::MissingField`] or [`EvalError::InvalidField`] naming file and 1-based line for
+/// [`QaError::Io`] when the file cannot be read; [`QaError::Json`],
+/// [`QaError::MissingField`] or [`QaError::InvalidField`] naming file and 1-based line for
 /// a bad row.
-pub fn read_qa(path: &Path) -> Result<Vec<QaExample>, EvalError> {
-    let io_error = |source| EvalError::Io {
+pub fn read_qa(path: &Path) -> Result<Vec<QaExample>, QaError> {
+    let io_error = |source| QaError::Io {
         path: path.to_path_buf(),
         source,
     };
@@ -134,17 +192,17 @@ pub fn read_qa(path: &Path) -> Result<Vec<QaExample>, EvalError> {
         }
         let line_no = i + 1;
         let row: Map<String, Value> =
-            serde_json::from_str(&line).map_err(|source| EvalError::Json {
+            serde_json::from_str(&line).map_err(|source| QaError::Json {
                 path: path.to_path_buf(),
                 line: line_no,
                 source,
             })?;
-        let missing = |field| EvalError::MissingField {
+        let missing = |field| QaError::MissingField {
             path: path.to_path_buf(),
             line: line_no,
             field,
         };
-        let invalid = |field, expected| EvalError::InvalidField {
+        let invalid = |field, expected| QaError::InvalidField {
             path: path.to_path_buf(),
             line: line_no,
             field,
