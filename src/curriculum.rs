@@ -129,14 +129,9 @@ pub fn run_curriculum<B: AutodiffBackend>(
 ) -> Result<Vec<PhaseEval>, CurriculumError> {
     cfg.check_phases()?;
     let (base_model, arch, tokenizer) = base;
-    let top = |source: Box<dyn std::error::Error + Send + Sync>| CurriculumError::Other {
-        phase: "(run)".into(),
-        source,
-    };
     std::fs::create_dir_all(out).map_err(|e| top(Box::new(e)))?;
     let state_path = out.join("curriculum.json");
-    let metrics_path = out.join("metrics.jsonl");
-    let mut state: CurriculumState = if state_path.exists() {
+    let state: CurriculumState = if state_path.exists() {
         if !opts.resume {
             return Err(top(format!(
                 "{} already holds a run; pass --resume to continue it or choose another --out",
@@ -150,11 +145,20 @@ pub fn run_curriculum<B: AutodiffBackend>(
     } else {
         CurriculumState::default()
     };
-    let save_state = |s: &CurriculumState| -> Result<(), CurriculumError> {
-        crate::atomic::write(&state_path, serde_json::to_string_pretty(s).expect("state"))
-            .map_err(|e| top(Box::new(e)))
+    let mut run = Run {
+        opts,
+        base_model,
+        arch,
+        device,
+        state_path,
+        metrics_path: out.join("metrics.jsonl"),
+        state,
+        weights: None,
+        episodes: None,
+        run_steps_before: 0,
+        evals: Vec::new(),
     };
-    save_state(&state)?;
+    run.save_state()?;
     let split = check_question_sets(cfg).map_err(top)?;
     crate::atomic::write(
         &out.join("data-split.json"),
@@ -162,273 +166,360 @@ pub fn run_curriculum<B: AutodiffBackend>(
     )
     .map_err(|e| top(Box::new(e)))?;
 
-    let mut weights: Option<PathBuf> = None; // checkpoint dir of the latest sft/rl phase
-    let mut episodes: Option<PathBuf> = None; // latest collect phase's output
-    let mut run_steps_before = 0usize;
-    let mut evals = Vec::new();
     for (i, p) in cfg.phase.iter().enumerate() {
         let phase_cfg = cfg.phase_config(p)?;
-        // The environment of this phase: one tokenizer and one open index for all phases,
-        // the phase's own prompt and rollout settings.
-        let env = Env {
-            tokenizer: tokenizer.clone(),
-            retriever: retriever.clone(),
-            prompt: phase_cfg.prompt.clone(),
-            rollout: phase_cfg.rollout.clone(),
-        };
-        let dir = out.join(format!("{:02}-{}", i + 1, p.name));
-        let perr = |source: Box<dyn std::error::Error + Send + Sync>| CurriculumError::Other {
-            phase: p.name.clone(),
-            source,
-        };
-        let terr = |source: TrainError| CurriculumError::Train {
-            phase: p.name.clone(),
-            source: Box::new(source),
-        };
-        let done = state.completed.contains(&p.name);
-        let steps = opts.phase_steps.map_or(p.steps, |cap| p.steps.min(cap));
-        let limit = match (p.limit, opts.limit) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let phase = Phase {
+            // The environment of this phase: one tokenizer and one open index for all
+            // phases, the phase's own prompt and rollout settings.
+            env: Env {
+                tokenizer: tokenizer.clone(),
+                retriever: retriever.clone(),
+                prompt: phase_cfg.prompt.clone(),
+                rollout: phase_cfg.rollout.clone(),
+            },
+            dir: out.join(format!("{:02}-{}", i + 1, p.name)),
+            done: run.state.completed.contains(&p.name),
+            steps: opts.phase_steps.map_or(p.steps, |cap| p.steps.min(cap)),
+            limit: match (p.limit, opts.limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            p,
+            cfg: phase_cfg,
         };
         match p.kind {
-            PhaseKind::Collect => {
-                let file = dir.join("episodes.jsonl");
-                if !done {
-                    std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
-                    eprintln!("[{}] collecting cold-start episodes", p.name);
-                    // Scripted episodes need only the tokenizer; sampling needs the policy.
-                    let model = if p.scripted {
-                        None
-                    } else {
-                        Some(
-                            policy_at(weights.as_deref(), &base_model, device)
-                                .map_err(|e| terr(e.into()))?,
-                        )
-                    };
-                    let stats = collect_phase(&phase_cfg, p, limit, model.as_ref(), &env, &file)
-                        .map_err(perr)?;
-                    eprintln!("[{}] {stats}", p.name);
-                    std::fs::write(dir.join("stats.json"), &stats)
-                        .map_err(|e| perr(Box::new(e)))?;
-                    state.completed.push(p.name.clone());
-                    save_state(&state)?;
-                }
-                episodes = Some(file);
-            }
+            PhaseKind::Collect => run.collect(&phase)?,
             PhaseKind::Sft | PhaseKind::Rl => {
-                if done {
-                    run_steps_before += state
-                        .steps
-                        .iter()
-                        .find(|(n, _)| n == &p.name)
-                        .map_or(0, |(_, s)| *s);
-                    if checkpoint::exists(&dir) {
-                        // A run from before finished phases dropped their moments.
-                        checkpoint::drop_optimizer(&dir).map_err(|e| terr(e.into()))?;
-                        weights = Some(dir);
-                    }
-                    continue;
+                if run.train(&phase)? == Flow::Interrupted {
+                    return Ok(run.evals);
                 }
-                std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
-                let start = policy_at(weights.as_deref(), &base_model, device)
-                    .map_err(|e| terr(e.into()))?;
-                let budget = opts
-                    .max_total_steps
-                    .map_or(usize::MAX, |m| m.saturating_sub(run_steps_before));
-                let interrupted = budget < steps;
-                let loop_opts = LoopOptions {
-                    steps: steps.min(budget),
-                    checkpoint_every: phase_cfg.train.checkpoint_every,
-                    phase: Some(p.name.clone()),
-                    run_step_offset: Some(run_steps_before),
-                    echo_json: opts.echo_json,
-                };
-                let resumed =
-                    opts.resume && checkpoint::recover(&dir).map_err(|e| terr(e.into()))?;
-                let outcome = if p.kind == PhaseKind::Sft {
-                    let data_path = episodes.clone().ok_or_else(|| {
-                        perr("an sft phase needs a collect phase before it".into())
-                    })?;
-                    let data = read_examples(&data_path).map_err(|e| perr(Box::new(e)))?;
-                    let episodes_read = data.len();
-                    let mut sft = SftTrainer::new(
-                        start,
-                        arch.clone(),
-                        phase_cfg.train.clone(),
-                        data,
-                        device.clone(),
-                    )
-                    .map_err(terr)?;
-                    if resumed {
-                        sft.learner.resume_from(&dir).map_err(terr)?;
-                    }
-                    truncate_phase_lines(&metrics_path, &state, &p.name, sft.learner.state.step)
-                        .map_err(|e| terr(e.into()))?;
-                    eprintln!(
-                        "[{}] SFT from step {} to {steps} ({} episodes)",
-                        p.name, sft.learner.state.step, episodes_read
-                    );
-                    run_steps(&mut sft, &dir, &metrics_path, &loop_opts).map_err(terr)?
-                } else {
-                    let mut data = phase_cfg.data.read_train().map_err(|e| perr(Box::new(e)))?;
-                    if let Some(n) = limit {
-                        data.truncate(n);
-                    }
-                    let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
-                    let mut trainer = Trainer::new(
-                        start,
-                        arch.clone(),
-                        env.clone(),
-                        phase_cfg.reward.rewards(),
-                        phase_cfg.train.clone(),
-                        questions,
-                        device.clone(),
-                    )
-                    .map_err(terr)?;
-                    if resumed {
-                        trainer.resume_from(&dir).map_err(terr)?;
-                    }
-                    truncate_phase_lines(
-                        &metrics_path,
-                        &state,
-                        &p.name,
-                        trainer.learner.state.step,
-                    )
-                    .map_err(|e| terr(e.into()))?;
-                    eprintln!(
-                        "[{}] RL ({}, reward {}) from step {} to {steps}: {} questions × {}, T={}",
-                        p.name,
-                        phase_cfg.train.algo.as_str(),
-                        phase_cfg.reward.kind.as_str(),
-                        trainer.learner.state.step,
-                        phase_cfg.train.questions_per_step,
-                        phase_cfg.rollout.group_desc(),
-                        phase_cfg.rollout.temperature,
-                    );
-                    run_steps(&mut trainer, &dir, &metrics_path, &loop_opts).map_err(terr)?
-                };
-                if interrupted && !outcome.stopped_early {
-                    eprintln!(
-                        "[{}] interrupted at step {} (max_total_steps)",
-                        p.name, outcome.steps_done
-                    );
-                    return Ok(evals);
-                }
-                run_steps_before += outcome.steps_done;
-                state.completed.push(p.name.clone());
-                state.steps.push((p.name.clone(), outcome.steps_done));
-                save_state(&state)?;
-                if checkpoint::exists(&dir) {
-                    // Completed: no phase resumes it, the next starts a fresh optimizer.
-                    let freed = checkpoint::drop_optimizer(&dir).map_err(|e| terr(e.into()))?;
-                    if freed > 0 {
-                        eprintln!(
-                            "[{}] done; kept the weights, dropped the optimizer moments ({:.1} GB)",
-                            p.name,
-                            freed as f64 / 1e9
-                        );
-                    }
-                    weights = Some(dir);
-                } // else a zero-step phase: the weights pass on unchanged.
             }
-            PhaseKind::Eval => {
-                let sets = eval_sets(p, &phase_cfg);
-                let mut reports = Vec::new();
-                let mut model: Option<Llama<B>> = None; // loaded once, when a set needs it
-                for set in &sets {
-                    let name = set
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "eval".into());
-                    let report_path = dir.join(format!("eval-{name}.json"));
-                    let mut examples = read_qa(set).map_err(|e| perr(Box::new(e)))?;
-                    if let Some(n) = limit {
-                        examples.truncate(n);
-                    }
-                    // A set finished before a kill is kept on resume (its report is written
-                    // atomically after its trajectories), when it covered the same questions.
-                    let saved = if (done || opts.resume) && report_path.exists() {
-                        let text =
-                            std::fs::read_to_string(&report_path).map_err(|e| perr(Box::new(e)))?;
-                        let r: EvalReport =
-                            serde_json::from_str(&text).map_err(|e| perr(Box::new(e)))?;
-                        (done || r.n == examples.len()).then_some(r)
-                    } else {
-                        None
-                    };
-                    let report: EvalReport = if let Some(r) = saved {
-                        if !done {
-                            eprintln!("[{}] {name}: kept from before the resume", p.name);
-                        }
-                        r
-                    } else {
-                        std::fs::create_dir_all(&dir).map_err(|e| perr(Box::new(e)))?;
-                        if model.is_none() {
-                            model = Some(
-                                policy_at(weights.as_deref(), &base_model, device)
-                                    .map_err(|e| terr(e.into()))?,
-                            );
-                        }
-                        let policy = model.as_ref().expect("loaded above").valid();
-                        let greedy = crate::env::RolloutConfig {
-                            temperature: 0.0,
-                            ..phase_cfg.rollout.clone()
-                        };
-                        eprintln!(
-                            "[{}] evaluating on {} questions of {}",
-                            p.name,
-                            examples.len(),
-                            set.display()
-                        );
-                        let bar =
-                            crate::progress::bar(examples.len(), &format!("[{}] {name}", p.name));
-                        let mut tally = crate::eval::EvalTally::default();
-                        let engine = crate::model::Engine::new(&policy, greedy.weights);
-                        let greedy_env = Env {
-                            rollout: greedy,
-                            ..env.clone()
-                        };
-                        let (report, records) =
-                            evaluate(&engine, &greedy_env, 0, &examples, p.batch, |rec| {
-                                tally.add(rec);
-                                bar.set_message(tally.line());
-                                bar.inc(1);
-                            })
-                            .map_err(|e| perr(Box::new(e)))?;
-                        bar.finish_and_clear();
-                        let traj: String = records
-                            .iter()
-                            .map(|r| serde_json::to_string(r).expect("record") + "\n")
-                            .collect();
-                        crate::atomic::write(
-                            &dir.join(format!("eval-{name}.trajectories.jsonl")),
-                            &traj,
-                        )
-                        .map_err(|e| perr(Box::new(e)))?;
-                        crate::atomic::write(
-                            &report_path,
-                            serde_json::to_string_pretty(&report).expect("report"),
-                        )
-                        .map_err(|e| perr(Box::new(e)))?;
-                        report
-                    };
-                    eprintln!("[{}] {name}: {}", p.name, eval_line(&report));
-                    reports.push((name, report));
-                }
-                if !done {
-                    state.completed.push(p.name.clone());
-                    save_state(&state)?;
-                }
-                evals.push(PhaseEval {
-                    phase: p.name.clone(),
-                    reports,
-                    dir: dir.clone(),
-                });
-            }
+            PhaseKind::Eval => run.eval(&phase)?,
         }
     }
-    Ok(evals)
+    Ok(run.evals)
+}
+
+/// The error of the run as a whole (before any phase).
+fn top(source: Box<dyn std::error::Error + Send + Sync>) -> CurriculumError {
+    CurriculumError::Other {
+        phase: "(run)".into(),
+        source,
+    }
+}
+
+/// What a curriculum carries from phase to phase.
+struct Run<'a, B: AutodiffBackend> {
+    opts: &'a CurriculumOptions,
+    /// The config's model, where a phase starts when no sft/rl phase ran before it.
+    base_model: Llama<B>,
+    arch: LlamaConfig,
+    device: &'a B::Device,
+    state_path: PathBuf,
+    metrics_path: PathBuf,
+    state: CurriculumState,
+    /// Checkpoint folder of the latest sft/rl phase.
+    weights: Option<PathBuf>,
+    /// The latest collect phase's episodes.
+    episodes: Option<PathBuf>,
+    /// Optimizer steps of the phases before this one (the metrics' `run_step` offset).
+    run_steps_before: usize,
+    evals: Vec<PhaseEval>,
+}
+
+/// One phase as the run sees it.
+struct Phase<'a> {
+    p: &'a PhaseSection,
+    /// The run's config with the phase's overrides merged in.
+    cfg: RunConfig,
+    env: Env,
+    /// `NN-name` in the run folder.
+    dir: PathBuf,
+    /// Recorded as completed in `curriculum.json`.
+    done: bool,
+    /// Optimizer steps (`--phase-steps` applied).
+    steps: usize,
+    /// Questions per set (`--eval-limit` applied).
+    limit: Option<usize>,
+}
+
+impl Phase<'_> {
+    fn err(&self, source: Box<dyn std::error::Error + Send + Sync>) -> CurriculumError {
+        CurriculumError::Other {
+            phase: self.p.name.clone(),
+            source,
+        }
+    }
+
+    fn train_err(&self, source: TrainError) -> CurriculumError {
+        CurriculumError::Train {
+            phase: self.p.name.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Whether the run goes on after a training phase.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Next,
+    /// `max_total_steps` ran out inside the phase.
+    Interrupted,
+}
+
+impl<B: AutodiffBackend> Run<'_, B> {
+    fn save_state(&self) -> Result<(), CurriculumError> {
+        crate::atomic::write(
+            &self.state_path,
+            serde_json::to_string_pretty(&self.state).expect("state"),
+        )
+        .map_err(|e| top(Box::new(e)))
+    }
+
+    fn complete(&mut self, name: &str) -> Result<(), CurriculumError> {
+        self.state.completed.push(name.to_string());
+        self.save_state()
+    }
+
+    /// The policy the phase starts from: the latest sft/rl phase's weights, or the base model.
+    fn policy(&self, ph: &Phase) -> Result<Llama<B>, CurriculumError> {
+        policy_at(self.weights.as_deref(), &self.base_model, self.device)
+            .map_err(|e| ph.train_err(e.into()))
+    }
+
+    /// A collect phase: scripted or rejection-sampled episodes into `episodes.jsonl`.
+    fn collect(&mut self, ph: &Phase) -> Result<(), CurriculumError> {
+        let (p, dir) = (ph.p, &ph.dir);
+        let file = dir.join("episodes.jsonl");
+        if !ph.done {
+            std::fs::create_dir_all(dir).map_err(|e| ph.err(Box::new(e)))?;
+            eprintln!("[{}] collecting cold-start episodes", p.name);
+            // Scripted episodes need only the tokenizer; sampling needs the policy.
+            let model = if p.scripted {
+                None
+            } else {
+                Some(self.policy(ph)?)
+            };
+            let stats = collect_phase(&ph.cfg, p, ph.limit, model.as_ref(), &ph.env, &file)
+                .map_err(|e| ph.err(e))?;
+            eprintln!("[{}] {stats}", p.name);
+            std::fs::write(dir.join("stats.json"), &stats).map_err(|e| ph.err(Box::new(e)))?;
+            self.complete(&p.name)?;
+        }
+        self.episodes = Some(file);
+        Ok(())
+    }
+
+    /// An sft or rl phase: resumes inside the phase from its checkpoint, runs its steps, and
+    /// hands its weights to the next phase (their optimizer moments dropped).
+    fn train(&mut self, ph: &Phase) -> Result<Flow, CurriculumError> {
+        let (p, dir, steps) = (ph.p, &ph.dir, ph.steps);
+        let terr = |e| ph.train_err(e);
+        if ph.done {
+            self.run_steps_before += self
+                .state
+                .steps
+                .iter()
+                .find(|(n, _)| n == &p.name)
+                .map_or(0, |(_, s)| *s);
+            if checkpoint::exists(dir) {
+                // A run from before finished phases dropped their moments.
+                checkpoint::drop_optimizer(dir).map_err(|e| terr(e.into()))?;
+                self.weights = Some(dir.clone());
+            }
+            return Ok(Flow::Next);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| ph.err(Box::new(e)))?;
+        let start = self.policy(ph)?;
+        let budget = self
+            .opts
+            .max_total_steps
+            .map_or(usize::MAX, |m| m.saturating_sub(self.run_steps_before));
+        let interrupted = budget < steps;
+        let loop_opts = LoopOptions {
+            steps: steps.min(budget),
+            checkpoint_every: ph.cfg.train.checkpoint_every,
+            phase: Some(p.name.clone()),
+            run_step_offset: Some(self.run_steps_before),
+            echo_json: self.opts.echo_json,
+        };
+        let resumed = self.opts.resume && checkpoint::recover(dir).map_err(|e| terr(e.into()))?;
+        let metrics_path = &self.metrics_path;
+        let outcome = if p.kind == PhaseKind::Sft {
+            let data_path = self
+                .episodes
+                .clone()
+                .ok_or_else(|| ph.err("an sft phase needs a collect phase before it".into()))?;
+            let data = read_examples(&data_path).map_err(|e| ph.err(Box::new(e)))?;
+            let episodes_read = data.len();
+            let mut sft = SftTrainer::new(
+                start,
+                self.arch.clone(),
+                ph.cfg.train.clone(),
+                data,
+                self.device.clone(),
+            )
+            .map_err(terr)?;
+            if resumed {
+                sft.learner.resume_from(dir).map_err(terr)?;
+            }
+            truncate_phase_lines(metrics_path, &self.state, &p.name, sft.learner.state.step)
+                .map_err(|e| terr(e.into()))?;
+            eprintln!(
+                "[{}] SFT from step {} to {steps} ({} episodes)",
+                p.name, sft.learner.state.step, episodes_read
+            );
+            run_steps(&mut sft, dir, metrics_path, &loop_opts).map_err(terr)?
+        } else {
+            let mut data = ph.cfg.data.read_train().map_err(|e| ph.err(Box::new(e)))?;
+            if let Some(n) = ph.limit {
+                data.truncate(n);
+            }
+            let questions: Vec<Question> = data.into_iter().map(Question::from).collect();
+            let mut trainer = Trainer::new(
+                start,
+                self.arch.clone(),
+                ph.env.clone(),
+                ph.cfg.reward.rewards(),
+                ph.cfg.train.clone(),
+                questions,
+                self.device.clone(),
+            )
+            .map_err(terr)?;
+            if resumed {
+                trainer.resume_from(dir).map_err(terr)?;
+            }
+            truncate_phase_lines(
+                metrics_path,
+                &self.state,
+                &p.name,
+                trainer.learner.state.step,
+            )
+            .map_err(|e| terr(e.into()))?;
+            eprintln!(
+                "[{}] RL ({}, reward {}) from step {} to {steps}: {} questions × {}, T={}",
+                p.name,
+                ph.cfg.train.algo.as_str(),
+                ph.cfg.reward.kind.as_str(),
+                trainer.learner.state.step,
+                ph.cfg.train.questions_per_step,
+                ph.cfg.rollout.group_desc(),
+                ph.cfg.rollout.temperature,
+            );
+            run_steps(&mut trainer, dir, metrics_path, &loop_opts).map_err(terr)?
+        };
+        if interrupted && !outcome.stopped_early {
+            eprintln!(
+                "[{}] interrupted at step {} (max_total_steps)",
+                p.name, outcome.steps_done
+            );
+            return Ok(Flow::Interrupted);
+        }
+        self.run_steps_before += outcome.steps_done;
+        self.state.steps.push((p.name.clone(), outcome.steps_done));
+        self.complete(&p.name)?;
+        if checkpoint::exists(dir) {
+            // Completed: no phase resumes it, the next starts a fresh optimizer.
+            let freed = checkpoint::drop_optimizer(dir).map_err(|e| terr(e.into()))?;
+            if freed > 0 {
+                eprintln!(
+                    "[{}] done; kept the weights, dropped the optimizer moments ({:.1} GB)",
+                    p.name,
+                    freed as f64 / 1e9
+                );
+            }
+            self.weights = Some(dir.clone());
+        } // else a zero-step phase: the weights pass on unchanged.
+        Ok(Flow::Next)
+    }
+
+    /// An eval phase: each set greedy, its report and trajectories written atomically; a set
+    /// finished before a kill is kept on resume.
+    fn eval(&mut self, ph: &Phase) -> Result<(), CurriculumError> {
+        let (p, dir) = (ph.p, &ph.dir);
+        let perr = |e: Box<dyn std::error::Error + Send + Sync>| ph.err(e);
+        let mut reports = Vec::new();
+        let mut model: Option<Llama<B>> = None; // loaded once, when a set needs it
+        for set in &eval_sets(p, &ph.cfg) {
+            let name = set
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "eval".into());
+            let report_path = dir.join(format!("eval-{name}.json"));
+            let mut examples = read_qa(set).map_err(|e| perr(Box::new(e)))?;
+            if let Some(n) = ph.limit {
+                examples.truncate(n);
+            }
+            // A set finished before a kill is kept on resume (its report is written
+            // atomically after its trajectories), when it covered the same questions.
+            let saved = if (ph.done || self.opts.resume) && report_path.exists() {
+                let text = std::fs::read_to_string(&report_path).map_err(|e| perr(Box::new(e)))?;
+                let r: EvalReport = serde_json::from_str(&text).map_err(|e| perr(Box::new(e)))?;
+                (ph.done || r.n == examples.len()).then_some(r)
+            } else {
+                None
+            };
+            let report: EvalReport = if let Some(r) = saved {
+                if !ph.done {
+                    eprintln!("[{}] {name}: kept from before the resume", p.name);
+                }
+                r
+            } else {
+                std::fs::create_dir_all(dir).map_err(|e| perr(Box::new(e)))?;
+                if model.is_none() {
+                    model = Some(self.policy(ph)?);
+                }
+                let policy = model.as_ref().expect("loaded above").valid();
+                let greedy_env = Env {
+                    rollout: crate::env::RolloutConfig {
+                        temperature: 0.0,
+                        ..ph.cfg.rollout.clone()
+                    },
+                    ..ph.env.clone()
+                };
+                eprintln!(
+                    "[{}] evaluating on {} questions of {}",
+                    p.name,
+                    examples.len(),
+                    set.display()
+                );
+                let bar = crate::progress::bar(examples.len(), &format!("[{}] {name}", p.name));
+                let mut tally = crate::eval::EvalTally::default();
+                let engine = crate::model::Engine::new(&policy, greedy_env.rollout.weights);
+                let (report, records) =
+                    evaluate(&engine, &greedy_env, 0, &examples, p.batch, |rec| {
+                        tally.add(rec);
+                        bar.set_message(tally.line());
+                        bar.inc(1);
+                    })
+                    .map_err(|e| perr(Box::new(e)))?;
+                bar.finish_and_clear();
+                let traj: String = records
+                    .iter()
+                    .map(|r| serde_json::to_string(r).expect("record") + "\n")
+                    .collect();
+                crate::atomic::write(&dir.join(format!("eval-{name}.trajectories.jsonl")), &traj)
+                    .map_err(|e| perr(Box::new(e)))?;
+                crate::atomic::write(
+                    &report_path,
+                    serde_json::to_string_pretty(&report).expect("report"),
+                )
+                .map_err(|e| perr(Box::new(e)))?;
+                report
+            };
+            eprintln!("[{}] {name}: {}", p.name, eval_line(&report));
+            reports.push((name, report));
+        }
+        if !ph.done {
+            self.complete(&p.name)?;
+        }
+        self.evals.push(PhaseEval {
+            phase: p.name.clone(),
+            reports,
+            dir: dir.clone(),
+        });
+        Ok(())
+    }
 }
 
 /// `cover-EM 20.0 ± 4.0 EM 18.0 F1 24.8 format-valid 96.0% searches 1.00 ≥2 searches 12.0%
