@@ -471,6 +471,7 @@ mod tests {
             "graph-tree",
             "online",
             "learning-demo",
+            "tree",
         ] {
             let cfg = RunConfig::load(&root.join(format!("envs/{name}.toml"))).unwrap();
             assert!(
@@ -478,6 +479,29 @@ mod tests {
                 "{name} should carry a demonstration"
             );
         }
+        // The two arms of the chain-vs-tree comparison differ in how they sample and nothing
+        // else that training reads.
+        let arm = |name: &str| RunConfig::load(&root.join(format!("envs/{name}.toml"))).unwrap();
+        let (chain, tree) = (arm("learning-chain"), arm("learning-tree"));
+        assert_eq!(chain.rollout.mode, crate::env::RolloutMode::Chain);
+        assert_eq!(tree.rollout.mode, crate::env::RolloutMode::Tree);
+        assert_eq!(tree.rollout.tree.leaves_per_question(), 6);
+        let as_chain = crate::env::RolloutConfig {
+            mode: crate::env::RolloutMode::Chain,
+            tree: chain.rollout.tree.clone(),
+            ..tree.rollout.clone()
+        };
+        assert_eq!(as_chain, chain.rollout);
+        assert_eq!(chain.train, tree.train);
+        assert_eq!(chain.data.part.as_deref(), Some("rl"));
+        assert_eq!(
+            toml::to_string(&chain.reward).unwrap(),
+            toml::to_string(&tree.reward).unwrap()
+        );
+        assert_eq!(
+            toml::to_string(&chain.data).unwrap(),
+            toml::to_string(&tree.data).unwrap()
+        );
         // The curricula's phases all make valid configs; RL trains on the questions whose
         // evidence is in the corpus, and with the shared data present, no cold-start question
         // is an RL question and no training question is an evaluation question.
