@@ -625,4 +625,12 @@ fn tree_mode_steps_report_trees_and_resume_bit_for_bit() {
         err.contains("mode = \"tree\"") && err.contains("grpo"),
         "{err}"
     );
+    // A forest of no trees is a clear error, not a silent default.
+    let mut none = tree_trainer();
+    none.env.rollout.tree.trees = 0;
+    let err = none.step().unwrap_err().to_string();
+    assert!(
+        err.contains("trees = 0") && err.contains("at least 1"),
+        "{err}"
+    );
 }

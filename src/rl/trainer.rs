@@ -39,10 +39,17 @@ struct Snapshot<B: AutodiffBackend> {
 }
 
 /// RL scores tokens under the distribution the rollout sampled from ([`super::loss`]); top-k
-/// and top-p truncation are not modelled in the loss, so they are refused. Tree rollouts have
-/// tree-relative advantages, defined for GRPO only ([`super::advantage::tree_grpo`]).
+/// and top-p truncation are not modelled in the loss, so they are refused. Tree rollouts need
+/// at least one tree and one node per expansion, and have tree-relative advantages, defined
+/// for GRPO only ([`super::advantage::tree_grpo`]).
 fn check_sampling(r: &RolloutConfig, algo: Algo) -> Result<(), TrainError> {
     let bad = |reason: String| Err(TrainError::Sampling { reason });
+    if r.mode == RolloutMode::Tree && (r.tree.trees == 0 || r.tree.expand_nodes == 0) {
+        return bad(format!(
+            "[rollout.tree] trees = {}, expand_nodes = {}: both must be at least 1",
+            r.tree.trees, r.tree.expand_nodes
+        ));
+    }
     if r.mode == RolloutMode::Tree && algo != Algo::Grpo {
         return bad(format!(
             "[rollout] mode = \"tree\" needs [train] algo = \"grpo\" (tree advantages are \
