@@ -87,7 +87,7 @@ mod hash;
 pub mod http;
 pub mod index;
 pub mod llm;
-pub mod model;
+pub use sleuth_model as model;
 pub mod plot;
 pub mod progress;
 pub mod qa;

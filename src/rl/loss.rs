@@ -413,6 +413,90 @@ impl<B: Backend> IntoF64 for Tensor<B, 1> {
 mod tests {
     use super::*;
 
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+    use crate::model::backend::{Inference, Train};
+    use crate::model::{Llama, LlamaConfig};
+
+    type Grads = <Train as AutodiffBackend>::Gradients;
+
+    /// Largest |a − b| relative to the largest |b|.
+    fn rel_err(a: Tensor<Inference, 1>, b: Tensor<Inference, 1>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar().max(1e-12);
+        (a - b).abs().max().into_scalar() / scale
+    }
+
+    fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<Inference, 1> {
+        let data = t.into_data().convert::<f32>();
+        let n = data.num_elements();
+        Tensor::from_data(
+            TensorData::new(data.to_vec::<f32>().unwrap(), [n]),
+            &Default::default(),
+        )
+    }
+
+    /// The fused output head gives the composed log-softmax's log-probs, entropies and
+    /// gradients (head weight and a deeper weight), tied and untied, at T = 0.8, scoring a
+    /// subset of positions as the trainer does.
+    #[test]
+    fn fused_head_matches_composed_log_softmax() {
+        let device = Default::default();
+        for tied in [true, false] {
+            Train::seed(&device, 11);
+            let cfg = LlamaConfig {
+                tie_word_embeddings: tied,
+                ..LlamaConfig::tiny(97)
+            };
+            let model = Llama::<Train>::random(&cfg, &device);
+            let (b, t, start) = (2, 20, 3);
+            let tp = t - 1 - start;
+            let ids: Vec<i64> = (0..b * t).map(|i| ((i * 29 + 5) % 97) as i64).collect();
+            let tokens = Tensor::<Train, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+            let idx: Vec<i64> = (0..(b * tp) as i64).filter(|i| i % 3 != 1).collect();
+            let n = idx.len();
+            let scored = Tensor::<Train, 1, Int>::from_data(TensorData::new(idx, [n]), &device);
+            let r = Tensor::<Train, 2>::random([b, tp], Distribution::Normal(0.0, 1.0), &device);
+            let run = || {
+                let (lp, ent) = token_logprobs_entropy(
+                    &model,
+                    tokens.clone(),
+                    start,
+                    0,
+                    0.8,
+                    true,
+                    Some(scored.clone()),
+                );
+                let grads: Grads = (lp.clone() * r.clone()).sum().backward();
+                let (w, _) = model.head_weight();
+                vec![
+                    flat(lp),
+                    flat(ent.expect("asked for entropy")),
+                    flat(w.grad(&grads).expect("head grad")),
+                    flat(
+                        model.layers[1]
+                            .mlp
+                            .down_proj
+                            .weight
+                            .val()
+                            .grad(&grads)
+                            .expect("grad"),
+                    ),
+                ]
+            };
+            let fused = run();
+            let composed = crate::model::fused::with_composite(run);
+            for ((name, f), c) in ["logp", "entropy", "head grad", "down grad"]
+                .iter()
+                .zip(fused)
+                .zip(composed)
+            {
+                let err = rel_err(f, c);
+                assert!(err < 2e-4, "tied={tied} {name}: relative error {err}");
+            }
+        }
+    }
+
     #[test]
     fn micro_batches_cap_count_and_padded_tokens() {
         // Count cap only.

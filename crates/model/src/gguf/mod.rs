@@ -41,11 +41,11 @@
 //!   permuted into GGML's rotary layout; undoing that is the model loader's business.
 //!
 //! ```no_run
-//! use sleuth::model::gguf::GgufFile;
+//! use sleuth_model::gguf::GgufFile;
 //! let file = GgufFile::open("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
 //! let layers = file.get_u32("llama.block_count")?;
 //! let (embd, shape) = file.tensor_f32("token_embd.weight")?; // shape == [49152, 576]
-//! # Ok::<(), sleuth::model::gguf::GgufError>(())
+//! # Ok::<(), sleuth_model::gguf::GgufError>(())
 //! ```
 
 mod dequant;

@@ -1,7 +1,7 @@
 //! The Llama decoder over quantized weights, with its own KV cache: prefill and batched
 //! decode for generation, nothing for training.
 //!
-//! The same arithmetic as [`crate::model::Llama`] (HF's `modeling_llama.py`: pre-norm blocks,
+//! The same arithmetic as [`crate::Llama`] (HF's `modeling_llama.py`: pre-norm blocks,
 //! rotate-half RoPE, grouped-query attention with head `h` reading kv head `h / group`,
 //! SwiGLU), with every linear layer a [`QMatrix`]. q/k/v are fused into one matrix and
 //! gate/up into another, so a layer runs four quantized products. Norms, RoPE, attention and
@@ -16,8 +16,8 @@ use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
 use super::{Isa, QActs, QMatrix, QuantFormat};
-use crate::model::llama::Llama;
-use crate::model::load::to_host;
+use crate::llama::Llama;
+use crate::load::to_host;
 
 /// Per-row key/value storage of one layer: `[pos][kv_head][head_dim]` f32, grown as the row
 /// grows.
@@ -192,7 +192,7 @@ impl QuantLlama {
                 parts.iter().map(|(w, di, dd)| (&w[..], *di, *dd)).collect();
             QMatrix::quantize_transposed(&views, format)
         };
-        let linear = |l: &crate::model::llama::Linear<B>| {
+        let linear = |l: &crate::llama::Linear<B>| {
             let [di, d_out] = l.weight.val().dims();
             (to_host(l.weight.val()), di, d_out)
         };
@@ -235,7 +235,7 @@ impl QuantLlama {
             ),
             None => QMatrix::quantize(&embed, vocab, hidden, QuantFormat::Q8_0),
         };
-        let inv_freq = crate::model::config::rope_inv_freq(head_dim, model.rope_theta)
+        let inv_freq = crate::config::rope_inv_freq(head_dim, model.rope_theta)
             .map(|f| f as f32)
             .collect();
         Self {

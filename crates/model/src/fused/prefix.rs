@@ -6,7 +6,7 @@
 //! question: 200–1,000 tokens), and the update used to run it `G` times per group, forward
 //! and backward: at 950-token episodes with 210-token prompts a fifth of the update's work,
 //! at stage 1's demonstration-length prompts more than half. Here the prefix `[1, P]` runs
-//! once per layer ([`crate::model::Llama::forward_shared`]) and each continuation row
+//! once per layer ([`crate::Llama::forward_shared`]) and each continuation row
 //! `[C]` attends to the prefix's keys and values, broadcast, and then causally to its own.
 //! Because the prefix is a common input, autodiff sums its gradient over the `B` rows, which
 //! is exactly the unshared path's gradient (the `B` copies of the prompt each got their

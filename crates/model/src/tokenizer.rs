@@ -55,7 +55,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
-use crate::model::gguf::{GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufFile};
 
 /// Errors from building or using a [`Tokenizer`].
 #[derive(Debug, thiserror::Error)]
@@ -571,7 +571,7 @@ impl Tokenizer {
     }
 
     /// The model's Jinja chat template, if its files ship one (render it with
-    /// [`crate::model::chat::ChatTemplate`]).
+    /// [`crate::chat::ChatTemplate`]).
     pub fn chat_template(&self) -> Option<&str> {
         self.inner.chat_template.as_deref()
     }
@@ -766,8 +766,8 @@ fn token_to_bytes(token: &str, inverse: &[Option<u8>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::test_writer::{i32_array, str_array, GgufWriter};
-    use crate::model::gguf::GgufValue;
+    use crate::gguf::test_writer::{i32_array, str_array, GgufWriter};
+    use crate::gguf::GgufValue;
 
     /// A tiny byte-level vocabulary: 3 control tokens, the 256 byte stand-ins, and merges
     /// `h e`, `l l`, `he ll`, `hell o`, `Ġ w`, `1 2` (the last must never fire for `smollm`,

@@ -1,7 +1,7 @@
 //! Building a [`Llama`] from named weights: [`build_llama`] reads every tensor by its Hugging
 //! Face name through the [`WeightSource`] seam, so one builder serves a GGUF file
 //! ([`GgufWeights`]: dequantize to f32, translate llama.cpp tensor names, undo GGUF's rotary
-//! permutation of q/k rows) and a safetensors directory ([`crate::model::hf`]).
+//! permutation of q/k rows) and a safetensors directory ([`crate::hf`]).
 //!
 //! llama.cpp's converter permutes the rows of `q_proj`/`k_proj` within each head so that its
 //! adjacent-pair RoPE equals Hugging Face's rotate-half RoPE: HF row `half·(hd/2) + i` is
@@ -21,7 +21,7 @@ use super::ModelError;
 
 /// A tensor's values on the host as f32 (row-major), converting from the backend's float
 /// type; for weights and logits read outside burn (the quantized engine, sampling).
-pub(crate) fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
@@ -31,7 +31,7 @@ pub(crate) fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 /// Transposes a row-major `[rows, cols]` matrix to `[cols, rows]`, in 32 × 32 tiles so reads
 /// and writes both stay within a few cache lines (the RL step re-quantizes the policy, i.e.
 /// transposes every weight, once per step).
-pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut out = vec![0.0; data.len()];
     for r0 in (0..rows).step_by(TILE) {

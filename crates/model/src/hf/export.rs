@@ -24,10 +24,10 @@ use burn::tensor::backend::Backend;
 use safetensors::tensor::{Dtype, View};
 
 use super::{HfError, INDEX_FILE, WEIGHTS_FILE};
-use crate::model::config::LlamaConfig;
-use crate::model::llama::{Linear, Llama};
-use crate::model::load::{to_host, transpose};
-use crate::model::tokenizer::Tokenizer;
+use crate::config::LlamaConfig;
+use crate::llama::{Linear, Llama};
+use crate::load::{to_host, transpose};
+use crate::tokenizer::Tokenizer;
 
 /// The float type exported weights are stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -191,7 +191,7 @@ pub fn hf_tensors<B: Backend>(model: &Llama<B>) -> Vec<(String, Vec<usize>, Vec<
         linear(format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
         linear(format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
         linear(format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
-        let mut norm = |name: String, w: &crate::model::llama::RmsNorm<B>| {
+        let mut norm = |name: String, w: &crate::llama::RmsNorm<B>| {
             let v = to_host(w.weight.val());
             norms.push((name, vec![v.len()], v));
         };
@@ -290,7 +290,7 @@ pub fn export<B: Backend>(
             ),
         });
     }
-    let tmp = crate::atomic::temp_path(out);
+    let tmp = temp_path(out);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
@@ -468,4 +468,14 @@ fn write_tokenizer(tokenizer: &Tokenizer, cfg: &LlamaConfig, dir: &Path) -> Resu
         &dir.join("tokenizer_config.json"),
         &serde_json::Value::Object(config),
     )
+}
+
+/// The folder an export is written into before it is renamed to `out`: `.NAME.tmp-PID` beside
+/// it, the naming of sleuth's atomic writer (`sleuth::atomic::temp_path`), so a killed export's
+/// leftover is recognised the same way.
+fn temp_path(out: &Path) -> std::path::PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

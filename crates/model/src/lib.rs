@@ -15,6 +15,8 @@
 //! Backends are type aliases chosen at compile time ([`backend`]): burn's `flex` CPU backend
 //! by default, CUDA with the `cuda` feature. Weights are f32 in memory.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod chat;
 pub mod config;

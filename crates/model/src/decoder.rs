@@ -1,6 +1,6 @@
 //! The seam between generation and a forward pass: [`Decoder`].
 //!
-//! [`crate::model::BatchGenerator`] (and through it rollouts, evaluation, `collect` and the
+//! [`crate::BatchGenerator`] (and through it rollouts, evaluation, `collect` and the
 //! chat server) needs three things of a model: a KV cache whose rows grow independently, a
 //! prefill of one row, and a batched decode step. Two implementations exist: burn's f32
 //! [`Llama`] (any backend, the same weights the trainer updates) and the CPU engine over

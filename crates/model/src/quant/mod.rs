@@ -148,7 +148,7 @@ impl QMatrix {
         let mut rows = Vec::new();
         for &(w, di, d_out) in parts {
             assert_eq!(di, d_in, "stacked matrices need the same input width");
-            rows.extend(crate::model::load::transpose(w, di, d_out));
+            rows.extend(crate::load::transpose(w, di, d_out));
         }
         Self::quantize(&rows, rows.len() / d_in.max(1), d_in, format)
     }
