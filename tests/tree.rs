@@ -234,18 +234,18 @@ fn leaves_extend_their_node_and_replay_through_the_chain_environment() {
     let Some(tok) = common::default_tokenizer() else {
         return;
     };
-    let env = env(&tok);
-    let model = policy(&tok);
-    let tree = TreeConfig {
+    let mut env = env(&tok);
+    env.rollout.tree = TreeConfig {
         trees: 2,
         expansions: 2,
         expand_nodes: 2,
         ..Default::default()
     };
+    let tree = env.rollout.tree.clone();
+    let model = policy(&tok);
     let questions = vec!["Is it?".to_string(), "Was it?".to_string()];
     let mut sampler = Sampler::new(env.rollout.sampling(3));
-    let (episodes, leaves, stats) =
-        rollout_trees(&model, &env, &tree, &questions, &mut sampler).unwrap();
+    let (episodes, leaves, stats) = rollout_trees(&model, &env, &questions, &mut sampler).unwrap();
     let per_q = tree.leaves_per_question();
     assert_eq!(per_q, 2 * (1 + 2 * 2));
     assert_eq!(episodes.len(), questions.len() * per_q);
@@ -267,9 +267,12 @@ fn leaves_extend_their_node_and_replay_through_the_chain_environment() {
                 "a branch stays in its tree"
             );
             let node = EpisodeStart::at_node(parent, k);
-            assert!(ep.tokens.starts_with(&node.tokens));
-            assert!(ep.mask.starts_with(&node.mask));
-            assert_eq!(&ep.logprobs[..node.tokens.len()], &node.logprobs[..]);
+            assert!(ep.tokens.starts_with(&node.row.tokens));
+            assert!(ep.mask.starts_with(&node.row.mask));
+            assert_eq!(
+                &ep.logprobs[..node.row.tokens.len()],
+                &node.row.logprobs[..]
+            );
             let queries = |e: &sleuth::env::Episode| -> Vec<String> {
                 e.searches.iter().map(|s| s.query.clone()).collect()
             };
@@ -323,16 +326,16 @@ fn expansions_from_one_node_prefill_its_prefix_once() {
     let mut sampler = Sampler::new(one.rollout.sampling(1));
     let (eps, _) = rollout(&model, &one, &q, &mut sampler).unwrap();
     let node = EpisodeStart::at_node(&eps[0], 0);
-    assert!(node.tokens.len() > node.prompt_len && !node.searches.is_empty());
+    assert!(node.row.tokens.len() > node.row.prompt_len && !node.searches.is_empty());
     model.prefills.lock().unwrap().clear();
     let starts = vec![node.clone(), node.clone(), node.clone()];
     let (out, stats) = rollout_from(&model, &env, &starts, &mut sampler).unwrap();
     assert_eq!(out.len(), 3);
     let prefills = model.prefills.lock().unwrap().clone();
     // One prefill of the whole node for three rows; any later prefill is a documents block.
-    assert_eq!(prefills[0], node.tokens.len(), "{prefills:?}");
+    assert_eq!(prefills[0], node.row.tokens.len(), "{prefills:?}");
     assert!(prefills[1..]
         .iter()
-        .all(|&n| n < node.tokens.len() - node.prompt_len));
+        .all(|&n| n < node.row.tokens.len() - node.row.prompt_len));
     assert_eq!(stats.prefill_tokens, prefills.iter().sum::<usize>());
 }

@@ -311,14 +311,9 @@ impl Episode {
 pub struct EpisodeStart {
     /// Index of the question in the batch (copied to [`Episode::question_index`]).
     pub question_index: usize,
-    /// Tokens fed before generation: the prompt, then any earlier steps.
-    pub tokens: Vec<u32>,
-    /// Loss mask of `tokens` (1 on sampled tokens).
-    pub mask: Vec<u8>,
-    /// Rollout log-probs of `tokens` (0 where `mask` is 0).
-    pub logprobs: Vec<f32>,
-    /// Prompt tokens at the start.
-    pub prompt_len: usize,
+    /// What the generator row starts from: the prompt, then any earlier steps, with their
+    /// mask and rollout log-probs.
+    pub row: RowStart,
     /// Searches already run (they count against `max_searches`).
     pub searches: Vec<SearchCall>,
 }
@@ -326,13 +321,9 @@ pub struct EpisodeStart {
 impl EpisodeStart {
     /// A fresh episode of question `question_index` from its encoded prompt.
     pub fn question(question_index: usize, prompt: Vec<u32>) -> Self {
-        let n = prompt.len();
         Self {
             question_index,
-            mask: vec![0; n],
-            logprobs: vec![0.0; n],
-            prompt_len: n,
-            tokens: prompt,
+            row: RowStart::prompt(prompt),
             searches: Vec::new(),
         }
     }
@@ -352,10 +343,12 @@ impl EpisodeStart {
         logprobs.resize(end, 0.0);
         Self {
             question_index: episode.question_index,
-            tokens: episode.tokens.get(..end).unwrap_or_default().to_vec(),
-            mask: episode.mask.get(..end).unwrap_or_default().to_vec(),
-            logprobs,
-            prompt_len: episode.prompt_len,
+            row: RowStart {
+                tokens: episode.tokens.get(..end).unwrap_or_default().to_vec(),
+                mask: episode.mask.get(..end).unwrap_or_default().to_vec(),
+                logprobs,
+                prompt_len: episode.prompt_len,
+            },
             searches: episode.searches.iter().take(searches).cloned().collect(),
         }
     }
@@ -546,15 +539,7 @@ fn rollout_from_observed<M: Decoder + ?Sized>(
         }
         (vec![END_QUERY.to_string(), END_ANSWER.to_string()], eos)
     };
-    let rows: Vec<RowStart> = starts
-        .iter()
-        .map(|s| RowStart {
-            tokens: s.tokens.clone(),
-            mask: s.mask.clone(),
-            logprobs: s.logprobs.clone(),
-            prompt_len: s.prompt_len,
-        })
-        .collect();
+    let rows: Vec<RowStart> = starts.iter().map(|s| s.row.clone()).collect();
     let mut gen =
         BatchGenerator::from_starts(model, tokenizer, rows, cfg.context_tokens, (stops, eos))?;
     let n = starts.len();

@@ -10,7 +10,7 @@
 //! is a fresh chain). Nodes a leaf inherited from the leaf it branched from belong to that
 //! leaf; each node is counted once per tree. Picks are uniform over a tree's nodes (the
 //! paper's rule), without replacement when the tree has at least N nodes, with it otherwise,
-//! so every question gets `M × (1 + L × N)` leaves ([`TreeConfig::leaves_per_question`]).
+//! so every question gets `M × (1 + L × N)` leaves ([`super::TreeConfig::leaves_per_question`]).
 //!
 //! **The environment is the chain's.** An expansion is an ordinary episode that starts from
 //! its node's tokens, mask, log-probs and searches instead of the prompt
@@ -31,7 +31,7 @@ use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::rollout::{rollout_from, Episode, EpisodeStart, RolloutError, RolloutStats, TreeConfig};
+use super::rollout::{rollout_from, Episode, EpisodeStart, RolloutError, RolloutStats};
 use super::Env;
 use crate::model::{Decoder, Sampler};
 
@@ -60,7 +60,8 @@ pub struct TreeStats {
     pub rollout: RolloutStats,
 }
 
-/// Runs tree rollouts for `questions` in `env` (module docs): returns every leaf as an
+/// Runs tree rollouts for `questions` in `env`, shaped by `env.rollout.tree` (module docs):
+/// returns every leaf as an
 /// episode, question-major (each question's `leaves_per_question` leaves: its M first chains,
 /// then each round's expansions, tree by tree), with its [`Leaf`] beside it.
 ///
@@ -69,10 +70,10 @@ pub struct TreeStats {
 pub fn rollout_trees<M: Decoder + ?Sized>(
     model: &M,
     env: &Env,
-    tree: &TreeConfig,
     questions: &[String],
     sampler: &mut Sampler,
 ) -> Result<(Vec<Episode>, Vec<Leaf>, TreeStats), RolloutError> {
+    let tree = &env.rollout.tree;
     let m = tree.trees.max(1);
     let n = tree.expand_nodes.max(1);
     let mut prompts = Vec::with_capacity(questions.len());
@@ -125,7 +126,7 @@ pub fn rollout_trees<M: Decoder + ?Sized>(
                         }
                     };
                     stats.nodes_expanded += 1;
-                    stats.shared_prefix_tokens += start.tokens.len() - start.prompt_len;
+                    stats.shared_prefix_tokens += start.row.tokens.len() - start.row.prompt_len;
                     placed.push((
                         q,
                         Leaf {

@@ -131,8 +131,7 @@ impl GroupSampler<'_> {
                 .map(|&i| self.data[i].question.clone())
                 .collect();
             let (episodes, trees, rstats) = if tree_mode {
-                let (eps, leaves, ts) =
-                    rollout_trees(engine, self.env, &self.env.rollout.tree, &texts, sampler)?;
+                let (eps, leaves, ts) = rollout_trees(engine, self.env, &texts, sampler)?;
                 let tm = out.tree.get_or_insert_with(TreeMetrics::default);
                 tm.tree_trees += texts.len() * self.env.rollout.tree.trees.max(1);
                 tm.tree_leaves += eps.len();
