@@ -1,10 +1,10 @@
-//! `sleuth`: a thin CLI over the library. It parses the command line and hands each
-//! subcommand's flags to its library entry point in [`sleuth::cli`] (or [`sleuth::serve`]),
-//! which builds the library objects and prints results (JSON Lines for machine-readable
-//! output).
+//! `sleuth`: a thin CLI over the library crates. It parses the command line and hands each
+//! subcommand's flags to its body in [`cli`], which builds the library objects and prints
+//! results (JSON Lines for machine-readable output).
 
 use clap::{Parser, Subcommand};
-use sleuth::cli;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -42,9 +42,9 @@ enum Command {
     /// (POST /retrieve) APIs.
     RetrievalServer(cli::search::RetrievalServerArgs),
     /// Serve the agent as an OpenAI-compatible chat endpoint (POST /v1/chat/completions).
-    Serve(sleuth::serve::ServeArgs),
+    Serve(cli::serve::ServeArgs),
     /// Chat with a running `sleuth serve` in the terminal, seeing each search as it happens.
-    Chat(sleuth::serve::ChatArgs),
+    Chat(cli::serve::ChatArgs),
     /// Collect format-valid trajectories (demonstration prompt) for a supervised cold start.
     Collect(cli::collect::CollectArgs),
     /// Supervised fine-tuning on collected trajectories (loss on policy tokens only).
@@ -108,8 +108,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => cli::model::run_bench(a),
         Command::Export(a) => cli::model::run_export(a),
         Command::RetrievalServer(a) => cli::search::run_retrieval_server(a),
-        Command::Serve(a) => Ok(sleuth::serve::run_serve(a)?),
-        Command::Chat(a) => Ok(sleuth::serve::run_chat(a)?),
+        Command::Serve(a) => Ok(cli::serve::run_serve(a)?),
+        Command::Chat(a) => Ok(cli::serve::run_chat(a)?),
         Command::Collect(a) => cli::collect::run_collect(a),
         Command::Sft(a) => cli::train::run_sft(a),
         Command::Plot(a) => cli::plot::run_plot(a),

@@ -1,6 +1,6 @@
 //! `sleuth collect`: cold-start trajectories for SFT, sampled from a policy (rejection
 //! sampling, DeepSeek-R1's cold start and second round) or scripted from real retrieval
-//! ([`crate::rl::collect`]). Written to `OUT.jsonl.part`, renamed when complete.
+//! ([`sleuth::rl::collect`]). Written to `OUT.jsonl.part`, renamed when complete.
 
 use std::path::PathBuf;
 
@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::{load_tokenizer, open_search};
-use crate::config::RunConfig;
-use crate::rl::Question;
+use sleuth::config::RunConfig;
+use sleuth::rl::Question;
 
 /// Flags of `sleuth collect`.
 #[derive(Args)]
@@ -71,10 +71,10 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
     }
     let require_correct = a
         .require_correct
-        .unwrap_or(a.checkpoint.is_some() || cfg.reward.kind == crate::reward::RewardKind::Stage2);
-    let retriever: std::sync::Arc<dyn crate::search::Retriever> =
+        .unwrap_or(a.checkpoint.is_some() || cfg.reward.kind == sleuth::reward::RewardKind::Stage2);
+    let retriever: std::sync::Arc<dyn sleuth::search::Retriever> =
         std::sync::Arc::from(open_search(&cfg)?);
-    let env_with = |tokenizer: &crate::model::Tokenizer| crate::env::Env {
+    let env_with = |tokenizer: &sleuth::model::Tokenizer| sleuth::env::Env {
         tokenizer: tokenizer.clone(),
         retriever: retriever.clone(),
         prompt: cfg.prompt.clone(),
@@ -90,13 +90,13 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
     }
     // Episodes stream into a temporary file beside `--out`, renamed into place at the end: a
     // killed collect leaves no half file under the name.
-    let bar = crate::progress::spinner(&format!("collect ({} questions)", questions.len()));
+    let bar = sleuth::progress::spinner(&format!("collect ({} questions)", questions.len()));
     let mut stats = None;
-    crate::atomic::write_with(&a.out, |file| -> Result<()> {
+    sleuth::atomic::write_with(&a.out, |file| -> Result<()> {
         let mut write_err = None;
         let mut done = 0;
-        let keep = |ex: &crate::rl::sft::SftExample| {
-            if let Err(e) = crate::rl::sft::write_example(file, ex) {
+        let keep = |ex: &sleuth::rl::sft::SftExample| {
+            if let Err(e) = sleuth::rl::sft::write_example(file, ex) {
                 write_err.get_or_insert(e);
             }
             done += 1;
@@ -104,7 +104,7 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
         };
         stats = Some(if a.scripted {
             let tokenizer = load_tokenizer(&cfg.model.path)?;
-            crate::rl::collect::scripted(
+            sleuth::rl::collect::scripted(
                 &env_with(&tokenizer),
                 &Default::default(),
                 &questions,
@@ -115,13 +115,13 @@ pub fn run_collect(a: CollectArgs) -> Result<()> {
         } else {
             let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
             policy.with(cfg.rollout.weights, |policy, tokenizer| {
-                let opts = crate::rl::collect::CollectOptions {
+                let opts = sleuth::rl::collect::CollectOptions {
                     batch: a.batch,
                     require_correct,
                     min_searches: a.min_searches,
                     seed: a.seed,
                 };
-                crate::rl::collect::collect(policy, &env_with(tokenizer), &questions, &opts, keep)
+                sleuth::rl::collect::collect(policy, &env_with(tokenizer), &questions, &opts, keep)
             })?
         });
         match write_err {

@@ -1,14 +1,14 @@
-//! `sleuth data fetch` (download the public files a manifest lists, [`crate::data`]) and
+//! `sleuth data fetch` (download the public files a manifest lists, [`sleuth::data`]) and
 //! `sleuth corpus prepare` (turn a downloaded dump into a passage corpus,
-//! [`crate::corpus::prepare`]): flags, and one JSON line per result on stdout.
+//! [`sleuth::corpus::prepare`]): flags, and one JSON line per result on stdout.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use crate::corpus::prepare::{prepare, InputFormat, PrepareOptions};
-use crate::data::{FetchOptions, Fetcher, Manifest};
+use sleuth::corpus::prepare::{prepare, InputFormat, PrepareOptions};
+use sleuth::data::{FetchOptions, Fetcher, Manifest};
 
 /// The `sleuth data` subcommands.
 #[derive(Subcommand)]

@@ -6,18 +6,19 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args};
 
 use super::open_search;
-use crate::config::RunConfig;
-use crate::env::Policy;
-use crate::eval::{
+use sleuth::config::RunConfig;
+use sleuth::env::Policy;
+use sleuth::eval::{
     compare, evaluate, format_p_value, judge_all, read_outcomes, rescore_rows, Comparison,
     EvalRecord, EvalReport, JudgeItem,
 };
-use crate::llm::{LlmClient, LlmOptions};
-use crate::qa::read_qa;
-use crate::reward::AnswerRules;
+use sleuth::llm::{LlmClient, LlmOptions};
+use sleuth::qa::read_qa;
+use sleuth::reward::AnswerRules;
 
 /// Flags of `sleuth eval`.
 #[derive(Args)]
@@ -50,7 +51,12 @@ pub struct EvalArgs {
     /// metric_calc_rule.py exactly (only the raw strings "True"/"False" map to yes/no); folded
     /// maps true/false after normalizing (" False ", "TRUE.") and never covers an empty gold.
     /// Live evaluation always uses r1-searcher.
-    #[arg(long, value_enum, requires = "scored", default_value_t = AnswerRules::R1Searcher)]
+    #[arg(
+        long,
+        requires = "scored",
+        default_value = "r1-searcher",
+        value_parser = PossibleValuesParser::new(["r1-searcher", "folded"]).map(|s| answer_rules(&s))
+    )]
     pub answer_rules: AnswerRules,
     /// Compare two evaluations of the same questions, paired question by question (no model
     /// or index needed): A and B are trajectories JSONL files (<stem>.trajectories.jsonl, as
@@ -153,7 +159,7 @@ impl JudgeArgs {
 }
 
 fn run_eval_retrieval(a: EvalArgs) -> Result<()> {
-    use crate::eval::retrieval::{read_support, sweep, QueryRewrite};
+    use sleuth::eval::retrieval::{read_support, sweep, QueryRewrite};
     if a.data.len() > 1 {
         bail!("--retrieval measures one --data set at a time");
     }
@@ -176,7 +182,7 @@ fn run_eval_retrieval(a: EvalArgs) -> Result<()> {
     };
     let boost_given = !a.title_boost.is_empty();
     let boosts = if a.title_boost.is_empty() {
-        vec![crate::search::DEFAULT_TITLE_BOOST]
+        vec![sleuth::search::DEFAULT_TITLE_BOOST]
     } else {
         a.title_boost
     };
@@ -195,7 +201,7 @@ fn run_eval_retrieval(a: EvalArgs) -> Result<()> {
         let cfg = RunConfig::load(config)?;
         let retriever = open_search(&cfg)?;
         for rewrite in rewrites {
-            let report = crate::eval::retrieval::evaluate_retrieval(
+            let report = sleuth::eval::retrieval::evaluate_retrieval(
                 retriever.as_ref(),
                 &examples,
                 &support,
@@ -436,11 +442,11 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         }
         examples_per_set.push(examples);
     }
-    let retriever: std::sync::Arc<dyn crate::search::Retriever> =
+    let retriever: std::sync::Arc<dyn sleuth::search::Retriever> =
         std::sync::Arc::from(open_search(&cfg)?);
     let policy = super::EvalPolicy::load(&cfg, a.checkpoint.as_deref())?;
     policy.with(cfg.rollout.weights, |policy, tokenizer| {
-        let env = crate::env::Env {
+        let env = sleuth::env::Env {
             tokenizer: tokenizer.clone(),
             retriever,
             prompt: cfg.prompt.clone(),
@@ -454,9 +460,9 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
 fn eval_sets(
     a: &EvalArgs,
     sets: &[PathBuf],
-    examples_per_set: &[Vec<crate::qa::QaExample>],
+    examples_per_set: &[Vec<sleuth::qa::QaExample>],
     policy: &dyn Policy,
-    env: &crate::env::Env,
+    env: &sleuth::env::Env,
     judge: Option<&LlmClient>,
 ) -> Result<()> {
     let several = sets.len() > 1;
@@ -485,8 +491,8 @@ fn eval_sets(
             }
             None => None,
         };
-        let bar = crate::progress::bar(examples.len(), "eval");
-        let mut tally = crate::eval::EvalTally::default();
+        let bar = sleuth::progress::bar(examples.len(), "eval");
+        let mut tally = sleuth::eval::EvalTally::default();
         let mut write_err = None;
         let (mut report, mut records) = evaluate(policy, env, 0, examples, a.batch, |rec| {
             tally.add(rec);
@@ -560,9 +566,9 @@ fn trajectories_path(out: &std::path::Path) -> PathBuf {
     ))
 }
 
-/// [`crate::atomic::write`], with the path in the error.
+/// [`sleuth::atomic::write`], with the path in the error.
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    crate::atomic::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    sleuth::atomic::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Ask the judge about every record; adds ACC_L to the report and each row's verdict.
@@ -628,6 +634,14 @@ pub fn markdown_table(rows: &[(PathBuf, EvalReport)]) -> String {
         ));
     }
     t
+}
+
+/// The [`AnswerRules`] named on the command line (the names its serde form uses).
+fn answer_rules(name: &str) -> AnswerRules {
+    match name {
+        "folded" => AnswerRules::Folded,
+        _ => AnswerRules::R1Searcher,
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
-use crate::index::{build_bm25_from_path, IndexOptions};
+use sleuth::index::{build_bm25_from_path, IndexOptions};
 
 /// The `sleuth index` subcommands.
 #[derive(Subcommand)]
@@ -117,15 +117,15 @@ pub struct LlmArgs {
 
 impl LlmArgs {
     /// The LLM options the flags ask for; `None` without --llm-url.
-    pub fn options(self) -> Result<Option<crate::llm::LlmOptions>> {
+    pub fn options(self) -> Result<Option<sleuth::llm::LlmOptions>> {
         let Some(url) = self.llm_url else {
             return Ok(None);
         };
         let Some(model) = self.llm_model else {
             bail!("--llm-url needs --llm-model");
         };
-        let defaults = crate::llm::LlmOptions::default();
-        Ok(Some(crate::llm::LlmOptions {
+        let defaults = sleuth::llm::LlmOptions::default();
+        Ok(Some(sleuth::llm::LlmOptions {
             url,
             model,
             concurrency: self.llm_concurrency.unwrap_or(defaults.concurrency),
@@ -164,7 +164,7 @@ pub fn run_index(cmd: IndexCmd) -> Result<()> {
 /// `index graph`: refuses flags the kind does not take, then builds with the library's
 /// defaults for every option not given.
 fn run_index_graph(a: GraphArgs) -> Result<()> {
-    use crate::index::graph::{
+    use sleuth::index::graph::{
         build_kg_from_path, build_pg_from_path, build_tree_from_path, GraphKind, KgOptions,
         PgOptions, TreeOptions,
     };

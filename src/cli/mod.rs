@@ -1,17 +1,15 @@
-//! The `sleuth` subcommands as library functions: each command's flags (a clap `Args`
-//! struct) and its body (`run_*`), one file per command family.
+//! The `sleuth` subcommands: each command's flags (a clap `Args` struct) and its body
+//! (`run_*`), one file per command family.
 //!
-//! The binary (`src/main.rs`) only parses the command line and dispatches here, as ripgrep's
-//! binary only turns flags into library objects. The bodies live in one folder rather than in
-//! each concept's module because most of them read a [`RunConfig`], which holds a section of
-//! every module: putting `train` in `rl` or `search` in `search` would make those modules
-//! import `config`, which imports them. `cli` sits at the top of the dependency order
-//! (`corpus → index → search → model → env → reward → rl → eval → config → curriculum → cli`)
-//! and nothing below imports it. `sleuth serve` and `sleuth chat` keep their flags in
-//! [`crate::serve`], which is already at the top.
+//! This is the binary crate (the workspace's root package), the only one that depends on clap
+//! and anyhow: as ripgrep's binary turns flags into library objects, each body here turns its
+//! flags into the library crates' plain option structs and calls them. The bodies live in one
+//! folder rather than beside each concept because most of them read a [`RunConfig`], which
+//! holds a section of every library module.
 //!
 //! Every `run_*` returns `anyhow::Result`: a command glues several modules together, so its
 //! errors carry context (which file, which flag) rather than one module's error enum.
+//! `serve` and `chat` return the library's `ServeError`.
 
 pub mod collect;
 pub mod data;
@@ -21,16 +19,17 @@ pub mod model;
 pub mod plot;
 pub mod rollout;
 pub mod search;
+pub mod serve;
 pub mod train;
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::RunConfig;
-use crate::model::LoadedModel;
-use crate::rl::checkpoint;
-use crate::search::{Bm25Retriever, Retriever};
+use sleuth::config::RunConfig;
+use sleuth::model::LoadedModel;
+use sleuth::rl::checkpoint;
+use sleuth::search::{Bm25Retriever, Retriever};
 
 /// Opens a BM25 index; the error says how to build one.
 pub fn open_retriever(index: &Path) -> Result<Bm25Retriever> {
@@ -44,7 +43,7 @@ pub fn open_retriever(index: &Path) -> Result<Bm25Retriever> {
 
 /// The retriever a config's `[search]` section names (BM25, a graph-RAG kind, or online).
 pub fn open_search(cfg: &RunConfig) -> Result<Box<dyn Retriever>> {
-    if cfg.search.backend == crate::config::SearchBackend::Bm25 {
+    if cfg.search.backend == sleuth::config::SearchBackend::Bm25 {
         return Ok(Box::new(open_retriever(&cfg.search.index)?));
     }
     Ok(cfg.search.open()?)
@@ -52,8 +51,8 @@ pub fn open_search(cfg: &RunConfig) -> Result<Box<dyn Retriever>> {
 
 /// The environment `cfg` describes around `tokenizer`: its `[search]` retriever, prompt and
 /// rollout settings.
-pub fn env_for(cfg: &RunConfig, tokenizer: crate::model::Tokenizer) -> Result<crate::env::Env> {
-    Ok(crate::env::Env {
+pub fn env_for(cfg: &RunConfig, tokenizer: sleuth::model::Tokenizer) -> Result<sleuth::env::Env> {
+    Ok(sleuth::env::Env {
         tokenizer,
         retriever: std::sync::Arc::from(open_search(cfg)?),
         prompt: cfg.prompt.clone(),
@@ -67,7 +66,7 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
-    crate::model::load::<B>(path, device).with_context(|| {
+    sleuth::model::load::<B>(path, device).with_context(|| {
         format!(
             "loading model {} (run scripts/setup to install the default model)",
             path.display()
@@ -78,7 +77,7 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
 /// Refuses a config whose policy is served elsewhere: only `eval` and `collect` sample from
 /// a remote policy.
 pub fn require_local(cfg: &RunConfig) -> Result<()> {
-    if cfg.model.backend != crate::config::PolicyBackend::Local {
+    if cfg.model.backend != sleuth::config::PolicyBackend::Local {
         anyhow::bail!(
             "[model] backend = \"openai\" is supported by `eval` and `collect` only; this command runs the policy in-process"
         );
@@ -87,8 +86,8 @@ pub fn require_local(cfg: &RunConfig) -> Result<()> {
 }
 
 /// Loads only the tokenizer of a model (GGUF file or Hugging Face directory).
-pub fn load_tokenizer(path: &Path) -> Result<crate::model::Tokenizer> {
-    crate::model::load_tokenizer(path)
+pub fn load_tokenizer(path: &Path) -> Result<sleuth::model::Tokenizer> {
+    sleuth::model::load_tokenizer(path)
         .with_context(|| format!("reading the tokenizer of {}", path.display()))
 }
 
@@ -110,23 +109,23 @@ pub fn load_policy<B: burn::tensor::backend::Backend>(
 /// checkpoint's), or a completions server (`[model] backend = "openai"`).
 pub enum EvalPolicy {
     /// Weights loaded here; decoded with `[rollout] weights`.
-    Local(Box<LoadedModel<crate::model::backend::Inference>>),
+    Local(Box<LoadedModel<sleuth::model::backend::Inference>>),
     /// A remote server, with the local tokenizer episodes are encoded with.
-    Remote(Box<(crate::env::remote::RemotePolicy, crate::model::Tokenizer)>),
+    Remote(Box<(sleuth::env::remote::RemotePolicy, sleuth::model::Tokenizer)>),
 }
 
 impl EvalPolicy {
     /// Loads the policy `cfg` names; `checkpoint` (local weights) is refused for a remote one.
     pub fn load(cfg: &RunConfig, checkpoint: Option<&Path>) -> Result<Self> {
-        if cfg.model.backend == crate::config::PolicyBackend::Openai {
+        if cfg.model.backend == sleuth::config::PolicyBackend::Openai {
             if checkpoint.is_some() {
                 bail!("--checkpoint loads local weights; [model] backend = \"openai\" samples from the server");
             }
             let tokenizer = load_tokenizer(&cfg.model.path)?;
-            let remote = crate::env::remote::RemotePolicy::new(&cfg.model.openai)?;
+            let remote = sleuth::env::remote::RemotePolicy::new(&cfg.model.openai)?;
             return Ok(Self::Remote(Box::new((remote, tokenizer))));
         }
-        let device = crate::model::backend::device();
+        let device = sleuth::model::backend::device();
         let loaded = load_policy(cfg, checkpoint, &device)?;
         Ok(Self::Local(Box::new(loaded)))
     }
@@ -135,11 +134,11 @@ impl EvalPolicy {
     /// tokenizer.
     pub fn with<T>(
         &self,
-        weights: crate::model::DecodeWeights,
-        f: impl FnOnce(&dyn crate::env::Policy, &crate::model::Tokenizer) -> T,
+        weights: sleuth::model::DecodeWeights,
+        f: impl FnOnce(&dyn sleuth::env::Policy, &sleuth::model::Tokenizer) -> T,
     ) -> T {
         match self {
-            Self::Local(m) => f(&crate::model::Engine::new(&m.model, weights), &m.tokenizer),
+            Self::Local(m) => f(&sleuth::model::Engine::new(&m.model, weights), &m.tokenizer),
             Self::Remote(rt) => f(&rt.0, &rt.1),
         }
     }

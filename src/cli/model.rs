@@ -8,12 +8,12 @@ use anyhow::Result;
 use clap::Args;
 
 use super::load_model;
-use crate::config::RunConfig;
-use crate::env::PromptConfig;
-use crate::model::backend::{self, Inference};
-use crate::model::chat::{chatml, ChatMessage, ChatTemplate};
-use crate::model::quant::Isa;
-use crate::model::{
+use sleuth::config::RunConfig;
+use sleuth::env::PromptConfig;
+use sleuth::model::backend::{self, Inference};
+use sleuth::model::chat::{chatml, ChatMessage, ChatTemplate};
+use sleuth::model::quant::Isa;
+use sleuth::model::{
     text_of, BatchGenerator, DecodeWeights, Engine, LoadedModel, Sampler, SamplingConfig,
 };
 
@@ -141,7 +141,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
             "text": out,
         });
         if a.logits {
-            obj["first_logits"] = serde_json::json!(crate::model::load::to_host(
+            obj["first_logits"] = serde_json::json!(sleuth::model::load::to_host(
                 m.model.next_token_logits(&ids, &device)
             ));
         }
@@ -256,7 +256,7 @@ pub struct ExportArgs {
     /// Storage dtype of the weights: f32 (lossless; sleuth trains in f32), bf16 or f16
     /// (half the bytes).
     #[arg(long, default_value = "f32")]
-    pub dtype: crate::model::hf::export::ExportDtype,
+    pub dtype: sleuth::model::hf::export::ExportDtype,
     /// Split the weights into shards above this many bytes (model.safetensors.index.json).
     #[arg(long, default_value_t = 5_000_000_000)]
     pub max_shard_bytes: u64,
@@ -287,9 +287,9 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     let device = backend::device();
     // A run (a training run, a curriculum phase, or a curriculum's folder: its last phase with
     // a checkpoint) or else a model file / directory.
-    let run = (crate::rl::checkpoint::exists(&a.source)
+    let run = (sleuth::rl::checkpoint::exists(&a.source)
         || a.source.join("curriculum.json").is_file())
-    .then(|| crate::rl::checkpoint::resolve(&a.source))
+    .then(|| sleuth::rl::checkpoint::resolve(&a.source))
     .transpose()?;
     let (loaded, base) = if let Some(run) = run {
         let base = match &a.model {
@@ -313,7 +313,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
             }
         };
         let mut loaded = load_model::<Inference>(&base, &device)?;
-        (loaded.model, loaded.config) = crate::rl::checkpoint::load_saved(&run, &device)?;
+        (loaded.model, loaded.config) = sleuth::rl::checkpoint::load_saved(&run, &device)?;
         (loaded, base)
     } else {
         (
@@ -321,12 +321,12 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
             a.source.clone(),
         )
     };
-    let tokenizer_dir = crate::model::hf::is_hf_dir(&base).then_some(base.as_path());
-    let opts = crate::model::hf::export::ExportOptions {
+    let tokenizer_dir = sleuth::model::hf::is_hf_dir(&base).then_some(base.as_path());
+    let opts = sleuth::model::hf::export::ExportOptions {
         dtype: a.dtype,
         max_shard_bytes: a.max_shard_bytes,
     };
-    let report = crate::model::hf::export::export(
+    let report = sleuth::model::hf::export::export(
         &loaded.model,
         &loaded.config,
         &loaded.tokenizer,

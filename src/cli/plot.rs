@@ -1,4 +1,4 @@
-//! `sleuth plot`: training curves of runs' `metrics.jsonl` rendered to one PNG ([`crate::plot`]).
+//! `sleuth plot`: training curves of runs' `metrics.jsonl` rendered to one PNG ([`sleuth::plot`]).
 
 use std::path::PathBuf;
 
@@ -30,14 +30,14 @@ pub fn run_plot(a: PlotArgs) -> Result<()> {
     let runs = a
         .runs
         .iter()
-        .map(|r| crate::plot::RunMetrics::read(r))
+        .map(|r| sleuth::plot::RunMetrics::read(r))
         .collect::<Result<Vec<_>, _>>()?;
     let out = match (&a.out, a.runs.as_slice()) {
         (Some(o), _) => o.clone(),
         (None, [one]) if one.is_dir() => one.join("curves.png"),
         _ => bail!("give --out FILE.png when plotting several runs or a metrics file"),
     };
-    crate::plot::render(&runs, &out, a.smooth, (a.width, a.height))?;
+    sleuth::plot::render(&runs, &out, a.smooth, (a.width, a.height))?;
     println!("{}", out.display());
     Ok(())
 }

@@ -7,10 +7,10 @@ use anyhow::Result;
 use clap::Args;
 
 use super::load_policy;
-use crate::config::RunConfig;
-use crate::env::rollout;
-use crate::model::backend::{self, Inference};
-use crate::model::{Engine, Sampler};
+use sleuth::config::RunConfig;
+use sleuth::env::rollout;
+use sleuth::model::backend::{self, Inference};
+use sleuth::model::{Engine, Sampler};
 
 /// Flags of `sleuth rollout`.
 #[derive(Args)]

@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::{open_retriever, open_search};
-use crate::config::RunConfig;
-use crate::search::{Bm25Retriever, Retriever};
+use sleuth::config::RunConfig;
+use sleuth::search::{Bm25Retriever, Retriever};
 
 /// Flags of `sleuth search`.
 #[derive(Args)]
@@ -79,9 +79,9 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `sleuth retrieval-server`: serves until interrupted (see [`crate::search::server`]).
+/// `sleuth retrieval-server`: serves until interrupted (see [`sleuth::search::server`]).
 pub fn run_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
-    let mut opts = crate::search::Bm25Options::default();
+    let mut opts = sleuth::search::Bm25Options::default();
     if let Some(b) = a.title_boost {
         opts.title_boost = b;
     }
@@ -93,7 +93,7 @@ pub fn run_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
         ),
     };
     let addr = std::net::SocketAddr::new(a.host, a.port);
-    let mut cfg = crate::search::ServerConfig::default();
+    let mut cfg = sleuth::search::ServerConfig::default();
     if let Some(s) = a.header_read_timeout {
         cfg.conn.header_read_timeout_s = s;
     }
@@ -103,7 +103,10 @@ pub fn run_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
     if let Some(n) = a.max_inflight_passages {
         cfg.max_inflight_passages = n;
     }
-    Ok(crate::search::server::run(retriever, addr, cfg, |bound| {
-        eprintln!("retrieval server listening on http://{bound}")
-    })?)
+    Ok(sleuth::search::server::run(
+        retriever,
+        addr,
+        cfg,
+        |bound| eprintln!("retrieval server listening on http://{bound}"),
+    )?)
 }

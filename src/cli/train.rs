@@ -1,5 +1,5 @@
 //! `sleuth train` (one RL stage, or a curriculum config's `[[phase]]`s as one run) and
-//! `sleuth sft`. Both drive the library run loop [`crate::rl::run::run_steps`], which owns
+//! `sleuth sft`. Both drive the library run loop [`sleuth::rl::run::run_steps`], which owns
 //! the metrics file, checkpoint cadence, resume truncation and the progress line.
 
 use std::path::PathBuf;
@@ -8,12 +8,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::{load_model, load_policy, open_search};
-use crate::atomic::write as write_atomic;
-use crate::config::RunConfig;
-use crate::model::backend::{self, Inference, Train};
-use crate::rl::Question;
-use crate::rl::{run, Trainer};
-use crate::search::Retriever;
+use sleuth::atomic::write as write_atomic;
+use sleuth::config::RunConfig;
+use sleuth::model::backend::{self, Inference, Train};
+use sleuth::rl::Question;
+use sleuth::rl::{run, Trainer};
+use sleuth::search::Retriever;
 
 /// Flags of `sleuth train`.
 #[derive(Args)]
@@ -173,14 +173,14 @@ fn run_curriculum(
         names.join(" → ")
     );
     let t0 = std::time::Instant::now();
-    let opts = crate::curriculum::CurriculumOptions {
+    let opts = sleuth::curriculum::CurriculumOptions {
         resume: a.resume,
         phase_steps: a.phase_steps,
         limit: a.eval_limit,
         echo_json: a.json,
         max_total_steps: None,
     };
-    let evals = crate::curriculum::run_curriculum(
+    let evals = sleuth::curriculum::run_curriculum(
         &cfg,
         (m.model, m.config, m.tokenizer),
         retriever,
@@ -188,7 +188,7 @@ fn run_curriculum(
         &opts,
         &device,
     )?;
-    for line in crate::curriculum::before_after(&evals) {
+    for line in sleuth::curriculum::before_after(&evals) {
         println!("{line}");
     }
     eprintln!(
@@ -206,7 +206,7 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
     super::require_local(&cfg)?;
     let device = backend::device();
     let m = load_model::<Train>(&cfg.model.path, &device)?;
-    let data = crate::rl::sft::read_examples(&a.data)?;
+    let data = sleuth::rl::sft::read_examples(&a.data)?;
     if let Some(lr) = a.lr {
         cfg.train.learning_rate = lr;
     }
@@ -214,7 +214,7 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
         cfg.train.sft_stop_entropy = e;
     }
     let mut sft =
-        crate::rl::sft::SftTrainer::new(m.model, m.config, cfg.train.clone(), data, device)?;
+        sleuth::rl::sft::SftTrainer::new(m.model, m.config, cfg.train.clone(), data, device)?;
     if run::prepare_dir(&a.out, a.resume, |dir| {
         sft.learner.resume_from(dir)?;
         Ok(sft.learner.state.step)

@@ -26,7 +26,6 @@
 //! - Binds 127.0.0.1 unless told otherwise; an optional bearer key guards `/v1/*`.
 
 pub mod api;
-pub mod cli;
 mod http;
 pub mod test_model;
 pub mod worker;
@@ -38,7 +37,6 @@ use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 
-pub use cli::{run_chat, run_serve, ChatArgs, ServeArgs};
 pub use worker::{Agent, ServerStats, StatsSnapshot};
 
 use crate::model::Llama;

@@ -7,8 +7,9 @@
 //! extraction and summaries, [`model`] the policy (Llama forward pass in burn, GGUF loading,
 //! tokenizer, sampling), [`env`] the rollout environment, [`reward`] metrics and reward rules,
 //! [`rl`] GRPO / Reinforce++ training and the run loop, [`eval`] running QA sets, [`plot`]
-//! training curves, [`curriculum`] a config's phases as one run, and [`cli`] the subcommands'
-//! bodies. The `sleuth` binary only parses flags and calls [`cli`].
+//! training curves, and [`curriculum`] a config's phases as one run. The `sleuth` binary (the
+//! workspace's root package, `sleuth-cli`) parses flags and calls these modules; this crate
+//! depends on neither clap nor anyhow.
 //!
 //! # One episode, end to end
 //!
@@ -29,7 +30,7 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let model_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-//! #     .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+//! #     .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
 //! # if !model_file.exists() { return Ok(()); } // scripts/setup installs it
 //! // 1. A BM25 index over passages {id, title, text} (atomically built in a folder).
 //! let dir = tempfile::tempdir()?;
@@ -75,7 +76,6 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
-pub mod cli;
 pub mod config;
 pub mod corpus;
 pub mod curriculum;

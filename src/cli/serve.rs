@@ -11,13 +11,13 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::StreamExt;
 
-use super::{Agent, ServeError, ServeOptions};
-use crate::config::RunConfig;
-use crate::http::client::{Client, ClientOptions};
-use crate::model::backend::{self, Inference};
-use crate::model::{Llama, Tokenizer};
-use crate::rl::checkpoint;
-use crate::search::Retriever;
+use sleuth::config::RunConfig;
+use sleuth::http::client::{Client, ClientOptions};
+use sleuth::model::backend::{self, Inference};
+use sleuth::model::{Llama, Tokenizer};
+use sleuth::rl::checkpoint;
+use sleuth::search::Retriever;
+use sleuth::serve::{Agent, ServeError, ServeOptions};
 
 /// Environment variable holding the bearer key when `--api-key` is not given.
 pub const API_KEY_ENV: &str = "SLEUTH_API_KEY";
@@ -103,7 +103,7 @@ impl Retriever for NoIndex {
         &self,
         _q: &str,
         _k: usize,
-    ) -> Result<Vec<crate::search::Hit>, crate::search::SearchError> {
+    ) -> Result<Vec<sleuth::search::Hit>, sleuth::search::SearchError> {
         Ok(Vec::new())
     }
 }
@@ -118,7 +118,7 @@ fn io(context: &str) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
 /// Loads the agent `args` describe.
 fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
     let cfg = RunConfig::load(&args.config)?;
-    if cfg.model.backend != crate::config::PolicyBackend::Local {
+    if cfg.model.backend != sleuth::config::PolicyBackend::Local {
         return Err(ServeError::Option(
             "[model] backend = \"openai\" is supported by `eval` and `collect` only; `serve` runs the policy in-process".into(),
         ));
@@ -129,11 +129,11 @@ fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
         source,
     };
     let (model, tokenizer): (Llama<Inference>, Tokenizer) = if args.tiny_test_model {
-        let tok = crate::model::load_tokenizer(&cfg.model.path).map_err(model_err)?;
-        (super::test_model::random(&tok, 0, &device), tok)
+        let tok = sleuth::model::load_tokenizer(&cfg.model.path).map_err(model_err)?;
+        (sleuth::serve::test_model::random(&tok, 0, &device), tok)
     } else {
         let mut loaded =
-            crate::model::load::<Inference>(&cfg.model.path, &device).map_err(model_err)?;
+            sleuth::model::load::<Inference>(&cfg.model.path, &device).map_err(model_err)?;
         if let Some(run) = &args.checkpoint {
             loaded.model = checkpoint::load_saved(run, &device)?.0;
         }
@@ -153,7 +153,7 @@ fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
     };
     Ok(Agent {
         model,
-        env: crate::env::Env {
+        env: sleuth::env::Env {
             tokenizer,
             retriever,
             prompt: cfg.prompt,
@@ -196,7 +196,7 @@ pub fn run_serve(mut args: ServeArgs) -> Result<(), ServeError> {
         .build()
         .map_err(io("starting the async runtime"))?;
     rt.block_on(async move {
-        let (listener, addr) = super::bind(SocketAddr::new(args.host, args.port)).await?;
+        let (listener, addr) = sleuth::serve::bind(SocketAddr::new(args.host, args.port)).await?;
         println!("{}", serde_json::json!({ "listening": addr.to_string() }));
         let _ = std::io::stdout().flush();
         eprintln!(
@@ -210,7 +210,7 @@ pub fn run_serve(mut args: ServeArgs) -> Result<(), ServeError> {
                 ""
             }
         );
-        super::serve(listener, agent, opts, async {
+        sleuth::serve::serve(listener, agent, opts, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
@@ -278,7 +278,7 @@ async fn ask(client: &reqwest::Client, args: &ChatArgs, question: &str) -> Resul
     let status = resp.status();
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<super::api::ErrorBody>(&text)
+        let message = serde_json::from_str::<sleuth::serve::api::ErrorBody>(&text)
             .map(|e| e.error.message)
             .unwrap_or(text);
         return Err(ServeError::Server {

@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 use crate::http::client::{Client, ClientOptions};
 
 /// The repository's manifest, `corpus/manifest.toml`, compiled into the binary.
-pub const DEFAULT_MANIFEST: &str = include_str!("../../corpus/manifest.toml");
+pub const DEFAULT_MANIFEST: &str = include_str!("../../../../corpus/manifest.toml");
 
 /// Write buffer for the part file, in bytes.
 const WRITE_BUF_BYTES: usize = 1 << 20;

@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn real_training_set_with_evidence_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/qa/hotpotqa_train_100.jsonl");
+            .join("../../../shared/data/qa/hotpotqa_train_100.jsonl");
         if !path.exists() {
             eprintln!("skipping: {} not found", path.display());
             return;
@@ -373,8 +373,8 @@ mod tests {
 
     #[test]
     fn real_eval_set_parses() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/qa/hotpotqa_500.jsonl");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/qa/hotpotqa_500.jsonl");
         if !path.exists() {
             eprintln!("skipping: {} not found", path.display());
             return;

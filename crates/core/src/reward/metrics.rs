@@ -37,7 +37,7 @@ const CATEGORICAL: [&str; 3] = ["yes", "no", "noanswer"];
 
 /// How answers that say true or false are matched against `yes` / `no` golds (and the one
 /// other place the two rule sets differ: an empty gold). See the [module docs](self).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AnswerRules {
     /// R1-Searcher's `metric_calc_rule.py`, exactly: only the raw strings `"True"` / `"False"`
