@@ -75,23 +75,18 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod atomic;
 pub mod config;
-pub mod corpus;
 pub mod curriculum;
-pub mod data;
-pub mod embed;
 pub mod env;
 pub mod eval;
-mod hash;
-pub mod http;
-pub mod index;
-pub mod llm;
-pub use sleuth_model as model;
 pub mod plot;
-pub mod progress;
 pub mod qa;
 pub mod reward;
 pub mod rl;
-pub mod search;
 pub mod serve;
+
+// The layers below, re-exported so every path reads `sleuth::…`: the policy (crates/model)
+// and retrieval (crates/retrieval).
+pub use sleuth_model as model;
+pub(crate) use sleuth_retrieval::hash;
+pub use sleuth_retrieval::{atomic, corpus, data, embed, http, index, llm, progress, search};

@@ -48,6 +48,7 @@ impl Engine {
         Ok(url)
     }
 
+    #[cfg(feature = "online")]
     /// Parses a result page fetched from `page_url` into results, best first.
     ///
     /// # Errors
@@ -84,6 +85,7 @@ fn join(base: &Url, path: &str) -> Result<Url, String> {
         .map_err(|e| format!("joining {b} and {path}: {e}"))
 }
 
+#[cfg(feature = "online")]
 fn parse_searxng(body: &str) -> Result<Vec<SearchResult>, String> {
     #[derive(Deserialize)]
     struct Page {
@@ -114,6 +116,7 @@ fn parse_searxng(body: &str) -> Result<Vec<SearchResult>, String> {
 
 /// DuckDuckGo's HTML page: results are `a.result__a` links, snippets `.result__snippet`; links
 /// may go through DDG's redirector (`/l/?uddg=<target>`), which is unwrapped.
+#[cfg(feature = "online")]
 fn parse_duckduckgo(page_url: &Url, body: &str) -> Vec<SearchResult> {
     let doc = scraper::Html::parse_document(body);
     let (Ok(result), Ok(link), Ok(snippet)) = (
@@ -155,7 +158,7 @@ fn parse_duckduckgo(page_url: &Url, body: &str) -> Vec<SearchResult> {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "online"))]
 mod tests {
     use super::*;
 

@@ -96,7 +96,7 @@ paragraph only.\n"
 
 /// The LLM-judge prompt (R1-Searcher's ACC_L, in our own words): is `prediction` a correct
 /// answer to `question`, given the reference answers `golds`? The reply must be the single
-/// word `True` or `False` ([`crate::eval::parse_verdict`] reads it strictly). Several golds
+/// word `True` or `False` (`sleuth::eval::parse_verdict` reads it strictly). Several golds
 /// are listed as alternatives, any of which counts.
 pub fn judge_prompt(question: &str, golds: &[String], prediction: &str) -> Prompt {
     let reference = match golds {

@@ -21,8 +21,8 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use super::EmbedError;
-use crate::model::llama::Linear;
-use crate::model::load::transpose;
+use sleuth_model::llama::Linear;
+use sleuth_model::load::transpose;
 
 /// The hyper-parameters of a BERT checkpoint, read from its Hugging Face `config.json`
 /// (the fields sleuth uses; others are ignored).

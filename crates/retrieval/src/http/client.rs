@@ -1,9 +1,9 @@
 //! The one HTTP client of sleuth's blocking callers, and the one retry policy.
 //!
 //! Six callers talk to servers over HTTP from synchronous code: the remote policy
-//! (`crate::env::remote`), the retrieval-server backend (`crate::search::http`), online search
-//! (`crate::search::online`), the LLM client behind the judge and the LLM-built graphs
-//! (`crate::llm`), `sleuth data fetch` (`crate::data`) and `sleuth chat`. Each needs the same
+//! (`sleuth::env::remote`), the retrieval-server backend (`search::http`), online search
+//! (`search::online`), the LLM client behind the judge and the LLM-built graphs
+//! (`llm`), `sleuth data fetch` (`data`) and `sleuth chat`. Each needs the same
 //! three things, so they live here once:
 //!
 //! - **a runtime it owns** ([`Client`]): a current-thread tokio runtime (or a small

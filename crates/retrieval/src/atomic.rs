@@ -17,7 +17,7 @@
 //! expensive to rebuild.
 //!
 //! Checkpoints (folders of several files) have their own two-rename scheme,
-//! `crate::rl::checkpoint`.
+//! `sleuth::rl::checkpoint`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -513,14 +513,14 @@ struct Completed {
 /// Downloads manifest entries, resumably and checked (see the [module docs](self)).
 ///
 /// ```no_run
-/// use sleuth::data::{FetchOptions, Fetcher, Manifest};
+/// use sleuth_retrieval::data::{FetchOptions, Fetcher, Manifest};
 /// let manifest = Manifest::builtin();
 /// let fetcher = Fetcher::new(&FetchOptions::default())?;
 /// for entry in manifest.select(&[])? {
 ///     let report = fetcher.fetch(entry, "data".as_ref())?;
 ///     println!("{} {:?}", report.path.display(), report.status);
 /// }
-/// # Ok::<(), sleuth::data::DataError>(())
+/// # Ok::<(), sleuth_retrieval::data::DataError>(())
 /// ```
 #[derive(Debug)]
 pub struct Fetcher {

@@ -1,6 +1,6 @@
 //! `[search]`: which retriever a run uses, and the one place that opens it.
 //!
-//! The section belongs to the search layer, beside the backends it names, so `crate::config`
+//! The section belongs to the search layer, beside the backends it names, so the `sleuth` crate's `config`
 //! stays a schema that places sections and never builds anything. The backend is an enum:
 //! a misspelt name is refused when the config is read (serde names the known ones), not when a
 //! command first searches.
@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Bm25Options, Bm25Retriever, GraphOptions, GraphRetriever, HttpRetriever, HttpSearchOptions,
-    KgRetriever, KgSearchOptions, OnlineConfig, OnlineRetriever, Retriever, SearchError,
-    TreeRetriever, TreeSearchOptions,
+    KgRetriever, KgSearchOptions, OnlineConfig, Retriever, SearchError, TreeRetriever,
+    TreeSearchOptions,
 };
 use crate::index::graph::{GraphError, GraphKind};
 
@@ -159,7 +159,18 @@ impl SearchSection {
                 Bm25Options::default(),
                 self.tree_options.clone(),
             )?),
-            SearchBackend::Online => Box::new(OnlineRetriever::new(self.online.clone())?),
+            #[cfg(feature = "online")]
+            SearchBackend::Online => Box::new(super::OnlineRetriever::new(self.online.clone())?),
+            #[cfg(not(feature = "online"))]
+            SearchBackend::Online => {
+                return Err(SearchError::Online {
+                    engine: self.online.engine.name(),
+                    url: self.online.base_url.clone(),
+                    reason: "this build has no online backend (sleuth-retrieval's `online` \
+                             feature is off)"
+                        .into(),
+                })
+            }
             SearchBackend::Http => Box::new(HttpRetriever::new(&self.http)?),
         })
     }

@@ -24,7 +24,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::bert::{Bert, BertConfig};
 use super::{normalize, EmbedError, Embedder};
-use crate::model::backend::{self, Inference};
+use sleuth_model::backend::{self, Inference};
 
 /// Where `scripts/setup` installs the model folder (config.json, model.safetensors,
 /// tokenizer.json), relative to the repository root.

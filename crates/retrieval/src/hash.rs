@@ -5,11 +5,11 @@
 //! them shows up as the changed output it is: the round-5 data split depends on them).
 
 /// 2^64 / φ, SplitMix64's increment ("golden gamma").
-pub(crate) const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// 64-bit FNV-1a of `bytes` (Fowler, Noll, Vo; offset basis 0xcbf29ce484222325, prime
 /// 0x100000001b3).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -21,7 +21,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 /// SplitMix64's output function (Steele, Lea and Flood 2014, "Fast splittable pseudorandom
 /// number generators"): a bijection of `z` whose output bits each depend on every input bit.
 /// SplitMix64's n-th output is `splitmix64_mix(seed + n·GOLDEN_GAMMA)`.
-pub(crate) fn splitmix64_mix(mut z: u64) -> u64 {
+pub fn splitmix64_mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -37,7 +37,9 @@ pub use http::{HttpRetriever, HttpSearchOptions};
 pub use kg::{
     personalized_pagerank, KgRetriever, KgSearchOptions, PprOptions, SeedSource, TransitionMatrix,
 };
-pub use online::{Engine, OnlineConfig, OnlineRetriever};
+#[cfg(feature = "online")]
+pub use online::OnlineRetriever;
+pub use online::{Engine, OnlineConfig};
 pub use server::ServerConfig;
 pub use tree::{
     TreeRetriever, TreeSearchOptions, DEFAULT_TREE_BM25_CANDIDATES, DEFAULT_TREE_BM25_WEIGHT,

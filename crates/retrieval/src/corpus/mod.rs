@@ -98,13 +98,13 @@ pub enum CorpusError {
 /// how errors are reported.
 ///
 /// ```no_run
-/// use sleuth::corpus::PassageReader;
+/// use sleuth_retrieval::corpus::PassageReader;
 /// let mut n = 0;
 /// for passage in PassageReader::open("corpus/wiki_paragraphs.jsonl.gz")? {
 ///     let passage = passage?;
 ///     n += passage.text.len();
 /// }
-/// # Ok::<(), sleuth::corpus::CorpusError>(())
+/// # Ok::<(), sleuth_retrieval::corpus::CorpusError>(())
 /// ```
 pub struct PassageReader {
     path: PathBuf,
