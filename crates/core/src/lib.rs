@@ -79,10 +79,12 @@ pub mod config;
 pub mod curriculum;
 pub mod env;
 pub mod eval;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod qa;
 pub mod reward;
 pub mod rl;
+#[cfg(feature = "serve")]
 pub mod serve;
 
 // The layers below, re-exported so every path reads `sleuth::…`: the policy (crates/model)
