@@ -31,8 +31,8 @@ pub use tree::{rollout_trees, Leaf};
 
 /// The environment a policy acts in: the tokenizer that turns its text into tokens, the
 /// retriever its queries search, the prompt template and the rollout settings. Built once from
-/// a config (the binary's `cli::env_for`, the curriculum) and handed whole to training; cloning it shares
-/// the retriever, so every phase of a curriculum searches one open index.
+/// a config (the binary's `cli::env_for`, the curriculum) and handed whole to training;
+/// cloning it shares the retriever, so every phase of a curriculum searches one open index.
 #[derive(Clone)]
 pub struct Env {
     /// The policy's tokenizer.

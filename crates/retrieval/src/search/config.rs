@@ -1,9 +1,9 @@
 //! `[search]`: which retriever a run uses, and the one place that opens it.
 //!
-//! The section belongs to the search layer, beside the backends it names, so the `sleuth` crate's `config`
-//! stays a schema that places sections and never builds anything. The backend is an enum:
-//! a misspelt name is refused when the config is read (serde names the known ones), not when a
-//! command first searches.
+//! The section belongs to the search layer, beside the backends it names, so the `sleuth`
+//! crate's `config` stays a schema that places sections and never builds anything. The backend
+//! is an enum: a misspelt name is refused when the config is read (serde names the known
+//! ones), not when a command first searches.
 
 use std::path::PathBuf;
 
@@ -36,7 +36,8 @@ pub enum SearchBackend {
     /// `"graph-tree"`: collapsed-tree retrieval over the RAPTOR tree `graph`, passages from
     /// `index` ([`TreeRetriever`], `[search.tree_options]`).
     GraphTree,
-    /// `"online"`: web search ([`OnlineRetriever`], `[search.online]`).
+    /// `"online"`: web search ([`OnlineRetriever`](super::OnlineRetriever), `[search.online]`;
+    /// built with the `online` feature).
     Online,
     /// `"http"`: a retrieval server such as `sleuth retrieval-server` ([`HttpRetriever`],
     /// `[search.http]`).
