@@ -122,10 +122,78 @@ impl std::fmt::Debug for QuantLlama {
 /// Attention work (flops) below which a call attends on the calling thread.
 const ATTENTION_PAR_FLOPS: usize = 1 << 20;
 
+/// Tokens in a call from which the element-wise work between products (activation
+/// quantization, SwiGLU) is spread over the rayon pool: a prefill, not a decode step.
+pub(crate) const PAR_ROWS: usize = 16;
+
+/// One (token, head) of causal attention over a row's cached keys and values.
+struct Head<'a> {
+    /// The query, `[head_dim]`, RoPE applied.
+    q: &'a [f32],
+    /// The row's keys and values, `[pos][kv_head][head_dim]`.
+    k: &'a [f32],
+    v: &'a [f32],
+    /// `kv_head · head_dim`: where this head's slice starts within a position.
+    offset: usize,
+    /// `kv_heads · head_dim`: floats per position.
+    stride: usize,
+    /// Positions attended: the token's own position + 1.
+    span: usize,
+    /// `1 / √head_dim`.
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// Writes `softmax(q·Kᵀ·scale)·V` into `out` (`[head_dim]`), with `scores` as scratch.
+    /// `simd`: run the body compiled for AVX2 + FMA (the binary targets baseline x86-64, whose
+    /// 4-wide SSE the compiler would otherwise use) where the CPU has it.
+    fn attend(&self, simd: bool, scores: &mut Vec<f32>, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd && Isa::Avx2.supported() {
+            // SAFETY: AVX2 and FMA are present (checked above).
+            return unsafe { self.attend_avx2(scores, out) };
+        }
+        let _ = simd;
+        self.attend_body(scores, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(&self, scores: &mut Vec<f32>, out: &mut [f32]) {
+        self.attend_body(scores, out)
+    }
+
+    #[inline(always)]
+    fn attend_body(&self, scores: &mut Vec<f32>, out: &mut [f32]) {
+        let hd = self.q.len();
+        let at = |j: usize| j * self.stride + self.offset;
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..self.span {
+            let s = dot(self.q, &self.k[at(j)..at(j) + hd]) * self.scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut total = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let inv = 1.0 / total;
+        out.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let w = p * inv;
+            for (o, &vv) in out.iter_mut().zip(&self.v[at(j)..at(j) + hd]) {
+                *o += w * vv;
+            }
+        }
+    }
+}
+
 /// `a · b` with 8 independent partial sums, so the compiler can keep them in one SIMD
 /// register (a plain `.sum()` of products is a serial chain: f32 addition is not
 /// reassociated).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -433,34 +501,20 @@ impl QuantLlama {
             }
             let rows_kv = &cache.layers[l];
             let mut attn = vec![0f32; n * nh * hd];
+            let simd = self.isa != Isa::Scalar;
             let attend = |scores: &mut Vec<f32>, ih: usize, out: &mut [f32]| {
                 let (i, head) = (ih / nh, ih % nh);
-                let kvh = head / group;
-                let q = &qkv[i * qkv_w + head * hd..i * qkv_w + (head + 1) * hd];
                 let kv = &rows_kv[items[i].0];
-                let span = pos[i] + 1;
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..span {
-                    let k = &kv.k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
-                    let s = dot(q, k) * scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                let inv = 1.0 / total;
-                out.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    let v = &kv.v[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
-                    let w = p * inv;
-                    for (o, &vv) in out.iter_mut().zip(v) {
-                        *o += w * vv;
-                    }
-                }
+                let one = Head {
+                    q: &qkv[i * qkv_w + head * hd..i * qkv_w + (head + 1) * hd],
+                    k: &kv.k,
+                    v: &kv.v,
+                    offset: (head / group) * hd,
+                    stride: nkv * hd,
+                    span: pos[i] + 1,
+                    scale,
+                };
+                one.attend(simd, scores, out);
             };
             // Small attention (a decode step over short rows) is cheaper on this thread than
             // the hand-off to the pool: about 2·span·head_dim flops per (token, head).
@@ -487,12 +541,20 @@ impl QuantLlama {
                 .matmul(&QActs::quantize(&normed, n, h), self.isa);
             let inter = self.intermediate;
             let mut act = vec![0f32; n * inter];
-            for (i, a) in act.chunks_mut(inter).enumerate() {
-                let t = &gu[i * 2 * inter..(i + 1) * 2 * inter];
+            let swiglu = |(a, t): (&mut [f32], &[f32])| {
                 for (j, o) in a.iter_mut().enumerate() {
                     let g = t[j];
                     *o = g / (1.0 + (-g).exp()) * t[inter + j];
                 }
+            };
+            if n >= PAR_ROWS {
+                act.par_chunks_mut(inter)
+                    .zip(gu.par_chunks(2 * inter))
+                    .for_each(swiglu);
+            } else {
+                act.chunks_mut(inter)
+                    .zip(gu.chunks(2 * inter))
+                    .for_each(swiglu);
             }
             let d = layer
                 .down

@@ -13,8 +13,10 @@
 //! The inner integer sums are exact; only the per-block f32 scaling rounds. Every path
 //! computes the same integer sums, so paths differ only by f32 summation order.
 //!
-//! Paths: AVX-512 VNNI (`vpdpbusd`, two blocks per 512-bit register), AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`, one block per 256-bit register), and a portable scalar fallback. The scheme
+//! Paths: AVX2 (`vpmaddubsw` + `vpmaddwd`, one block per 256-bit register) and a portable
+//! scalar fallback. On AVX-512 VNNI every product runs in the tiled GEMM of
+//! [`super::gemm`] instead (one weight layout for decode and prefill); [`Isa::Avx512Vnni`]
+//! here only names that path, and these row functions take AVX2 for it. The scheme
 //! (sign trick for signed×signed bytes, nibble unpacking) follows llama.cpp's `ggml-cpu`
 //! quantized dot products; the code is ours.
 
@@ -97,9 +99,6 @@ pub struct ActRow<'a> {
     pub d: &'a [f32],
     /// Per-block `d · Σq`, `nb`.
     pub s: &'a [f32],
-    /// Per-block scale repeated 8 times, `nb · 8` (the AVX-512 kernels load a pair of
-    /// blocks' scales as one vector).
-    pub d8: &'a [f32],
 }
 
 /// Q8_0 weight row · Q8 activation row. `wq`: `nb·32`, `wd`: `nb`.
@@ -109,35 +108,10 @@ pub fn dot_q8_0(isa: Isa, wq: &[i8], wd: &[f32], x: ActRow<'_>) -> f32 {
     debug_assert_eq!(wd.len(), x.d.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa` values other than Scalar are only produced after feature detection.
-        Isa::Avx512Vnni => unsafe { x86::dot_q8_0_avx512(wq, wd, x) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::dot_q8_0_avx2(wq, wd, x) },
+        // SAFETY: `Isa` values other than Scalar are only produced after feature detection,
+        // and AVX-512 VNNI implies AVX2 + FMA.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_q8_0_avx2(wq, wd, x) },
         _ => dot_q8_0_scalar(wq, wd, x),
-    }
-}
-
-/// One Q8_0 weight row · four Q8 activation rows (the weight blocks are loaded once for all
-/// four: batched decode and prefill are compute-bound, not memory-bound).
-#[inline]
-pub fn dot_q8_0_x4(isa: Isa, wq: &[i8], wd: &[f32], x: [ActRow<'_>; 4]) -> [f32; 4] {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa` values other than Scalar are only produced after feature detection.
-        Isa::Avx512Vnni => unsafe { x86::dot_q8_0_x4_avx512(wq, wd, x) },
-        _ => x.map(|r| dot_q8_0(isa, wq, wd, r)),
-    }
-}
-
-/// One Q4_1 weight row · four Q8 activation rows (nibbles unpacked once for all four).
-#[inline]
-pub fn dot_q4_1_x4(isa: Isa, wq: &[u8], wd: &[f32], wm: &[f32], x: [ActRow<'_>; 4]) -> [f32; 4] {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa` values other than Scalar are only produced after feature detection.
-        Isa::Avx512Vnni => unsafe { x86::dot_q4_1_x4_avx512(wq, wd, wm, x) },
-        _ => x.map(|r| dot_q4_1(isa, wq, wd, wm, r)),
     }
 }
 
@@ -147,11 +121,9 @@ pub fn dot_q4_1(isa: Isa, wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f
     debug_assert_eq!(wq.len() * 2, x.q.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa` values other than Scalar are only produced after feature detection.
-        Isa::Avx512Vnni => unsafe { x86::dot_q4_1_avx512(wq, wd, wm, x) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::dot_q4_1_avx2(wq, wd, wm, x) },
+        // SAFETY: `Isa` values other than Scalar are only produced after feature detection,
+        // and AVX-512 VNNI implies AVX2 + FMA.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_q4_1_avx2(wq, wd, wm, x) },
         _ => dot_q4_1_scalar(wq, wd, wm, x),
     }
 }
@@ -265,257 +237,5 @@ mod x86 {
             offset += wm[b] * x.s[b];
         }
         hsum256(acc) + offset
-    }
-
-    /// `[wd[b] ×8, wd[b+1] ×8] · x.d8[8b..8b+16]`: a pair of blocks' combined scales, with one
-    /// 8-byte load and one permute for the weight's (instead of two broadcasts and an insert).
-    ///
-    /// # Safety
-    /// `b + 1 < wd.len()` and `x.d8.len() >= 8·(b + 2)`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn pair_scales(w2: __m512, d8: &[f32], b: usize) -> __m512 {
-        // SAFETY: the caller guarantees 16 floats at 8b.
-        _mm512_mul_ps(w2, unsafe { _mm512_loadu_ps(d8.as_ptr().add(8 * b)) })
-    }
-
-    /// `[wd[b] ×8, wd[b+1] ×8]`.
-    ///
-    /// # Safety
-    /// `b + 1 < wd.len()`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn weight_pair(wd: &[f32], b: usize) -> __m512 {
-        // SAFETY: the caller guarantees wd[b], wd[b + 1].
-        let two = unsafe { _mm_castpd_ps(_mm_load_sd(wd.as_ptr().add(b) as *const f64)) };
-        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two))
-    }
-
-    /// `Σ_b wm[b] · s[b]` over `nb` blocks, 16 at a time (the Q4_1 offset term).
-    ///
-    /// # Safety
-    /// `wm.len() >= nb` and `s.len() >= nb`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn offset_dot(wm: &[f32], s: &[f32], nb: usize) -> f32 {
-        let mut acc = _mm512_setzero_ps();
-        let mut b = 0;
-        while b < nb {
-            let k = (nb - b).min(16);
-            let mask: __mmask16 = if k == 16 { 0xffff } else { (1u16 << k) - 1 };
-            // SAFETY: masked loads touch only the k valid elements.
-            let (m, x) = unsafe {
-                (
-                    _mm512_maskz_loadu_ps(mask, wm.as_ptr().add(b)),
-                    _mm512_maskz_loadu_ps(mask, s.as_ptr().add(b)),
-                )
-            };
-            acc = _mm512_fmadd_ps(m, x, acc);
-            b += 16;
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW/DQ/VL and VNNI; slices as in [`super::dot_q8_0`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    pub unsafe fn dot_q8_0_avx512(wq: &[i8], wd: &[f32], x: ActRow<'_>) -> f32 {
-        let nb = wd.len();
-        assert!(wq.len() >= nb * QK && x.q.len() >= nb * QK && x.d.len() >= nb);
-        assert!(x.d8.len() >= nb * 8);
-        let zero = _mm512_setzero_si512();
-        let mut acc = _mm512_setzero_ps();
-        let pairs = nb / 2;
-        for p in 0..pairs {
-            let b = 2 * p;
-            // SAFETY: bounds asserted above; loads are unaligned.
-            let (w, a) = unsafe {
-                (
-                    _mm512_loadu_si512(wq.as_ptr().add(b * QK) as *const __m512i),
-                    _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i),
-                )
-            };
-            // |w| as unsigned bytes times x with w's sign moved onto it.
-            let neg = _mm512_movepi8_mask(w);
-            let sx = _mm512_mask_sub_epi8(a, neg, zero, a);
-            let aw = _mm512_abs_epi8(w);
-            let dot = _mm512_dpbusd_epi32(zero, aw, sx);
-            // SAFETY: b + 1 < nb; d8 holds nb · 8 (asserted).
-            let sc = unsafe { pair_scales(weight_pair(wd, b), x.d8, b) };
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
-        }
-        let mut total = _mm512_reduce_add_ps(acc);
-        if nb % 2 == 1 {
-            let b = nb - 1;
-            // SAFETY: bounds asserted above.
-            let (w, a) = unsafe {
-                (
-                    _mm256_loadu_si256(wq.as_ptr().add(b * QK) as *const __m256i),
-                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
-                )
-            };
-            let s = _mm256_cvtepi32_ps(block_i8_avx2(w, a));
-            total += hsum256(s) * wd[b] * x.d[b];
-        }
-        total
-    }
-
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW/DQ/VL and VNNI; slices as in [`super::dot_q8_0_x4`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    pub unsafe fn dot_q8_0_x4_avx512(wq: &[i8], wd: &[f32], x: [ActRow<'_>; 4]) -> [f32; 4] {
-        let nb = wd.len();
-        assert!(wq.len() >= nb * QK);
-        for r in &x {
-            assert!(r.q.len() >= nb * QK && r.d.len() >= nb && r.d8.len() >= nb * 8);
-        }
-        let zero = _mm512_setzero_si512();
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for p in 0..nb / 2 {
-            let b = 2 * p;
-            // SAFETY: bounds asserted above; loads are unaligned.
-            let w = unsafe { _mm512_loadu_si512(wq.as_ptr().add(b * QK) as *const __m512i) };
-            let neg = _mm512_movepi8_mask(w);
-            let aw = _mm512_abs_epi8(w);
-            // SAFETY: b + 1 < nb (asserted lengths).
-            let w2 = unsafe { weight_pair(wd, b) };
-            for (k, r) in x.iter().enumerate() {
-                // SAFETY: as above.
-                let a = unsafe { _mm512_loadu_si512(r.q.as_ptr().add(b * QK) as *const __m512i) };
-                let sx = _mm512_mask_sub_epi8(a, neg, zero, a);
-                let dot = _mm512_dpbusd_epi32(zero, aw, sx);
-                // SAFETY: d8 holds nb · 8 (asserted).
-                let sc = unsafe { pair_scales(w2, r.d8, b) };
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
-            }
-        }
-        let mut out = [0f32; 4];
-        for k in 0..4 {
-            out[k] = _mm512_reduce_add_ps(acc[k]);
-        }
-        if nb % 2 == 1 {
-            let b = nb - 1;
-            // SAFETY: bounds asserted above.
-            let w = unsafe { _mm256_loadu_si256(wq.as_ptr().add(b * QK) as *const __m256i) };
-            for (k, r) in x.iter().enumerate() {
-                // SAFETY: as above.
-                let a = unsafe { _mm256_loadu_si256(r.q.as_ptr().add(b * QK) as *const __m256i) };
-                let s = _mm256_cvtepi32_ps(block_i8_avx2(w, a));
-                out[k] += hsum256(s) * wd[b] * r.d[b];
-            }
-        }
-        out
-    }
-
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW/DQ/VL and VNNI; slices as in [`super::dot_q4_1_x4`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    pub unsafe fn dot_q4_1_x4_avx512(
-        wq: &[u8],
-        wd: &[f32],
-        wm: &[f32],
-        x: [ActRow<'_>; 4],
-    ) -> [f32; 4] {
-        let nb = wd.len();
-        assert!(wq.len() >= nb * QK / 2 && wm.len() >= nb);
-        for r in &x {
-            assert!(r.q.len() >= nb * QK && r.d.len() >= nb && r.s.len() >= nb);
-            assert!(r.d8.len() >= nb * 8);
-        }
-        let zero = _mm512_setzero_si512();
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for p in 0..nb / 2 {
-            let b = 2 * p;
-            // SAFETY: bounds asserted above; loads are unaligned.
-            let (p0, p1) = unsafe {
-                (
-                    _mm_loadu_si128(wq.as_ptr().add(b * QK / 2) as *const __m128i),
-                    _mm_loadu_si128(wq.as_ptr().add((b + 1) * QK / 2) as *const __m128i),
-                )
-            };
-            let w = _mm512_inserti64x4(
-                _mm512_castsi256_si512(unpack_nibbles(p0)),
-                unpack_nibbles(p1),
-                1,
-            );
-            // SAFETY: b + 1 < nb (asserted lengths).
-            let w2 = unsafe { weight_pair(wd, b) };
-            for (k, r) in x.iter().enumerate() {
-                // SAFETY: as above.
-                let a = unsafe { _mm512_loadu_si512(r.q.as_ptr().add(b * QK) as *const __m512i) };
-                let dot = _mm512_dpbusd_epi32(zero, w, a);
-                // SAFETY: d8 holds nb · 8 (asserted).
-                let sc = unsafe { pair_scales(w2, r.d8, b) };
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
-            }
-        }
-        let mut out = [0f32; 4];
-        for (k, r) in x.iter().enumerate() {
-            // SAFETY: wm and s hold nb (asserted).
-            out[k] = _mm512_reduce_add_ps(acc[k]) + unsafe { offset_dot(wm, r.s, nb) };
-        }
-        if nb % 2 == 1 {
-            let b = nb - 1;
-            // SAFETY: bounds asserted above.
-            let p = unsafe { _mm_loadu_si128(wq.as_ptr().add(b * QK / 2) as *const __m128i) };
-            let w = unpack_nibbles(p);
-            for (k, r) in x.iter().enumerate() {
-                // SAFETY: as above.
-                let a = unsafe { _mm256_loadu_si256(r.q.as_ptr().add(b * QK) as *const __m256i) };
-                let p16 = _mm256_maddubs_epi16(w, a);
-                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-                out[k] += hsum256(s) * wd[b] * r.d[b];
-            }
-        }
-        out
-    }
-
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW/DQ/VL and VNNI; slices as in [`super::dot_q4_1`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-    pub unsafe fn dot_q4_1_avx512(wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f32 {
-        let nb = wd.len();
-        assert!(wq.len() >= nb * QK / 2 && x.q.len() >= nb * QK && wm.len() >= nb);
-        assert!(x.d.len() >= nb && x.s.len() >= nb && x.d8.len() >= nb * 8);
-        let zero = _mm512_setzero_si512();
-        let mut acc = _mm512_setzero_ps();
-        let pairs = nb / 2;
-        for p in 0..pairs {
-            let b = 2 * p;
-            // SAFETY: bounds asserted above; loads are unaligned.
-            let (p0, p1, a) = unsafe {
-                (
-                    _mm_loadu_si128(wq.as_ptr().add(b * QK / 2) as *const __m128i),
-                    _mm_loadu_si128(wq.as_ptr().add((b + 1) * QK / 2) as *const __m128i),
-                    _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i),
-                )
-            };
-            let w = _mm512_inserti64x4(
-                _mm512_castsi256_si512(unpack_nibbles(p0)),
-                unpack_nibbles(p1),
-                1,
-            );
-            let dot = _mm512_dpbusd_epi32(zero, w, a);
-            // SAFETY: b + 1 < nb; d8 holds nb · 8 (asserted).
-            let sc = unsafe { pair_scales(weight_pair(wd, b), x.d8, b) };
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
-        }
-        // SAFETY: wm and x.s hold nb (asserted).
-        let mut total = _mm512_reduce_add_ps(acc) + unsafe { offset_dot(wm, x.s, nb) };
-        if nb % 2 == 1 {
-            let b = nb - 1;
-            // SAFETY: bounds asserted above.
-            let (p, a) = unsafe {
-                (
-                    _mm_loadu_si128(wq.as_ptr().add(b * QK / 2) as *const __m128i),
-                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
-                )
-            };
-            let p16 = _mm256_maddubs_epi16(unpack_nibbles(p), a);
-            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-            total += hsum256(s) * wd[b] * x.d[b];
-        }
-        total
     }
 }

@@ -6,20 +6,24 @@
 //! 135M default is 540 MB per token in f32, 143 MB in Q8_0, 85 MB in Q4_1. burn's f32 tensors
 //! cannot go below the first figure, so decoding runs here instead: weights as 32-element
 //! blocks (ggml's Q8_0 and Q4_1 geometry), activations quantized to Q8 blocks per token, and
-//! integer dot products with SIMD chosen at run time ([`kernels::Isa`]: AVX-512 VNNI, AVX2, or
-//! a portable fallback). The training forward stays in burn, in f32: the update scores the
+//! integer dot products with SIMD chosen at run time ([`kernels::Isa`]: AVX-512 VNNI through
+//! the tiled GEMM of [`gemm`], AVX2, or a portable fallback). The training forward stays in burn, in f32: the update scores the
 //! tokens itself, and the rollout/training log-prob mismatch this introduces is measured per
 //! step (`logprob_mismatch` in the metrics) and can be corrected by truncated importance
 //! sampling (Yao et al. 2025; `[train] tis_cap`).
 //!
-//! Layout: [`kernels`] holds the per-ISA dot products; [`QMatrix`] a quantized `[out, in]`
-//! matrix and its batched product; [`engine`] the Llama decoder ([`QuantLlama`]) with its own
+//! Layout: [`kernels`] holds the per-ISA row dot products; [`gemm`] the AVX-512 VNNI tiled
+//! product with its repacked weights; [`QMatrix`] a quantized `[out, in]` matrix and its
+//! batched product; [`engine`] the Llama decoder ([`QuantLlama`]) with its own
 //! KV cache ([`QuantCache`]). Requantizing the 135M policy from f32 takes a fraction of a
 //! second (stated in docs/performance.md), so RL re-quantizes the rollout copy after every
 //! optimizer step.
 
 pub mod engine;
+mod gemm;
 pub mod kernels;
+
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -69,6 +73,9 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     blocks: Blocks,
+    /// The blocks repacked for the tiled GEMM ([`gemm`]), built on the first product on
+    /// AVX-512 VNNI.
+    packed: OnceLock<gemm::Packed>,
 }
 
 /// Quantizes one 32-element block to Q8_0 (`d = max|x| / 127`, `q = round(x / d)`), writing
@@ -80,6 +87,13 @@ fn quantize_q8_block(x: &[f32], q: &mut [i8]) -> f32 {
     for (o, &v) in q.iter_mut().zip(x) {
         *o = round_half_away(v * inv).clamp(-127, 127) as i8;
     }
+    d
+}
+
+/// [`quantize_q8_block`] for an activation block, also writing `Σq`; returns the scale.
+fn quantize_act_block(x: &[f32], q: &mut [i8], sum: &mut i32) -> f32 {
+    let d = quantize_q8_block(x, q);
+    *sum = q.iter().map(|&v| v as i32).sum();
     d
 }
 
@@ -134,7 +148,12 @@ impl QMatrix {
                 Blocks::Q4_1 { q, d, m }
             }
         };
-        Self { rows, cols, blocks }
+        Self {
+            rows,
+            cols,
+            blocks,
+            packed: OnceLock::new(),
+        }
     }
 
     /// Quantizes the transposes of `parts` stacked row-wise: each part is `(w, d_in, d_out)`
@@ -171,12 +190,30 @@ impl QMatrix {
         }
     }
 
-    /// Bytes held by the blocks (values and scales).
+    /// Bytes held by the blocks (values and scales), not counting the GEMM's repacked copy
+    /// ([`QMatrix::packed_bytes`]).
     pub fn bytes(&self) -> usize {
         match &self.blocks {
             Blocks::Q8_0 { q, d } => q.len() + 4 * d.len(),
             Blocks::Q4_1 { q, d, m } => q.len() + 4 * (d.len() + m.len()),
         }
+    }
+
+    /// Bytes of the copy repacked for the tiled GEMM: 0 until a product ran on AVX-512
+    /// VNNI, then [`QMatrix::bytes`] up to the padding of the last 16-feature tile.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.get().map_or(0, gemm::Packed::bytes)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn packed(&self) -> &gemm::Packed {
+        self.packed.get_or_init(|| {
+            let src = match &self.blocks {
+                Blocks::Q8_0 { q, d } => gemm::Source::Q8_0 { q, d },
+                Blocks::Q4_1 { q, d, m } => gemm::Source::Q4_1 { q, d, m },
+            };
+            gemm::Packed::new(src, self.rows, self.cols)
+        })
     }
 
     /// The matrix dequantized to f32, row-major `[rows, cols]` (tests and checks).
@@ -225,15 +262,21 @@ impl QMatrix {
     /// `y = x · Wᵀ` for a batch of quantized activation rows: `x` holds `n` rows of `cols`
     /// values; returns `[n, rows]` row-major. `isa` must be supported ([`Isa::supported`]).
     ///
-    /// Work is split over output rows across the rayon pool; each weight row is read once
-    /// and dotted with all `n` activation rows while it sits in L1, so a batch of G rows
-    /// costs about one row's memory traffic.
+    /// On AVX-512 VNNI this is the tiled GEMM of [`gemm`], for every `n` (so a token's
+    /// logits do not depend on the batch it ran in). Otherwise work is split over output rows across the rayon
+    /// pool; each weight row is read once and dotted with all `n` activation rows while it
+    /// sits in L1, so a batch of G rows costs about one row's memory traffic.
     pub fn matmul(&self, x: &QActs, isa: Isa) -> Vec<f32> {
         assert_eq!(
             x.cols, self.cols,
             "activation width does not match the matrix"
         );
         let n = x.n;
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni {
+            // SAFETY: `isa` is supported (this function's contract).
+            return unsafe { self.packed().matmul(&x.q, &x.d, &x.s, &x.sum, n) };
+        }
         // Output features per task: a few tasks per thread (load balance), each with enough
         // work to amortize scheduling (≥ ~64k MACs).
         let min_rows = (65_536 / (self.cols * n).max(1)).max(4);
@@ -246,29 +289,7 @@ impl QMatrix {
                 let first = t * per_task;
                 for (k, out) in chunk.chunks_mut(n).enumerate() {
                     let o = first + k;
-                    let nb = self.cols / QK;
-                    let mut r = 0;
-                    while r + 4 <= n {
-                        let rows = [x.row(r), x.row(r + 1), x.row(r + 2), x.row(r + 3)];
-                        let four = match &self.blocks {
-                            Blocks::Q8_0 { q, d } => kernels::dot_q8_0_x4(
-                                isa,
-                                &q[o * self.cols..(o + 1) * self.cols],
-                                &d[o * nb..(o + 1) * nb],
-                                rows,
-                            ),
-                            Blocks::Q4_1 { q, d, m } => kernels::dot_q4_1_x4(
-                                isa,
-                                &q[o * self.cols / 2..(o + 1) * self.cols / 2],
-                                &d[o * nb..(o + 1) * nb],
-                                &m[o * nb..(o + 1) * nb],
-                                rows,
-                            ),
-                        };
-                        out[r..r + 4].copy_from_slice(&four);
-                        r += 4;
-                    }
-                    for (r, y) in out.iter_mut().enumerate().skip(r) {
+                    for (r, y) in out.iter_mut().enumerate() {
                         *y = self.dot_row(isa, o, x.row(r));
                     }
                 }
@@ -294,9 +315,8 @@ pub struct QActs {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
-    /// Each block's scale repeated 8 times (`nb · 8` per row): a pair of blocks' scales is
-    /// one 16-lane load in the AVX-512 kernels.
-    d8: Vec<f32>,
+    /// Each block's `Σq` (the Q8_0 correction of the tiled GEMM).
+    sum: Vec<i32>,
 }
 
 impl QActs {
@@ -318,19 +338,26 @@ impl QActs {
         let nb = x.len() / QK;
         let mut q = vec![0i8; x.len()];
         let mut d = vec![0f32; nb];
-        let mut s = vec![0f32; nb];
-        for (b, (chunk, xq)) in x.chunks(QK).zip(q.chunks_mut(QK)).enumerate() {
-            d[b] = quantize_q8_block(chunk, xq);
-            s[b] = d[b] * xq.iter().map(|&v| v as i32).sum::<i32>() as f32;
+        let mut sum = vec![0i32; nb];
+        if n >= engine::PAR_ROWS {
+            x.par_chunks(QK)
+                .zip(q.par_chunks_mut(QK))
+                .zip(d.par_iter_mut().zip(sum.par_iter_mut()))
+                .for_each(|((x, q), (d, sum))| *d = quantize_act_block(x, q, sum));
+        } else {
+            x.chunks(QK)
+                .zip(q.chunks_mut(QK))
+                .zip(d.iter_mut().zip(sum.iter_mut()))
+                .for_each(|((x, q), (d, sum))| *d = quantize_act_block(x, q, sum));
         }
-        let d8 = d.iter().flat_map(|&v| [v; 8]).collect();
+        let s = d.iter().zip(&sum).map(|(&d, &k)| d * k as f32).collect();
         Self {
             n,
             cols,
             q,
             d,
             s,
-            d8,
+            sum,
         }
     }
 
@@ -350,7 +377,6 @@ impl QActs {
             q: &self.q[r * self.cols..(r + 1) * self.cols],
             d: &self.d[r * nb..(r + 1) * nb],
             s: &self.s[r * nb..(r + 1) * nb],
-            d8: &self.d8[r * nb * 8..(r + 1) * nb * 8],
         }
     }
 }
@@ -407,13 +433,7 @@ mod tests {
                     continue;
                 }
                 tried += 1;
-                let y: Vec<f32> = (0..n)
-                    .flat_map(|r| {
-                        let m = &m;
-                        let acts = &acts;
-                        (0..rows).map(move |o| m.dot_row(isa, o, acts.row(r)))
-                    })
-                    .collect();
+                let y = m.matmul(&acts, isa);
                 let e = max_rel_err(&y, &deq);
                 assert!(
                     e < 1e-5,
@@ -438,40 +458,10 @@ mod tests {
         assert!(tried >= 2, "the scalar path always runs");
     }
 
-    /// The four-row kernels equal four one-row dots on every supported path.
-    #[test]
-    fn four_row_kernel_matches_single_rows() {
-        let cols = 7 * QK;
-        let acts = QActs::quantize(&random(4 * cols, 7), 4, cols);
-        for format in [QuantFormat::Q8_0, QuantFormat::Q4_1] {
-            let w = QMatrix::quantize(&random(cols, 6), 1, cols, format);
-            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
-                if !isa.supported() {
-                    continue;
-                }
-                let rows = [acts.row(0), acts.row(1), acts.row(2), acts.row(3)];
-                let four = match &w.blocks {
-                    Blocks::Q8_0 { q, d } => kernels::dot_q8_0_x4(isa, q, d, rows),
-                    Blocks::Q4_1 { q, d, m } => kernels::dot_q4_1_x4(isa, q, d, m, rows),
-                };
-                for (r, v) in four.iter().enumerate() {
-                    let one = w.dot_row(Isa::Scalar, 0, acts.row(r));
-                    assert!(
-                        (v - one).abs() <= 1e-5 * one.abs().max(1.0),
-                        "{} {}: {v} vs {one}",
-                        isa.name(),
-                        format.name()
-                    );
-                }
-            }
-        }
-    }
-
     /// The batched, threaded product equals row-by-row dots, on whichever path is active.
     #[test]
     fn matmul_matches_row_dots() {
-        // n = 5: one four-row kernel call and one single-row dot per weight row; 3 and 37
-        // blocks per row: the AVX-512 kernels' odd-block tail and a masked offset tail.
+        // 2, 3 and 37 blocks per row, 300 features: several tasks and a partial GEMM tile.
         for (cols, format) in [
             (2 * QK, QuantFormat::Q8_0),
             (3 * QK, QuantFormat::Q8_0),
@@ -500,6 +490,54 @@ mod tests {
                             isa.name()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The tiled GEMM (AVX-512 VNNI) equals row-by-row dots, and a row's outputs are the
+    /// same bits whatever the batch it is in:
+    /// feature counts that leave a partial tile, row counts that leave each micro-kernel
+    /// remainder (8, 4, 1) and span two 64-row chunks.
+    #[test]
+    fn tiled_gemm_matches_row_dots() {
+        if !Isa::Avx512Vnni.supported() {
+            eprintln!("avx512-vnni: not supported on this CPU, skipped");
+            return;
+        }
+        for (rows, cols, n) in [
+            (37, 3 * QK, 8),
+            (48, 5 * QK, 13),
+            (300, 2 * QK, 77),
+            (20, QK, 1),
+        ] {
+            for format in [QuantFormat::Q8_0, QuantFormat::Q4_1] {
+                let w = random(rows * cols, 11);
+                let x = random(n * cols, 12);
+                let m = QMatrix::quantize(&w, rows, cols, format);
+                let acts = QActs::quantize(&x, n, cols);
+                let y = m.matmul(&acts, Isa::Avx512Vnni);
+                assert!(
+                    m.packed_bytes() > 0,
+                    "{rows}x{cols} n {n}: GEMM path not taken"
+                );
+                for r in 0..n {
+                    for o in 0..rows {
+                        let want = m.dot_row(Isa::Scalar, o, acts.row(r));
+                        let got = y[r * rows + o];
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{} {rows}x{cols} n {n} row {r} out {o}: {got} vs {want}",
+                            format.name()
+                        );
+                    }
+                    let alone = QActs::quantize(&x[r * cols..(r + 1) * cols], 1, cols);
+                    assert_eq!(
+                        m.matmul(&alone, Isa::Avx512Vnni),
+                        y[r * rows..(r + 1) * rows],
+                        "{} row {r}: batched and alone differ",
+                        format.name()
+                    );
                 }
             }
         }
