@@ -96,36 +96,43 @@ impl Packed {
         } else {
             (0..tiles).map(|_| &mut [][..]).collect()
         };
+        // Written in output order, four bytes (one feature's step) at a time.
         vals.par_chunks_mut(nb * tb)
             .zip(d.par_chunks_mut(per_tile))
             .zip(m_chunks.par_iter_mut())
             .enumerate()
             .for_each(|(t, ((vals, d), m))| {
-                for f in 0..TILE.min(rows - t * TILE) {
-                    let o = t * TILE + f;
-                    for b in 0..nb {
-                        let blk = &mut vals[b * tb..(b + 1) * tb];
-                        match src {
-                            Source::Q8_0 { q, d: wd } => {
-                                let row = &q[o * cols + b * QK..o * cols + (b + 1) * QK];
-                                for (j, &v) in row.iter().enumerate() {
-                                    blk[(j / 4) * 64 + f * 4 + j % 4] = v as u8 ^ 0x80;
+                let live = TILE.min(rows - t * TILE);
+                for (b, blk) in vals.chunks_exact_mut(tb).enumerate() {
+                    for (g, group) in blk.chunks_exact_mut(64).enumerate() {
+                        for (f, out) in group.chunks_exact_mut(4).take(live).enumerate() {
+                            let o = t * TILE + f;
+                            match src {
+                                Source::Q8_0 { q, .. } => {
+                                    // Step g: values 4g .. 4g + 4, as w + 128.
+                                    let at = o * cols + b * QK + 4 * g;
+                                    for (k, v) in out.iter_mut().enumerate() {
+                                        *v = q[at + k] as u8 ^ 0x80;
+                                    }
                                 }
-                                d[b * TILE + f] = wd[o * nb + b];
+                                Source::Q4_1 { q, .. } => {
+                                    // Steps 2g (low nibbles) and 2g + 1 (high): values
+                                    // 8g + k and 8g + 4 + k; value v sits in byte v % 16
+                                    // of the source block, high nibble when v ≥ 16.
+                                    let src = &q[(o * cols + b * QK) / 2..][..QK / 2];
+                                    let level = |v: usize| (src[v % 16] >> (4 * (v / 16))) & 0x0f;
+                                    for (k, v) in out.iter_mut().enumerate() {
+                                        *v = level(8 * g + k) | (level(8 * g + 4 + k) << 4);
+                                    }
+                                }
                             }
-                            Source::Q4_1 { q, d: wd, m: wm } => {
-                                let half = QK / 2;
-                                let row =
-                                    &q[(o * cols + b * QK) / 2..(o * cols + (b + 1) * QK) / 2];
-                                let mut put = |j: usize, v: u8| {
-                                    let s = j / 4;
-                                    let at = (s / 2) * 64 + f * 4 + j % 4;
-                                    blk[at] |= if s.is_multiple_of(2) { v } else { v << 4 };
-                                };
-                                for (j, &byte) in row.iter().enumerate() {
-                                    put(j, byte & 0x0f);
-                                    put(j + half, byte >> 4);
-                                }
+                        }
+                    }
+                    for f in 0..live {
+                        let o = t * TILE + f;
+                        match src {
+                            Source::Q8_0 { d: wd, .. } => d[b * TILE + f] = wd[o * nb + b],
+                            Source::Q4_1 { d: wd, m: wm, .. } => {
                                 d[b * TILE + f] = wd[o * nb + b];
                                 m[b * TILE + f] = wm[o * nb + b];
                             }
