@@ -6,10 +6,10 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use sleuth::env::TreeConfig;
 use sleuth::env::{
     rollout, rollout_from, rollout_trees, Env, EpisodeStart, PromptConfig, RolloutConfig,
 };
+use sleuth::env::{NodeSelect, TreeConfig};
 use sleuth::model::{DecodeCache, Decoder, Sampler, Tokenizer};
 use sleuth::search::{Hit, Retriever, SearchError};
 
@@ -306,6 +306,39 @@ fn leaves_extend_their_node_and_replay_through_the_chain_environment() {
     }
     assert!(branched > 0, "some expansion grew from a search node");
     assert!(stats.shared_prefix_tokens > 0);
+}
+
+/// `select = "searched"` never restarts from the root while a tree has a searched node (every
+/// scripted chain searches, so every expansion branches); `uniform` on the same seed does.
+#[test]
+fn searched_selection_expands_only_searched_nodes() {
+    let Some(tok) = common::default_tokenizer() else {
+        return;
+    };
+    let model = policy(&tok);
+    let questions: Vec<String> = (0..4).map(|i| format!("Question {i}?")).collect();
+    let mut roots = Vec::new();
+    for select in [NodeSelect::Uniform, NodeSelect::Searched] {
+        let mut env = env(&tok);
+        env.rollout.tree = TreeConfig {
+            trees: 2,
+            expansions: 2,
+            expand_nodes: 2,
+            select,
+        };
+        let mut sampler = Sampler::new(env.rollout.sampling(5));
+        let (_, leaves, stats) = rollout_trees(&model, &env, &questions, &mut sampler).unwrap();
+        let per_q = env.rollout.tree.leaves_per_question();
+        let expanded: Vec<_> = leaves
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % per_q >= 2)
+            .collect();
+        assert_eq!(expanded.len(), stats.nodes_expanded);
+        roots.push(expanded.iter().filter(|(_, l)| l.branch.is_none()).count());
+    }
+    assert!(roots[0] > 0, "uniform picks include the root");
+    assert_eq!(roots[1], 0, "searched picks never take the root here");
 }
 
 #[test]

@@ -128,9 +128,14 @@ pub enum RolloutMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeSelect {
-    /// Every node of the tree equally likely (Tree-GRPO's rule).
+    /// Every node of the tree equally likely, the root (a fresh chain) included: Tree-GRPO's
+    /// rule.
     #[default]
     Uniform,
+    /// Only nodes that end in a search's documents, equally likely; the root only while the
+    /// tree has no other node. Every expansion then shares a searched prefix with its
+    /// parent, so the tokens spent buy branches rather than new chains.
+    Searched,
 }
 
 /// Tree-rollout settings (`[rollout.tree]`; used when `[rollout] mode = "tree"`). Defaults
@@ -145,7 +150,7 @@ pub struct TreeConfig {
     pub expansions: usize,
     /// Nodes expanded per tree and round (N). Default 1.
     pub expand_nodes: usize,
-    /// Which nodes a round picks. Default `uniform`.
+    /// Which nodes a round picks (`uniform` or `searched`). Default `uniform`.
     pub select: NodeSelect,
 }
 

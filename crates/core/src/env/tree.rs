@@ -9,7 +9,8 @@
 //! the prompt itself, so a tree whose chains never searched can still grow (a root expansion
 //! is a fresh chain). Nodes a leaf inherited from the leaf it branched from belong to that
 //! leaf; each node is counted once per tree. Picks are uniform over a tree's nodes (the
-//! paper's rule), without replacement when the tree has at least N nodes, with it otherwise,
+//! paper's rule; `[rollout.tree] select = "searched"` leaves the root out while the tree has
+//! another node), without replacement when the tree has at least N nodes, with it otherwise,
 //! so every question gets `M × (1 + L × N)` leaves ([`super::TreeConfig::leaves_per_question`]).
 //!
 //! **The environment is the chain's.** An expansion is an ordinary episode that starts from
@@ -167,6 +168,9 @@ fn tree_nodes(
                 nodes.push(Some((i, k)));
             }
         }
+    }
+    if cfg.tree.select == super::NodeSelect::Searched && nodes.len() > 1 {
+        nodes.remove(0);
     }
     nodes
 }
