@@ -9,7 +9,10 @@
 //!   (AVX-512 `vfmadd…ps zmm`, else AVX2 `ymm`), bf16 dot products (AVX512_BF16 `vdpbf16ps`)
 //!   and int8 dot products (AVX512_VNNI `vpdpbusd`), each with 12 independent accumulators so
 //!   the loop is bound by throughput, not latency. Figures are operations per second counting
-//!   a multiply-add as 2;
+//!   a multiply-add as 2; and, where Linux reports AMX tiles (`amx_tile` with `amx_bf16` /
+//!   `amx_int8` in /proc/cpuinfo), the tile instructions `tdpbf16ps` and `tdpbusd` with four
+//!   independent accumulator tiles (the tile state is requested with `arch_prctl`, as the
+//!   kernel's AMX documentation describes);
 //! - **memory read bandwidth**: a parallel sum over a 512 MiB buffer (far beyond the caches);
 //! - **GEMM**: sleuth's own f32 matmul (burn-flex's GEMM, the kernel the training forward and
 //!   backward run on) on square shapes and on a training-step shape, best of 3.
@@ -26,6 +29,10 @@ use sleuth::model::backend::{self, Inference};
 
 /// Iterations of each peak loop (12 instructions each).
 const PEAK_ITERS: u64 = 20_000_000;
+
+/// The AMX loops run `PEAK_ITERS / AMX_DIVISOR` iterations of 4 tile products (each about 16
+/// cycles), so they take about as long as the vector loops.
+const AMX_DIVISOR: u64 = 20;
 
 fn main() {
     let threads = rayon::current_num_threads();
@@ -112,6 +119,34 @@ fn peaks(threads: usize) {
         } else {
             println!("| int8 dot peak | – | avx512vnni (absent) |");
         }
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let has = |flag: &str| cpuinfo.split_whitespace().any(|w| w == flag);
+        if !has("amx_tile") {
+            println!("| AMX tile peaks | – | amx_tile (absent) |");
+        } else if !x86::request_amx() {
+            println!("| AMX tile peaks | – | arch_prctl refused the tile state |");
+        } else {
+            // 4 tile products per iteration, each 16 × 16 outputs × 32 bf16 pairs
+            // (tdpbf16ps) or × 64 u8·i8 pairs (tdpbusd).
+            if has("amx_bf16") {
+                let r = parallel_rate(threads, 4.0 * 16.0 * 16.0 * 32.0 * 2.0, |n| unsafe {
+                    x86::amx_bf16(n / AMX_DIVISOR)
+                }) / AMX_DIVISOR as f64;
+                println!(
+                    "| AMX bf16 tile peak (f32 accumulate) | {:.1} GFLOP/s | amx_bf16 |",
+                    r / 1e9
+                );
+            }
+            if has("amx_int8") {
+                let r = parallel_rate(threads, 4.0 * 16.0 * 16.0 * 64.0 * 2.0, |n| unsafe {
+                    x86::amx_int8(n / AMX_DIVISOR)
+                }) / AMX_DIVISOR as f64;
+                println!(
+                    "| AMX int8 tile peak (i32 accumulate) | {:.1} GOP/s | amx_int8 |",
+                    r / 1e9
+                );
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -177,7 +212,131 @@ fn gemm() {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::asm;
     use std::arch::x86_64::*;
+
+    /// Asks Linux for the AMX tile-data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`, Documentation/arch/x86/xstate.rst); true when granted. The
+    /// permission is per process.
+    pub fn request_amx() -> bool {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: a plain syscall with two integer arguments; rcx and r11 are clobbered by
+        // `syscall` itself.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+
+    /// A tile configuration (palette 1) with tiles 0–7 all 16 rows × 64 bytes.
+    fn tile_config() -> [u8; 64] {
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for t in 0..8 {
+            cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            cfg[48 + t] = 16;
+        }
+        cfg
+    }
+
+    /// `iters` × four `tdpbf16ps` into accumulator tiles 0–3 from source tiles 4–7 (small
+    /// bf16 values); returns one output so nothing is optimised away.
+    ///
+    /// # Safety
+    /// The CPU has AMX-BF16 and [`request_amx`] returned true in this process.
+    pub unsafe fn amx_bf16(iters: u64) -> f32 {
+        let cfg = tile_config();
+        let src = vec![0x3a83u16; 4 * 16 * 32]; // bf16 ≈ 1e-3
+        let mut out = [0f32; 16 * 16];
+        // SAFETY: the configuration is valid, the loads read 4 × 1 KB of `src` at a 64-byte
+        // stride, the store writes 1 KB into `out`; tilerelease restores the initial state.
+        unsafe {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm5, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm6, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm7, [{src} + {stride}*1]",
+                "2:",
+                "tdpbf16ps tmm0, tmm4, tmm5",
+                "tdpbf16ps tmm1, tmm4, tmm6",
+                "tdpbf16ps tmm2, tmm7, tmm5",
+                "tdpbf16ps tmm3, tmm7, tmm6",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{out} + {stride}*1], tmm0",
+                "tilerelease",
+                cfg = in(reg) cfg.as_ptr(),
+                src = inout(reg) src.as_ptr() => _,
+                stride = in(reg) 64usize,
+                n = inout(reg) iters.max(1) => _,
+                out = in(reg) out.as_mut_ptr(),
+                options(nostack),
+            );
+        }
+        out[0]
+    }
+
+    /// The same with `tdpbusd` (u8 × i8 → i32).
+    ///
+    /// # Safety
+    /// The CPU has AMX-INT8 and [`request_amx`] returned true in this process.
+    pub unsafe fn amx_int8(iters: u64) -> f32 {
+        let cfg = tile_config();
+        let src = vec![1u8; 4 * 16 * 64];
+        let mut out = [0i32; 16 * 16];
+        // SAFETY: as in `amx_bf16`.
+        unsafe {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm5, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm6, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm7, [{src} + {stride}*1]",
+                "2:",
+                "tdpbusd tmm0, tmm4, tmm5",
+                "tdpbusd tmm1, tmm4, tmm6",
+                "tdpbusd tmm2, tmm7, tmm5",
+                "tdpbusd tmm3, tmm7, tmm6",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{out} + {stride}*1], tmm0",
+                "tilerelease",
+                cfg = in(reg) cfg.as_ptr(),
+                src = inout(reg) src.as_ptr() => _,
+                stride = in(reg) 64usize,
+                n = inout(reg) iters.max(1) => _,
+                out = in(reg) out.as_mut_ptr(),
+                options(nostack),
+            );
+        }
+        out[0] as f32
+    }
 
     /// 12 independent FMA chains on zmm registers; returns a lane so nothing is optimised away.
     #[target_feature(enable = "avx512f")]
