@@ -1,12 +1,12 @@
-//! Many activation rows against one quantized matrix at once: the tiled int8 GEMM under
-//! prefill (and batched decode) on AVX-512 VNNI.
+//! Activation rows against one quantized matrix: the tiled int8 GEMM under every product of
+//! the quantized engine on AVX-512 VNNI — prefill, batched decode and batch-1 decode alike.
 //!
-//! **Why a second kernel.** The row kernels of [`super::kernels`] dot one weight row with
-//! one to four activation rows, each 512-bit register holding *partial sums of one output*
-//! (two blocks' 16 four-byte groups). Every `vpdpbusd` then needs its own sign fix-up, an
+//! **Why tiles.** The AVX-512 row kernels this replaced dotted one weight row with one to
+//! four activation rows, each 512-bit register holding *partial sums of one output* (two
+//! blocks' 16 four-byte groups). Every `vpdpbusd` then needed its own sign fix-up, an
 //! int→float conversion, a scale product and an FMA (five vector ops per 64 MACs), plus a
-//! horizontal reduction per output. That is fine for decode, which waits on memory, but
-//! prefill is compute-bound: a 256-token prompt ran at 0.81–1.02× llama.cpp's speed.
+//! horizontal reduction per output: prefill, which is compute-bound, ran at 0.81–1.02×
+//! llama.cpp's speed (docs/performance.md has the figures before and after).
 //!
 //! Here each 32-bit lane of a register is *one output feature*: the weights are repacked so
 //! that one 64-byte load holds four consecutive values of 16 output features, and one
