@@ -30,6 +30,8 @@ pub mod llama;
 pub mod load;
 pub mod quant;
 pub mod sampling;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};

@@ -416,25 +416,12 @@ mod tests {
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
-    use crate::model::backend::{Inference, Train};
+    use crate::model::backend::Train;
     use crate::model::{Llama, LlamaConfig};
 
     type Grads = <Train as AutodiffBackend>::Gradients;
 
-    /// Largest |a − b| relative to the largest |b|.
-    fn rel_err(a: Tensor<Inference, 1>, b: Tensor<Inference, 1>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar().max(1e-12);
-        (a - b).abs().max().into_scalar() / scale
-    }
-
-    fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<Inference, 1> {
-        let data = t.into_data().convert::<f32>();
-        let n = data.num_elements();
-        Tensor::from_data(
-            TensorData::new(data.to_vec::<f32>().unwrap(), [n]),
-            &Default::default(),
-        )
-    }
+    use sleuth_model::testing::{flat, rel_err};
 
     /// The fused output head gives the composed log-softmax's log-probs, entropies and
     /// gradients (head weight and a deeper weight), tied and untied, at T = 0.8, scoring a

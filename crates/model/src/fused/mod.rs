@@ -1159,20 +1159,7 @@ mod tests {
 
     use crate::Architecture;
 
-    /// Largest |a − b| relative to the largest |b|.
-    fn rel_err(a: Tensor<Inference, 1>, b: Tensor<Inference, 1>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar().max(1e-12);
-        (a - b).abs().max().into_scalar() / scale
-    }
-
-    fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<Inference, 1> {
-        let data = t.into_data().convert::<f32>();
-        let n = data.num_elements();
-        Tensor::from_data(
-            TensorData::new(data.to_vec::<f32>().unwrap(), [n]),
-            &Default::default(),
-        )
-    }
+    use crate::testing::{flat, rel_err};
 
     /// Output and the gradients of a weight of each kind, for `loss = Σ forward(x) ⊙ r`.
     fn run(
