@@ -458,6 +458,22 @@ mod tests {
         assert!(tried >= 2, "the scalar path always runs");
     }
 
+    /// `y` (a product of `m` and `acts`) equals scalar row-by-row dots to 1e-4 of each
+    /// output's size.
+    fn assert_row_dots(m: &QMatrix, acts: &QActs, y: &[f32], what: &str) {
+        let rows = m.rows();
+        for r in 0..acts.len() {
+            for o in 0..rows {
+                let want = m.dot_row(Isa::Scalar, o, acts.row(r));
+                let got = y[r * rows + o];
+                assert!(
+                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{what} row {r} out {o}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
     /// The batched, threaded product equals row-by-row dots, on whichever path is active.
     #[test]
     fn matmul_matches_row_dots() {
@@ -479,18 +495,8 @@ mod tests {
                     continue;
                 }
                 let y = m.matmul(&acts, isa);
-                for r in 0..n {
-                    for o in 0..rows {
-                        let want = m.dot_row(Isa::Scalar, o, acts.row(r));
-                        let got = y[r * rows + o];
-                        assert!(
-                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "{} {} cols {cols} row {r} out {o}: {got} vs {want}",
-                            format.name(),
-                            isa.name()
-                        );
-                    }
-                }
+                let what = format!("{} {} cols {cols}", format.name(), isa.name());
+                assert_row_dots(&m, &acts, &y, &what);
             }
         }
     }
@@ -521,16 +527,9 @@ mod tests {
                     m.packed_bytes() > 0,
                     "{rows}x{cols} n {n}: GEMM path not taken"
                 );
+                let what = format!("{} {rows}x{cols} n {n}", format.name());
+                assert_row_dots(&m, &acts, &y, &what);
                 for r in 0..n {
-                    for o in 0..rows {
-                        let want = m.dot_row(Isa::Scalar, o, acts.row(r));
-                        let got = y[r * rows + o];
-                        assert!(
-                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "{} {rows}x{cols} n {n} row {r} out {o}: {got} vs {want}",
-                            format.name()
-                        );
-                    }
                     let alone = QActs::quantize(&x[r * cols..(r + 1) * cols], 1, cols);
                     assert_eq!(
                         m.matmul(&alone, Isa::Avx512Vnni),
