@@ -274,7 +274,7 @@ impl RunConfig {
     /// stage 2 replay the same question order) and sample with distinct streams.
     ///
     /// # Errors
-    /// [`PhaseError::Phase`] naming the phase and the bad key.
+    /// `PhaseError::Phase` naming the phase and the bad key.
     pub fn phase_config(&self, p: &PhaseSection) -> Result<RunConfig, PhaseError> {
         let err = |reason: String| PhaseError {
             name: p.name.clone(),
@@ -326,7 +326,7 @@ impl RunConfig {
     /// Checks every phase: unique names, overrides that parse.
     ///
     /// # Errors
-    /// [`PhaseError::Phase`] for the first bad phase.
+    /// `PhaseError::Phase` for the first bad phase.
     pub fn check_phases(&self) -> Result<(), PhaseError> {
         let mut seen = std::collections::HashSet::new();
         for p in &self.phase {

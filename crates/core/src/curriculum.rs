@@ -536,7 +536,7 @@ pub fn eval_line(r: &EvalReport) -> String {
 /// `hotpotqa_500: eval-a cover-EM 15.0 ± 3.6 → eval-b 12.0 ± 3.2 (n=100; gained 7, lost 10,
 /// McNemar p = 0.63); F1 …; format-valid …; searches …; ≥2 searches …`: each cover-EM ± one
 /// standard error, and the questions gained and lost between the two, paired question by
-/// question, with McNemar's exact p ([`crate::eval::compare`]).
+/// question, with McNemar's exact p ([`crate::eval::compare()`]).
 ///
 /// The pairing reads the `eval-<set>.trajectories.jsonl` each eval phase writes beside its
 /// report, rather than a per-question list stored in [`EvalReport`]: the trajectories already

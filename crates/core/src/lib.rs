@@ -5,7 +5,7 @@
 //! [`search::Retriever`] seam, [`embed`] text embedders for the RAPTOR tree (all-MiniLM-L6-v2
 //! in burn, hashed TF-IDF), [`llm`] the OpenAI-compatible chat client for optional LLM graph
 //! extraction and summaries, [`model`] the policy (Llama forward pass in burn, GGUF loading,
-//! tokenizer, sampling), [`env`] the rollout environment, [`reward`] metrics and reward rules,
+//! tokenizer, sampling), [`mod@env`] the rollout environment, [`reward`] metrics and reward rules,
 //! [`rl`] GRPO / Reinforce++ training and the run loop, [`eval`] running QA sets, [`plot`]
 //! training curves, and [`curriculum`] a config's phases as one run. The `sleuth` binary (the
 //! workspace's root package, `sleuth-cli`) parses flags and calls these modules; this crate

@@ -6,7 +6,7 @@
 //! pass; [`kv_cache`] the cache; [`sampling`] the sampler; [`gguf`] reads and dequantizes GGUF
 //! files; [`hf`] reads (and [`hf::export`] writes) Hugging Face directories: `config.json`,
 //! `tokenizer.json`, safetensors; [`tokenizer`] builds the byte-level BPE tokenizer from GGUF
-//! metadata or `tokenizer.json`; [`chat`] renders a model's Jinja chat template; [`load`]
+//! metadata or `tokenizer.json`; [`chat`] renders a model's Jinja chat template; [`mod@load`]
 //! builds the HF-named modules from either source's tensors; [`generate`] the batched, stop-string-aware
 //! generation loop that the rollout environment drives; [`decoder`] the seam between that loop
 //! and a forward pass; [`quant`] the CPU decode engine over block-quantized weights (Q8_0,
@@ -115,7 +115,7 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B
 /// Loads only the tokenizer of the model at `path` (directory or GGUF file).
 ///
 /// # Errors
-/// As [`load`], for the config and tokenizer files only.
+/// As [`load()`], for the config and tokenizer files only.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
     if hf::is_hf_dir(path) {
         let cfg = hf::read_config(path)?;

@@ -8,7 +8,7 @@
 //!
 //! Rotary embeddings use the Hugging Face "rotate half" convention: dimension `i` pairs with
 //! `i + head_dim/2`. GGUF files store q/k rows permuted for llama.cpp's adjacent-pair
-//! convention; [`crate::load`] undoes that permutation, so in memory the weights are
+//! convention; [`mod@crate::load`] undoes that permutation, so in memory the weights are
 //! exactly HF's.
 //!
 //! Three forward paths share the same blocks:

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// The temporary path [`write`] and [`write_with`] use for `path`: `.NAME.tmp-PID` in the same
+/// The temporary path [`write()`] and [`write_with`] use for `path`: `.NAME.tmp-PID` in the same
 /// folder (hidden, and distinct per process so two writers never share one). Also what a writer
 /// of a whole folder renames into place (`export`), and what a drawing library writes into
 /// (`plot`).

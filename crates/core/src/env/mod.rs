@@ -7,7 +7,7 @@
 //! search request past the budget (unfinished, prediction "I don't know.").
 //!
 //! [`protocol`] holds the tags and the text surgery (query extraction, document blocks);
-//! [`prompt`] the configurable template with optional demonstrations; [`rollout`] the batched
+//! [`prompt`] the configurable template with optional demonstrations; [`mod@rollout`] the batched
 //! episode loop over [`crate::model::BatchGenerator`] and the [`Policy`] seam; [`tree`] tree
 //! rollouts that branch at searches (Tree-GRPO); [`remote`] the
 //! same loop against an OpenAI-compatible completions server. The environment owns no model state: it

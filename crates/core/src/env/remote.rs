@@ -10,7 +10,7 @@
 //! ([`RemoteOptions::extra`] adds or overrides fields). The returned text (the server strips the stop string) is appended;
 //! when it stopped at `<|end_of_query|>` the environment searches, appends the documents block
 //! exactly as the local rollout inserts it ([`super::protocol::documents_block`]), and asks
-//! again. Budgets and endings follow the local loop ([`super::rollout`]): at most
+//! again. Budgets and endings follow the local loop ([`super::rollout()`]): at most
 //! `max_searches` searches, then one more query ends the episode with "I don't know.";
 //! an empty query, end-of-sequence, the token budget or the context end it unfinished.
 //!
@@ -205,7 +205,7 @@ impl RemotePolicy {
     }
 
     /// Runs `samples_per_question` episodes for each question, all in flight together;
-    /// returns them question-major, as [`super::rollout`] does. Episode `i` asks with seed
+    /// returns them question-major, as [`super::rollout()`] does. Episode `i` asks with seed
     /// `seed + i` (and the turn number added), so a seeded server reproduces a rollout.
     ///
     /// # Errors

@@ -11,7 +11,7 @@
 //! - [`agent`]: running the search agent over a QA set ([`crate::qa`]) and reporting EM,
 //!   cover-EM, F1, finished rate and searches per question.
 //!
-//! - [`compare`]: two evaluations of the same questions, paired question by question: the
+//! - [`mod@compare`]: two evaluations of the same questions, paired question by question: the
 //!   standard error of each rate, questions gained and lost, McNemar's exact p-value.
 //!
 //! - [`judge`]: an LLM judge (ACC_L) over any OpenAI-compatible chat endpoint.

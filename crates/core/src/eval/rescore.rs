@@ -169,8 +169,8 @@ pub fn rescore_rows(
 pub struct PredictionRow {
     /// 1-based line number in the file.
     pub line: usize,
-    /// The `idx` field, when the row has one as an integer (as [`super::read_qa`] reads it);
-    /// a paired comparison ([`super::compare`]) matches rows by it.
+    /// The `idx` field, when the row has one as an integer (as `read_qa` reads it);
+    /// a paired comparison ([`super::compare()`]) matches rows by it.
     pub idx: Option<i64>,
     /// The `question` field, when the row has one as a string.
     pub question: Option<String>,

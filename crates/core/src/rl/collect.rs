@@ -539,7 +539,7 @@ fn is_yes_no(answer: &str) -> bool {
 /// **The answer is read, not announced.** `{answer}` is the first gold answer of at most 10
 /// words (not yes/no) that some documents sentence covers (cover-EM), and the text before
 /// `</think>` quotes that sentence verbatim (the first one, in insertion order; at most
-/// [`QUOTE_MAX_WORDS`] words around the answer) with its document's title, from
+/// `QUOTE_MAX_WORDS` words around the answer) with its document's title, from
 /// `phrases.quote_answer`. The earlier generic "the documents say the answer is X" never
 /// pointed at evidence, and the policy rarely picked the answer out of its documents (right on
 /// 15 of the 65 eval questions whose documents held it). A comparison whose gold answer is

@@ -9,7 +9,7 @@
 //! [`Learner::model`] and hands it to [`Learner::backward`], which accumulates the gradients,
 //! and [`Learner::apply`] clips their global norm and takes the AdamW step. What differs
 //! between SFT (negative log-likelihood) and RL (clipped surrogate with advantages, KL,
-//! importance weights; [`super::update`]) is only the loss, so only the loss lives in the
+//! importance weights; `rl/update.rs`) is only the loss, so only the loss lives in the
 //! callers.
 //!
 //! Checkpoints (`save`, `snapshot`, `resume_from`) are written and read here, so SFT and RL

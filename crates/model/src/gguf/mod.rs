@@ -17,8 +17,8 @@
 //! which we reject with a clear error).
 //!
 //! Layout of this folder: [`file`] the in-memory file and its typed getters, `reader` the
-//! bounds-checked parser, [`value`] metadata values, [`types`] the ggml tensor types and their
-//! block geometry, [`dequant`] the block decoders.
+//! bounds-checked parser, `value.rs` metadata values, `types.rs` the ggml tensor types and their
+//! block geometry, `dequant.rs` the block decoders.
 //!
 //! Design choices:
 //!

@@ -114,7 +114,7 @@ impl GgmlType {
         self.entry().4
     }
 
-    /// Whether [`dequantize`] supports this type.
+    /// Whether `dequantize` supports this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
         matches!(

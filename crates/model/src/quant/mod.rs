@@ -20,7 +20,7 @@
 //! optimizer step.
 
 pub mod engine;
-mod gemm;
+pub mod gemm;
 pub mod kernels;
 
 use std::sync::OnceLock;

@@ -9,7 +9,7 @@
 //! both are switched off and replaced by that cut, as sentence-transformers does.
 //!
 //! A batch is grouped by token count: each forward pass holds texts of one length, at most
-//! [`BATCH_TOKENS`] tokens (and [`BATCH_ROWS`] rows) in all, so there is no padding, no
+//! `BATCH_TOKENS` tokens (and `BATCH_ROWS` rows) in all, so there is no padding, no
 //! attention mask, and a text's embedding does not depend on what it was batched with (up to
 //! float rounding). The 48k-passage corpus has every length from 4 to 256 tokens, a few hundred
 //! passages each, so the groups stay large.

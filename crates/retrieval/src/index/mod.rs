@@ -19,7 +19,7 @@
 //! only when it looks like an index (it holds a manifest or a tantivy `meta.json`), so a wrong
 //! path cannot wipe an unrelated folder. A build killed with SIGKILL cannot clean up after
 //! itself; the next build beside the same target removes what dead builds left
-//! ([`remove_stale_temps`]).
+//! (`remove_stale_temps`).
 
 use std::path::PathBuf;
 
