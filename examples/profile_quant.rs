@@ -1,8 +1,9 @@
 //! Times the quantized decode engine by part on the default model (for optimisation work):
 //! `cargo run --release --example profile_quant -- [q8_0|q4_1] [ROWS] [DECODE_STEPS]`.
 //!
-//! Prints the quantization time, the repacking time of the AVX-512 GEMM, the effective weight bandwidth of the output head and of one
-//! layer's products at `ROWS` activation rows, and the time of a whole decode step.
+//! Prints the quantization time, the repacking time of the AVX-512 GEMM, the effective weight
+//! bandwidth of the output head and of one layer's products at `ROWS` activation rows, and
+//! the time of a whole decode step.
 use std::time::Instant;
 
 use sleuth::model::backend::{self, Inference};

@@ -145,15 +145,17 @@ struct Head<'a> {
 
 impl Head<'_> {
     /// Writes `softmax(q·Kᵀ·scale)·V` into `out` (`[head_dim]`), with `scores` as scratch.
-    /// `simd`: run the body compiled for AVX2 + FMA (the binary targets baseline x86-64, whose
-    /// 4-wide SSE the compiler would otherwise use) where the CPU has it.
-    fn attend(&self, simd: bool, scores: &mut Vec<f32>, out: &mut [f32]) {
+    /// On every `isa` but the scalar one the body runs compiled for AVX2 + FMA (the binary
+    /// targets baseline x86-64, whose 4-wide SSE the compiler would otherwise use).
+    fn attend(&self, isa: Isa, scores: &mut Vec<f32>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if simd && Isa::Avx2.supported() {
-            // SAFETY: AVX2 and FMA are present (checked above).
+        if isa != Isa::Scalar {
+            // SAFETY: an `Isa` other than Scalar is only produced after feature detection
+            // (`Isa::detect`, `QuantLlama::with_isa`), and AVX-512 VNNI's check includes AVX2
+            // and FMA.
             return unsafe { self.attend_avx2(scores, out) };
         }
-        let _ = simd;
+        let _ = isa;
         self.attend_body(scores, out)
     }
 
@@ -501,7 +503,6 @@ impl QuantLlama {
             }
             let rows_kv = &cache.layers[l];
             let mut attn = vec![0f32; n * nh * hd];
-            let simd = self.isa != Isa::Scalar;
             let attend = |scores: &mut Vec<f32>, ih: usize, out: &mut [f32]| {
                 let (i, head) = (ih / nh, ih % nh);
                 let kv = &rows_kv[items[i].0];
@@ -514,7 +515,7 @@ impl QuantLlama {
                     span: pos[i] + 1,
                     scale,
                 };
-                one.attend(simd, scores, out);
+                one.attend(self.isa, scores, out);
             };
             // Small attention (a decode step over short rows) is cheaper on this thread than
             // the hand-off to the pool: about 2·span·head_dim flops per (token, head).

@@ -7,10 +7,10 @@
 //! cannot go below the first figure, so decoding runs here instead: weights as 32-element
 //! blocks (ggml's Q8_0 and Q4_1 geometry), activations quantized to Q8 blocks per token, and
 //! integer dot products with SIMD chosen at run time ([`kernels::Isa`]: AVX-512 VNNI through
-//! the tiled GEMM of [`gemm`], AVX2, or a portable fallback). The training forward stays in burn, in f32: the update scores the
-//! tokens itself, and the rollout/training log-prob mismatch this introduces is measured per
-//! step (`logprob_mismatch` in the metrics) and can be corrected by truncated importance
-//! sampling (Yao et al. 2025; `[train] tis_cap`).
+//! the tiled GEMM of [`gemm`], AVX2, or a portable fallback). The training forward stays in
+//! burn, in f32: the update scores the tokens itself, and the rollout/training log-prob
+//! mismatch this introduces is measured per step (`logprob_mismatch` in the metrics) and can
+//! be corrected by truncated importance sampling (Yao et al. 2025; `[train] tis_cap`).
 //!
 //! Layout: [`kernels`] holds the per-ISA row dot products; [`gemm`] the AVX-512 VNNI tiled
 //! product with its repacked weights; [`QMatrix`] a quantized `[out, in]` matrix and its
@@ -263,9 +263,10 @@ impl QMatrix {
     /// values; returns `[n, rows]` row-major. `isa` must be supported ([`Isa::supported`]).
     ///
     /// On AVX-512 VNNI this is the tiled GEMM of [`gemm`], for every `n` (so a token's
-    /// logits do not depend on the batch it ran in). Otherwise work is split over output rows across the rayon
-    /// pool; each weight row is read once and dotted with all `n` activation rows while it
-    /// sits in L1, so a batch of G rows costs about one row's memory traffic.
+    /// logits do not depend on the batch it ran in). Otherwise work is split over output
+    /// rows across the rayon pool; each weight row is read once and dotted with all `n`
+    /// activation rows while it sits in L1, so a batch of G rows costs about one row's memory
+    /// traffic.
     pub fn matmul(&self, x: &QActs, isa: Isa) -> Vec<f32> {
         assert_eq!(
             x.cols, self.cols,
