@@ -130,7 +130,7 @@ fn peaks(threads: usize) {
             // (tdpbf16ps) or × 64 u8·i8 pairs (tdpbusd).
             if has("amx_bf16") {
                 let r = parallel_rate(threads, 4.0 * 16.0 * 16.0 * 32.0 * 2.0, |n| unsafe {
-                    x86::amx_bf16(n / AMX_DIVISOR)
+                    x86::amx_peak(x86::Amx::Bf16, n / AMX_DIVISOR) as f32
                 }) / AMX_DIVISOR as f64;
                 println!(
                     "| AMX bf16 tile peak (f32 accumulate) | {:.1} GFLOP/s | amx_bf16 |",
@@ -139,7 +139,7 @@ fn peaks(threads: usize) {
             }
             if has("amx_int8") {
                 let r = parallel_rate(threads, 4.0 * 16.0 * 16.0 * 64.0 * 2.0, |n| unsafe {
-                    x86::amx_int8(n / AMX_DIVISOR)
+                    x86::amx_peak(x86::Amx::Int8, n / AMX_DIVISOR) as f32
                 }) / AMX_DIVISOR as f64;
                 println!(
                     "| AMX int8 tile peak (i32 accumulate) | {:.1} GOP/s | amx_int8 |",
@@ -250,92 +250,88 @@ mod x86 {
         cfg
     }
 
-    /// `iters` × four `tdpbf16ps` into accumulator tiles 0–3 from source tiles 4–7 (small
-    /// bf16 values); returns one output so nothing is optimised away.
+    /// The tile product an AMX peak loop runs.
+    #[derive(Clone, Copy)]
+    pub enum Amx {
+        /// `tdpbf16ps`: 16 × 16 f32 outputs += 32 bf16 pairs each.
+        Bf16,
+        /// `tdpbusd`: 16 × 16 i32 outputs += 64 u8 · i8 pairs each.
+        Int8,
+    }
+
+    /// Loads the tile configuration, zeroes accumulator tiles 0–3, loads source tiles 4–7
+    /// (4 × 1 KB at a 64-byte stride), runs `iters` × four `$op` products into tiles 0–3,
+    /// stores tile 0 and releases the tile state.
+    macro_rules! tile_loop {
+        ($op:literal, $cfg:expr, $src:expr, $iters:expr, $out:expr) => {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm5, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm6, [{src} + {stride}*1]",
+                "add {src}, 1024",
+                "tileloadd tmm7, [{src} + {stride}*1]",
+                "2:",
+                concat!($op, " tmm0, tmm4, tmm5"),
+                concat!($op, " tmm1, tmm4, tmm6"),
+                concat!($op, " tmm2, tmm7, tmm5"),
+                concat!($op, " tmm3, tmm7, tmm6"),
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{out} + {stride}*1], tmm0",
+                "tilerelease",
+                cfg = in(reg) $cfg,
+                src = inout(reg) $src => _,
+                stride = in(reg) 64usize,
+                n = inout(reg) $iters => _,
+                out = in(reg) $out,
+                options(nostack),
+            )
+        };
+    }
+
+    /// `iters` × four tile products of `kind` into accumulator tiles 0–3 from source tiles
+    /// 4–7 (small values: bf16 ≈ 1e-3, or bytes of 1); returns the first output's bits so
+    /// nothing is optimised away.
     ///
     /// # Safety
-    /// The CPU has AMX-BF16 and [`request_amx`] returned true in this process.
-    pub unsafe fn amx_bf16(iters: u64) -> f32 {
+    /// The CPU has the AMX extension `kind` needs and [`request_amx`] returned true in this
+    /// process.
+    pub unsafe fn amx_peak(kind: Amx, iters: u64) -> u32 {
         let cfg = tile_config();
-        let src = vec![0x3a83u16; 4 * 16 * 32]; // bf16 ≈ 1e-3
-        let mut out = [0f32; 16 * 16];
+        let src: Vec<u8> = match kind {
+            Amx::Bf16 => 0x3a83u16.to_le_bytes().repeat(2 * 1024),
+            Amx::Int8 => vec![1u8; 4 * 1024],
+        };
+        let mut out = [0u32; 16 * 16];
+        let iters = iters.max(1);
         // SAFETY: the configuration is valid, the loads read 4 × 1 KB of `src` at a 64-byte
         // stride, the store writes 1 KB into `out`; tilerelease restores the initial state.
         unsafe {
-            asm!(
-                "ldtilecfg [{cfg}]",
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "tileloadd tmm4, [{src} + {stride}*1]",
-                "add {src}, 1024",
-                "tileloadd tmm5, [{src} + {stride}*1]",
-                "add {src}, 1024",
-                "tileloadd tmm6, [{src} + {stride}*1]",
-                "add {src}, 1024",
-                "tileloadd tmm7, [{src} + {stride}*1]",
-                "2:",
-                "tdpbf16ps tmm0, tmm4, tmm5",
-                "tdpbf16ps tmm1, tmm4, tmm6",
-                "tdpbf16ps tmm2, tmm7, tmm5",
-                "tdpbf16ps tmm3, tmm7, tmm6",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{out} + {stride}*1], tmm0",
-                "tilerelease",
-                cfg = in(reg) cfg.as_ptr(),
-                src = inout(reg) src.as_ptr() => _,
-                stride = in(reg) 64usize,
-                n = inout(reg) iters.max(1) => _,
-                out = in(reg) out.as_mut_ptr(),
-                options(nostack),
-            );
+            match kind {
+                Amx::Bf16 => tile_loop!(
+                    "tdpbf16ps",
+                    cfg.as_ptr(),
+                    src.as_ptr(),
+                    iters,
+                    out.as_mut_ptr()
+                ),
+                Amx::Int8 => tile_loop!(
+                    "tdpbusd",
+                    cfg.as_ptr(),
+                    src.as_ptr(),
+                    iters,
+                    out.as_mut_ptr()
+                ),
+            }
         }
         out[0]
-    }
-
-    /// The same with `tdpbusd` (u8 × i8 → i32).
-    ///
-    /// # Safety
-    /// The CPU has AMX-INT8 and [`request_amx`] returned true in this process.
-    pub unsafe fn amx_int8(iters: u64) -> f32 {
-        let cfg = tile_config();
-        let src = vec![1u8; 4 * 16 * 64];
-        let mut out = [0i32; 16 * 16];
-        // SAFETY: as in `amx_bf16`.
-        unsafe {
-            asm!(
-                "ldtilecfg [{cfg}]",
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "tileloadd tmm4, [{src} + {stride}*1]",
-                "add {src}, 1024",
-                "tileloadd tmm5, [{src} + {stride}*1]",
-                "add {src}, 1024",
-                "tileloadd tmm6, [{src} + {stride}*1]",
-                "add {src}, 1024",
-                "tileloadd tmm7, [{src} + {stride}*1]",
-                "2:",
-                "tdpbusd tmm0, tmm4, tmm5",
-                "tdpbusd tmm1, tmm4, tmm6",
-                "tdpbusd tmm2, tmm7, tmm5",
-                "tdpbusd tmm3, tmm7, tmm6",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{out} + {stride}*1], tmm0",
-                "tilerelease",
-                cfg = in(reg) cfg.as_ptr(),
-                src = inout(reg) src.as_ptr() => _,
-                stride = in(reg) 64usize,
-                n = inout(reg) iters.max(1) => _,
-                out = in(reg) out.as_mut_ptr(),
-                options(nostack),
-            );
-        }
-        out[0] as f32
     }
 
     /// 12 independent FMA chains on zmm registers; returns a lane so nothing is optimised away.
