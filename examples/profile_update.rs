@@ -13,7 +13,8 @@
 //! `SLEUTH_MODEL=PATH` profiles another model (a GGUF file or a Hugging Face directory, e.g.
 //! a random-weight Qwen2.5-0.5B-shaped one from `scripts/reference/record_hf_fixtures.py
 //! --random-shape qwen2.5-0.5b`); token ids are drawn from its vocabulary. The last line
-//! printed is the process's peak RSS.
+//! printed is the process's peak RSS. `SLEUTH_PRECISION=bf16` runs the linear layers' products
+//! in bf16 on AMX tiles (`[train] precision = "bf16"`), where the CPU has them.
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -22,6 +23,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use sleuth::model::backend::{self, Train};
+use sleuth::model::fused::Precision;
 use sleuth::model::load;
 use sleuth::rl::loss::{pack, policy_loss, token_logprobs_entropy, KlEstimator, LossInputs};
 
@@ -49,10 +51,20 @@ fn main() {
     let path = std::env::var("SLEUTH_MODEL")
         .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
     let t_load = Instant::now();
+    // `SLEUTH_PRECISION=bf16`: the linear layers' products in bf16 on AMX tiles
+    // (`[train] precision`), where the CPU has them.
+    let precision = match std::env::var("SLEUTH_PRECISION").as_deref() {
+        Ok("bf16") => Precision::Bf16.effective(),
+        _ => Precision::F32,
+    };
     let model = load::<Train>(std::path::Path::new(&path), &device)
         .expect("run scripts/setup first (or set SLEUTH_MODEL to a model)")
-        .model;
-    println!("loaded {path} in {:.2} s", secs(t_load));
+        .model
+        .with_precision(precision);
+    println!(
+        "loaded {path} in {:.2} s, precision {precision:?}",
+        secs(t_load)
+    );
     let reference = model.valid();
     let mut optim = AdamWConfig::new()
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))

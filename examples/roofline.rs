@@ -26,6 +26,7 @@ use std::time::Instant;
 use burn::tensor::{Distribution, Tensor};
 use rayon::prelude::*;
 use sleuth::model::backend::{self, Inference};
+use sleuth::model::fused;
 
 /// Iterations of each peak loop (12 instructions each).
 const PEAK_ITERS: u64 = 20_000_000;
@@ -41,8 +42,11 @@ fn main() {
     println!();
     println!("| what | figure | needs |");
     println!("|---|---|---|");
-    peaks(threads);
-    bandwidth();
+    // `roofline gemm`: the GEMM rows only.
+    if std::env::args().nth(1).as_deref() != Some("gemm") {
+        peaks(threads);
+        bandwidth();
+    }
     gemm();
 }
 
@@ -207,6 +211,21 @@ fn gemm() {
             best = best.max(2.0 * (m * k * n) as f64 / secs / 1e9);
         }
         println!("| sleuth f32 GEMM {m}×{k}·{k}×{n} | {best:.1} GFLOP/s | burn-flex |");
+        if fused::amx_available() {
+            // The same product with bf16 operands on AMX tiles (`[train] precision = "bf16"`),
+            // packing of both operands included, as a training step runs it.
+            let mut best = 0.0f64;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let c = fused::linear(a.clone(), b.clone(), fused::Precision::Bf16)
+                    .expect("AMX available");
+                let v = c.into_data();
+                let secs = t.elapsed().as_secs_f64();
+                std::hint::black_box(v);
+                best = best.max(2.0 * (m * k * n) as f64 / secs / 1e9);
+            }
+            println!("| sleuth bf16 GEMM {m}×{k}·{k}×{n} | {best:.1} GFLOP/s | AMX tiles |");
+        }
     }
 }
 

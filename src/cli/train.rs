@@ -11,6 +11,7 @@ use super::{load_model, load_policy, open_search};
 use sleuth::atomic::write as write_atomic;
 use sleuth::config::RunConfig;
 use sleuth::model::backend::{self, Inference, Train};
+use sleuth::model::fused::Precision;
 use sleuth::rl::Question;
 use sleuth::rl::{run, Trainer};
 use sleuth::search::Retriever;
@@ -50,6 +51,10 @@ pub struct TrainArgs {
     /// the config's model file; optimizer and progress start fresh.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Precision of the training forward and backward products: f32, or bf16 on AMX tiles
+    /// where the CPU has them (overrides `[train] precision`; f32 where AMX is missing).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
 }
 
 /// Flags of `sleuth sft`.
@@ -81,12 +86,19 @@ pub struct SftArgs {
     /// Print each metrics line to stdout even on a terminal.
     #[arg(long)]
     pub json: bool,
+    /// Precision of the training forward and backward products: f32, or bf16 on AMX tiles
+    /// where the CPU has them (overrides `[train] precision`; f32 where AMX is missing).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
 }
 
 /// `sleuth train`: one RL stage for `--steps` steps, or the curriculum when the config has
 /// `[[phase]]`s; resumable with `--resume`.
 pub fn run_train(a: TrainArgs) -> Result<()> {
-    let cfg = RunConfig::load(&a.config)?;
+    let mut cfg = RunConfig::load(&a.config)?;
+    if let Some(p) = a.precision {
+        cfg.train.precision = p;
+    }
     super::require_local(&cfg)?;
     let device = backend::device();
     if !cfg.phase.is_empty() {
@@ -129,9 +141,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     }
     write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     eprintln!(
-        "training {} ({} backend, rollouts decode {}): {} questions × {} per step, ≤{} new tokens, algo {}",
+        "training {} ({} backend, {} products, rollouts decode {}): {} questions × {} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
         backend::name(),
+        precision_name(trainer.learner.model.precision()),
         cfg.rollout.weights.name(),
         cfg.train.questions_per_step,
         cfg.rollout.group_desc(),
@@ -146,6 +159,23 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     };
     run::run_steps(&mut trainer, &a.out, &a.out.join("metrics.jsonl"), &opts)?;
     Ok(())
+}
+
+/// `f32` / `bf16` for `--precision`.
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => Err(format!("expected f32 or bf16, got {s:?}")),
+    }
+}
+
+/// How a precision is written in configs.
+fn precision_name(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "f32",
+        Precision::Bf16 => "bf16",
+    }
 }
 
 /// `sleuth train` on a config with `[[phase]]`s: the whole curriculum as one run.
@@ -212,6 +242,9 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
     }
     if let Some(e) = a.stop_entropy {
         cfg.train.sft_stop_entropy = e;
+    }
+    if let Some(p) = a.precision {
+        cfg.train.precision = p;
     }
     let mut sft =
         sleuth::rl::sft::SftTrainer::new(m.model, m.config, cfg.train.clone(), data, device)?;

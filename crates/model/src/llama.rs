@@ -74,16 +74,25 @@ pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     /// Optional bias `[out]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Precision of the product ([`fused::Precision`]; not saved with the weights).
+    #[module(skip)]
+    pub precision: fused::Precision,
 }
 
 impl<B: Backend> Linear<B> {
     /// `x`: `[batch, tokens, in]` → `[batch, tokens, out]`.
     ///
     /// The product runs as one 2-D GEMM over `[batch·tokens, in]`: burn-flex's batched matmul
-    /// with a broadcast weight takes a much slower path.
+    /// with a broadcast weight takes a much slower path. With `precision` bf16 on a CPU with
+    /// AMX it is [`fused::linear`] (bf16 operands, f32 sums), else burn's f32 matmul.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d_in] = x.dims();
-        let y = x.reshape([b * t, d_in]).matmul(self.weight.val());
+        let x = x.reshape([b * t, d_in]);
+        let y = match fused::runs_bf16::<B>(self.precision) {
+            true => fused::linear(x, self.weight.val(), self.precision)
+                .expect("fused::runs_bf16 was checked above"),
+            false => x.matmul(self.weight.val()),
+        };
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,
@@ -96,6 +105,7 @@ impl<B: Backend> Linear<B> {
         Self {
             weight: Param::from_tensor(Tensor::random([d_in, d_out], init_dist(), device)),
             bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+            precision: fused::Precision::F32,
         }
     }
 }
@@ -410,6 +420,35 @@ impl<B: Backend> Llama<B> {
     /// `docs/reliability.md`). Values, names and gradients are unchanged.
     pub fn with_canonical_param_ids(self) -> Self {
         self.map(&mut CanonicalIds(0))
+    }
+
+    /// The model with every linear layer's products in `precision` ([`fused::Precision`]).
+    /// The setting is not part of the weights: clones (the reference model) and optimizer
+    /// steps keep it, loading a checkpoint into this model keeps it, a freshly loaded model
+    /// starts at f32.
+    pub fn with_precision(mut self, precision: fused::Precision) -> Self {
+        for l in &mut self.layers {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            for lin in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                lin.precision = precision;
+            }
+        }
+        self
+    }
+
+    /// The precision of the linear layers' products ([`Self::with_precision`]).
+    pub fn precision(&self) -> fused::Precision {
+        self.layers
+            .first()
+            .map_or(fused::Precision::F32, |l| l.self_attn.q_proj.precision)
     }
 
     /// A randomly initialised model (weights ~ N(0, 0.02), norms = 1), for tests and the

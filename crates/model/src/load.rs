@@ -194,6 +194,7 @@ fn linear<B: Backend>(
     Ok(Linear {
         weight: param2(transpose(&w, d_out, d_in), [d_in, d_out], device),
         bias,
+        precision: crate::fused::Precision::F32,
     })
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::advantage::{Algo, GroupNorm};
 use super::guard::GuardConfig;
 use super::loss::KlEstimator;
+use crate::model::fused::Precision;
 
 /// Training hyper-parameters (`[train]` in an env config). Defaults stated once, here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +84,15 @@ pub struct TrainConfig {
     /// (DeepResearcher and Logic-RL grade difficulty the same way). Retirement never leaves
     /// fewer than `questions_per_step` questions active. 0 disables. Default 0.
     pub retire_after: usize,
+    /// Precision of the policy's (and the reference model's) matrix products in the training
+    /// forward and backward passes: `f32`, or `bf16` — operands rounded to bf16, products
+    /// summed in f32 on AMX tiles ([`crate::model::fused::linear`]; mixed precision as
+    /// Micikevicius et al. 2018 and Kalamkar et al. 2019 describe, weights, gradients and
+    /// AdamW's moments kept f32). `bf16` needs AMX-BF16 (Intel Xeon 4th generation on);
+    /// elsewhere it trains in f32 and says so. Rollouts are not affected (the quantized
+    /// engine). Default `f32` (docs/performance.md, "bf16 training on AMX", has the speed and
+    /// parity figures).
+    pub precision: Precision,
     /// SFT only: stop the run once the mean policy entropy (nats per policy token, measured
     /// in the step's forward pass) falls below this, so the cold start leaves variance for
     /// RL. 0 disables. Default 0.0.
@@ -129,6 +139,7 @@ impl Default for TrainConfig {
             dynamic_sampling: false,
             max_resample: 4,
             retire_after: 0,
+            precision: Precision::F32,
             sft_stop_entropy: 0.0,
             guard: GuardConfig::default(),
         }

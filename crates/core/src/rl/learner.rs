@@ -25,6 +25,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use super::checkpoint::{self, Optim, TrainState};
 use super::loss::{pack, plan_micro_batches, PackedBatch};
 use super::{TrainConfig, TrainError};
+use crate::model::fused::Precision;
 use crate::model::{Llama, LlamaConfig};
 
 /// A policy under training with its optimizer and progress (module docs).
@@ -59,7 +60,8 @@ pub struct Gradients<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Learner<B> {
     /// Wraps an initial policy; the optimizer starts empty and progress at step 0 with the
-    /// config's seed.
+    /// config's seed. The policy's products run in the config's `precision` where this CPU
+    /// can ([`Precision::effective`]; a warning says when `bf16` falls back to f32).
     pub fn new(
         model: Llama<B>,
         model_config: LlamaConfig,
@@ -67,7 +69,9 @@ impl<B: AutodiffBackend> Learner<B> {
         device: B::Device,
     ) -> Self {
         Self {
-            model: model.with_canonical_param_ids(),
+            model: model
+                .with_canonical_param_ids()
+                .with_precision(precision(&cfg)),
             model_config,
             optim: adamw(&cfg),
             state: TrainState {
@@ -120,7 +124,7 @@ impl<B: AutodiffBackend> Learner<B> {
 
     /// Replaces the weights and restarts AdamW's moments (the collapse guard's rollback).
     pub fn restore(&mut self, model: Llama<B>) {
-        self.model = model;
+        self.model = model.with_precision(precision(&self.cfg));
         self.optim = adamw(&self.cfg);
     }
 
@@ -177,6 +181,17 @@ impl<B: AutodiffBackend> Learner<B> {
         self.model = self.optim.step(lr, self.model.clone(), grads);
         Some(norm)
     }
+}
+
+/// The precision `cfg` asks for, as this process can run it (warns when `bf16` falls back).
+fn precision(cfg: &TrainConfig) -> Precision {
+    let p = cfg.precision.effective();
+    if p != cfg.precision {
+        tracing::warn!(
+            "[train] precision = \"bf16\" needs AMX-BF16, which this CPU (or kernel) does not offer: training in f32"
+        );
+    }
+    p
 }
 
 /// AdamW with the config's betas, epsilon and weight decay (the learning rate is passed per

@@ -271,7 +271,14 @@ pub fn token_logprobs_entropy<B: Backend>(
             .map(|t| t.max(0) as usize)
             .collect();
         let (w, tied) = model.head_weight();
-        if let Some((lp, ent)) = fused::head_logprobs(hidden.clone(), w, tied, &ids, temperature) {
+        if let Some((lp, ent)) = fused::head_logprobs(
+            hidden.clone(),
+            w,
+            tied,
+            &ids,
+            temperature,
+            model.precision(),
+        ) {
             return (spread(lp), entropy.then(|| spread(ent)));
         }
     }

@@ -51,6 +51,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+mod amx;
 mod prefix;
 pub use prefix::prefix_attention;
 
@@ -61,6 +62,7 @@ type AdTensor = burn::tensor::ops::FloatTensor<Ad>;
 
 thread_local! {
     static COMPOSITE: Cell<bool> = const { Cell::new(false) };
+    static NO_AMX: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with the fused ops switched off on this thread (every model forward inside uses
@@ -234,6 +236,44 @@ unsafe fn gemm_view(
         false,
         parallelism,
     );
+}
+
+/// [`gemm_view`] on the rayon pool, or with `bf16` the same product on AMX tiles
+/// ([`amx::gemm`]: operands rounded to bf16, f32 sums).
+///
+/// # Safety
+/// As [`gemm_view`]; with `bf16`, [`amx_available`] returned true.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    bf16: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match bf16 {
+            true => amx::gemm(m, n, k, dst, dst_rs, acc, lhs, rhs, beta),
+            false => gemm_view(
+                m,
+                n,
+                k,
+                dst,
+                dst_rs,
+                acc,
+                lhs,
+                rhs,
+                beta,
+                gemm::Parallelism::Rayon(0),
+            ),
+        }
+    }
 }
 
 /// Causal scores: rows `r0..r1` × columns `0..r1` of `dst` (`[T, T]`, row-major) become
@@ -819,6 +859,178 @@ pub fn rms_norm<B: Backend, const D: usize>(
 }
 
 // ---------------------------------------------------------------------------------------
+// Linear layers in bf16
+// ---------------------------------------------------------------------------------------
+
+/// The precision of a linear layer's matrix products under training and scoring
+/// ([`linear`]). Weights, activations, gradients and AdamW's moments stay f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 operands and accumulation (burn-flex's GEMM). The default.
+    #[default]
+    F32,
+    /// Operands rounded to bf16, products summed in f32, on AMX tiles
+    /// ([`amx_available`]); where the CPU has no AMX-BF16 the products stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// What runs in this process: `Bf16` only where [`amx_available`], else `F32`.
+    pub fn effective(self) -> Self {
+        match self {
+            Precision::Bf16 if amx_available() => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+}
+
+/// Whether this process can run bf16 products on AMX tiles: the CPU reports AMX-TILE and
+/// AMX-BF16 and Linux granted the tile state; `SLEUTH_AMX=0` says no for the whole process.
+pub fn amx_available() -> bool {
+    amx::available()
+}
+
+/// Runs `f` with bf16 products switched off on this thread: every [`linear`] inside takes the
+/// f32 path whatever its precision, as on a CPU without AMX (the fallback's tests).
+pub fn without_amx<R>(f: impl FnOnce() -> R) -> R {
+    let before = NO_AMX.with(|c| c.replace(true));
+    let out = f();
+    NO_AMX.with(|c| c.set(before));
+    out
+}
+
+/// Whether [`linear`] runs a `precision` product in bf16 for backend `B` on this thread: the
+/// precision asks for it, the fused ops are on for `B`, AMX is available and not switched off
+/// ([`without_amx`]).
+pub fn runs_bf16<B: Backend>(precision: Precision) -> bool {
+    precision == Precision::Bf16
+        && kind::<B>().is_some()
+        && !NO_AMX.with(Cell::get)
+        && amx_available()
+}
+
+#[derive(Debug, Clone)]
+struct LinearSaved {
+    x: FlexTensor,
+    w: FlexTensor,
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    type State = LinearSaved;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [nx, nw] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (dy, x, w) = (slice(&dy), slice(&ops.state.x), slice(&ops.state.w));
+        let [d_in, d_out] = [dims(&ops.state.w)[0], dims(&ops.state.w)[1]];
+        let rows = dy.len() / d_out.max(1);
+        if let Some(node) = nx {
+            // dX [rows, in] = dY [rows, out] · Wᵀ [out, in].
+            let mut dx = vec![0f32; rows * d_in];
+            // SAFETY: AMX checked when the forward chose this op; fresh output; views in
+            // bounds of the saved buffers.
+            unsafe {
+                amx::gemm(
+                    rows,
+                    d_in,
+                    d_out,
+                    dx.as_mut_ptr(),
+                    d_in,
+                    false,
+                    View::rows(dy, d_out),
+                    View::rows(w, d_out).t(),
+                    1.0,
+                )
+            };
+            grads.register::<Flex>(node.id, flex(dx, dims(&ops.state.x)));
+        }
+        if let Some(node) = nw {
+            // dW [in, out] = Xᵀ [in, rows] · dY [rows, out].
+            let mut dw = vec![0f32; d_in * d_out];
+            // SAFETY: as above.
+            unsafe {
+                amx::gemm(
+                    d_in,
+                    d_out,
+                    rows,
+                    dw.as_mut_ptr(),
+                    d_out,
+                    false,
+                    View::rows(x, d_in).t(),
+                    View::rows(dy, d_out),
+                    1.0,
+                )
+            };
+            grads.register::<Flex>(node.id, flex(dw, vec![d_in, d_out]));
+        }
+    }
+}
+
+/// `x [N, in] · w [in, out]` with both operands rounded to bf16 and the products summed in
+/// f32 on AMX tiles ([`amx`]); the backward runs `dX = dY·Wᵀ` and `dW = Xᵀ·dY` the same way
+/// (mixed-precision training as Micikevicius et al. 2018 describe it, with bf16 in place of
+/// fp16 so no loss scaling is needed: Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep
+/// Learning Training"). `None` unless [`runs_bf16`] holds for `precision`: the caller then
+/// runs the f32 matmul.
+pub fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    precision: Precision,
+) -> Option<Tensor<B, 2>> {
+    if !runs_bf16::<B>(precision) {
+        return None;
+    }
+    let ([n, d_in], [w_in, d_out]) = (x.dims(), w.dims());
+    if d_in != w_in {
+        return None; // the composed matmul reports the mismatch
+    }
+    let forward = |x: &FlexTensor, w: &FlexTensor| {
+        let mut y = vec![0f32; n * d_out];
+        // SAFETY: AMX available (checked above); fresh output; `x` is `[n, in]` and `w`
+        // `[in, out]`, both contiguous.
+        unsafe {
+            amx::gemm(
+                n,
+                d_out,
+                d_in,
+                y.as_mut_ptr(),
+                d_out,
+                false,
+                View::rows(slice(x), d_in),
+                View::rows(slice(w), d_out),
+                1.0,
+            )
+        };
+        flex(y, vec![n, d_out])
+    };
+    match kind::<B>()? {
+        Kind::Flex => {
+            let x = primitive::<B, 2, FlexTensor>(x).to_contiguous();
+            let w = primitive::<B, 2, FlexTensor>(w).to_contiguous();
+            Some(from_primitive::<B, 2, _>(forward(&x, &w)))
+        }
+        Kind::Autodiff => {
+            let (x, w): (AdTensor, AdTensor) = (primitive::<B, 2, _>(x), primitive::<B, 2, _>(w));
+            let (xp, wp) = (x.primitive.to_contiguous(), w.primitive.to_contiguous());
+            let y = forward(&xp, &wp);
+            let out = match LinearBackward
+                .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(LinearSaved { x: xp, w: wp }, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            Some(from_primitive::<B, 2, _>(out))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // SwiGLU
 // ---------------------------------------------------------------------------------------
 
@@ -955,6 +1167,8 @@ struct HeadSaved {
     /// Log-partition of each row of `logits`, `[N]`.
     lse: Arc<Vec<f32>>,
     temperature: f32,
+    /// The products run in bf16 ([`runs_bf16`] at the forward).
+    bf16: bool,
 }
 
 /// Forward kernel: `(logits / T, lse, logp, entropy)` for rows `h` `[N, hidden]`.
@@ -963,6 +1177,7 @@ fn head_forward(
     w: &HeadWeight,
     targets: &[usize],
     temperature: f32,
+    bf16: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let (hd, v) = (w.hidden, w.vocab);
     let n = targets.len();
@@ -971,21 +1186,20 @@ fn head_forward(
     let mut logp = vec![0f32; n];
     let mut ent = vec![0f32; n];
     // One GEMM over all rows (a per-task GEMM would re-pack the whole weight each time).
-    let (lhs, par) = (View::rows(h, hd), gemm::Parallelism::Rayon(0));
     // SAFETY: a fresh `[n, vocab]` output; the views address `n × hidden` and
-    // `hidden × vocab` elements of live buffers.
+    // `hidden × vocab` elements of live buffers; `bf16` only where AMX is available.
     unsafe {
-        gemm_view(
+        product(
+            bf16,
             n,
             v,
             hd,
             logits.as_mut_ptr(),
             v,
             false,
-            lhs,
+            View::rows(h, hd),
             w.view(),
             1.0 / temperature,
-            par,
         )
     };
     logits
@@ -1037,12 +1251,12 @@ impl Backward<Flex, 2> for HeadBackward {
             d[s.targets[i]] += gi;
         });
         let (hv, dlv) = (View::rows(slice(&s.h), hd), View::rows(&dl, v));
-        let par = gemm::Parallelism::Rayon(0);
         if let Some(node) = nh {
             let mut dh = vec![0f32; n * hd];
-            // SAFETY: fresh output buffer; views in bounds.
+            // SAFETY: fresh output buffer; views in bounds; `bf16` as at the forward.
             unsafe {
-                gemm_view(
+                product(
+                    s.bf16,
                     n,
                     hd,
                     v,
@@ -1052,7 +1266,6 @@ impl Backward<Flex, 2> for HeadBackward {
                     dlv,
                     s.w.view().t(),
                     1.0,
-                    par,
                 )
             };
             grads.register::<Flex>(node.id, flex(dh, vec![n, hd]));
@@ -1065,8 +1278,21 @@ impl Backward<Flex, 2> for HeadBackward {
                 true => (v, hd, dlv.t(), hv),
                 false => (hd, v, hv.t(), dlv),
             };
-            // SAFETY: fresh output buffer; views in bounds.
-            unsafe { gemm_view(m, cols, n, dw.as_mut_ptr(), cols, false, lhs, rhs, 1.0, par) };
+            // SAFETY: fresh output buffer; views in bounds; `bf16` as at the forward.
+            unsafe {
+                product(
+                    s.bf16,
+                    m,
+                    cols,
+                    n,
+                    dw.as_mut_ptr(),
+                    cols,
+                    false,
+                    lhs,
+                    rhs,
+                    1.0,
+                )
+            };
             grads.register::<Flex>(node.id, flex(dw, dims(&s.w.w)));
         }
     }
@@ -1079,15 +1305,18 @@ impl Backward<Flex, 2> for HeadBackward {
 /// detached (a plain tensor outside the autodiff graph). The `[N, vocab]` logits are one GEMM,
 /// normalised row by row in parallel, and kept for backward (one buffer, `4·N·vocab` bytes), instead of the
 /// several such tensors the composed log-softmax and its backward allocate. `None` on a
-/// backend without the kernels.
+/// backend without the kernels. `precision` bf16 runs the three products (logits, dh, dW) in
+/// bf16 where [`runs_bf16`] holds, as the linear layers do.
 pub fn head_logprobs<B: Backend>(
     h: Tensor<B, 2>,
     w: Tensor<B, 2>,
     tied: bool,
     targets: &[usize],
     temperature: f32,
+    precision: Precision,
 ) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
     let kind = kind::<B>()?;
+    let bf16 = runs_bf16::<B>(precision);
     let device = h.device();
     let [n, hidden] = h.dims();
     let [a, c] = w.dims();
@@ -1108,7 +1337,7 @@ pub fn head_logprobs<B: Backend>(
                 hidden,
                 vocab,
             };
-            let (_, _, lp, e) = head_forward(slice(&hp), &w, targets, temperature);
+            let (_, _, lp, e) = head_forward(slice(&hp), &w, targets, temperature, bf16);
             Some((from_primitive::<B, 1, _>(flex(lp, vec![n])), entropy(e)))
         }
         Kind::Autodiff => {
@@ -1120,7 +1349,7 @@ pub fn head_logprobs<B: Backend>(
                 hidden,
                 vocab,
             };
-            let (logits, lse, lp, e) = head_forward(slice(&hp), &wt, targets, temperature);
+            let (logits, lse, lp, e) = head_forward(slice(&hp), &wt, targets, temperature, bf16);
             let lp = flex(lp, vec![n]);
             let out = match HeadBackward
                 .prepare::<NoCheckpointing>([h.node.clone(), w.node.clone()])
@@ -1135,6 +1364,7 @@ pub fn head_logprobs<B: Backend>(
                         logits: Arc::new(logits),
                         lse: Arc::new(lse),
                         temperature,
+                        bf16,
                     },
                     lp,
                 ),
@@ -1277,6 +1507,111 @@ mod tests {
                 err < 1e-6,
                 "{arch:?} composed fallback: relative error {err}"
             );
+        }
+    }
+
+    /// `precision = bf16` ([`Precision`]): where AMX runs, the forward and every kind of
+    /// parameter gradient differ from the f32 model's (the bf16 path is the one that ran) by
+    /// no more than bf16 rounding explains (8 significant bits: ≈ 0.4 % per operand; bound
+    /// 3 % of each tensor's largest entry, over two layers and the backward); with AMX switched
+    /// off ([`without_amx`], as on a CPU without it) they are the f32 model's exact bits. Both
+    /// the autodiff and the inference backend; the reference model (`valid()`) keeps the
+    /// precision.
+    #[test]
+    fn bf16_precision_within_rounding_and_falls_back_to_f32_bits() {
+        let device = Default::default();
+        let (b, t) = (2, 70);
+        let ids: Vec<i64> = (0..b * t).map(|i| ((i * 37 + 11) % 97) as i64).collect();
+        let tokens = Tensor::<Train, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+        for cfg in tiny_configs() {
+            let arch = cfg.architecture().unwrap();
+            let model = test_model(&cfg, 7);
+            let r = Tensor::<Train, 3>::random(
+                [b, t, cfg.hidden_size],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let exact = run(&model, &tokens, &r);
+            let bf16 = model.clone().with_precision(Precision::Bf16);
+            assert_eq!(bf16.precision(), Precision::Bf16);
+            assert_eq!(bf16.valid().precision(), Precision::Bf16);
+            let fallback = without_amx(|| run(&bf16, &tokens, &r));
+            for (i, (e, f)) in exact.iter().zip(&fallback).enumerate() {
+                assert_eq!(e.to_data(), f.to_data(), "{arch:?} fallback tensor {i}");
+            }
+            if !amx_available() {
+                eprintln!("no AMX-BF16 here: bf16 checked as the f32 fallback only");
+                continue;
+            }
+            let got = run(&bf16, &tokens, &r);
+            let errs: Vec<f32> = got
+                .into_iter()
+                .zip(exact)
+                .map(|(g, e)| rel_err(g, e))
+                .collect();
+            eprintln!("{arch:?} bf16 relative errors (output, gradients): {errs:?}");
+            assert!(
+                errs.iter().all(|&e| e < 3e-2),
+                "{arch:?} relative errors {errs:?}"
+            );
+            assert!(
+                errs.iter().all(|&e| e > 0.0),
+                "{arch:?} bf16 did not run: {errs:?}"
+            );
+            // Inference backend.
+            let to_inf =
+                Tensor::<Inference, 2, Int>::from_data(tokens.clone().into_data(), &device);
+            let e = flat(model.valid().forward(to_inf.clone()));
+            let g = flat(bf16.valid().forward(to_inf));
+            let err = rel_err(g, e);
+            assert!(
+                err > 0.0 && err < 3e-2,
+                "{arch:?} inference: relative error {err}"
+            );
+        }
+    }
+
+    /// The output head in bf16: log-probabilities, entropy and both gradients within bf16
+    /// rounding of the f32 head's (tied and untied weights).
+    #[test]
+    fn bf16_head_within_rounding() {
+        if !amx_available() {
+            eprintln!("skipped: no AMX-BF16 here (the fallback is the f32 head, tested above)");
+            return;
+        }
+        let device = Default::default();
+        let (n, hidden, vocab) = (37, 64, 300);
+        let targets: Vec<usize> = (0..n).map(|i| (i * 53 + 7) % vocab).collect();
+        for tied in [true, false] {
+            let shape = if tied {
+                [vocab, hidden]
+            } else {
+                [hidden, vocab]
+            };
+            let h0 =
+                Tensor::<Train, 2>::random([n, hidden], Distribution::Normal(0.0, 1.0), &device);
+            let w0 = Tensor::<Train, 2>::random(shape, Distribution::Normal(0.0, 0.2), &device);
+            let run = |precision| {
+                let (h, w) = (h0.clone().require_grad(), w0.clone().require_grad());
+                let (lp, ent) = head_logprobs(h.clone(), w.clone(), tied, &targets, 0.9, precision)
+                    .expect("fused head on burn-flex");
+                let grads = lp.clone().sum().backward();
+                [
+                    flat(lp),
+                    flat(ent),
+                    flat(h.grad(&grads).expect("dh")),
+                    flat(w.grad(&grads).expect("dw")),
+                ]
+            };
+            let (exact, got) = (run(Precision::F32), run(Precision::Bf16));
+            for (i, (g, e)) in got.into_iter().zip(exact).enumerate() {
+                let err = rel_err(g, e);
+                eprintln!("head tied={tied} tensor {i}: relative error {err:.1e}");
+                assert!(
+                    err > 0.0 && err < 3e-2,
+                    "tied={tied} tensor {i}: relative error {err}"
+                );
+            }
         }
     }
 
