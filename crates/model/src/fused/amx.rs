@@ -74,10 +74,11 @@ pub fn round_bf16(x: f32) -> f32 {
 
 /// Packs `a` (`m × k`) into A tiles `[mp/16][kt][16][32]` (`mp` = m rounded up to 32, `kt` =
 /// k tiles), zero-padded.
-fn pack_a(out: &mut Vec<u16>, a: View, m: usize, k: usize, mp: usize, kt: usize) {
-    out.resize(mp * kt * 32, 0);
+fn pack_a(out: &mut Tiles, a: View, m: usize, k: usize, mp: usize, kt: usize) {
+    out.resize(mp * kt * 32);
     let a = Shared(a);
-    out.par_chunks_mut(16 * kt * 32)
+    out.values_mut()
+        .par_chunks_mut(16 * kt * 32)
         .enumerate()
         .for_each(|(mb, panel)| {
             let a = a.view();
@@ -120,10 +121,11 @@ fn pack_a(out: &mut Vec<u16>, a: View, m: usize, k: usize, mp: usize, kt: usize)
 }
 
 /// Packs `b` (`k × n`) into pair-interleaved B tiles `[np/16][kt][16][16][2]`, zero-padded.
-fn pack_b(out: &mut Vec<u16>, b: View, k: usize, n: usize, np: usize, kt: usize) {
-    out.resize(np * kt * 32, 0);
+fn pack_b(out: &mut Tiles, b: View, k: usize, n: usize, np: usize, kt: usize) {
+    out.resize(np * kt * 32);
     let b = Shared(b);
-    out.par_chunks_mut(16 * kt * 32)
+    out.values_mut()
+        .par_chunks_mut(16 * kt * 32)
         .enumerate()
         .for_each(|(nb, panel)| {
             let b = b.view();
@@ -168,6 +170,39 @@ fn pack_b(out: &mut Vec<u16>, b: View, k: usize, n: usize, np: usize, kt: usize)
             }
         });
 }
+
+/// Packed bf16 tiles in a buffer whose start is 64-byte aligned, so every tile row is one
+/// cache line: a tile load whose rows straddle two lines runs about 3× slower (measured on
+/// L1-resident tiles: 0.87 against 2.1–2.8 TFLOP/s per thread for the micro-kernel).
+#[derive(Default)]
+struct Tiles(Vec<Line>);
+
+/// One 64-byte tile row.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u16; 32]);
+
+impl Tiles {
+    /// Grows or shrinks to `len` values (a multiple of 32), keeping the allocation.
+    fn resize(&mut self, len: usize) {
+        debug_assert!(len.is_multiple_of(32));
+        self.0.resize(len / 32, Line([0; 32]));
+    }
+
+    fn values(&self) -> &[u16] {
+        // SAFETY: `Line` is 32 plain u16 with no padding (repr(C), 64 bytes).
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 32) }
+    }
+
+    fn values_mut(&mut self) -> &mut [u16] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 32) }
+    }
+}
+
+/// The 32 × 32 f32 block the micro-kernel stores, 64-byte aligned like the tiles.
+#[repr(C, align(64))]
+struct Block([f32; 1024]);
 
 /// A view shared by the packing tasks, which only read through it.
 #[derive(Clone, Copy)]
@@ -243,6 +278,7 @@ pub unsafe fn gemm(
     let (mut a, mut b) = PACKED.with(|p| std::mem::take(&mut *p.borrow_mut()));
     pack_a(&mut a, lhs, m, k, mp, kt);
     pack_b(&mut b, rhs, k, n, np, kt);
+    let (av, bv) = (a.values(), b.values());
     let (row_tasks, col_tasks) = (mp.div_ceil(TASK_ROWS), np.div_ceil(TASK_COLS));
     let dst = Dst(dst);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
@@ -251,27 +287,30 @@ pub unsafe fn gemm(
             (task % col_tasks) * TASK_COLS,
         );
         let (r1, c1) = ((r0 + TASK_ROWS).min(mp), (c0 + TASK_COLS).min(np));
-        let mut block = [0f32; 32 * 32];
+        let mut block = Block([0f32; 32 * 32]);
         // SAFETY: `available()` (the caller's contract); released below.
         unsafe { x86::configure() };
         for k0 in (0..kt).step_by(K_TILES) {
             let nk = K_TILES.min(kt - k0);
             for j0 in (c0..c1).step_by(32) {
-                let b0 = &b[((j0 / 16) * kt + k0) * TILE..];
-                let b1 = &b[((j0 / 16 + 1) * kt + k0) * TILE..];
+                let b0 = &bv[((j0 / 16) * kt + k0) * TILE..];
+                let b1 = &bv[((j0 / 16 + 1) * kt + k0) * TILE..];
                 for i0 in (r0..r1).step_by(32) {
-                    let a0 = &a[((i0 / 16) * kt + k0) * TILE..];
-                    let a1 = &a[((i0 / 16 + 1) * kt + k0) * TILE..];
+                    let a0 = &av[((i0 / 16) * kt + k0) * TILE..];
+                    let a1 = &av[((i0 / 16 + 1) * kt + k0) * TILE..];
                     // SAFETY: each panel holds `nk` more tiles from its start (kt tiles per
                     // 16-row or 16-column panel, k0 + nk ≤ kt); `block` is 32 × 32 f32.
-                    unsafe { x86::kernel(a0, a1, b0, b1, nk, &mut block) };
+                    unsafe { x86::kernel(a0, a1, b0, b1, nk, &mut block.0) };
                     let (rows, cols) = (m.saturating_sub(i0).min(32), n.saturating_sub(j0).min(32));
                     let overwrite = k0 == 0 && !acc;
-                    for (r, row) in block.chunks_exact(32).enumerate().take(rows) {
+                    for (r, row) in block.0.chunks_exact(32).enumerate().take(rows) {
                         // SAFETY: row i0 + r < m and columns j0..j0 + cols ≤ n of C, which only
                         // this task writes.
                         let out = unsafe {
-                            std::slice::from_raw_parts_mut(dst.ptr().add((i0 + r) * dst_rs + j0), cols)
+                            std::slice::from_raw_parts_mut(
+                                dst.ptr().add((i0 + r) * dst_rs + j0),
+                                cols,
+                            )
                         };
                         // SAFETY: `available()` implies AVX-512F.
                         unsafe { x86::epilogue(out, &row[..cols], beta, overwrite) };
@@ -287,7 +326,7 @@ pub unsafe fn gemm(
 
 thread_local! {
     /// [`gemm`]'s packed A and B, kept for the thread's next call.
-    static PACKED: std::cell::RefCell<(Vec<u16>, Vec<u16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static PACKED: std::cell::RefCell<(Tiles, Tiles)> = const { std::cell::RefCell::new((Tiles(Vec::new()), Tiles(Vec::new()))) };
 }
 
 #[cfg(target_arch = "x86_64")]
