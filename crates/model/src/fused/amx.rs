@@ -67,9 +67,32 @@ fn bf16(x: f32) -> u16 {
 
 /// The product `x` would give in this module: `x` rounded to bf16 and back (for tests and
 /// error bounds).
-#[cfg(test)]
 pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits((bf16(x) as u32) << 16)
+}
+
+/// Splits weights into a bf16-exact high part and the f32 remainder, `w = hi + lo` exactly;
+/// a product against both (`x·hi + x·lo`, the second packed to bf16 in turn) sees the weight
+/// to about 16 significant bits instead of 8 (the "bf16x2" split of Henry et al. 2019,
+/// "Leveraging the bfloat16 Artificial Intelligence Datatype For Higher-Precision
+/// Computations"). Why weights need it: an f32 master weight that sits on a bf16 rounding
+/// boundary — as many weights dequantized from a Q4_1 / Q8_0 GGUF do, exactly on a tie —
+/// flips a whole bf16 unit (≈ 0.4 % of its value) under an update of 1e-6, so a single
+/// AdamW step changed the bf16 model's loss by 5 % while the f32 model's moved 0.2 %
+/// (docs/performance.md, "bf16 training on AMX").
+pub fn split_hi_lo(w: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut hi = vec![0f32; w.len()];
+    let mut lo = vec![0f32; w.len()];
+    hi.par_chunks_mut(1 << 14)
+        .zip(lo.par_chunks_mut(1 << 14))
+        .zip(w.par_chunks(1 << 14))
+        .for_each(|((hi, lo), w)| {
+            for ((h, l), &x) in hi.iter_mut().zip(lo.iter_mut()).zip(w) {
+                *h = round_bf16(x);
+                *l = x - *h;
+            }
+        });
+    (hi, lo)
 }
 
 /// Packs `a` (`m × k`) into A tiles `[mp/16][kt][16][32]` (`mp` = m rounded up to 32, `kt` =
@@ -741,5 +764,86 @@ mod tests {
                 assert_eq!(d, e);
             }
         }
+    }
+
+    /// Weights exactly halfway between two bf16 values (as weights dequantized from a GGUF can
+    /// be), moved by ±1e-6: a product over the split weights ([`split_hi_lo`]) changes by the
+    /// exact `x·δ` within 5 %, where one bf16 rounding of the weights jumps a whole bf16 unit
+    /// and misses it by more than 10× (checked too: that is why weights are split).
+    #[test]
+    fn split_weights_see_small_updates_at_ties() {
+        if !available() {
+            eprintln!("skipped: no AMX-BF16 here");
+            return;
+        }
+        let (m, k, n) = (8, 256, 48);
+        let x = lcg(5, m * k);
+        let w: Vec<f32> = lcg(6, k * n)
+            .into_iter()
+            .map(|v| {
+                let b = round_bf16(0.1 * v);
+                let next = f32::from_bits(b.to_bits() + 0x1_0000);
+                (b + next) / 2.0 // exactly representable in f32
+            })
+            .collect();
+        let delta: Vec<f32> = (0..k * n).map(|i| 1e-6 * ((i % 3) as f32 - 1.0)).collect();
+        let moved: Vec<f32> = w.iter().zip(&delta).map(|(a, d)| a + d).collect();
+        let xv = View::rows(&x, k);
+        let single = |w: &[f32]| {
+            let mut y = vec![0f32; m * n];
+            unsafe { gemm(m, n, k, y.as_mut_ptr(), n, false, xv, View::rows(w, n), 1.0) };
+            y
+        };
+        let split = |w: &[f32]| {
+            let (hi, lo) = split_hi_lo(w);
+            let mut y = vec![0f32; m * n];
+            unsafe {
+                gemm(
+                    m,
+                    n,
+                    k,
+                    y.as_mut_ptr(),
+                    n,
+                    false,
+                    xv,
+                    View::rows(&hi, n),
+                    1.0,
+                );
+                gemm(
+                    m,
+                    n,
+                    k,
+                    y.as_mut_ptr(),
+                    n,
+                    true,
+                    xv,
+                    View::rows(&lo, n),
+                    1.0,
+                );
+            }
+            y
+        };
+        let mut exact = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                exact[i * n + j] = (0..k)
+                    .map(|kk| round_bf16(x[i * k + kk]) as f64 * delta[kk * n + j] as f64)
+                    .sum();
+            }
+        }
+        let miss = |f: &dyn Fn(&[f32]) -> Vec<f32>| {
+            let (a, b) = (f(&moved), f(&w));
+            let err: f64 = (0..m * n)
+                .map(|i| (a[i] as f64 - b[i] as f64 - exact[i]).powi(2))
+                .sum();
+            let norm: f64 = exact.iter().map(|e| e * e).sum();
+            (err / norm).sqrt()
+        };
+        let (s, o) = (miss(&split), miss(&single));
+        assert!(s < 0.05, "split weights: the change misses x·δ by {s}");
+        assert!(
+            o > 10.0,
+            "one bf16 rounding was expected to miss x·δ by > 10×, missed by {o}"
+        );
     }
 }

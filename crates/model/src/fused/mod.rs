@@ -276,6 +276,38 @@ unsafe fn product(
     }
 }
 
+/// `dst = acc·dst + beta · lhs · W` where `W` is a weight read through `view` (a function of
+/// the weight's storage giving the right operand's view): [`gemm_view`] on the weight itself,
+/// or with `bf16` two AMX products over its split ([`amx::split_hi_lo`]: `lhs·hi + lhs·lo`),
+/// so the weight keeps about 16 significant bits while the activations are bf16.
+///
+/// # Safety
+/// As [`product`]; `view` maps a buffer of `w.len()` elements to a view in its bounds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_weight(
+    bf16: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+    lhs: View,
+    w: &[f32],
+    view: impl Fn(&[f32]) -> View,
+    beta: f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if !bf16 {
+            return product(false, m, n, k, dst, dst_rs, acc, lhs, view(w), beta);
+        }
+        let (hi, lo) = amx::split_hi_lo(w);
+        amx::gemm(m, n, k, dst, dst_rs, acc, lhs, view(&hi), beta);
+        amx::gemm(m, n, k, dst, dst_rs, true, lhs, view(&lo), beta);
+    }
+}
+
 /// Causal scores: rows `r0..r1` × columns `0..r1` of `dst` (`[T, T]`, row-major) become
 /// `beta · a[r0..r1] · bᵀ[.., 0..r1]` for each causal block; `a`, `b`: `[T, hd]`. Columns
 /// right of a block's last row are left as they were (callers never read them).
@@ -934,7 +966,8 @@ impl Backward<Flex, 2> for LinearBackward {
             // SAFETY: AMX checked when the forward chose this op; fresh output; views in
             // bounds of the saved buffers.
             unsafe {
-                amx::gemm(
+                product_weight(
+                    true,
                     rows,
                     d_in,
                     d_out,
@@ -942,7 +975,8 @@ impl Backward<Flex, 2> for LinearBackward {
                     d_in,
                     false,
                     View::rows(dy, d_out),
-                    View::rows(w, d_out).t(),
+                    w,
+                    |w| View::rows(w, d_out).t(),
                     1.0,
                 )
             };
@@ -993,7 +1027,8 @@ pub fn linear<B: Backend>(
         // SAFETY: AMX available (checked above); fresh output; `x` is `[n, in]` and `w`
         // `[in, out]`, both contiguous.
         unsafe {
-            amx::gemm(
+            product_weight(
+                true,
                 n,
                 d_out,
                 d_in,
@@ -1001,7 +1036,8 @@ pub fn linear<B: Backend>(
                 d_out,
                 false,
                 View::rows(slice(x), d_in),
-                View::rows(slice(w), d_out),
+                slice(w),
+                |w| View::rows(w, d_out),
                 1.0,
             )
         };
@@ -1147,9 +1183,9 @@ struct HeadWeight {
 }
 
 impl HeadWeight {
-    /// `W` as the right operand `[hidden, vocab]` of `h · W`.
-    fn view(&self) -> View {
-        let w = slice(&self.w);
+    /// `W` as the right operand `[hidden, vocab]` of `h · W`, over `w`: the weight's storage
+    /// or a buffer laid out as it is (its bf16 split parts).
+    fn view_of(&self, w: &[f32]) -> View {
         match self.tied {
             true => View::rows(w, self.hidden).t(),
             false => View::rows(w, self.vocab),
@@ -1189,7 +1225,7 @@ fn head_forward(
     // SAFETY: a fresh `[n, vocab]` output; the views address `n × hidden` and
     // `hidden × vocab` elements of live buffers; `bf16` only where AMX is available.
     unsafe {
-        product(
+        product_weight(
             bf16,
             n,
             v,
@@ -1198,7 +1234,8 @@ fn head_forward(
             v,
             false,
             View::rows(h, hd),
-            w.view(),
+            slice(&w.w),
+            |x| w.view_of(x),
             1.0 / temperature,
         )
     };
@@ -1255,7 +1292,7 @@ impl Backward<Flex, 2> for HeadBackward {
             let mut dh = vec![0f32; n * hd];
             // SAFETY: fresh output buffer; views in bounds; `bf16` as at the forward.
             unsafe {
-                product(
+                product_weight(
                     s.bf16,
                     n,
                     hd,
@@ -1264,7 +1301,8 @@ impl Backward<Flex, 2> for HeadBackward {
                     hd,
                     false,
                     dlv,
-                    s.w.view().t(),
+                    slice(&s.w.w),
+                    |x| s.w.view_of(x).t(),
                     1.0,
                 )
             };
