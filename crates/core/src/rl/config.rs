@@ -145,3 +145,26 @@ impl Default for TrainConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `precision` reads as written in configs, defaults to f32, and a misspelt value is refused
+    /// with the accepted ones named.
+    #[test]
+    fn precision_reads_f32_and_bf16_and_refuses_others() {
+        let read = |s: &str| toml::from_str::<TrainConfig>(s);
+        assert_eq!(read("").unwrap().precision, Precision::F32);
+        assert_eq!(
+            read("precision = \"bf16\"").unwrap().precision,
+            Precision::Bf16
+        );
+        assert_eq!(
+            read("precision = \"f32\"").unwrap().precision,
+            Precision::F32
+        );
+        let err = read("precision = \"fp8\"").unwrap_err().to_string();
+        assert!(err.contains("bf16") && err.contains("f32"), "{err}");
+    }
+}
