@@ -127,8 +127,8 @@ fn peaks(threads: usize) {
         let has = |flag: &str| cpuinfo.split_whitespace().any(|w| w == flag);
         if !has("amx_tile") {
             println!("| AMX tile peaks | – | amx_tile (absent) |");
-        } else if !x86::request_amx() {
-            println!("| AMX tile peaks | – | arch_prctl refused the tile state |");
+        } else if !fused::amx_available() {
+            println!("| AMX tile peaks | – | no AMX-BF16, or Linux refused the tile state (arch_prctl) |");
         } else {
             // 4 tile products per iteration, each 16 × 16 outputs × 32 bf16 pairs
             // (tdpbf16ps) or × 64 u8·i8 pairs (tdpbusd).
@@ -234,30 +234,6 @@ mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    /// Asks Linux for the AMX tile-data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
-    /// XFEATURE_XTILEDATA)`, Documentation/arch/x86/xstate.rst); true when granted. The
-    /// permission is per process.
-    pub fn request_amx() -> bool {
-        const SYS_ARCH_PRCTL: i64 = 158;
-        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-        const XFEATURE_XTILEDATA: i64 = 18;
-        let ret: i64;
-        // SAFETY: a plain syscall with two integer arguments; rcx and r11 are clobbered by
-        // `syscall` itself.
-        unsafe {
-            asm!(
-                "syscall",
-                inlateout("rax") SYS_ARCH_PRCTL => ret,
-                in("rdi") ARCH_REQ_XCOMP_PERM,
-                in("rsi") XFEATURE_XTILEDATA,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack),
-            );
-        }
-        ret == 0
-    }
-
     /// A tile configuration (palette 1) with tiles 0–7 all 16 rows × 64 bytes.
     fn tile_config() -> [u8; 64] {
         let mut cfg = [0u8; 64];
@@ -320,8 +296,8 @@ mod x86 {
     /// nothing is optimised away.
     ///
     /// # Safety
-    /// The CPU has the AMX extension `kind` needs and [`request_amx`] returned true in this
-    /// process.
+    /// The CPU has the AMX extension `kind` needs and `sleuth::model::fused::amx_available()`
+    /// returned true in this process (it asks Linux for the tile state).
     pub unsafe fn amx_peak(kind: Amx, iters: u64) -> u32 {
         let cfg = tile_config();
         let src: Vec<u8> = match kind {
