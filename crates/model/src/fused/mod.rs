@@ -1005,7 +1005,7 @@ impl Backward<Flex, 2> for LinearBackward {
 }
 
 /// `x [N, in] · w [in, out]` with both operands rounded to bf16 and the products summed in
-/// f32 on AMX tiles ([`amx`]); the backward runs `dX = dY·Wᵀ` and `dW = Xᵀ·dY` the same way
+/// f32 on AMX tiles (`fused/amx.rs`); the backward runs `dX = dY·Wᵀ` and `dW = Xᵀ·dY` the same way
 /// (mixed-precision training as Micikevicius et al. 2018 describe it, with bf16 in place of
 /// fp16 so no loss scaling is needed: Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep
 /// Learning Training"). `None` unless [`runs_bf16`] holds for `precision`: the caller then
