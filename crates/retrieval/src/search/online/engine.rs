@@ -158,7 +158,7 @@ fn parse_duckduckgo(page_url: &Url, body: &str) -> Vec<SearchResult> {
     out
 }
 
-#[cfg(all(test, feature = "online"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -177,6 +177,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "online")]
     fn duckduckgo_redirect_links_are_unwrapped() {
         let page = Url::parse("http://h/html/?q=x").unwrap();
         let body = r#"<div class="result"><a class="result__a" href="//h/l/?uddg=http%3A%2F%2Fexample.org%2Fa&rut=1">A <b>title</b></a>
