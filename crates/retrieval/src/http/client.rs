@@ -291,7 +291,8 @@ pub enum PostError {
     },
 }
 
-/// The first 300 characters of a body, for error messages.
+/// The first 300 characters of a body or a model reply, for error messages (the one such
+/// helper: HTTP errors, the LLM client and its JSON-reply parser all quote this much).
 pub fn head(s: &str) -> String {
     s.chars().take(300).collect()
 }

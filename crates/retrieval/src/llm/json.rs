@@ -25,10 +25,10 @@
 
 use serde_json::Value;
 
-/// Characters of a reply quoted in a parse error.
-const HEAD_CHARS: usize = 200;
+pub(crate) use crate::http::client::head;
 
-/// Why a reply holds no usable JSON. `head` is the start of the reply (at most 200 characters).
+/// Why a reply holds no usable JSON. `head` is the start of the reply (at most 300 characters,
+/// [`head`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}; reply starts {head:?}")]
 pub struct JsonReplyError {
@@ -36,11 +36,6 @@ pub struct JsonReplyError {
     pub reason: String,
     /// The first characters of the reply.
     pub head: String,
-}
-
-/// The first 200 characters of `text`.
-pub(crate) fn head(text: &str) -> String {
-    text.chars().take(HEAD_CHARS).collect()
 }
 
 /// Parses the first JSON object or array in a model reply, tolerating fences, surrounding
@@ -223,6 +218,6 @@ mod tests {
         let bad = parse_lenient("{name: A}").unwrap_err();
         assert!(bad.reason.starts_with("not JSON"), "{bad}");
         let long = "x".repeat(500);
-        assert_eq!(parse_lenient(&long).unwrap_err().head.len(), 200);
+        assert_eq!(parse_lenient(&long).unwrap_err().head.len(), 300);
     }
 }

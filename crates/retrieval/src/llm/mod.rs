@@ -105,7 +105,7 @@ pub enum LlmError {
         status: u16,
         /// Attempts made.
         attempts: u32,
-        /// The first 200 characters of the response body.
+        /// The first 300 characters of the response body.
         body: String,
     },
     /// The request did not complete (connection refused or reset, timeout) after every retry.
@@ -126,7 +126,7 @@ pub enum LlmError {
         url: String,
         /// What is missing.
         reason: String,
-        /// The first 200 characters of the response body.
+        /// The first 300 characters of the response body.
         body: String,
     },
     /// A reply held no usable JSON, or an empty summary.
