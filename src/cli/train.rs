@@ -53,7 +53,7 @@ pub struct TrainArgs {
     pub init: Option<PathBuf>,
     /// Precision of the training forward and backward products: f32, or bf16 on AMX tiles
     /// where the CPU has them (overrides `[train] precision`; f32 where AMX is missing).
-    #[arg(long, value_parser = parse_precision)]
+    #[arg(long)]
     pub precision: Option<Precision>,
 }
 
@@ -88,7 +88,7 @@ pub struct SftArgs {
     pub json: bool,
     /// Precision of the training forward and backward products: f32, or bf16 on AMX tiles
     /// where the CPU has them (overrides `[train] precision`; f32 where AMX is missing).
-    #[arg(long, value_parser = parse_precision)]
+    #[arg(long)]
     pub precision: Option<Precision>,
 }
 
@@ -144,7 +144,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         "training {} ({} backend, {} products, rollouts decode {}): {} questions × {} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
         backend::name(),
-        precision_name(trainer.learner.model.precision()),
+        trainer.learner.model.precision().as_str(),
         cfg.rollout.weights.name(),
         cfg.train.questions_per_step,
         cfg.rollout.group_desc(),
@@ -159,23 +159,6 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     };
     run::run_steps(&mut trainer, &a.out, &a.out.join("metrics.jsonl"), &opts)?;
     Ok(())
-}
-
-/// `f32` / `bf16` for `--precision`.
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    match s {
-        "f32" => Ok(Precision::F32),
-        "bf16" => Ok(Precision::Bf16),
-        _ => Err(format!("expected f32 or bf16, got {s:?}")),
-    }
-}
-
-/// How a precision is written in configs.
-fn precision_name(p: Precision) -> &'static str {
-    match p {
-        Precision::F32 => "f32",
-        Precision::Bf16 => "bf16",
-    }
 }
 
 /// `sleuth train` on a config with `[[phase]]`s: the whole curriculum as one run.

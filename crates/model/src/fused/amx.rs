@@ -38,7 +38,7 @@
 
 use rayon::prelude::*;
 
-use super::View;
+use super::{empty_product, SharedMut, View};
 
 /// Rows of C per parallel task (a multiple of 32).
 const TASK_ROWS: usize = 64;
@@ -106,12 +106,10 @@ pub fn split_hi_lo(w: &[f32]) -> (Vec<f32>, Vec<f32>) {
 /// k tiles), zero-padded.
 fn pack_a(out: &mut Tiles, a: View, m: usize, k: usize, mp: usize, kt: usize) {
     out.resize(mp * kt * 32);
-    let a = Shared(a);
     out.values_mut()
         .par_chunks_mut(16 * kt * 32)
         .enumerate()
         .for_each(|(mb, panel)| {
-            let a = a.view();
             let rows = m.saturating_sub(mb * 16).min(16);
             if rows < 16 || !k.is_multiple_of(32) {
                 panel.fill(0); // padding (the buffer is reused)
@@ -120,12 +118,13 @@ fn pack_a(out: &mut Tiles, a: View, m: usize, k: usize, mp: usize, kt: usize) {
             // a transposed view), so each cache line is read once.
             // SAFETY: (i, kk) with i < m, kk < k is inside the view (the caller's contract).
             let at = |r: usize, kk: usize| unsafe { *a.at(mb * 16 + r, kk).ptr };
+            let slot = |r: usize, kk: usize| (kk / 32) * TILE + r * 32 + kk % 32;
             if a.cs == 1 {
                 for r in 0..rows {
                     // SAFETY: row mb·16 + r < m holds k elements at unit stride.
                     let done = unsafe { x86::pack_row(a.at(mb * 16 + r, 0).ptr, k, r, panel) };
                     for kk in done..k {
-                        panel[(kk / 32) * TILE + r * 32 + kk % 32] = bf16(at(r, kk));
+                        panel[slot(r, kk)] = bf16(at(r, kk));
                     }
                 }
             } else if a.rs == 1 && rows == 16 {
@@ -143,7 +142,7 @@ fn pack_a(out: &mut Tiles, a: View, m: usize, k: usize, mp: usize, kt: usize) {
             } else {
                 for kk in 0..k {
                     for r in 0..rows {
-                        panel[(kk / 32) * TILE + r * 32 + kk % 32] = bf16(at(r, kk));
+                        panel[slot(r, kk)] = bf16(at(r, kk));
                     }
                 }
             }
@@ -153,12 +152,10 @@ fn pack_a(out: &mut Tiles, a: View, m: usize, k: usize, mp: usize, kt: usize) {
 /// Packs `b` (`k × n`) into pair-interleaved B tiles `[np/16][kt][16][16][2]`, zero-padded.
 fn pack_b(out: &mut Tiles, b: View, k: usize, n: usize, np: usize, kt: usize) {
     out.resize(np * kt * 32);
-    let b = Shared(b);
     out.values_mut()
         .par_chunks_mut(16 * kt * 32)
         .enumerate()
         .for_each(|(nb, panel)| {
-            let b = b.view();
             let cols = n.saturating_sub(nb * 16).min(16);
             if cols < 16 || !k.is_multiple_of(32) {
                 panel.fill(0); // padding (the buffer is reused)
@@ -234,34 +231,6 @@ impl Tiles {
 #[repr(C, align(64))]
 struct Block([f32; 1024]);
 
-/// A view shared by the packing tasks, which only read through it.
-#[derive(Clone, Copy)]
-struct Shared(View);
-// SAFETY: the view is only read, and the caller keeps its buffer alive for the call.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The view (a method, so closures capture the whole `Shared`, not its field).
-    fn view(self) -> View {
-        self.0
-    }
-}
-
-/// The destination shared by the tasks, which write disjoint blocks of it.
-#[derive(Clone, Copy)]
-struct Dst(*mut f32);
-// SAFETY: each task writes only its own rows × columns of C.
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
-
-impl Dst {
-    /// The pointer (a method, so closures capture the whole `Dst`, not its field).
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `dst[m×n] = acc·dst + beta · lhs[m×k] · rhs[k×n]` with the operands rounded to bf16 and
 /// the products summed in f32, on AMX tiles (module docs). `dst` is row-major with rows
 /// `dst_rs` apart; `acc` false overwrites it.
@@ -291,15 +260,8 @@ pub unsafe fn gemm(
         k.div_ceil(32),
     );
     if kt == 0 {
-        for i in 0..m {
-            for j in 0..n {
-                // SAFETY: in bounds (the caller's contract).
-                unsafe {
-                    let d = dst.add(i * dst_rs + j);
-                    *d = if acc { *d } else { 0.0 };
-                }
-            }
-        }
+        // SAFETY: the caller's contract.
+        unsafe { empty_product(m, n, dst, dst_rs, acc) };
         return;
     }
     // The packed operands live in buffers kept per thread between calls (a step runs
@@ -310,7 +272,8 @@ pub unsafe fn gemm(
     pack_b(&mut b, rhs, k, n, np, kt);
     let (av, bv) = (a.values(), b.values());
     let (row_tasks, col_tasks) = (mp.div_ceil(TASK_ROWS), np.div_ceil(TASK_COLS));
-    let dst = Dst(dst);
+    // SAFETY (of the writes below): each task writes only its own rows × columns of C.
+    let dst = SharedMut(dst);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
         let (r0, c0) = (
             (task / col_tasks) * TASK_ROWS,
@@ -338,7 +301,7 @@ pub unsafe fn gemm(
                         // this task writes.
                         let out = unsafe {
                             std::slice::from_raw_parts_mut(
-                                dst.ptr().add((i0 + r) * dst_rs + j0),
+                                { dst }.0.add((i0 + r) * dst_rs + j0),
                                 cols,
                             )
                         };

@@ -152,6 +152,10 @@ struct View {
     rs: isize,
     cs: isize,
 }
+// SAFETY: a view only reads, and whoever makes one keeps its buffer alive and unwritten while
+// any task reads through it (stated at each parallel use).
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
 
 impl View {
     /// The row-major matrix starting at `m[0]` whose rows are `rs` elements apart.
@@ -206,13 +210,8 @@ unsafe fn gemm_view(
         return;
     }
     if k == 0 {
-        if !acc {
-            for i in 0..m {
-                for j in 0..n {
-                    *dst.add(i * dst_rs + j) = 0.0;
-                }
-            }
-        }
+        // SAFETY: the caller's contract.
+        unsafe { empty_product(m, n, dst, dst_rs, acc) };
         return;
     }
     gemm::gemm(
@@ -305,6 +304,21 @@ unsafe fn product_weight(
         let (hi, lo) = amx::split_hi_lo(w);
         amx::gemm(m, n, k, dst, dst_rs, acc, lhs, view(&hi), beta);
         amx::gemm(m, n, k, dst, dst_rs, true, lhs, view(&lo), beta);
+    }
+}
+
+/// A product over k = 0 (a sum of nothing): `dst[m×n]` keeps its values with `acc`, else
+/// becomes zero.
+///
+/// # Safety
+/// `dst` addresses `m` rows of `n` valid elements, `dst_rs` apart.
+unsafe fn empty_product(m: usize, n: usize, dst: *mut f32, dst_rs: usize, acc: bool) {
+    if acc {
+        return;
+    }
+    for i in 0..m {
+        // SAFETY: row i < m holds n elements (the caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n) }.fill(0.0);
     }
 }
 
@@ -908,12 +922,32 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The name configs and `--precision` use: `f32` or `bf16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     /// What runs in this process: `Bf16` only where [`amx_available`], else `F32`.
     pub fn effective(self) -> Self {
         match self {
             Precision::Bf16 if amx_available() => Precision::Bf16,
             _ => Precision::F32,
         }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// Reads [`Precision::as_str`]'s names (`--precision`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Precision::F32, Precision::Bf16]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("expected f32 or bf16, got {s:?}"))
     }
 }
 
