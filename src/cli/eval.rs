@@ -90,7 +90,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Write the report here (JSON); trajectories go beside it as <stem>.trajectories.jsonl.
-    /// With several --data sets this is a directory: DIR/<set stem>.json, its trajectories,
+    /// An existing directory (or a path ending in /) gets DIR/<set stem>.json instead. With
+    /// several --data sets this is always a directory: DIR/<set stem>.json, its trajectories,
     /// DIR/table.md and DIR/table.json.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -466,18 +467,9 @@ fn eval_sets(
     judge: Option<&LlmClient>,
 ) -> Result<()> {
     let several = sets.len() > 1;
-    let out_for = |set: &PathBuf| -> Option<PathBuf> {
-        let out = a.out.as_ref()?;
-        Some(if several {
-            let stem = set.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
-            out.join(format!("{stem}.json"))
-        } else {
-            out.clone()
-        })
-    };
     let mut rows: Vec<(PathBuf, EvalReport)> = Vec::new();
     for (set, examples) in sets.iter().zip(examples_per_set) {
-        let out = out_for(set);
+        let out = a.out.as_deref().map(|o| report_path(o, set, several));
         let traj_path = out.as_ref().map(|o| trajectories_path(o));
         let mut traj_file = match &traj_path {
             Some(p) => {
@@ -556,6 +548,20 @@ fn eval_sets(
         println!("{json}");
     }
     Ok(())
+}
+
+/// Where the report of `set` goes for `--out OUT`: `OUT/<set stem>.json` when several sets
+/// are evaluated or when `OUT` names a folder (an existing directory, or a path ending in
+/// `/`), else `OUT` itself. Decided before any question is evaluated, so `--out runs/x/eval`
+/// given an existing folder writes into it instead of failing after the whole run.
+fn report_path(out: &std::path::Path, set: &std::path::Path, several: bool) -> PathBuf {
+    let names_folder = out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/');
+    if several || names_folder {
+        let stem = set.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
+        out.join(format!("{stem}.json"))
+    } else {
+        out.to_path_buf()
+    }
 }
 
 /// `<stem>.trajectories.jsonl` beside a report path.
@@ -662,6 +668,34 @@ mod tests {
             acc_l,
             ..EvalReport::default()
         }
+    }
+
+    #[test]
+    fn out_names_a_file_or_a_folder_before_the_eval_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = std::path::Path::new("../shared/data/qa/hotpotqa_500.jsonl");
+        let file = dir.path().join("hotpot.json");
+        // One set: a file path is the report itself.
+        assert_eq!(report_path(&file, set, false), file);
+        // An existing folder, or a path written with a trailing slash, gets <stem>.json.
+        assert_eq!(
+            report_path(dir.path(), set, false),
+            dir.path().join("hotpotqa_500.json")
+        );
+        let slash = PathBuf::from(format!("{}/new/", dir.path().display()));
+        assert_eq!(
+            report_path(&slash, set, false),
+            slash.join("hotpotqa_500.json")
+        );
+        // Several sets: always a folder.
+        assert_eq!(
+            report_path(&file, set, true),
+            file.join("hotpotqa_500.json")
+        );
+        assert_eq!(
+            trajectories_path(&dir.path().join("hotpotqa_500.json")),
+            dir.path().join("hotpotqa_500.trajectories.jsonl")
+        );
     }
 
     #[test]
