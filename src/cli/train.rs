@@ -141,10 +141,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     }
     write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     eprintln!(
-        "training {} ({} backend, {} products, rollouts decode {}): {} questions × {} per step, ≤{} new tokens, algo {}",
+        "training {} ({} backend, {} products, {}, rollouts decode {}): {} questions × {} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
         backend::name(),
         trainer.learner.model.precision().as_str(),
+        trainer.learner.trained_weights(),
         cfg.rollout.weights.name(),
         cfg.train.questions_per_step,
         cfg.rollout.group_desc(),
@@ -241,6 +242,11 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
             sft.learner.state.step
         );
     }
+    eprintln!(
+        "sft {}: {}",
+        cfg.model.path.display(),
+        sft.learner.trained_weights()
+    );
     // The run names its base model (tokenizer, architecture) for `export`, with the
     // overrides above applied.
     write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;

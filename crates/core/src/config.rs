@@ -320,6 +320,9 @@ impl RunConfig {
             out.train.seed = phase_seed(self.train.seed, &p.name);
         }
         out.data.check_split().map_err(err)?;
+        if let Some(lora) = &out.train.lora {
+            lora.validate().map_err(err)?;
+        }
         Ok(out)
     }
 
@@ -416,6 +419,14 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         reason: String,
     },
+    /// A `[train]` setting is invalid.
+    #[error("{path}: {reason}")]
+    Train {
+        /// Config path.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
     /// A `[[phase]]` is invalid.
     #[error("{path}: {source}")]
     Phase {
@@ -446,6 +457,12 @@ impl RunConfig {
             path: path.to_path_buf(),
             reason,
         })?;
+        if let Some(lora) = &cfg.train.lora {
+            lora.validate().map_err(|reason| ConfigError::Train {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        }
         cfg.check_phases().map_err(|source| ConfigError::Phase {
             path: path.to_path_buf(),
             source,

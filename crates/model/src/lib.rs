@@ -28,6 +28,7 @@ pub mod hf;
 pub mod kv_cache;
 pub mod llama;
 pub mod load;
+pub mod lora;
 pub mod quant;
 pub mod sampling;
 #[cfg(any(test, feature = "test-util"))]
@@ -43,6 +44,7 @@ pub use decoder::{DecodeCache, DecodeWeights, Decoder, Engine};
 pub use generate::{text_of, BatchGenerator, RowStart, StopReason};
 pub use kv_cache::KvCache;
 pub use llama::Llama;
+pub use lora::{LoraConfig, LoraTarget};
 pub use quant::{QuantFormat, QuantLlama};
 pub use sampling::{Sampler, SamplingConfig};
 pub use tokenizer::Tokenizer;

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use super::config::LlamaConfig;
 use super::fused::{self, RopeTables};
 use super::kv_cache::KvCache;
+use super::lora::Lora;
 
 /// Large negative value added to masked attention scores (finite, so a fully masked row
 /// cannot produce NaN).
@@ -77,6 +78,9 @@ pub struct Linear<B: Backend> {
     /// Precision of the product ([`fused::Precision`]; not saved with the weights).
     #[module(skip)]
     pub precision: fused::Precision,
+    /// A trainable low-rank update beside the weight ([`crate::lora`]); `None` unless the
+    /// model was prepared with [`Llama::with_lora`] or loaded from a LoRA checkpoint.
+    pub lora: Option<Lora<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -84,14 +88,20 @@ impl<B: Backend> Linear<B> {
     ///
     /// The product runs as one 2-D GEMM over `[batch·tokens, in]`: burn-flex's batched matmul
     /// with a broadcast weight takes a much slower path. With `precision` bf16 on a CPU with
-    /// AMX it is [`fused::linear`] (bf16 operands, f32 sums), else burn's f32 matmul.
+    /// AMX it is [`fused::linear`] (bf16 operands, f32 sums), else burn's f32 matmul. An
+    /// adapter adds `scale · (x·A)·B` in f32 ([`Lora::forward`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d_in] = x.dims();
         let x = x.reshape([b * t, d_in]);
+        let update = self.lora.as_ref().map(|l| l.forward(x.clone()));
         let y = match fused::runs_bf16::<B>(self.precision) {
             true => fused::linear(x, self.weight.val(), self.precision)
                 .expect("fused::runs_bf16 was checked above"),
             false => x.matmul(self.weight.val()),
+        };
+        let y = match update {
+            Some(u) => y + u,
+            None => y,
         };
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
@@ -106,6 +116,7 @@ impl<B: Backend> Linear<B> {
             weight: Param::from_tensor(Tensor::random([d_in, d_out], init_dist(), device)),
             bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
             precision: fused::Precision::F32,
+            lora: None,
         }
     }
 }

@@ -195,6 +195,7 @@ fn linear<B: Backend>(
         weight: param2(transpose(&w, d_out, d_in), [d_in, d_out], device),
         bias,
         precision: crate::fused::Precision::F32,
+        lora: None,
     })
 }
 

@@ -2,9 +2,10 @@
 //!
 //! A checkpoint is a folder `checkpoint/` inside the run directory holding `model.mpk`
 //! (burn's named MessagePack record, f32), `optimizer.mpk` (AdamW moments), `model_config.json`
-//! (the architecture, so evaluation can rebuild the model without the original file) and
-//! `state.json` ([`TrainState`]: step, data position, seed), and `checksums.json`, the CRC-32
-//! of each of the four, written last.
+//! (the architecture, so evaluation can rebuild the model without the original file),
+//! `state.json` ([`TrainState`]: step, data position, seed), for a LoRA run `lora.json` (the
+//! adapters' [`LoraConfig`], so a loader builds the adapted model before reading its
+//! weights), and `checksums.json`, the CRC-32 of each of the others, written last.
 //!
 //! **What survives what** (tested by `tests/learning.rs`, `tests/curriculum.rs` and
 //! `scripts/chaos`; see `docs/reliability.md`):
@@ -40,7 +41,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Llama, LlamaConfig};
+use crate::model::{Llama, LlamaConfig, LoraConfig};
 
 /// The optimizer of every sleuth trainer: burn's AdamW over the policy's parameters (moments
 /// keyed by parameter id), as [`save`] writes and [`load_optimizer`] restores it.
@@ -211,6 +212,8 @@ pub fn dir(run: &Path) -> PathBuf {
 
 /// The manifest written last into a checkpoint folder: file name → CRC-32.
 const CHECKSUMS: &str = "checksums.json";
+/// A LoRA checkpoint's adapter shape (module docs).
+const LORA: &str = "lora.json";
 
 /// Whether `run` holds a complete checkpoint.
 pub fn exists(run: &Path) -> bool {
@@ -397,6 +400,7 @@ pub struct Snapshot<B: AutodiffBackend> {
     model: ModelItem<B>,
     moments: OptimItem<B>,
     config: LlamaConfig,
+    lora: Option<LoraConfig>,
     state: TrainState,
 }
 
@@ -415,6 +419,7 @@ impl<B: AutodiffBackend> Snapshot<B> {
                 .into_item::<FullPrecisionSettings>(),
             moments: optim.to_record().into_item::<FullPrecisionSettings>(),
             config: config.clone(),
+            lora: model.lora_config(),
             state: state.clone(),
         }
     }
@@ -493,13 +498,23 @@ impl<B: AutodiffBackend> Snapshot<B> {
             serde_json::to_vec_pretty(&self.state).expect("state serializes"),
         )
         .map_err(io(&state_path))?;
-        let mut sums = BTreeMap::new();
-        for file in [
+        let mut files = vec![
             "model.mpk",
             "optimizer.mpk",
             "model_config.json",
             "state.json",
-        ] {
+        ];
+        if let Some(lora) = &self.lora {
+            let lora_path = tmp.join(LORA);
+            std::fs::write(
+                &lora_path,
+                serde_json::to_vec_pretty(lora).expect("lora config serializes"),
+            )
+            .map_err(io(&lora_path))?;
+            files.push(LORA);
+        }
+        let mut sums = BTreeMap::new();
+        for file in files {
             sums.insert(file, crc_of(&tmp.join(file))?);
         }
         let sums_path = tmp.join(CHECKSUMS);
@@ -533,7 +548,27 @@ pub fn load_state(run: &Path) -> Result<TrainState, CheckpointError> {
     serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json { path, source })
 }
 
-/// Loads the saved weights into `model` (which must have the saved architecture).
+/// The adapters' shape saved with a LoRA checkpoint (`lora.json`); `None` for a checkpoint
+/// of a full fine-tune.
+///
+/// # Errors
+/// [`CheckpointError`] naming the file when it is corrupt or malformed.
+pub fn load_lora(run: &Path) -> Result<Option<LoraConfig>, CheckpointError> {
+    let path = dir(run).join(LORA);
+    if !path.exists() {
+        return Ok(None);
+    }
+    verify(run, LORA)?;
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| CheckpointError::Json { path, source })
+}
+
+/// Loads the saved weights into `model` (which must have the saved architecture). A LoRA
+/// checkpoint's adapters are attached first where `model` lacks them or has others
+/// ([`Llama::with_lora`], base frozen), and a full fine-tune's checkpoint loaded into an
+/// adapted model replaces its adapters' folded weights: what the file holds is what loads.
 ///
 /// # Errors
 /// [`CheckpointError::Corrupt`] when the file disagrees with `checksums.json`;
@@ -543,6 +578,12 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
     model: Llama<B>,
     device: &B::Device,
 ) -> Result<Llama<B>, CheckpointError> {
+    let saved = load_lora(run)?;
+    let model = match (&saved, model.lora_config()) {
+        (saved, have) if *saved == have => model,
+        (Some(l), _) => model.merge_lora().with_lora(l, 0),
+        (None, _) => model.merge_lora(),
+    };
     verify(run, "model.mpk")?;
     let path = dir(run).join("model");
     model

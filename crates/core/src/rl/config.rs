@@ -7,6 +7,9 @@ use super::advantage::{Algo, GroupNorm};
 use super::guard::GuardConfig;
 use super::loss::KlEstimator;
 use crate::model::fused::Precision;
+use crate::model::LoraConfig;
+#[cfg(test)]
+use crate::model::LoraTarget;
 
 /// Training hyper-parameters (`[train]` in an env config). Defaults stated once, here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +96,14 @@ pub struct TrainConfig {
     /// engine). Default `f32` (docs/performance.md, "bf16 training on AMX", has the speed and
     /// parity figures).
     pub precision: Precision,
+    /// Train low-rank adapters instead of every weight: `lora = { rank = 8, alpha = 16,
+    /// targets = ["q_proj", "v_proj"] }` (Hugging Face module names; the keys left out take
+    /// [`LoraConfig`]'s defaults: rank 8, alpha 16, all seven linear layers). The base model is
+    /// frozen — no gradients and no AdamW moments for it — and only the adapters change
+    /// ([`crate::model::lora`], Hu et al. 2021). Without it every weight trains (a model that
+    /// arrives with adapters has them folded into its weights first). Default: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     /// SFT only: stop the run once the mean policy entropy (nats per policy token, measured
     /// in the step's forward pass) falls below this, so the cold start leaves variance for
     /// RL. 0 disables. Default 0.0.
@@ -140,6 +151,7 @@ impl Default for TrainConfig {
             max_resample: 4,
             retire_after: 0,
             precision: Precision::F32,
+            lora: None,
             sft_stop_entropy: 0.0,
             guard: GuardConfig::default(),
         }
@@ -166,5 +178,32 @@ mod tests {
         );
         let err = read("precision = \"fp8\"").unwrap_err().to_string();
         assert!(err.contains("bf16") && err.contains("f32"), "{err}");
+    }
+
+    /// `lora` is off by default, fills left-out keys with its defaults, reads HF module names
+    /// and refuses a misspelt one with the accepted names.
+    #[test]
+    fn lora_reads_hf_module_names_with_defaults() {
+        let read = |s: &str| toml::from_str::<TrainConfig>(s);
+        assert_eq!(read("").unwrap().lora, None);
+        let l = read("lora = { rank = 4 }").unwrap().lora.unwrap();
+        assert_eq!((l.rank, l.alpha), (4, LoraConfig::default().alpha));
+        assert_eq!(l.targets.len(), 7);
+        let l = read("lora = { targets = [\"q_proj\", \"down_proj\"] }")
+            .unwrap()
+            .lora
+            .unwrap();
+        assert_eq!(l.targets, vec![LoraTarget::QProj, LoraTarget::DownProj]);
+        assert_eq!(l.rank, LoraConfig::default().rank);
+        let err = read("lora = { targets = [\"qproj\"] }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("q_proj") && err.contains("down_proj"), "{err}");
+        let zero = read("lora = { rank = 0 }").unwrap().lora.unwrap();
+        assert!(zero.validate().unwrap_err().contains("lora.rank"));
+        // What a phase table serializes reads back the same.
+        let cfg = read("lora = { rank = 2, alpha = 4.0 }").unwrap();
+        let back: TrainConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back.lora, cfg.lora);
     }
 }

@@ -61,13 +61,20 @@ pub struct Gradients<B: AutodiffBackend> {
 impl<B: AutodiffBackend> Learner<B> {
     /// Wraps an initial policy; the optimizer starts empty and progress at step 0 with the
     /// config's seed. The policy's products run in the config's `precision` where this CPU
-    /// can ([`Precision::effective`]; a warning says when `bf16` falls back to f32).
+    /// can ([`Precision::effective`]; a warning says when `bf16` falls back to f32). With
+    /// `[train] lora` the base is frozen and adapters are attached ([`Llama::with_lora`],
+    /// seeded by the config's seed; matching adapters the policy already has are trained
+    /// further); without it any adapters are folded into the weights and every weight trains.
     pub fn new(
         model: Llama<B>,
         model_config: LlamaConfig,
         cfg: TrainConfig,
         device: B::Device,
     ) -> Self {
+        let model = match &cfg.lora {
+            Some(lora) => model.with_lora(lora, cfg.seed),
+            None => model.merge_lora(),
+        };
         Self {
             model: model
                 .with_canonical_param_ids()
@@ -83,6 +90,26 @@ impl<B: AutodiffBackend> Learner<B> {
         }
     }
 
+    /// What trains, for a run's first log line: `"all 134.5 M weights"` or
+    /// `"LoRA r = 8, alpha 16 on q_proj, …: 4.9 M adapter weights (base frozen)"`.
+    pub fn trained_weights(&self) -> String {
+        let m = |n: usize| format!("{:.1} M", n as f64 / 1e6);
+        match self.model.lora_config() {
+            Some(l) => format!(
+                "LoRA r = {}, alpha {} on {}: {} adapter weights (base frozen)",
+                l.rank,
+                l.alpha,
+                l.targets
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m(self.model.lora_params())
+            ),
+            None => format!("all {} weights", m(self.model.num_params())),
+        }
+    }
+
     /// The device the policy lives on.
     pub fn device(&self) -> &B::Device {
         &self.device
@@ -94,6 +121,21 @@ impl<B: AutodiffBackend> Learner<B> {
     /// [`TrainError::Checkpoint`] naming the file that failed.
     pub fn resume_from(&mut self, run: &Path) -> Result<(), TrainError> {
         let state = checkpoint::load_state(run)?;
+        let (saved, now) = (checkpoint::load_lora(run)?, self.model.lora_config());
+        if saved != now {
+            let say = |l: &Option<crate::model::LoraConfig>| match l {
+                Some(l) => format!("LoRA rank {} alpha {} on {:?}", l.rank, l.alpha, l.targets),
+                None => "every weight (no LoRA)".to_string(),
+            };
+            return Err(TrainError::Checkpoint(checkpoint::CheckpointError::Record {
+                path: checkpoint::dir(run),
+                message: format!(
+                    "this run trained {}, but [train] lora now asks for {}: resume with the run's own settings, or start a new run with --init",
+                    say(&saved),
+                    say(&now)
+                ),
+            }));
+        }
         let model = checkpoint::load_model(run, self.model.clone(), &self.device)?;
         self.optim = checkpoint::load_optimizer(run, adamw(&self.cfg), &self.device)?;
         self.model = model;

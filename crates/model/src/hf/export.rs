@@ -167,7 +167,7 @@ pub fn hf_tensors<B: Backend>(model: &Llama<B>) -> Vec<(String, Vec<usize>, Vec<
     let mut out = Vec::new();
     let mut linear = |name: String, l: &Linear<B>| {
         let [d_in, d_out] = l.weight.val().dims();
-        let w = transpose(&to_host(l.weight.val()), d_in, d_out);
+        let w = transpose(&to_host(l.merged_weight()), d_in, d_out);
         out.push((format!("{name}.weight"), vec![d_out, d_in], w));
         if let Some(b) = &l.bias {
             out.push((format!("{name}.bias"), vec![d_out], to_host(b.val())));

@@ -262,9 +262,10 @@ impl QuantLlama {
                 parts.iter().map(|(w, di, dd)| (&w[..], *di, *dd)).collect();
             QMatrix::quantize_transposed(&views, format)
         };
+        // The weight each layer applies: an adapter ([`crate::lora`]) is folded in here.
         let linear = |l: &crate::llama::Linear<B>| {
             let [di, d_out] = l.weight.val().dims();
-            (to_host(l.weight.val()), di, d_out)
+            (to_host(l.merged_weight()), di, d_out)
         };
         let layers = model
             .layers

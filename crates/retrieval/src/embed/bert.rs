@@ -291,6 +291,7 @@ impl<B: Backend> Bert<B> {
                 weight: p2(transpose(&w, d_out, d_in), [d_in, d_out]),
                 bias: Some(p1(read(&format!("{name}.bias"), &[d_out])?)),
                 precision: Default::default(),
+                lora: None,
             })
         };
         let embeddings = Embeddings {
