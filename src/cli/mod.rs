@@ -61,17 +61,25 @@ pub fn env_for(cfg: &RunConfig, tokenizer: sleuth::model::Tokenizer) -> Result<s
 }
 
 /// Loads a policy (weights, architecture, tokenizer) from a GGUF file or a Hugging Face model
-/// directory; the error says how to install the default model.
+/// directory, with the PEFT LoRA adapter in `lora` applied on top when given
+/// ([`sleuth::model::hf::peft::apply_adapter`]); the error says how to install the default
+/// model, or names the adapter file at fault.
 pub fn load_model<B: burn::tensor::backend::Backend>(
     path: &Path,
+    lora: Option<&Path>,
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
-    sleuth::model::load::<B>(path, device).with_context(|| {
+    let mut loaded = sleuth::model::load::<B>(path, device).with_context(|| {
         format!(
             "loading model {} (run scripts/setup to install the default model)",
             path.display()
         )
-    })
+    })?;
+    if let Some(dir) = lora {
+        loaded.model = sleuth::model::hf::peft::apply_adapter(loaded.model, dir)
+            .with_context(|| format!("applying the LoRA adapter {}", dir.display()))?;
+    }
+    Ok(loaded)
 }
 
 /// Refuses a config whose policy is served elsewhere: only `eval` and `collect` sample from
@@ -98,7 +106,7 @@ pub fn load_policy<B: burn::tensor::backend::Backend>(
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
     require_local(cfg)?;
-    let mut loaded = load_model::<B>(&cfg.model.path, device)?;
+    let mut loaded = load_model::<B>(&cfg.model.path, cfg.model.lora.as_deref(), device)?;
     if let Some(run) = checkpoint_dir {
         (loaded.model, loaded.config) = checkpoint::load_saved(run, device)?;
     }

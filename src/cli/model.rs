@@ -24,6 +24,10 @@ pub struct ModelArgs {
     /// [model].path).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) applied
+    /// on top of the model, as vLLM's and llama.cpp's --lora do.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     /// Weights to decode from: q8_0 or q4_1 (the quantized CPU engine) or f32 (burn's
     /// forward pass).
     #[arg(long, default_value = "q8_0")]
@@ -34,7 +38,11 @@ impl ModelArgs {
     /// Loads `--model`, or the default config's model when the flag is absent.
     fn load(&self, device: &burn::tensor::Device<Inference>) -> Result<LoadedModel<Inference>> {
         let default = RunConfig::default().model.path;
-        load_model::<Inference>(self.model.as_ref().unwrap_or(&default), device)
+        load_model::<Inference>(
+            self.model.as_ref().unwrap_or(&default),
+            self.lora.as_deref(),
+            device,
+        )
     }
 }
 
@@ -264,6 +272,16 @@ pub struct ExportArgs {
     /// tokenizer from, instead of the model named in the run's config.toml.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// With a model file or directory: apply this PEFT LoRA adapter first (the export then
+    /// holds the merged weights, or with --lora-only the adapter again).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Write only the LoRA adapters, as a PEFT adapter directory (adapter_config.json,
+    /// adapter_model.safetensors with PEFT's tensor names) that peft's
+    /// PeftModel.from_pretrained and vLLM's --enable-lora load on the base model. Without it
+    /// the adapters are folded into the weights of a full model directory.
+    #[arg(long)]
+    pub lora_only: bool,
 }
 
 /// The `config.toml` that names a run's base model: the run's own (`sleuth train`, `sleuth
@@ -312,15 +330,48 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
                     .path
             }
         };
-        let mut loaded = load_model::<Inference>(&base, &device)?;
+        let mut loaded = load_model::<Inference>(&base, None, &device)?;
         (loaded.model, loaded.config) = sleuth::rl::checkpoint::load_saved(&run, &device)?;
         (loaded, base)
     } else {
         (
-            load_model::<Inference>(&a.source, &device)?,
+            load_model::<Inference>(&a.source, a.lora.as_deref(), &device)?,
             a.source.clone(),
         )
     };
+    if a.lora_only {
+        let report = sleuth::model::hf::peft::write_adapter(
+            &loaded.model,
+            &base.display().to_string(),
+            &a.out,
+            a.dtype,
+        )
+        .with_context(|| {
+            format!(
+                "exporting the adapters of {} to {}",
+                a.source.display(),
+                a.out.display()
+            )
+        })?;
+        let files: serde_json::Map<String, serde_json::Value> = report
+            .files
+            .iter()
+            .map(|(n, b)| (n.clone(), (*b).into()))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "out": report.dir,
+                "format": "peft-lora",
+                "dtype": a.dtype.to_string(),
+                "tensors": report.tensors,
+                "parameters": report.parameters,
+                "files": files,
+                "seconds": (t0.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+            })
+        );
+        return Ok(());
+    }
     let tokenizer_dir = sleuth::model::hf::is_hf_dir(&base).then_some(base.as_path());
     let opts = sleuth::model::hf::export::ExportOptions {
         dtype: a.dtype,

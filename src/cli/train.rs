@@ -219,7 +219,7 @@ pub fn run_sft(a: SftArgs) -> Result<()> {
     let mut cfg = RunConfig::load(&a.config)?;
     super::require_local(&cfg)?;
     let device = backend::device();
-    let m = load_model::<Train>(&cfg.model.path, &device)?;
+    let m = load_model::<Train>(&cfg.model.path, cfg.model.lora.as_deref(), &device)?;
     let data = sleuth::rl::sft::read_examples(&a.data)?;
     if let Some(lr) = a.lr {
         cfg.train.learning_rate = lr;

@@ -26,6 +26,12 @@ pub struct ModelSection {
     /// `models/SmolLM2-135M-Instruct.Q4_1.gguf` (what `scripts/setup` installs). With `backend = "openai"` only its tokenizer is read (the
     /// served model's vocabulary must be the same).
     pub path: PathBuf,
+    /// A PEFT LoRA adapter directory (`adapter_config.json`, `adapter_model.safetensors`)
+    /// applied on top of `path`, as vLLM's and llama.cpp's `--lora` do
+    /// ([`crate::model::hf::peft`]). With `[train] lora` of the same rank and alpha, training
+    /// continues that adapter. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<PathBuf>,
     /// Where episodes are sampled: `local` (this process, default) or `openai` (an
     /// OpenAI-compatible completions server, `[model.openai]`; `eval` and `collect` only).
     pub backend: PolicyBackend,
@@ -48,6 +54,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         Self {
             path: PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            lora: None,
             backend: PolicyBackend::Local,
             openai: crate::env::remote::RemoteOptions::default(),
         }

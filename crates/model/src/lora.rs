@@ -192,7 +192,7 @@ impl<B: Backend> Linear<B> {
 
 impl<B: Backend> Llama<B> {
     /// The linear layer `target` of decoder layer `layer`.
-    fn target_mut(&mut self, layer: usize, target: LoraTarget) -> &mut Linear<B> {
+    pub(crate) fn target_mut(&mut self, layer: usize, target: LoraTarget) -> &mut Linear<B> {
         let l = &mut self.layers[layer];
         match target {
             LoraTarget::QProj => &mut l.self_attn.q_proj,

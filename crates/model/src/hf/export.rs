@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use safetensors::tensor::{Dtype, View};
 
-use super::{HfError, INDEX_FILE, WEIGHTS_FILE};
+use super::{io, HfError, INDEX_FILE, WEIGHTS_FILE};
 use crate::config::LlamaConfig;
 use crate::llama::{Linear, Llama};
 use crate::load::{to_host, transpose};
@@ -250,14 +250,7 @@ const TOKENIZER_FILES: [&str; 6] = [
     "merges.txt",
 ];
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HfError + '_ {
-    move |source| HfError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), HfError> {
+pub(super) fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), HfError> {
     let mut text = serde_json::to_string_pretty(v).unwrap_or_default();
     text.push('\n');
     std::fs::write(path, text).map_err(io(path))
@@ -281,6 +274,28 @@ pub fn export<B: Backend>(
     out: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportReport, HfError> {
+    let ((tensors, parameters), files) = write_dir(out, |tmp| {
+        write_all(model, cfg, tokenizer, tokenizer_dir, tmp, opts)
+    })?;
+    Ok(ExportReport {
+        dir: out.to_path_buf(),
+        files,
+        tensors,
+        parameters,
+    })
+}
+
+/// Writes a new directory `out` atomically: `write` fills a hidden sibling folder
+/// ([`temp_path`]), whose files then get the mode a plainly created file gets and are synced,
+/// and the folder is renamed to `out` last. Returns `write`'s value and the files written with
+/// their sizes, in name order.
+///
+/// # Errors
+/// [`HfError::Io`] when `out` exists or a write fails; nothing is left at `out` then.
+pub(super) fn write_dir<T>(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<T, HfError>,
+) -> Result<(T, Vec<(String, u64)>), HfError> {
     if out.exists() {
         return Err(HfError::Io {
             path: out.to_path_buf(),
@@ -295,8 +310,8 @@ pub fn export<B: Backend>(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let (tensors, parameters) = match write_all(model, cfg, tokenizer, tokenizer_dir, &tmp, opts) {
-        Ok(counts) => counts,
+    let value = match write(&tmp).and_then(|v| finish_files(&tmp).map(|()| v)) {
+        Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -316,11 +331,54 @@ pub fn export<B: Backend>(
         files.push((entry.file_name().to_string_lossy().into_owned(), len));
     }
     files.sort();
-    Ok(ExportReport {
-        dir: out.to_path_buf(),
-        files,
-        tensors,
-        parameters,
+    Ok((value, files))
+}
+
+/// The safetensors crate writes through a private (0600) temporary file; give every file in
+/// `dir` the mode a plainly created one gets (umask applied), then make them durable before
+/// the rename publishes the directory.
+fn finish_files(dir: &Path) -> Result<(), HfError> {
+    let probe = dir.join(".mode");
+    std::fs::write(&probe, b"").map_err(io(&probe))?;
+    let mode = std::fs::metadata(&probe).map_err(io(&probe))?.permissions();
+    std::fs::remove_file(&probe).map_err(io(&probe))?;
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        std::fs::set_permissions(&path, mode.clone()).map_err(io(&path))?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// Writes `tensors` (name, shape, row-major f32) to one safetensors file at `path` in `dtype`,
+/// with transformers' `{"format": "pt"}` metadata.
+///
+/// # Errors
+/// [`HfError::Io`] naming the file.
+pub(super) fn write_safetensors(
+    path: &Path,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    dtype: ExportDtype,
+) -> Result<(), HfError> {
+    let encoded: Vec<(String, Encoded)> = tensors
+        .into_iter()
+        .map(|(name, shape, data)| {
+            let bytes = dtype.encode(&data);
+            let e = Encoded {
+                dtype: dtype.safetensors(),
+                shape,
+                bytes,
+            };
+            (name, e)
+        })
+        .collect();
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let views = encoded.iter().map(|(name, e)| (name.as_str(), e));
+    safetensors::tensor::serialize_to_file(views, metadata, path).map_err(|e| HfError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
     })
 }
 
@@ -416,20 +474,6 @@ fn write_all<B: Backend>(
         }
         None => write_tokenizer(tokenizer, cfg, dir)?,
     }
-    // The safetensors crate writes through a private (0600) temporary file; give every file
-    // the mode a plainly created one gets (umask applied), then make them durable before the
-    // rename publishes the directory.
-    let config_path = dir.join("config.json");
-    let mode = std::fs::metadata(&config_path)
-        .map_err(io(&config_path))?
-        .permissions();
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        std::fs::set_permissions(&path, mode.clone()).map_err(io(&path))?;
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&path))?;
-    }
     Ok((n_tensors, parameters))
 }
 
@@ -473,7 +517,7 @@ fn write_tokenizer(tokenizer: &Tokenizer, cfg: &LlamaConfig, dir: &Path) -> Resu
 /// The folder an export is written into before it is renamed to `out`: `.NAME.tmp-PID` beside
 /// it, the naming of sleuth's atomic writer (`sleuth::atomic::temp_path`), so a killed export's
 /// leftover is recognised the same way.
-fn temp_path(out: &Path) -> std::path::PathBuf {
+pub(super) fn temp_path(out: &Path) -> std::path::PathBuf {
     let name = out
         .file_name()
         .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());

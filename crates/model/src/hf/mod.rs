@@ -18,6 +18,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod export;
+pub mod peft;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -197,6 +198,25 @@ impl SafetensorsWeights {
                 dir: dir.to_path_buf(),
             });
         };
+        Self::open_files(dir, &files)
+    }
+
+    /// Maps one safetensors file (a PEFT adapter's `adapter_model.safetensors`, …).
+    ///
+    /// # Errors
+    /// [`HfError::Io`] for an unreadable file; [`HfError::Safetensors`] for a truncated or
+    /// malformed one.
+    pub fn open_file(path: &Path) -> Result<Self, HfError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::open_files(dir, &[name])
+    }
+
+    /// Maps `files` of `dir` and indexes their tensors.
+    fn open_files(dir: &Path, files: &[String]) -> Result<Self, HfError> {
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, file) in files.iter().enumerate() {
