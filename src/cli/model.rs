@@ -353,23 +353,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
                 a.out.display()
             )
         })?;
-        let files: serde_json::Map<String, serde_json::Value> = report
-            .files
-            .iter()
-            .map(|(n, b)| (n.clone(), (*b).into()))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "out": report.dir,
-                "format": "peft-lora",
-                "dtype": a.dtype.to_string(),
-                "tensors": report.tensors,
-                "parameters": report.parameters,
-                "files": files,
-                "seconds": (t0.elapsed().as_secs_f64() * 100.0).round() / 100.0,
-            })
-        );
+        print_export(&report, ("format", "peft-lora".into()), a.dtype, t0);
         return Ok(());
     }
     let tokenizer_dir = sleuth::model::hf::is_hf_dir(&base).then_some(base.as_path());
@@ -386,24 +370,34 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         &opts,
     )
     .with_context(|| format!("exporting {} to {}", a.source.display(), a.out.display()))?;
+    let architecture = loaded.config.architecture()?.hf_name();
+    print_export(&report, ("architecture", architecture.into()), a.dtype, t0);
+    Ok(())
+}
+
+/// Prints an export's one JSON line: output folder, `what` (the architecture, or the adapter
+/// format), dtype, tensors, parameters, files with their sizes in bytes, and seconds.
+fn print_export(
+    report: &sleuth::model::hf::export::ExportReport,
+    what: (&str, serde_json::Value),
+    dtype: sleuth::model::hf::export::ExportDtype,
+    t0: Instant,
+) {
     let files: serde_json::Map<String, serde_json::Value> = report
         .files
         .iter()
         .map(|(n, b)| (n.clone(), (*b).into()))
         .collect();
-    println!(
-        "{}",
-        serde_json::json!({
-            "out": report.dir,
-            "architecture": loaded.config.architecture()?.hf_name(),
-            "dtype": a.dtype.to_string(),
-            "tensors": report.tensors,
-            "parameters": report.parameters,
-            "files": files,
-            "seconds": (t0.elapsed().as_secs_f64() * 100.0).round() / 100.0,
-        })
-    );
-    Ok(())
+    let mut line = serde_json::json!({
+        "out": report.dir,
+        "dtype": dtype.to_string(),
+        "tensors": report.tensors,
+        "parameters": report.parameters,
+        "files": files,
+        "seconds": (t0.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+    });
+    line[what.0] = what.1;
+    println!("{line}");
 }
 
 #[cfg(test)]

@@ -32,7 +32,8 @@ use std::sync::Arc;
 use super::config::LlamaConfig;
 use super::fused::{self, RopeTables};
 use super::kv_cache::KvCache;
-use super::lora::Lora;
+use super::lora::{Lora, LoraConfig, LoraTarget};
+use rand::SeedableRng;
 
 /// Large negative value added to masked attention scores (finite, so a fully masked row
 /// cannot produce NaN).
@@ -438,18 +439,9 @@ impl<B: Backend> Llama<B> {
     /// steps keep it, loading a checkpoint into this model keeps it, a freshly loaded model
     /// starts at f32.
     pub fn with_precision(mut self, precision: fused::Precision) -> Self {
-        for l in &mut self.layers {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            for lin in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
-                lin.precision = precision;
+        for layer in 0..self.layers.len() {
+            for t in LoraTarget::ALL {
+                self.target_mut(layer, t).precision = precision;
             }
         }
         self
@@ -769,5 +761,149 @@ impl<B: Backend> Llama<B> {
         let hidden = self.norm.forward(x);
         let vocab = self.vocab_size();
         self.logits(hidden).reshape([rows, vocab])
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// LoRA adapters on the model ([`crate::lora`])
+// ---------------------------------------------------------------------------------------
+
+impl<B: Backend> Linear<B> {
+    /// The weight this layer applies, `[in, out]`: the base plus the adapter's `scale · A·B`
+    /// when it has one (what the quantized engine and the export read).
+    pub fn merged_weight(&self) -> Tensor<B, 2> {
+        match &self.lora {
+            Some(l) => self.weight.val() + l.delta(),
+            None => self.weight.val(),
+        }
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// The linear layer `target` of decoder layer `layer`.
+    pub(crate) fn target_mut(&mut self, layer: usize, target: LoraTarget) -> &mut Linear<B> {
+        let l = &mut self.layers[layer];
+        match target {
+            LoraTarget::QProj => &mut l.self_attn.q_proj,
+            LoraTarget::KProj => &mut l.self_attn.k_proj,
+            LoraTarget::VProj => &mut l.self_attn.v_proj,
+            LoraTarget::OProj => &mut l.self_attn.o_proj,
+            LoraTarget::GateProj => &mut l.mlp.gate_proj,
+            LoraTarget::UpProj => &mut l.mlp.up_proj,
+            LoraTarget::DownProj => &mut l.mlp.down_proj,
+        }
+    }
+
+    /// The linear layer `target` of decoder layer `layer`.
+    pub fn target(&self, layer: usize, target: LoraTarget) -> &Linear<B> {
+        let l = &self.layers[layer];
+        match target {
+            LoraTarget::QProj => &l.self_attn.q_proj,
+            LoraTarget::KProj => &l.self_attn.k_proj,
+            LoraTarget::VProj => &l.self_attn.v_proj,
+            LoraTarget::OProj => &l.self_attn.o_proj,
+            LoraTarget::GateProj => &l.mlp.gate_proj,
+            LoraTarget::UpProj => &l.mlp.up_proj,
+            LoraTarget::DownProj => &l.mlp.down_proj,
+        }
+    }
+
+    /// The model prepared for LoRA training with `cfg`: every base parameter frozen
+    /// (`require_grad = false`), and an adapter on each target of every layer. An adapter
+    /// already there with the same rank and alpha is kept and trained further (a LoRA run
+    /// resumed, or started from a LoRA checkpoint); any other adapter is folded into its base
+    /// weight first ([`Self::merge_lora`]'s rule). New adapters draw `A` from a generator
+    /// seeded with `seed`, layer by layer in `cfg.targets` order, so a run is reproducible.
+    pub fn with_lora(self, cfg: &LoraConfig, seed: u64) -> Self {
+        let device = self.embed_tokens.device();
+        let mut model = self.no_grad();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x4c6f_5241);
+        for layer in 0..model.layers.len() {
+            for t in LoraTarget::ALL {
+                let lin = model.target_mut(layer, t);
+                let wanted = cfg.targets.contains(&t);
+                let keep = wanted
+                    && lin
+                        .lora
+                        .as_ref()
+                        .is_some_and(|l| l.rank() == cfg.rank && l.alpha == cfg.alpha);
+                if !keep {
+                    lin.fold_lora();
+                }
+                if !wanted {
+                    continue;
+                }
+                match &mut lin.lora {
+                    Some(l) => {
+                        l.a = l.a.clone().set_require_grad(true);
+                        l.b = l.b.clone().set_require_grad(true);
+                    }
+                    None => {
+                        let [d_in, d_out] = lin.weight.val().dims();
+                        lin.lora = Some(Lora::new(
+                            d_in, d_out, cfg.rank, cfg.alpha, &mut rng, &device,
+                        ));
+                    }
+                }
+            }
+        }
+        model
+    }
+
+    /// The model with every adapter folded into its base weight (`W + scale·A·B`) and removed:
+    /// what a full fine-tune of an adapted model, and the merged export, start from. The
+    /// weights keep their `require_grad` setting.
+    pub fn merge_lora(mut self) -> Self {
+        for layer in 0..self.layers.len() {
+            for t in LoraTarget::ALL {
+                self.target_mut(layer, t).fold_lora();
+            }
+        }
+        self
+    }
+
+    /// The adapters' shape when the model has any: rank and alpha of the first adapter, and
+    /// the targets that carry one in the first layer.
+    pub fn lora_config(&self) -> Option<LoraConfig> {
+        if self.layers.is_empty() {
+            return None;
+        }
+        let targets: Vec<LoraTarget> = LoraTarget::ALL
+            .into_iter()
+            .filter(|&t| self.target(0, t).lora.is_some())
+            .collect();
+        let first = self.target(0, *targets.first()?).lora.as_ref()?;
+        Some(LoraConfig {
+            rank: first.rank(),
+            alpha: first.alpha,
+            targets,
+        })
+    }
+
+    /// Adapter parameters (numbers in `A` and `B` over all layers); 0 without adapters.
+    pub fn lora_params(&self) -> usize {
+        (0..self.layers.len())
+            .flat_map(|i| LoraTarget::ALL.map(|t| (i, t)))
+            .filter_map(|(i, t)| self.target(i, t).lora.as_ref())
+            .map(|l| {
+                l.a.val().dims().iter().product::<usize>()
+                    + l.b.val().dims().iter().product::<usize>()
+            })
+            .sum()
+    }
+}
+
+impl<B: Backend> Linear<B> {
+    /// Folds the adapter (if any) into the base weight and removes it, keeping the weight's
+    /// `require_grad` setting.
+    fn fold_lora(&mut self) {
+        if let Some(l) = self.lora.take() {
+            let delta = l.delta().detach();
+            let weight = self.weight.clone();
+            self.weight = weight.map(|w| {
+                let require_grad = w.is_require_grad();
+                (w.detach() + delta).set_require_grad(require_grad)
+            });
+        }
     }
 }

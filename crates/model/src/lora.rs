@@ -10,7 +10,8 @@
 //!
 //! Design: the adapter is an optional field of [`Linear`](crate::llama::Linear), so every
 //! forward path — the training forward, the shared-prompt forward, prefill and decode on the
-//! burn backend — applies it with no other change. [`Llama::with_lora`] marks every base
+//! burn backend — applies it with no other change. `Llama::with_lora` (in `llama.rs`, beside
+//! the model it prepares, so this module depends on nothing above it) marks every base
 //! parameter `require_grad = false`: autodiff then computes no gradient for them (the fused
 //! linear backward skips `dW` for an untracked weight), AdamW keeps no moments for them, and
 //! the optimizer step leaves them untouched. The quantized decode engine and the Hugging Face
@@ -20,10 +21,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
-
-use crate::llama::{Linear, Llama};
 
 /// Which linear layers get an adapter, by their Hugging Face module names (the names PEFT's
 /// `target_modules` and vLLM's LoRA loader use).
@@ -176,145 +175,5 @@ impl<B: Backend> Lora<B> {
     /// The rank (columns of `A`).
     pub fn rank(&self) -> usize {
         self.a.val().dims()[1]
-    }
-}
-
-impl<B: Backend> Linear<B> {
-    /// The weight this layer applies, `[in, out]`: the base plus the adapter's `scale · A·B`
-    /// when it has one (what the quantized engine and the export read).
-    pub fn merged_weight(&self) -> Tensor<B, 2> {
-        match &self.lora {
-            Some(l) => self.weight.val() + l.delta(),
-            None => self.weight.val(),
-        }
-    }
-}
-
-impl<B: Backend> Llama<B> {
-    /// The linear layer `target` of decoder layer `layer`.
-    pub(crate) fn target_mut(&mut self, layer: usize, target: LoraTarget) -> &mut Linear<B> {
-        let l = &mut self.layers[layer];
-        match target {
-            LoraTarget::QProj => &mut l.self_attn.q_proj,
-            LoraTarget::KProj => &mut l.self_attn.k_proj,
-            LoraTarget::VProj => &mut l.self_attn.v_proj,
-            LoraTarget::OProj => &mut l.self_attn.o_proj,
-            LoraTarget::GateProj => &mut l.mlp.gate_proj,
-            LoraTarget::UpProj => &mut l.mlp.up_proj,
-            LoraTarget::DownProj => &mut l.mlp.down_proj,
-        }
-    }
-
-    /// The linear layer `target` of decoder layer `layer`.
-    pub fn target(&self, layer: usize, target: LoraTarget) -> &Linear<B> {
-        let l = &self.layers[layer];
-        match target {
-            LoraTarget::QProj => &l.self_attn.q_proj,
-            LoraTarget::KProj => &l.self_attn.k_proj,
-            LoraTarget::VProj => &l.self_attn.v_proj,
-            LoraTarget::OProj => &l.self_attn.o_proj,
-            LoraTarget::GateProj => &l.mlp.gate_proj,
-            LoraTarget::UpProj => &l.mlp.up_proj,
-            LoraTarget::DownProj => &l.mlp.down_proj,
-        }
-    }
-
-    /// The model prepared for LoRA training with `cfg`: every base parameter frozen
-    /// (`require_grad = false`), and an adapter on each target of every layer. An adapter
-    /// already there with the same rank and alpha is kept and trained further (a LoRA run
-    /// resumed, or started from a LoRA checkpoint); any other adapter is folded into its base
-    /// weight first ([`Self::merge_lora`]'s rule). New adapters draw `A` from a generator
-    /// seeded with `seed`, layer by layer in `cfg.targets` order, so a run is reproducible.
-    pub fn with_lora(self, cfg: &LoraConfig, seed: u64) -> Self {
-        let device = self.embed_tokens.device();
-        let mut model = self.no_grad();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x4c6f_5241);
-        for layer in 0..model.layers.len() {
-            for t in LoraTarget::ALL {
-                let lin = model.target_mut(layer, t);
-                let wanted = cfg.targets.contains(&t);
-                let keep = wanted
-                    && lin
-                        .lora
-                        .as_ref()
-                        .is_some_and(|l| l.rank() == cfg.rank && l.alpha == cfg.alpha);
-                if !keep {
-                    lin.fold_lora();
-                }
-                if !wanted {
-                    continue;
-                }
-                match &mut lin.lora {
-                    Some(l) => {
-                        l.a = l.a.clone().set_require_grad(true);
-                        l.b = l.b.clone().set_require_grad(true);
-                    }
-                    None => {
-                        let [d_in, d_out] = lin.weight.val().dims();
-                        lin.lora = Some(Lora::new(
-                            d_in, d_out, cfg.rank, cfg.alpha, &mut rng, &device,
-                        ));
-                    }
-                }
-            }
-        }
-        model
-    }
-
-    /// The model with every adapter folded into its base weight (`W + scale·A·B`) and removed:
-    /// what a full fine-tune of an adapted model, and the merged export, start from. The
-    /// weights keep their `require_grad` setting.
-    pub fn merge_lora(mut self) -> Self {
-        for layer in 0..self.layers.len() {
-            for t in LoraTarget::ALL {
-                self.target_mut(layer, t).fold_lora();
-            }
-        }
-        self
-    }
-
-    /// The adapters' shape when the model has any: rank and alpha of the first adapter, and
-    /// the targets that carry one in the first layer.
-    pub fn lora_config(&self) -> Option<LoraConfig> {
-        if self.layers.is_empty() {
-            return None;
-        }
-        let targets: Vec<LoraTarget> = LoraTarget::ALL
-            .into_iter()
-            .filter(|&t| self.target(0, t).lora.is_some())
-            .collect();
-        let first = self.target(0, *targets.first()?).lora.as_ref()?;
-        Some(LoraConfig {
-            rank: first.rank(),
-            alpha: first.alpha,
-            targets,
-        })
-    }
-
-    /// Adapter parameters (numbers in `A` and `B` over all layers); 0 without adapters.
-    pub fn lora_params(&self) -> usize {
-        (0..self.layers.len())
-            .flat_map(|i| LoraTarget::ALL.map(|t| (i, t)))
-            .filter_map(|(i, t)| self.target(i, t).lora.as_ref())
-            .map(|l| {
-                l.a.val().dims().iter().product::<usize>()
-                    + l.b.val().dims().iter().product::<usize>()
-            })
-            .sum()
-    }
-}
-
-impl<B: Backend> Linear<B> {
-    /// Folds the adapter (if any) into the base weight and removes it, keeping the weight's
-    /// `require_grad` setting.
-    fn fold_lora(&mut self) {
-        if let Some(l) = self.lora.take() {
-            let delta = l.delta().detach();
-            let weight = self.weight.clone();
-            self.weight = weight.map(|w| {
-                let require_grad = w.is_require_grad();
-                (w.detach() + delta).set_require_grad(require_grad)
-            });
-        }
     }
 }
