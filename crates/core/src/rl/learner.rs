@@ -20,7 +20,7 @@ use std::path::Path;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
 
 use super::checkpoint::{self, Optim, TrainState};
 use super::loss::{pack, plan_micro_batches, PackedBatch};
@@ -259,8 +259,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_> {
         match self.scale {
             None => {
                 if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                    let s: f32 = g.powi_scalar(2).sum().into_scalar().elem();
-                    self.sum_sq += s as f64;
+                    self.sum_sq += sum_of_squares(&g.into_data());
                 }
             }
             Some(scale) => {
@@ -270,6 +269,18 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_> {
                 }
             }
         }
+    }
+}
+
+/// `Σ x²` over a gradient's values, summed in f64 in index order: the same bits on every run.
+/// burn-flex's parallel `sum` splits its work as rayon's threads steal it, so its f32 result
+/// varied in the last bits between two runs of one seed (grad-norm 5.613879648 vs 5.613879606
+/// at step 2 of the main job's first SFT phase), and through the clipping scale every weight
+/// after it did too.
+fn sum_of_squares(data: &burn::tensor::TensorData) -> f64 {
+    match data.as_slice::<f32>() {
+        Ok(v) => v.iter().map(|&x| f64::from(x) * f64::from(x)).sum(),
+        Err(_) => data.iter::<f64>().map(|x| x * x).sum(),
     }
 }
 
