@@ -813,7 +813,8 @@ impl<B: Backend> Llama<B> {
     /// already there with the same rank and alpha is kept and trained further (a LoRA run
     /// resumed, or started from a LoRA checkpoint); any other adapter is folded into its base
     /// weight first ([`Self::merge_lora`]'s rule). New adapters draw `A` from a generator
-    /// seeded with `seed`, layer by layer in `cfg.targets` order, so a run is reproducible.
+    /// seeded with `seed`, layer by layer in [`LoraTarget::ALL`] order, so a run is
+    /// reproducible.
     pub fn with_lora(self, cfg: &LoraConfig, seed: u64) -> Self {
         let device = self.embed_tokens.device();
         let mut model = self.no_grad();
@@ -885,10 +886,7 @@ impl<B: Backend> Llama<B> {
         (0..self.layers.len())
             .flat_map(|i| LoraTarget::ALL.map(|t| (i, t)))
             .filter_map(|(i, t)| self.target(i, t).lora.as_ref())
-            .map(|l| {
-                l.a.val().dims().iter().product::<usize>()
-                    + l.b.val().dims().iter().product::<usize>()
-            })
+            .map(Module::num_params)
             .sum()
     }
 }
