@@ -141,12 +141,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     }
     write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     eprintln!(
-        "training {} ({} backend, {} products, {}, rollouts decode {}): {} questions × {} per step, ≤{} new tokens, algo {}",
+        "training {} ({} backend, {} products, {}, {}): {} questions × {} per step, ≤{} new tokens, algo {}",
         cfg.model.path.display(),
         backend::name(),
         trainer.learner.model.precision().as_str(),
         trainer.learner.trained_weights(),
-        cfg.rollout.weights.name(),
+        cfg.rollout.engine_desc(),
         cfg.train.questions_per_step,
         cfg.rollout.group_desc(),
         cfg.rollout.max_new_tokens,
@@ -180,10 +180,10 @@ fn run_curriculum(
     write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?)?;
     let names: Vec<&str> = cfg.phase.iter().map(|p| p.name.as_str()).collect();
     eprintln!(
-        "curriculum {} ({} backend, rollouts decode {}): phases {}",
+        "curriculum {} ({} backend, {}): phases {}",
         a.config.display(),
         backend::name(),
-        cfg.rollout.weights.name(),
+        cfg.rollout.engine_desc(),
         names.join(" → ")
     );
     let t0 = std::time::Instant::now();

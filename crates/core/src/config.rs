@@ -483,6 +483,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rollout_engine_names_a_served_engine_and_its_server() {
+        use crate::env::RolloutEngine;
+        let cfg: RunConfig = toml::from_str(
+            "[rollout]\nengine = \"openai\"\n[rollout.openai]\nurl = \"http://127.0.0.1:8000\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.rollout.engine, RolloutEngine::Openai);
+        assert_eq!(cfg.rollout.openai.url, "http://127.0.0.1:8000");
+        // The default is the local engine, and a written config reads back the same.
+        let local: RunConfig = toml::from_str("").unwrap();
+        assert_eq!(local.rollout.engine, RolloutEngine::Local);
+        let back: RunConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back.rollout, cfg.rollout);
+        let err = toml::from_str::<RunConfig>("[rollout]\nengine = \"vllm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("local") && err.contains("openai"), "{err}");
+    }
+
+    #[test]
     fn data_train_takes_one_file_or_a_list() {
         let one: RunConfig = toml::from_str("[data]\ntrain = \"a.jsonl\"\n").unwrap();
         assert_eq!(one.data.train, vec![PathBuf::from("a.jsonl")]);

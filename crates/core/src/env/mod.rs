@@ -25,7 +25,8 @@ use std::sync::Arc;
 pub use prompt::PromptConfig;
 pub use rollout::{
     rollout, rollout_from, rollout_observed, Episode, EpisodeEnd, EpisodeStart, NodeSelect, Policy,
-    RolloutConfig, RolloutMode, RolloutObserver, RolloutStats, SearchCall, TreeConfig,
+    RolloutConfig, RolloutEngine, RolloutMode, RolloutObserver, RolloutStats, SearchCall,
+    TreeConfig,
 };
 pub use tree::{rollout_trees, Leaf};
 

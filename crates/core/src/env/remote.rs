@@ -29,6 +29,24 @@
 //! update. The policy-token budget is counted in the server's `usage.completion_tokens` when
 //! it reports them, else in local tokens.
 //!
+//! **Exact tokens, for training** ([`RemotePolicy::sample_exact`], `[rollout] engine =
+//! "openai"`). A policy-gradient update must score the very ids the engine sampled, so the
+//! training loop asks in token ids: the prompt is sent as an id list (the prompt, every policy
+//! segment, every documents block, so tokens fed = tokens trained), with `logprobs = 1`,
+//! `return_tokens_as_token_ids` and `return_token_ids` (vLLM's fields), and the sampled ids
+//! come back from `choices[0].token_ids` or else from `logprobs.tokens` (`"token_id:N"`),
+//! their log-probs from `logprobs.token_logprobs` (a response without them is refused: TIS
+//! needs them). Which stop string ended a segment is read from the ids' own bytes, as the
+//! local loop does ([`crate::model::generate`]): the token that completes
+//! `<|end_of_query|>` may run past it, and the documents block then omits the bytes it already
+//! wrote. The request's `model` is the adapter that samples (e.g. `sleuth-step-3`), recorded
+//! in [`Episode::sampled_by`]; [`RemotePolicy::load_adapter`] and
+//! [`RemotePolicy::unload_adapter`] call vLLM's runtime LoRA API
+//! (`POST /v1/load_lora_adapter`, `/v1/unload_lora_adapter`; the server needs
+//! `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and `--enable-lora`). vLLM returns the log-probs of
+//! the raw logits unless started with `--logprobs-mode processed_logprobs`, which is what a
+//! temperature other than 1 needs for the trainer's TIS weights to be right.
+//!
 //! **Concurrency.** All episodes of a call run at once on one tokio runtime, at most
 //! [`RemoteOptions::concurrency`] requests in flight; searches run inline (BM25 answers in
 //! milliseconds). A request that fails with a connection error, a timeout, 429 or 5xx is
@@ -37,6 +55,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -52,7 +71,7 @@ use super::rollout::{
     SearchCall,
 };
 use super::Env;
-use crate::model::{ModelError, Sampler};
+use crate::model::{text_of, ModelError, Sampler};
 
 /// `[model.openai]`: where the remote policy is served. Defaults stated once, in `impl Default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +110,14 @@ impl Default for RemoteOptions {
 }
 
 impl RemoteOptions {
+    /// The server's root, without `/v1` or `/completions` (`http://127.0.0.1:8000`): where the
+    /// adapter API lives (`{root}/v1/load_lora_adapter`).
+    pub fn root(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        let base = base.strip_suffix("/completions").unwrap_or(base);
+        base.strip_suffix("/v1").unwrap_or(base).to_string()
+    }
+
     /// The completions URL requests go to.
     pub fn endpoint(&self) -> String {
         let base = self.url.trim_end_matches('/');
@@ -115,7 +142,7 @@ pub enum RemoteError {
     #[error("cannot start the remote policy client: {0}")]
     Setup(String),
     /// The server answered with an error status (after every retry for 429 / 5xx).
-    #[error("completions request to {url} failed with HTTP {status} after {attempts} attempt(s): {body}")]
+    #[error("request to {url} failed with HTTP {status} after {attempts} attempt(s): {body}")]
     Status {
         /// The endpoint.
         url: String,
@@ -127,7 +154,7 @@ pub enum RemoteError {
         body: String,
     },
     /// The request did not complete (connection refused or reset, timeout) after every retry.
-    #[error("completions request to {url} failed after {attempts} attempt(s): {source}")]
+    #[error("request to {url} failed after {attempts} attempt(s): {source}")]
     Transport {
         /// The endpoint.
         url: String,
@@ -217,6 +244,34 @@ impl RemotePolicy {
         questions: &[String],
         seed: u64,
     ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+        self.episodes_with(env, questions, seed, None)
+    }
+
+    /// As [`RemotePolicy::episodes`], in token ids (module docs, "Exact tokens"): each episode
+    /// holds the ids `model` sampled and their log-probs, and records `model` in
+    /// [`Episode::sampled_by`]; fit for a policy-gradient update.
+    ///
+    /// # Errors
+    /// As [`RemotePolicy::episodes`]; [`RemoteError::BadResponse`] (inside
+    /// [`RolloutError::Remote`]) for a response without token ids or log-probs.
+    pub fn sample_exact(
+        &self,
+        env: &Env,
+        questions: &[String],
+        seed: u64,
+        model: &str,
+    ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+        self.episodes_with(env, questions, seed, Some(model))
+    }
+
+    /// Both forms: text turns (`exact = None`) or token ids sampled by adapter `exact`.
+    fn episodes_with(
+        &self,
+        env: &Env,
+        questions: &[String],
+        seed: u64,
+        exact: Option<&str>,
+    ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
         let (tokenizer, prompt, cfg) = (&env.tokenizer, &env.prompt, &env.rollout);
         let t0 = Instant::now();
         let g = cfg.samples_per_question.max(1);
@@ -234,9 +289,13 @@ impl RemotePolicy {
                 .map(|(i, (qi, text, ids))| {
                     let permits = &permits;
                     async move {
-                        let r = self
-                            .episode(env, permits, qi, text, ids, seed.wrapping_add(i as u64))
-                            .await;
+                        let seed = seed.wrapping_add(i as u64);
+                        let r = match exact {
+                            None => self.episode(env, permits, qi, text, ids, seed).await,
+                            Some(model) => {
+                                self.exact_episode(env, permits, qi, ids, seed, model).await
+                            }
+                        };
                         (i, r)
                     }
                 })
@@ -358,9 +417,221 @@ impl RemotePolicy {
                 end,
                 forced_prediction: forced,
                 retokenized: true,
+                sampled_by: None,
             },
             times,
         ))
+    }
+
+    /// One episode's turn loop in token ids (module docs, "Exact tokens").
+    async fn exact_episode(
+        &self,
+        env: &Env,
+        permits: &Semaphore,
+        question_index: usize,
+        prompt_ids: Vec<u32>,
+        seed: u64,
+        model: &str,
+    ) -> EpisodeResult {
+        let (tokenizer, retriever, cfg) = (&env.tokenizer, env.retriever.as_ref(), &env.rollout);
+        let prompt_len = prompt_ids.len();
+        let mut tokens = prompt_ids;
+        let mut mask = vec![0u8; prompt_len];
+        let mut logprobs = vec![0f32; prompt_len];
+        let mut searches: Vec<SearchCall> = Vec::new();
+        let mut times = EpisodeTimes::default();
+        let mut forced = None;
+        let mut turn = 0u64;
+        let end = loop {
+            let left = cfg.max_new_tokens.saturating_sub(times.sampled);
+            let room = cfg.context_tokens.saturating_sub(tokens.len());
+            if left == 0 || room == 0 {
+                break EpisodeEnd::Length;
+            }
+            let c = {
+                #[allow(clippy::expect_used)] // the semaphore is local to `run` and never closed
+                let _permit = permits.acquire().await.expect("semaphore never closed");
+                let seed = seed.wrapping_add(turn.wrapping_mul(1_000_003));
+                self.complete_ids(&tokens, left.min(room), cfg, seed, model)
+                    .await
+                    .map_err(|e| RolloutError::Remote(Box::new(e)))?
+            };
+            turn += 1;
+            times.sampled += c.ids.len();
+            mask.extend(std::iter::repeat_n(1u8, c.ids.len()));
+            logprobs.extend(&c.logprobs);
+            tokens.extend(&c.ids);
+            // Which stop ended the segment, read from the sampled ids' bytes: the earliest
+            // stop string in them (the engine stops at the token that completes one).
+            let segment = text_of(tokenizer, &c.ids);
+            let stop = [END_QUERY, END_ANSWER]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| segment.find(s).map(|p| (p + s.len(), i)))
+                .min();
+            let (end_byte, which) = match stop {
+                Some(found) => found,
+                None if c.length => break EpisodeEnd::Length,
+                None => break EpisodeEnd::Eos,
+            };
+            if which == 1 {
+                break EpisodeEnd::Answered;
+            }
+            let (closed, overshoot) = segment.split_at(end_byte);
+            let query = match query_turn(closed, searches.len(), cfg.max_searches) {
+                QueryTurn::Search(q) => q,
+                QueryTurn::End(end, prediction) => {
+                    forced = prediction;
+                    break end;
+                }
+            };
+            let ts = Instant::now();
+            let result = retriever.search(&query, cfg.top_k);
+            times.search += ts.elapsed().as_secs_f64();
+            let (call, block) = SearchCall::from_result(query, result, cfg.doc_max_words);
+            // The token that closed the query may have written the block's first bytes.
+            let inserted = block.strip_prefix(overshoot).unwrap_or(&block);
+            let ids = tokenizer
+                .encode(inserted, false)
+                .map_err(ModelError::from)?;
+            if tokens.len() + ids.len() > cfg.context_tokens {
+                break EpisodeEnd::Length;
+            }
+            mask.extend(std::iter::repeat_n(0u8, ids.len()));
+            logprobs.extend(std::iter::repeat_n(0f32, ids.len()));
+            tokens.extend(ids);
+            searches.push(call);
+        };
+        let solution = text_of(tokenizer, tokens.get(prompt_len..).unwrap_or_default());
+        Ok((
+            Episode {
+                question_index,
+                tokens,
+                mask,
+                logprobs,
+                prompt_len,
+                solution,
+                searches,
+                end,
+                forced_prediction: forced,
+                retokenized: false,
+                sampled_by: Some(model.to_string()),
+            },
+            times,
+        ))
+    }
+
+    /// The request fields both forms send (module docs).
+    fn request(
+        &self,
+        model: &str,
+        prompt: Value,
+        max_tokens: usize,
+        cfg: &RolloutConfig,
+        seed: u64,
+    ) -> Value {
+        // The model's own distribution: llama.cpp's servers otherwise apply a repetition
+        // penalty of 1.1, top-k 40 and min-p 0.05 even to greedy requests (measured: 15 of 20
+        // untrained greedy episodes "answered" through llama-cpp-python with its defaults,
+        // 1 locally). `repeat_penalty` is llama.cpp's name; vLLM ignores it.
+        json!({
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "top_k": cfg.top_k_sampling,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+            "stop": [END_QUERY, END_ANSWER],
+            "seed": seed,
+        })
+    }
+
+    /// POSTs `body` (with [`RemoteOptions::extra`] merged in when `extra`) to `url`, retried on
+    /// transport errors, 429 and 5xx; the response body.
+    async fn post(&self, url: &str, mut body: Value, extra: bool) -> Result<String, RemoteError> {
+        if let (true, Value::Object(fields)) = (extra, &mut body) {
+            fields.extend(self.opts.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let retry = RetryPolicy {
+            retries: self.opts.retries,
+            backoff_ms: self.opts.retry_backoff_ms,
+        };
+        self.client
+            .post_json(url, &body, None, retry)
+            .await
+            .map_err(|e| match e {
+                PostError::Status {
+                    status,
+                    attempts,
+                    body,
+                } => RemoteError::Status {
+                    url: url.to_string(),
+                    status,
+                    attempts,
+                    body,
+                },
+                PostError::Transport { attempts, source } => RemoteError::Transport {
+                    url: url.to_string(),
+                    attempts,
+                    source,
+                },
+            })
+    }
+
+    /// One completions request in token ids, sampled by `model`.
+    async fn complete_ids(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        cfg: &RolloutConfig,
+        seed: u64,
+        model: &str,
+    ) -> Result<SampledIds, RemoteError> {
+        let mut body = self.request(model, json!(prompt), max_tokens, cfg, seed);
+        if let Value::Object(fields) = &mut body {
+            for (k, v) in [
+                ("logprobs", json!(1)),
+                ("return_tokens_as_token_ids", json!(true)),
+                ("return_token_ids", json!(true)),
+                ("include_stop_str_in_output", json!(true)),
+                ("skip_special_tokens", json!(false)),
+            ] {
+                fields.insert(k.into(), v);
+            }
+        }
+        let text = self.post(&self.endpoint, body, true).await?;
+        parse_sampled_ids(&text).map_err(|reason| RemoteError::BadResponse {
+            url: self.endpoint.clone(),
+            reason,
+            body: head(&text),
+        })
+    }
+
+    /// Loads the PEFT adapter folder `path` on the server under `name` (vLLM's
+    /// `POST /v1/load_lora_adapter`), so requests naming `name` sample with it. `path` is read
+    /// by the server: on another machine it must be a path that machine sees.
+    ///
+    /// # Errors
+    /// [`RemoteError::Status`] when the server refuses (e.g. runtime LoRA updating off, a
+    /// name already loaded), [`RemoteError::Transport`] after every retry.
+    pub fn load_adapter(&self, name: &str, path: &Path) -> Result<(), RemoteError> {
+        let url = format!("{}/v1/load_lora_adapter", self.opts.root());
+        let body = json!({"lora_name": name, "lora_path": path.to_string_lossy()});
+        self.client.block_on(self.post(&url, body, false))?;
+        Ok(())
+    }
+
+    /// Unloads adapter `name` (vLLM's `POST /v1/unload_lora_adapter`).
+    ///
+    /// # Errors
+    /// As [`RemotePolicy::load_adapter`]; a name not loaded is a [`RemoteError::Status`].
+    pub fn unload_adapter(&self, name: &str) -> Result<(), RemoteError> {
+        let url = format!("{}/v1/unload_lora_adapter", self.opts.root());
+        self.client
+            .block_on(self.post(&url, json!({"lora_name": name}), false))?;
+        Ok(())
     }
 
     /// One completions request, retried on transport errors, 429 and 5xx.
@@ -371,50 +642,8 @@ impl RemotePolicy {
         cfg: &RolloutConfig,
         seed: u64,
     ) -> Result<Completion, RemoteError> {
-        // The model's own distribution: llama.cpp's servers otherwise apply a repetition
-        // penalty of 1.1, top-k 40 and min-p 0.05 even to greedy requests (measured: 15 of 20
-        // untrained greedy episodes "answered" through llama-cpp-python with its defaults,
-        // 1 locally). `repeat_penalty` is llama.cpp's name; vLLM ignores it.
-        let mut body = json!({
-            "model": self.opts.model,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "top_k": cfg.top_k_sampling,
-            "min_p": 0.0,
-            "repeat_penalty": 1.0,
-            "stop": [END_QUERY, END_ANSWER],
-            "seed": seed,
-        });
-        if let Value::Object(fields) = &mut body {
-            fields.extend(self.opts.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        let retry = RetryPolicy {
-            retries: self.opts.retries,
-            backoff_ms: self.opts.retry_backoff_ms,
-        };
-        let text = self
-            .client
-            .post_json(&self.endpoint, &body, None, retry)
-            .await
-            .map_err(|e| match e {
-                PostError::Status {
-                    status,
-                    attempts,
-                    body,
-                } => RemoteError::Status {
-                    url: self.endpoint.clone(),
-                    status,
-                    attempts,
-                    body,
-                },
-                PostError::Transport { attempts, source } => RemoteError::Transport {
-                    url: self.endpoint.clone(),
-                    attempts,
-                    source,
-                },
-            })?;
+        let body = self.request(&self.opts.model, json!(prompt), max_tokens, cfg, seed);
+        let text = self.post(&self.endpoint, body, true).await?;
         parse_completion(&text).ok_or_else(|| RemoteError::BadResponse {
             url: self.endpoint.clone(),
             reason: "no choices[0].text",
@@ -433,6 +662,85 @@ impl Policy for RemotePolicy {
         let seed = sampler.next_seed();
         self.episodes(env, questions, seed)
     }
+}
+
+/// The served policy under one name: a [`RemotePolicy`] whose episodes are sampled in token
+/// ids by adapter (or model) `name` ([`RemotePolicy::sample_exact`]). What RL's rollouts call
+/// with `[rollout] engine = "openai"`.
+pub struct ServedModel<'a> {
+    /// The server.
+    pub policy: &'a RemotePolicy,
+    /// The request's `model`: the adapter pushed after the last update.
+    pub name: &'a str,
+}
+
+impl Policy for ServedModel<'_> {
+    fn rollout(
+        &self,
+        env: &Env,
+        questions: &[String],
+        sampler: &mut Sampler,
+    ) -> Result<(Vec<Episode>, RolloutStats), RolloutError> {
+        let seed = sampler.next_seed();
+        self.policy.sample_exact(env, questions, seed, self.name)
+    }
+}
+
+/// One completion in token ids.
+struct SampledIds {
+    ids: Vec<u32>,
+    /// The engine's log-prob of each id.
+    logprobs: Vec<f32>,
+    /// `finish_reason == "length"`.
+    length: bool,
+}
+
+/// Read a token-id completion (module docs, "Exact tokens"); the error says what is missing.
+fn parse_sampled_ids(body: &str) -> Result<SampledIds, &'static str> {
+    let v: Value = serde_json::from_str(body).map_err(|_| "not JSON")?;
+    let choice = v
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or("no choices[0]")?;
+    let lp = choice
+        .get("logprobs")
+        .filter(|l| !l.is_null())
+        .ok_or("no logprobs: training needs the engine's log-prob of every sampled token")?;
+    let logprobs = lp
+        .get("token_logprobs")
+        .and_then(Value::as_array)
+        .ok_or("no logprobs.token_logprobs")?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect::<Option<Vec<f32>>>()
+        .ok_or("a token log-prob that is null or not a number")?;
+    let ids = match choice.get("token_ids").and_then(Value::as_array) {
+        Some(ids) => ids
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or("a token id that is not an unsigned 32-bit integer")?,
+        None => lp
+            .get("tokens")
+            .and_then(Value::as_array)
+            .ok_or("neither choices[0].token_ids nor logprobs.tokens")?
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .and_then(|s| s.strip_prefix("token_id:"))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect::<Option<Vec<u32>>>()
+            .ok_or("logprobs.tokens are not \"token_id:N\" (the server ignored return_tokens_as_token_ids)")?,
+    };
+    if ids.len() != logprobs.len() {
+        return Err("token ids and token log-probs differ in length");
+    }
+    Ok(SampledIds {
+        ids,
+        logprobs,
+        length: choice.get("finish_reason").and_then(Value::as_str) == Some("length"),
+    })
 }
 
 /// One episode or the error that stopped it.
@@ -545,6 +853,55 @@ mod tests {
         assert_eq!(
             stop_kind(Some("<|im_end|>"), "<answer> x</answer> bye"),
             StopKind::Eos
+        );
+    }
+
+    #[test]
+    fn root_drops_v1_and_completions() {
+        let root = |url: &str| {
+            RemoteOptions {
+                url: url.into(),
+                ..RemoteOptions::default()
+            }
+            .root()
+        };
+        assert_eq!(root("http://h:1"), "http://h:1");
+        assert_eq!(root("http://h:1/v1/"), "http://h:1");
+        assert_eq!(root("http://h:1/v1/completions"), "http://h:1");
+    }
+
+    #[test]
+    fn sampled_ids_come_from_token_ids_or_token_id_strings_with_their_logprobs() {
+        // vLLM with return_token_ids: the ids in the choice.
+        let c = parse_sampled_ids(
+            r#"{"choices":[{"text":"ab","finish_reason":"length","token_ids":[5,9],
+                "logprobs":{"tokens":["a","b"],"token_logprobs":[-0.5,-1.25]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ids, c.logprobs, c.length),
+            (vec![5, 9], vec![-0.5, -1.25], true)
+        );
+        // Older vLLM: return_tokens_as_token_ids writes them into logprobs.tokens.
+        let c = parse_sampled_ids(
+            r#"{"choices":[{"text":"ab","finish_reason":"stop",
+                "logprobs":{"tokens":["token_id:7","token_id:0"],"token_logprobs":[-2.0,0.0]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((c.ids, c.length), (vec![7, 0], false));
+        let err = |body: &str| parse_sampled_ids(body).err().unwrap();
+        assert!(err(r#"{"choices":[{"text":"a","logprobs":null}]}"#).starts_with("no logprobs"));
+        assert!(err(
+            r#"{"choices":[{"text":"a","logprobs":{"tokens":["a"],"token_logprobs":[-1.0]}}]}"#
+        )
+        .contains("return_tokens_as_token_ids"));
+        assert!(
+            err(r#"{"choices":[{"token_ids":[1,2],"logprobs":{"token_logprobs":[-1.0]}}]}"#)
+                .contains("differ in length")
+        );
+        assert!(
+            err(r#"{"choices":[{"token_ids":[1],"logprobs":{"token_logprobs":[null]}}]}"#)
+                .contains("null")
         );
     }
 

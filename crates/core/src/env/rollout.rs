@@ -61,9 +61,32 @@ pub struct RolloutConfig {
     pub mode: RolloutMode,
     /// Tree-rollout settings (`[rollout.tree]`), read when `mode = "tree"`.
     pub tree: TreeConfig,
+    /// Where RL samples its episodes: `local` (this process's decoding engine, `weights`) or
+    /// `openai` (a served engine, `[rollout.openai]`, sampling in token ids with the LoRA
+    /// adapter pushed after each update; needs `[train] lora` and chain rollouts;
+    /// [`super::remote`]). Training only: `eval` and `collect` use `[model] backend`.
+    /// Default `local`.
+    pub engine: RolloutEngine,
+    /// The server of `engine = "openai"`: an OpenAI-compatible completions endpoint with
+    /// vLLM's runtime LoRA API (`[rollout.openai]`, the same fields as `[model.openai]`;
+    /// its `model` is unused, every request names the pushed adapter).
+    pub openai: super::remote::RemoteOptions,
 }
 
 impl RolloutConfig {
+    /// Where RL's episodes come from, for progress lines: `rollouts decode q8_0` (the local
+    /// engine and its weights) or `rollouts sampled by <endpoint> (LoRA adapters pushed after
+    /// each update)`.
+    pub fn engine_desc(&self) -> String {
+        match self.engine {
+            RolloutEngine::Local => format!("rollouts decode {}", self.weights.name()),
+            RolloutEngine::Openai => format!(
+                "rollouts sampled by {} (LoRA adapters pushed after each update)",
+                self.openai.endpoint()
+            ),
+        }
+    }
+
     /// How RL samples a question's group, for progress lines: `G=4` for chains,
     /// `2 trees × (1 + 1×1) = 4 leaves` for trees.
     pub fn group_desc(&self) -> String {
@@ -109,6 +132,8 @@ impl Default for RolloutConfig {
             fixed_length: false,
             mode: RolloutMode::Chain,
             tree: TreeConfig::default(),
+            engine: RolloutEngine::Local,
+            openai: super::remote::RemoteOptions::default(),
         }
     }
 }
@@ -122,6 +147,17 @@ pub enum RolloutMode {
     Chain,
     /// Trees that branch at searches ([`TreeConfig`], module docs).
     Tree,
+}
+
+/// Where RL rollouts are sampled (`[rollout] engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutEngine {
+    /// This process's decoding engine ([`RolloutConfig::weights`]).
+    #[default]
+    Local,
+    /// An OpenAI-compatible completions server ([`super::remote`], "Exact tokens").
+    Openai,
 }
 
 /// How an expansion round picks the nodes it grows from (`[rollout.tree] select`).
@@ -279,6 +315,10 @@ pub struct Episode {
     /// evaluation and supervised fine-tuning, not for a policy-gradient update.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retokenized: bool,
+    /// The served model or adapter that sampled the episode (`[rollout] engine = "openai"`,
+    /// e.g. `sleuth-step-3`: the weights after optimizer step 3); `None` for local rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_by: Option<String>,
 }
 
 impl Episode {
@@ -651,6 +691,7 @@ fn rollout_from_observed<M: Decoder + ?Sized>(
                 end: st.end.unwrap_or(EpisodeEnd::Length),
                 forced_prediction: st.forced,
                 retokenized: false,
+                sampled_by: None,
             }
         })
         .collect();

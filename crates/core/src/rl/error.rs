@@ -23,6 +23,13 @@ pub enum TrainError {
         /// Which setting and why.
         reason: String,
     },
+    /// The served rollout engine (`[rollout] engine = "openai"`) cannot be used: a setting
+    /// it needs, an adapter it refused, a folder that could not be written.
+    #[error("{reason}")]
+    Engine {
+        /// What failed, naming the server or path.
+        reason: String,
+    },
     /// The collapse guard tripped `max_trips` times.
     #[error("collapse guard tripped {trips} times (max_trips); last: {reason}. Lower [train].learning_rate or loosen [train.guard]")]
     Collapsed {

@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::checkpoint::{PassRecord, TrainState};
 use super::metrics::TreeMetrics;
 use super::{TrainConfig, TrainError};
-use crate::env::{rollout, rollout_trees, Env, Episode, RolloutMode, RolloutStats};
+use crate::env::{rollout, rollout_trees, Env, Episode, Policy, RolloutMode, RolloutStats};
 use crate::model::{Decoder, Sampler};
 use crate::reward::{normalize_answer, Paid, Rewards};
 
@@ -82,6 +82,23 @@ pub(super) struct Groups {
     pub distinct_answers: f64,
 }
 
+/// What samples a step's episodes: the local decoding engine (chains or trees) or a served
+/// one ([`super::served`]; chains only).
+pub(super) enum Sampling<'a, M: ?Sized> {
+    /// This process's decoder.
+    Local(&'a M),
+    /// A served engine under the adapter it samples with.
+    Served(&'a dyn Policy),
+}
+
+// By hand: a derive would ask `M: Copy` of the decoder behind the reference.
+impl<M: ?Sized> Clone for Sampling<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M: ?Sized> Copy for Sampling<'_, M> {}
+
 /// Draws and scores groups for one step (module docs).
 pub(super) struct GroupSampler<'a> {
     pub env: &'a Env,
@@ -95,10 +112,11 @@ impl GroupSampler<'_> {
     /// recording each group's outcome there.
     ///
     /// # Errors
-    /// [`TrainError::Rollout`] when generation fails.
+    /// [`TrainError::Rollout`] when generation fails; [`TrainError::Sampling`] for tree
+    /// rollouts asked of a served engine.
     pub fn sample<M: Decoder + ?Sized>(
         &self,
-        engine: &M,
+        engine: Sampling<'_, M>,
         sampler: &mut Sampler,
         state: &mut TrainState,
         step: usize,
@@ -131,6 +149,13 @@ impl GroupSampler<'_> {
                 .map(|&i| self.data[i].question.clone())
                 .collect();
             let (episodes, trees, rstats) = if tree_mode {
+                let Sampling::Local(engine) = engine else {
+                    return Err(TrainError::Sampling {
+                        reason: "[rollout] mode = \"tree\" runs on the local engine only \
+                                 (engine = \"openai\" samples chains)"
+                            .into(),
+                    });
+                };
                 let (eps, leaves, ts) = rollout_trees(engine, self.env, &texts, sampler)?;
                 let tm = out.tree.get_or_insert_with(TreeMetrics::default);
                 tm.tree_trees += texts.len() * self.env.rollout.tree.trees.max(1);
@@ -140,7 +165,10 @@ impl GroupSampler<'_> {
                 let trees: Vec<usize> = leaves.iter().map(|l| l.tree).collect();
                 (eps, trees, ts.rollout)
             } else {
-                let (eps, st) = rollout(engine, self.env, &texts, sampler)?;
+                let (eps, st) = match engine {
+                    Sampling::Local(engine) => rollout(engine, self.env, &texts, sampler)?,
+                    Sampling::Served(policy) => policy.rollout(self.env, &texts, sampler)?,
+                };
                 let n = eps.len();
                 (eps, vec![0; n], st)
             };

@@ -125,6 +125,15 @@ pub struct StepMetrics {
     /// Tree rollouts' figures (`[rollout] mode = "tree"`); absent for chains.
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub tree: Option<TreeMetrics>,
+    /// The served adapter that sampled this step's episodes (`[rollout] engine = "openai"`,
+    /// [`super::served`]): `sleuth-step-n` holds the weights after step `n`, so step `n + 1`
+    /// names `sleuth-step-n`. Absent for local rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_by: Option<String>,
+    /// Seconds writing the adapter and loading it on the served engine before the rollout
+    /// (0 when it was loaded already). Absent for local rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_sync: Option<f64>,
 }
 
 /// A tree-rollout step's figures, over every round of the step (`tree_` fields of a metrics

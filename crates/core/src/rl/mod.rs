@@ -12,6 +12,8 @@
 //!   [`loss`] token log-probs, micro-batch packing and the clipped surrogate with KL;
 //!   `update` one RL optimizer step from them; [`trainer`] one RL step that ties sampling,
 //!   update, metrics and the collapse guard ([`guard`]) together.
+//! - [`served`]: a served rollout engine (vLLM) that samples for the trainer and receives
+//!   each new LoRA adapter.
 //! - [`run`]: the step loop both trainers run (metrics lines, checkpoints in the
 //!   background, resume); [`checkpoint`] the atomic checkpoint format; [`metrics`] the
 //!   per-step figures.
@@ -32,6 +34,7 @@ pub mod learner;
 pub mod loss;
 pub mod metrics;
 pub mod run;
+pub mod served;
 pub mod sft;
 pub mod trainer;
 mod update;

@@ -107,6 +107,11 @@ pub trait Steps {
     fn label(&self) -> &'static str {
         "train"
     }
+    /// Told the run folder before the first step (the RL trainer writes a served engine's
+    /// adapters there). Does nothing by default.
+    fn begin(&mut self, dir: &Path) {
+        let _ = dir;
+    }
     /// Whether the run should stop after a step with these figures (e.g. SFT's entropy rule).
     fn stop_after(&self, m: &Self::Metrics) -> bool {
         let _ = m;
@@ -124,6 +129,9 @@ impl<B: AutodiffBackend> Steps for Trainer<B> {
     }
     fn step(&mut self) -> Result<StepMetrics, TrainError> {
         Trainer::step(self)
+    }
+    fn begin(&mut self, dir: &Path) {
+        self.set_run_dir(dir);
     }
     fn checkpoint(&self, dir: &Path) -> Result<PendingSave, TrainError> {
         let (snapshot, dir) = (self.learner.snapshot(), dir.to_path_buf());
@@ -233,6 +241,7 @@ pub fn run_steps<S: Steps>(
         .append(true)
         .open(metrics)
         .map_err(io)?;
+    s.begin(checkpoint_dir);
     let echo = opts.echo_json || !std::io::stdout().is_terminal();
     let bar = indicatif::ProgressBar::new(opts.steps as u64);
     bar.set_position(s.steps_done() as u64);

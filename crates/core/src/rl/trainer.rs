@@ -20,13 +20,15 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::advantage::{self, Algo, GroupNorm};
-use super::group::{self, GroupSampler, Question, Sampled};
+use super::group::{self, GroupSampler, Question, Sampled, Sampling};
 use super::guard::{CollapseGuard, GuardEvent};
 use super::learner::Learner;
 pub use super::metrics::StepMetrics;
+use super::served::ServedEngine;
 use super::update::{update, Batch, UpdateStats};
 use super::{TrainConfig, TrainError};
-use crate::env::{Env, Episode, RolloutConfig, RolloutMode};
+use crate::env::remote::ServedModel;
+use crate::env::{Env, Episode, RolloutConfig, RolloutEngine, RolloutMode};
 use crate::model::{Engine, Llama, LlamaConfig, Sampler};
 use crate::reward::Rewards;
 
@@ -86,6 +88,11 @@ pub struct Trainer<B: AutodiffBackend> {
     guard: CollapseGuard,
     /// The newest `window + 1` weights whose figures passed the guard, oldest first.
     passing: VecDeque<Snapshot<B>>,
+    /// The served rollout engine (`[rollout] engine = "openai"`), else `None`.
+    served: Option<ServedEngine>,
+    /// Weight restores by the collapse guard so far in this process: part of the served
+    /// adapter's name, since a restore changes the weights without changing the step.
+    restores: usize,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -93,7 +100,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     ///
     /// # Errors
     /// [`TrainError::NoData`] for an empty question list; [`TrainError::Sampling`] when the
-    /// rollout settings truncate the distribution.
+    /// rollout settings truncate the distribution; [`TrainError::Engine`] when
+    /// `[rollout] engine = "openai"` lacks what it needs (`[train] lora`, chain rollouts, a
+    /// server URL).
     pub fn new(
         model: Llama<B>,
         model_config: LlamaConfig,
@@ -107,6 +116,28 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Err(TrainError::NoData);
         }
         check_sampling(&env.rollout, cfg.algo)?;
+        let served = match env.rollout.engine {
+            RolloutEngine::Local => None,
+            RolloutEngine::Openai => {
+                let refuse = |reason: &str| {
+                    Err(TrainError::Engine {
+                        reason: format!("[rollout] engine = \"openai\": {reason}"),
+                    })
+                };
+                if cfg.lora.is_none() {
+                    return refuse(
+                        "the engine receives each update as a LoRA adapter; set [train] lora \
+                         (full-weight sync to a running server is not supported)",
+                    );
+                }
+                if env.rollout.mode == RolloutMode::Tree {
+                    return refuse(
+                        "tree rollouts run on the local engine only; use mode = \"chain\"",
+                    );
+                }
+                Some(ServedEngine::new(&env.rollout.openai)?)
+            }
+        };
         let learner = Learner::new(model, model_config, cfg, device);
         let reference =
             (learner.cfg.track_kl || learner.cfg.kl_coef != 0.0).then(|| learner.model.valid());
@@ -118,7 +149,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             data,
             guard: CollapseGuard::default(),
             passing: VecDeque::new(),
+            served,
+            restores: 0,
         })
+    }
+
+    /// The run folder: a served engine's adapters are written under `dir/adapters`
+    /// ([`super::served`]). [`super::run::run_steps`] calls it before the first step.
+    pub fn set_run_dir(&mut self, dir: &std::path::Path) {
+        if let Some(s) = &mut self.served {
+            s.set_run_dir(dir);
+        }
     }
 
     /// Restores model, optimizer and progress from `run`'s checkpoint.
@@ -155,13 +196,32 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Rollout with the current policy (inference backend, no graph). One sampler per step,
         // seeded by the step, drawn on across resampling rounds: a resumed run replays it.
         let policy = self.learner.model.valid();
-        // The rollout's decoding engine: the weights just updated, re-quantized once per step
-        // when `[rollout] weights` asks for a quantized engine.
+        // A served engine first receives the weights of step − 1 as an adapter.
+        let served = match &mut self.served {
+            Some(s) => Some(s.sync(&policy, step - 1, self.restores)?),
+            None => None,
+        };
+        let served_model = served
+            .as_ref()
+            .zip(self.served.as_ref())
+            .map(|((name, _), s)| ServedModel {
+                policy: s.policy(),
+                name,
+            });
+        // Otherwise the local decoding engine: the weights just updated, re-quantized once per
+        // step when `[rollout] weights` asks for a quantized engine.
         let t_quant = Instant::now();
-        let engine = Engine::new(&policy, self.env.rollout.weights);
-        let seconds_quantize = match engine {
-            Engine::F32(_) => 0.0,
-            Engine::Quantized(_) => t_quant.elapsed().as_secs_f64(),
+        let local;
+        let (sampling, seconds_quantize) = match &served_model {
+            Some(m) => (Sampling::Served(m), 0.0),
+            None => {
+                local = Engine::new(&policy, self.env.rollout.weights);
+                let secs = match local {
+                    Engine::F32(_) => 0.0,
+                    Engine::Quantized(_) => t_quant.elapsed().as_secs_f64(),
+                };
+                (Sampling::Local(&local), secs)
+            }
         };
         let seed = self
             .learner
@@ -176,8 +236,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             cfg: &self.learner.cfg,
             data: &self.data,
         }
-        .sample(&engine, &mut sampler, &mut self.learner.state, step)?;
-        drop(engine);
+        .sample(sampling, &mut sampler, &mut self.learner.state, step)?;
         drop(policy);
         if groups.sampled.is_empty() {
             return Err(TrainError::NoData);
@@ -282,6 +341,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             episodes_per_1k_tokens: sampled.len() as f64 * 1000.0 / r.sampled_tokens.max(1) as f64,
             distinct_answers: groups.distinct_answers,
             tree: groups.tree.clone(),
+            sampled_by: served.as_ref().map(|(name, _)| name.clone()),
+            seconds_sync: served.as_ref().map(|&(_, secs)| secs),
         };
         if let Some(before) = before {
             metrics.guard = self.apply_guard(&metrics, before)?;
@@ -327,6 +388,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let restored_step = newest_trusted.and_then(|limit| {
             let good = self.passing.iter().rev().find(|s| s.step <= limit)?;
             self.learner.restore(good.model.clone());
+            self.restores += 1;
             Some(good.step)
         });
         self.passing.clear();
