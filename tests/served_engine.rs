@@ -338,14 +338,15 @@ fn each_step_samples_with_the_adapter_pushed_after_the_last_update_and_resumes()
         assert!(line["seconds_sync"].as_f64().unwrap() > 0.0);
         // Same f32 weights on both sides: the engine's log-probs are the trainer's.
         let gap = line["logprob_mismatch"].as_f64().unwrap();
+        let max = line["logprob_mismatch_max"].as_f64().unwrap();
         assert!(
-            gap < 1e-3,
-            "step {}: engine/trainer log-prob gap {gap}",
+            gap <= max && max < 1e-3,
+            "step {}: engine/trainer log-prob gap {gap}, max {max}",
             i + 1
         );
     }
-    // The adapter trained: later steps sample differently from step 0's.
-    assert!(m[2]["grad_norm"].as_f64().unwrap() > 0.0);
+    // Each step had a gradient to apply.
+    assert!(m.iter().all(|l| l["grad_norm"].as_f64().unwrap() > 0.0));
     let calls = engine.calls.lock().unwrap().clone();
     let c = |k: &str, n: &str| (k.to_string(), n.to_string());
     assert_eq!(

@@ -60,6 +60,9 @@ pub struct StepMetrics {
     /// `[rollout] weights`) and the f32 policy the loss scores; `null` when no pass ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprob_mismatch: Option<f64>,
+    /// The largest such gap of one policy token this step, nats; `null` when no pass ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprob_mismatch_max: Option<f64>,
     /// Mean loss per policy token.
     pub loss: f64,
     /// Fraction of policy tokens whose ratio was clipped.

@@ -318,6 +318,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             kl: upd.kl,
             entropy: upd.entropy,
             logprob_mismatch: upd.logprob_mismatch,
+            logprob_mismatch_max: upd.logprob_mismatch_max,
             loss: upd.loss,
             clip_frac: upd.clip_frac,
             grad_norm: upd.grad_norm,

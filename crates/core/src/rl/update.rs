@@ -47,6 +47,8 @@ pub(super) struct UpdateStats {
     pub entropy: Option<f64>,
     /// Mean |log π_train − log π_rollout| per policy token, nats.
     pub logprob_mismatch: Option<f64>,
+    /// Largest |log π_train − log π_rollout| of a policy token, nats.
+    pub logprob_mismatch_max: Option<f64>,
     /// Share of policy tokens whose ratio was clipped.
     pub clip_frac: f64,
     /// Global gradient norm before clipping.
@@ -182,7 +184,7 @@ pub(super) fn update<B: AutodiffBackend>(
     let mut grads = learner.gradients();
     let (mut loss_sum, mut kl_sum, mut clipped, mut kl_tokens, mut entropy_sum) =
         (0.0, 0.0, 0.0, 0.0, 0.0);
-    let (mut gap_sum, mut gap_tokens) = (0.0f64, 0usize);
+    let (mut gap_sum, mut gap_tokens, mut gap_max) = (0.0f64, 0usize, 0.0f64);
     let device = learner.device().clone();
     for (ci, mb) in batches.iter().enumerate() {
         let p = &mb.packed;
@@ -213,7 +215,7 @@ pub(super) fn update<B: AutodiffBackend>(
         // Rollout log-probs of the same targets: the mismatch with the training forward,
         // and the truncated importance weights when `tis_cap` is set.
         let train_lp = rows(logp.clone().detach().inner());
-        let (gap, gap_n, is_w) = rollout_gap(
+        let (gap, gap_n, gap_top, is_w) = rollout_gap(
             &mb.rows
                 .iter()
                 .map(|&i| &episodes[i].logprobs[..])
@@ -225,6 +227,7 @@ pub(super) fn update<B: AutodiffBackend>(
         );
         gap_sum += gap;
         gap_tokens += gap_n;
+        gap_max = gap_max.max(gap_top);
         let inputs = LossInputs {
             old_logp: logp.clone().detach(),
             ref_logp: ref_lp[ci]
@@ -256,6 +259,7 @@ pub(super) fn update<B: AutodiffBackend>(
         kl: (reference.is_some() && kl_tokens > 0.0).then(|| kl_sum / kl_tokens),
         entropy: (kl_tokens > 0.0).then(|| entropy_sum / kl_tokens),
         logprob_mismatch: (gap_tokens > 0).then(|| gap_sum / gap_tokens as f64),
+        logprob_mismatch_max: (gap_tokens > 0).then_some(gap_max),
         clip_frac: clipped / total_tokens,
         grad_norm,
     }
@@ -265,16 +269,17 @@ pub(super) fn update<B: AutodiffBackend>(
 ///
 /// `rollout[i]` is episode `i`'s per-token rollout log-probs (indexed like its tokens; empty
 /// when unknown), `mask`/`train` are `[B][T']` over targets `start + 1 + j`. Returns
-/// (Σ |train − rollout|, tokens compared, and with `cap > 0` the truncated importance
-/// weights `min(exp(train − rollout), cap)` per target, 1 where unknown or masked).
+/// (Σ |train − rollout|, tokens compared, max |train − rollout|, and with `cap > 0` the
+/// truncated importance weights `min(exp(train − rollout), cap)` per target, 1 where unknown or
+/// masked).
 fn rollout_gap(
     rollout: &[&[f32]],
     mask: &[Vec<u8>],
     train: &[Vec<f32>],
     start: usize,
     cap: f64,
-) -> (f64, usize, Option<Vec<Vec<f32>>>) {
-    let (mut sum, mut n) = (0.0f64, 0usize);
+) -> (f64, usize, f64, Option<Vec<Vec<f32>>>) {
+    let (mut sum, mut n, mut max) = (0.0f64, 0usize, 0.0f64);
     let mut weights: Vec<Vec<f32>> = mask.iter().map(|r| vec![1.0; r.len()]).collect();
     for (i, row) in mask.iter().enumerate() {
         for (j, &m) in row.iter().enumerate() {
@@ -286,13 +291,14 @@ fn rollout_gap(
             }
             let d = train[i][j] - lr;
             sum += d.abs() as f64;
+            max = max.max(d.abs() as f64);
             n += 1;
             if cap > 0.0 {
                 weights[i][j] = (d.exp() as f64).min(cap) as f32;
             }
         }
     }
-    (sum, n, (cap > 0.0).then_some(weights))
+    (sum, n, max, (cap > 0.0).then_some(weights))
 }
 
 /// Rows of a `[b, t]` tensor on the host.
@@ -328,8 +334,9 @@ mod tests {
         let rollout: Vec<f32> = vec![0.0, -1.0, 0.0, -2.0, -0.5];
         let mask = vec![vec![1u8, 0, 1, 1]];
         let train = vec![vec![-1.5f32, 9.0, -1.0, -0.5]];
-        let (sum, n, w) = rollout_gap(&[&rollout[..]], &mask, &train, 0, 2.0);
+        let (sum, n, max, w) = rollout_gap(&[&rollout[..]], &mask, &train, 0, 2.0);
         assert_eq!(n, 3);
+        assert!((max - 1.0).abs() < 1e-6, "{max}");
         assert!((sum - (0.5 + 1.0 + 0.0)).abs() < 1e-6, "{sum}");
         let w = w.expect("weights with a cap");
         assert!((w[0][0] - (-0.5f32).exp()).abs() < 1e-6);
@@ -338,7 +345,7 @@ mod tests {
         assert!((w[0][3] - 1.0).abs() < 1e-6);
         // No cap: no weights; unknown rollout log-probs (old files): nothing compared.
         assert!(rollout_gap(&[&rollout[..]], &mask, &train, 0, 0.0)
-            .2
+            .3
             .is_none());
         assert_eq!(rollout_gap(&[&[][..]], &mask, &train, 0, 2.0).1, 0);
     }
@@ -353,7 +360,7 @@ mod tests {
         assert_eq!(cfg.tis_cap, 2.0);
         let rollout: Vec<f32> = vec![0.0, -3.0, -0.1];
         let train = vec![vec![-1.0f32, -0.2]];
-        let (_, n, w) = rollout_gap(&[&rollout[..]], &[vec![1, 1]], &train, 0, cfg.tis_cap);
+        let (_, n, _, w) = rollout_gap(&[&rollout[..]], &[vec![1, 1]], &train, 0, cfg.tis_cap);
         let w = w.expect("TIS weights by default");
         assert_eq!(n, 2);
         assert_eq!(w[0][0], 2.0, "exp(2) truncated at the default cap");
