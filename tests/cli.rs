@@ -239,7 +239,9 @@ fn help_explains_every_subcommand_flag() {
     for (sub, flags) in [
         (
             "train",
-            &["--config", "--steps", "--out", "--resume", "--limit"][..],
+            &[
+                "--config", "--steps", "--out", "--resume", "--limit", "--lora",
+            ][..],
         ),
         (
             "eval",
@@ -250,6 +252,7 @@ fn help_explains_every_subcommand_flag() {
                 "--limit",
                 "--out",
                 "--checkpoint",
+                "--lora",
                 "--answer-rules",
                 "--compare",
                 "--json",
@@ -262,7 +265,13 @@ fn help_explains_every_subcommand_flag() {
         ),
         (
             "rollout",
-            &["--config", "--question", "--samples", "--checkpoint"][..],
+            &[
+                "--config",
+                "--question",
+                "--samples",
+                "--checkpoint",
+                "--lora",
+            ][..],
         ),
         (
             "generate",

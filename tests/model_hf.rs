@@ -662,3 +662,63 @@ fn a_peft_made_adapter_gives_peft_logits_and_writes_back_as_peft_wrote_it() {
         sorted(&theirs["target_modules"])
     );
 }
+
+/// `--lora DIR` on a config-driven command (`sleuth rollout` here; train, sft, collect, eval and
+/// serve share the flag) applies a PEFT adapter on top of the config's model, exactly as
+/// `[model] lora = "DIR"` does, and changes what the policy writes.
+#[test]
+fn lora_flag_on_config_commands_applies_the_adapter_as_the_config_key_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = common::bm25_index(dir.path(), &common::cats_and_rockets());
+    let config = |lora: Option<&Path>| {
+        let path = dir
+            .path()
+            .join(format!("cfg-{}.toml", lora.is_some() as u8));
+        let mut text = format!(
+            "[model]\npath = {:?}\n",
+            fixture_dir("llama").display().to_string()
+        );
+        if let Some(l) = lora {
+            text += &format!("lora = {:?}\n", l.display().to_string());
+        }
+        text += &format!(
+            "[search]\nbackend = \"bm25\"\nindex = {:?}\n[prompt]\ntemplate = \"{{question}}\"\n\
+             [rollout]\nsamples_per_question = 1\nmax_new_tokens = 12\ncontext_tokens = 128\n\
+             temperature = 0.0\nweights = \"f32\"\n",
+            index.display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let tokens = |cfg: &Path, flag: Option<&Path>| -> Vec<u64> {
+        let mut cmd = common::sleuth();
+        cmd.args([
+            "rollout",
+            "--question",
+            "Where do cats sleep?",
+            "--json",
+            "--config",
+        ])
+        .arg(cfg);
+        if let Some(l) = flag {
+            cmd.arg("--lora").arg(l);
+        }
+        let out = common::ok(&mut cmd);
+        let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        line["episode"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect()
+    };
+    let adapter = fixture_dir("llama-lora");
+    let plain = tokens(&config(None), None);
+    let flagged = tokens(&config(None), Some(&adapter));
+    let keyed = tokens(&config(Some(&adapter)), None);
+    assert_ne!(
+        plain, flagged,
+        "the adapter changes the greedy continuation"
+    );
+    assert_eq!(flagged, keyed);
+}

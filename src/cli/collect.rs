@@ -17,6 +17,11 @@ pub struct CollectArgs {
     /// Env config: model, search, prompt (with demonstrations), rollout, reward, [data].train.
     #[arg(long)]
     pub config: PathBuf,
+    /// A PEFT LoRA adapter folder applied on top of the config's model, as vLLM's and
+    /// llama.cpp's `--lora` do (overrides `[model] lora`; `sleuth export RUN --lora-only`
+    /// writes one).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub lora: Option<PathBuf>,
     /// Output JSONL of kept trajectories (tokens, mask, prompt_len), prompts without demonstrations.
     #[arg(long)]
     pub out: PathBuf,
@@ -63,6 +68,7 @@ pub struct CollectArgs {
 /// `sleuth collect`: writes the kept trajectories and prints the collection statistics.
 pub fn run_collect(a: CollectArgs) -> Result<()> {
     let mut cfg = RunConfig::load(&a.config)?;
+    super::lora_flag(&mut cfg, a.lora.as_deref());
     if let Some(g) = a.samples_per_question {
         cfg.rollout.samples_per_question = g;
     }

@@ -81,6 +81,11 @@ pub struct EvalArgs {
     /// search backend it names (BM25, a graph kind, online) instead of --index.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder applied on top of the config's model, as vLLM's and
+    /// llama.cpp's `--lora` do (overrides `[model] lora`; `sleuth export RUN --lora-only`
+    /// writes one).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub lora: Option<PathBuf>,
     /// QA JSONL to evaluate (default: the config's [data].eval). Repeat it to evaluate several
     /// sets in one run; a markdown table of all of them goes to stderr and, with --out, to
     /// DIR/table.md.
@@ -428,6 +433,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         bail!("give --rescore FILE, or --config FILE to run the agent");
     };
     let mut cfg = RunConfig::load(&cfg_path)?;
+    super::lora_flag(&mut cfg, a.lora.as_deref());
     cfg.rollout.temperature = a.temperature;
     let sets = if a.data.is_empty() {
         vec![cfg.data.eval.clone()]

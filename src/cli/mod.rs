@@ -82,6 +82,13 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
     Ok(loaded)
 }
 
+/// `--lora DIR` of a config-driven command: the adapter replaces `[model] lora`.
+pub fn lora_flag(cfg: &mut RunConfig, lora: Option<&Path>) {
+    if let Some(dir) = lora {
+        cfg.model.lora = Some(dir.to_path_buf());
+    }
+}
+
 /// Refuses a config whose policy is served elsewhere: only `eval` and `collect` sample from
 /// a remote policy.
 pub fn require_local(cfg: &RunConfig) -> Result<()> {

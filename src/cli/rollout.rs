@@ -18,6 +18,11 @@ pub struct RolloutArgs {
     /// Env config (model, search, prompt, rollout settings).
     #[arg(long)]
     pub config: PathBuf,
+    /// A PEFT LoRA adapter folder applied on top of the config's model, as vLLM's and
+    /// llama.cpp's `--lora` do (overrides `[model] lora`; `sleuth export RUN --lora-only`
+    /// writes one).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub lora: Option<PathBuf>,
     /// The question to answer.
     #[arg(long)]
     pub question: String,
@@ -41,6 +46,7 @@ pub struct RolloutArgs {
 /// `sleuth rollout`: samples trajectories for one question and prints them.
 pub fn run_rollout(a: RolloutArgs) -> Result<()> {
     let mut cfg = RunConfig::load(&a.config)?;
+    super::lora_flag(&mut cfg, a.lora.as_deref());
     if let Some(s) = a.samples {
         cfg.rollout.samples_per_question = s;
     }

@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// Env config (model, search, prompt and rollout settings, as in training).
     #[arg(long)]
     pub config: PathBuf,
+    /// A PEFT LoRA adapter folder applied on top of the config's model, as vLLM's and
+    /// llama.cpp's `--lora` do (overrides `[model] lora`; `sleuth export RUN --lora-only`
+    /// writes one).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub lora: Option<PathBuf>,
     /// Serve the policy saved in this run directory's checkpoint (a training run, a curriculum
     /// phase, or a curriculum's folder: its last phase with a checkpoint).
     #[arg(long)]
@@ -117,7 +122,8 @@ fn io(context: &str) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
 
 /// Loads the agent `args` describe.
 fn load_agent(args: &ServeArgs) -> Result<Agent<Inference>, ServeError> {
-    let cfg = RunConfig::load(&args.config)?;
+    let mut cfg = RunConfig::load(&args.config)?;
+    super::lora_flag(&mut cfg, args.lora.as_deref());
     if cfg.model.backend != sleuth::config::PolicyBackend::Local {
         return Err(ServeError::Option(
             "[model] backend = \"openai\" is supported by `eval` and `collect` only; `serve` runs the policy in-process".into(),

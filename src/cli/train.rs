@@ -22,6 +22,11 @@ pub struct TrainArgs {
     /// Env config (envs/stage1.toml, envs/stage2.toml).
     #[arg(long)]
     pub config: PathBuf,
+    /// A PEFT LoRA adapter folder applied on top of the config's model, as vLLM's and
+    /// llama.cpp's `--lora` do (overrides `[model] lora`; `sleuth export RUN --lora-only`
+    /// writes one).
+    #[arg(long, conflicts_with = "init")]
+    pub lora: Option<PathBuf>,
     /// Optimizer steps to reach (a resumed run continues up to this step count). Required
     /// for a single-phase config; a curriculum config (`[[phase]]`s) runs each phase's steps.
     #[arg(long)]
@@ -64,6 +69,11 @@ pub struct SftArgs {
     /// learning_rate, micro_batch, grad_clip, warmup_steps, seed; questions_per_step = sequences per step).
     #[arg(long)]
     pub config: PathBuf,
+    /// A PEFT LoRA adapter folder applied on top of the config's model, as vLLM's and
+    /// llama.cpp's `--lora` do (overrides `[model] lora`; `sleuth export RUN --lora-only`
+    /// writes one).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     /// Trajectories JSONL written by `sleuth collect`.
     #[arg(long)]
     pub data: PathBuf,
@@ -96,6 +106,7 @@ pub struct SftArgs {
 /// `[[phase]]`s; resumable with `--resume`.
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let mut cfg = RunConfig::load(&a.config)?;
+    super::lora_flag(&mut cfg, a.lora.as_deref());
     if let Some(p) = a.precision {
         cfg.train.precision = p;
     }
@@ -217,6 +228,7 @@ fn run_curriculum(
 /// stopping early on the entropy rule.
 pub fn run_sft(a: SftArgs) -> Result<()> {
     let mut cfg = RunConfig::load(&a.config)?;
+    super::lora_flag(&mut cfg, a.lora.as_deref());
     super::require_local(&cfg)?;
     let device = backend::device();
     let m = load_model::<Train>(&cfg.model.path, cfg.model.lora.as_deref(), &device)?;
