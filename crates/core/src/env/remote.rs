@@ -818,17 +818,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_accepts_base_v1_and_full_urls() {
-        let at = |url: &str| {
-            RemoteOptions {
-                url: url.into(),
-                ..RemoteOptions::default()
-            }
-            .endpoint()
+    fn endpoint_and_root_accept_base_v1_and_full_urls() {
+        let opts = |url: &str| RemoteOptions {
+            url: url.into(),
+            ..RemoteOptions::default()
         };
-        assert_eq!(at("http://h:1"), "http://h:1/v1/completions");
-        assert_eq!(at("http://h:1/v1/"), "http://h:1/v1/completions");
-        assert_eq!(at("http://h:1/v1/completions"), "http://h:1/v1/completions");
+        for url in ["http://h:1", "http://h:1/v1/", "http://h:1/v1/completions"] {
+            assert_eq!(opts(url).endpoint(), "http://h:1/v1/completions");
+            // The adapter API lives beside /v1, at the server's root.
+            assert_eq!(opts(url).root(), "http://h:1");
+        }
     }
 
     #[test]
@@ -855,20 +854,6 @@ mod tests {
             stop_kind(Some("<|im_end|>"), "<answer> x</answer> bye"),
             StopKind::Eos
         );
-    }
-
-    #[test]
-    fn root_drops_v1_and_completions() {
-        let root = |url: &str| {
-            RemoteOptions {
-                url: url.into(),
-                ..RemoteOptions::default()
-            }
-            .root()
-        };
-        assert_eq!(root("http://h:1"), "http://h:1");
-        assert_eq!(root("http://h:1/v1/"), "http://h:1");
-        assert_eq!(root("http://h:1/v1/completions"), "http://h:1");
     }
 
     #[test]
