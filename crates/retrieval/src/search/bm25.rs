@@ -297,6 +297,39 @@ impl Bm25Retriever {
         })
     }
 
+    /// The top `k` documents (`1 ≤ k ≤ num_docs`) and every document tied with the `k`-th
+    /// ([`same_score`]):
+    /// which of several equal-scoring passages make the cut must not depend on the order the
+    /// index stored them in, and a multi-threaded index build stores them in a different order
+    /// each time (two builds of one corpus returned the 1943–44 or the 1944–45 season of the
+    /// same club third for one query, and two runs of the README's main job diverged from
+    /// there). The caller sorts ties by passage id and cuts at `k`. The limit starts at `k + 1`
+    /// and doubles until the last document scores below the `k`-th, up to `k × 64`: a tie wider than that (hundreds
+    /// of identical passages) is cut where the index order puts it.
+    fn top_with_ties(
+        &self,
+        searcher: &Searcher,
+        query: &dyn tantivy::query::Query,
+        k: usize,
+    ) -> Result<Vec<(f32, DocAddress)>, SearchError> {
+        let total = usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX);
+        // One past the cut: most queries have no tie there and need one search.
+        let mut limit = k.saturating_add(1).min(total);
+        loop {
+            let top = searcher
+                .search(query, &TopDocs::with_limit(limit))
+                .map_err(|e| self.backend_err(e))?;
+            let kth = top.get(k - 1).map(|&(s, _)| s);
+            let last = top.last().map(|&(s, _)| s);
+            let tie_may_continue = top.len() == limit
+                && matches!((kth, last), (Some(kth), Some(last)) if same_score(kth, last));
+            if !tie_may_continue || limit >= total || limit >= k.saturating_mul(64) {
+                return Ok(top);
+            }
+            limit = limit.saturating_mul(2).min(total);
+        }
+    }
+
     fn backend_err(&self, source: tantivy::TantivyError) -> SearchError {
         SearchError::Backend {
             path: self.path.clone(),
@@ -319,17 +352,27 @@ impl Retriever for Bm25Retriever {
         if k == 0 {
             return Ok(Vec::new());
         }
-        let top = searcher
-            .search(&boolean, &TopDocs::with_limit(k))
-            .map_err(|e| self.backend_err(e))?;
+        let top = self.top_with_ties(&searcher, &boolean, k)?;
         let mut hits = top
             .into_iter()
             .map(|(score, address)| self.load(&searcher, address, score))
             .collect::<Result<Vec<_>, _>>()?;
-        // Equal scores in id order, so results do not depend on segment layout.
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        // Equal scores in id order, so results do not depend on segment layout. "Equal" allows
+        // rounding: tantivy sums a document's term scores in the order its scorers reach it,
+        // so two identical passages can score a few ulps apart depending on where they sit.
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        for tied in hits.chunk_by_mut(|a, b| same_score(a.score, b.score)) {
+            tied.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        hits.truncate(k);
         Ok(hits)
     }
+}
+
+/// Whether two BM25 scores are equal up to the rounding of their summation order (relative
+/// 1e-5; a real difference in a term's frequency or a field's length is far larger).
+fn same_score(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0)
 }
 
 /// Resolves a passage field, checking it is a stored string field, indexed with term
