@@ -8,6 +8,8 @@
 //! each (with dynamic sampling and question retirement), takes one optimizer step on the kept
 //! groups (`rl::update`), and returns the step's figures as [`StepMetrics`], one JSON
 //! line of `metrics.jsonl`, after the collapse guard ([`super::guard`]) has judged them.
+//! With `[rollout] engine = "openai"` the episodes come from a served engine instead of the
+//! local decoder, which first receives the policy's LoRA adapter ([`super::served`]).
 //!
 //! **Sampling and scoring agree.** Rollouts sample `softmax(logits / T)` without truncation
 //! and the loss scores the same distribution (the rollout temperature is applied in
