@@ -9,11 +9,13 @@
 //! [`protocol`] holds the tags and the text surgery (query extraction, document blocks);
 //! [`prompt`] the configurable template with optional demonstrations; [`mod@rollout`] the batched
 //! episode loop over [`crate::model::BatchGenerator`] and the [`Policy`] seam; [`tree`] tree
-//! rollouts that branch at searches (Tree-GRPO); [`remote`] the
+//! rollouts that branch at searches (Tree-GRPO); [`endpoint`] where a completions server is;
+//! [`remote`] the
 //! same loop against an OpenAI-compatible completions server. The environment owns no model state: it
 //! drives a generator and a [`crate::search::Retriever`], so the same loop serves training,
 //! evaluation and (later) the chat server.
 
+pub mod endpoint;
 pub mod prompt;
 pub mod protocol;
 pub mod remote;

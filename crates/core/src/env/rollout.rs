@@ -70,7 +70,7 @@ pub struct RolloutConfig {
     /// The server of `engine = "openai"`: an OpenAI-compatible completions endpoint with
     /// vLLM's runtime LoRA API (`[rollout.openai]`, the same fields as `[model.openai]`;
     /// its `model` is unused, every request names the pushed adapter).
-    pub openai: super::remote::RemoteOptions,
+    pub openai: super::endpoint::RemoteOptions,
 }
 
 impl RolloutConfig {
@@ -133,7 +133,7 @@ impl Default for RolloutConfig {
             mode: RolloutMode::Chain,
             tree: TreeConfig::default(),
             engine: RolloutEngine::Local,
-            openai: super::remote::RemoteOptions::default(),
+            openai: super::endpoint::RemoteOptions::default(),
         }
     }
 }
