@@ -213,16 +213,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Otherwise the local decoding engine: the weights just updated, re-quantized once per
         // step when `[rollout] weights` asks for a quantized engine.
         let t_quant = Instant::now();
-        let local;
+        let mut local = None;
         let (sampling, seconds_quantize) = match &served_model {
             Some(m) => (Sampling::Served(m), 0.0),
             None => {
-                local = Engine::new(&policy, self.env.rollout.weights);
-                let secs = match local {
+                let engine = &*local.insert(Engine::new(&policy, self.env.rollout.weights));
+                let secs = match engine {
                     Engine::F32(_) => 0.0,
                     Engine::Quantized(_) => t_quant.elapsed().as_secs_f64(),
                 };
-                (Sampling::Local(&local), secs)
+                (Sampling::Local(engine), secs)
             }
         };
         let seed = self
@@ -239,6 +239,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             data: &self.data,
         }
         .sample(sampling, &mut sampler, &mut self.learner.state, step)?;
+        // The quantized copy is not needed for the update: free it first.
+        drop(local);
         drop(policy);
         if groups.sampled.is_empty() {
             return Err(TrainError::NoData);
