@@ -316,7 +316,7 @@ impl Bm25Retriever {
         // One past the cut: most queries have no tie there and need one search.
         let mut limit = k.saturating_add(1).min(total);
         loop {
-            let top = searcher
+            let mut top = searcher
                 .search(query, &TopDocs::with_limit(limit))
                 .map_err(|e| self.backend_err(e))?;
             let kth = top.get(k - 1).map(|&(s, _)| s);
@@ -324,6 +324,15 @@ impl Bm25Retriever {
             let tie_may_continue = top.len() == limit
                 && matches!((kth, last), (Some(kth), Some(last)) if same_score(kth, last));
             if !tie_may_continue || limit >= total || limit >= k.saturating_mul(64) {
+                // Only the k-th's ties are worth loading from the store: drop the hits the
+                // wider limit brought in below it (usually the one extra hit).
+                if let Some(kth) = kth {
+                    let keep = top
+                        .iter()
+                        .take_while(|&&(s, _)| s > kth || same_score(s, kth))
+                        .count();
+                    top.truncate(keep);
+                }
                 return Ok(top);
             }
             limit = limit.saturating_mul(2).min(total);
