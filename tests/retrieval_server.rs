@@ -299,6 +299,105 @@ async fn backend_failures_are_500_and_the_server_survives() {
     assert_eq!(v["answers"], json!([["\"T\" fine"]]));
 }
 
+/// A backend whose query "hold" blocks until the gate opens; it counts the holds begun.
+#[derive(Default)]
+struct Gated {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    holds: std::sync::atomic::AtomicUsize,
+}
+
+impl Gated {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Retriever for Gated {
+    fn search(&self, query: &str, _k: usize) -> Result<Vec<Hit>, SearchError> {
+        if query == "hold" {
+            self.holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        Ok(vec![Hit {
+            id: query.into(),
+            title: "T".into(),
+            text: query.into(),
+            score: 1.0,
+        }])
+    }
+}
+
+/// The in-flight budget: a large request waits while another holds the large lane, and a small
+/// request is answered meanwhile rather than queued behind it (tokio's semaphore is first come,
+/// first served, so with one lane it waited for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_are_not_queued_behind_large_batches() {
+    let gated = Arc::new(Gated::default());
+    let cfg = ServerConfig {
+        max_inflight_passages: 100,
+        small_request_passages: 10,
+        ..ServerConfig::default()
+    };
+    let (url, _stop) = start(gated.clone(), cfg).await;
+    // Opens the gate however the test ends: the runtime waits for its blocking threads.
+    struct OpenOnDrop(Arc<Gated>);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _guard = OpenOnDrop(gated.clone());
+    let q = format!("{url}/queries");
+    let large = json!({"queries": ["hold"], "k": 100}).to_string();
+    let first = tokio::spawn(post_owned(q.clone(), large.clone()));
+    let holds = || gated.holds.load(std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    while holds() == 0 {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the first large request never searched"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let second = tokio::spawn(post_owned(q.clone(), large));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        holds(),
+        1,
+        "the second large request searched beyond the budget"
+    );
+    let small = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        post(
+            &q,
+            json!({"queries": ["quick", "brown"], "k": 5}).to_string(),
+        ),
+    )
+    .await
+    .expect("a small request waited behind the large lane");
+    assert_eq!(
+        small,
+        (
+            200,
+            json!({"queries": ["quick", "brown"], "answers": [["\"T\" quick"], ["\"T\" brown"]]})
+        )
+    );
+    assert!(!first.is_finished() && !second.is_finished());
+    gated.open();
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(second.await.unwrap().0, 200);
+    assert_eq!(holds(), 2);
+}
+
+async fn post_owned(url: String, body: String) -> (u16, Value) {
+    post(&url, body).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_queries_are_plain_text() {
     let (_dir, url, _stop) = bm25_server(ServerConfig::default()).await;

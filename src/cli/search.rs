@@ -52,11 +52,15 @@ pub struct RetrievalServerArgs {
     /// Connections held open at once; more wait to be accepted (default 1024).
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Passages (queries × k over all requests in flight) searched and answered at once; a
-    /// request waits for its share, bounding memory (default 204,800: two 1,024 × 100
+    /// Passages (queries × k over the large requests in flight) searched and answered at
+    /// once; a request waits for its share, bounding memory (default 204,800: two 1,024 × 100
     /// requests).
     #[arg(long, value_name = "N")]
     pub max_inflight_passages: Option<usize>,
+    /// Requests of at most this many passages (queries × k) are small: they have a lane of
+    /// eight such requests of their own, never queued behind large batches (default 4,096).
+    #[arg(long, value_name = "N")]
+    pub small_request_passages: Option<usize>,
 }
 
 /// `sleuth search`: the top-k passages of one query, with scores and ids.
@@ -102,6 +106,9 @@ pub fn run_retrieval_server(a: RetrievalServerArgs) -> Result<()> {
     }
     if let Some(n) = a.max_inflight_passages {
         cfg.max_inflight_passages = n;
+    }
+    if let Some(n) = a.small_request_passages {
+        cfg.small_request_passages = n;
     }
     Ok(sleuth::search::server::run(
         retriever,

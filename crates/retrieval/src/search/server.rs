@@ -31,7 +31,13 @@
 //! **Bounded.** Requests search and answer within a budget of
 //! [`ServerConfig::max_inflight_passages`] (queries × k summed over requests in flight; a
 //! request waits for its share, inside its 408 deadline), so eight of the largest requests at
-//! once no longer take 1.5 GB. Connections are held by the shared accept loop
+//! once no longer take 1.5 GB. Small requests, of at most
+//! [`ServerConfig::small_request_passages`] (one rollout's queries, a trainer's usual batch),
+//! have a lane of their own: eight of them at once, never queued behind large batches. Tokio's
+//! semaphore is fair (first
+//! come, first served), so with one lane a 2-query request arriving behind six queued
+//! 1,024 × 100 batches waited for all of them: 4.9 s on the 3,000-passage chaos index, which
+//! the chaos script's slowloris probe counts as a stall. Connections are held by the shared accept loop
 //! ([`crate::http::server`]): a client that stalls mid-headers is closed after
 //! [`ConnLimits::header_read_timeout_s`], and at most [`ConnLimits::max_connections`] are open.
 
@@ -69,11 +75,17 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// A request still unanswered after this many seconds gets a 408. Default 60.
     pub request_timeout_s: u64,
-    /// Passages (queries × k, summed over requests) searched and answered at once; a request
-    /// waits until its share is free, so the memory of concurrent answers is bounded (the
-    /// largest request, 1,024 × 100, briefly takes 150–230 MB). Default 204,800: two of the
-    /// largest requests.
+    /// Passages (queries × k, summed over the large requests in flight) searched and answered
+    /// at once; a request waits until its share is free, so the memory of concurrent answers
+    /// is bounded (the largest request, 1,024 × 100, briefly takes 150–230 MB). Default
+    /// 204,800: two of the largest requests. Small requests have their own lane
+    /// ([`Self::small_request_passages`]).
     pub max_inflight_passages: usize,
+    /// Requests of at most this many passages (queries × k) are small: they wait only for
+    /// each other, in a lane of eight times this many passages, never behind large batches.
+    /// Default 4,096 (1,024 queries at k = 4, or 40 at k = 100), so the lane adds at most
+    /// 32,768 passages to [`Self::max_inflight_passages`].
+    pub small_request_passages: usize,
     /// Header-read deadline and connection bound ([`crate::http::server`]).
     pub conn: ConnLimits,
 }
@@ -87,6 +99,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             request_timeout_s: 60,
             max_inflight_passages: 2 * 1024 * 100,
+            small_request_passages: 4096,
             conn: ConnLimits::default(),
         }
     }
@@ -138,33 +151,58 @@ struct RetrieveRequest {
 struct AppState {
     retriever: Arc<dyn Retriever>,
     cfg: ServerConfig,
-    /// [`ServerConfig::max_inflight_passages`] permits; a request holds queries × k of them
-    /// from its search until its answer is serialized.
-    inflight: Arc<tokio::sync::Semaphore>,
+    /// The in-flight budget ([`ServerConfig::max_inflight_passages`]) in its two lanes; a
+    /// request holds queries × k permits of its lane from its search until its answer is
+    /// serialized.
+    lanes: Lanes,
 }
 
-impl AppState {
-    /// Waits for `n_queries × k` passages' worth of the in-flight budget (the whole budget at
-    /// most, so one oversized request runs alone rather than never).
+/// The two lanes of the in-flight budget (module doc, **Bounded**).
+#[derive(Clone)]
+struct Lanes {
+    /// Requests of at most `small_max` passages.
+    small: Arc<tokio::sync::Semaphore>,
+    small_max: usize,
+    small_size: usize,
+    /// Everything larger.
+    large: Arc<tokio::sync::Semaphore>,
+    large_size: usize,
+}
+
+impl Lanes {
+    /// Eight small requests' worth for the small lane, `max_inflight_passages` for the large
+    /// one; each at least 1 and at most what one `acquire_many` takes (`u32::MAX` permits).
+    fn new(cfg: &ServerConfig) -> Self {
+        const LIMIT: usize = u32::MAX as usize;
+        let small_max = cfg.small_request_passages.clamp(1, LIMIT);
+        let small_size = small_max.saturating_mul(8).min(LIMIT);
+        let large_size = cfg.max_inflight_passages.clamp(1, LIMIT);
+        Self {
+            small: Arc::new(tokio::sync::Semaphore::new(small_size)),
+            small_max,
+            small_size,
+            large: Arc::new(tokio::sync::Semaphore::new(large_size)),
+            large_size,
+        }
+    }
+
+    /// Waits for `n_queries × k` permits of the request's lane (the lane's whole size at
+    /// most, so an oversized request runs alone rather than never).
     async fn reserve(
         &self,
         n_queries: usize,
         k: usize,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        let want = n_queries
-            .saturating_mul(k)
-            .clamp(1, inflight_budget(&self.cfg));
-        self.inflight
-            .acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
+        let want = n_queries.saturating_mul(k).max(1);
+        let (lane, size) = if want <= self.small_max {
+            (&self.small, self.small_size)
+        } else {
+            (&self.large, self.large_size)
+        };
+        lane.acquire_many(u32::try_from(want.min(size)).unwrap_or(u32::MAX))
             .await
             .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))
     }
-}
-
-/// The semaphore's size: [`ServerConfig::max_inflight_passages`], at least 1 and at most what
-/// one `acquire_many` can ask for (`u32::MAX`).
-fn inflight_budget(cfg: &ServerConfig) -> usize {
-    cfg.max_inflight_passages.clamp(1, u32::MAX as usize)
 }
 
 /// A refusal: status plus message, sent as `{"error": message}`.
@@ -181,11 +219,11 @@ impl IntoResponse for ApiError {
 /// listener.
 pub fn router(retriever: Arc<dyn Retriever>, cfg: ServerConfig) -> Router {
     let timeout = Duration::from_secs(cfg.request_timeout_s.max(1));
-    let inflight = Arc::new(tokio::sync::Semaphore::new(inflight_budget(&cfg)));
+    let lanes = Lanes::new(&cfg);
     let state = AppState {
         retriever,
         cfg,
-        inflight,
+        lanes,
     };
     Router::new()
         .route("/queries", post(queries))
@@ -372,14 +410,31 @@ async fn search_all(
 async fn queries(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let req: QueriesRequest = parse_body(body, state.cfg.max_body_bytes).await?;
     let k = check(&state.cfg, req.queries.len(), req.k, "k")?;
-    let _budget = state.reserve(req.queries.len(), k).await?;
+    let _budget = state.lanes.reserve(req.queries.len(), k).await?;
     let hits = search_all(&state.retriever, req.queries.clone(), k).await?;
-    let answers: Vec<Vec<String>> = hits
-        .iter()
-        .map(|list| list.iter().map(Hit::render).collect())
-        .collect();
     // Serialized while the budget is held: the answer's bytes are part of what it bounds.
-    Ok(Json(json!({ "queries": req.queries, "answers": answers })).into_response())
+    on_blocking_pool(move || {
+        let answers: Vec<Vec<String>> = hits
+            .iter()
+            .map(|list| list.iter().map(Hit::render).collect())
+            .collect();
+        Json(json!({ "queries": req.queries, "answers": answers })).into_response()
+    })
+    .await
+}
+
+/// Runs `f` on tokio's blocking pool. Rendering and serializing the largest answer (102,400
+/// passages, ~60 MB of JSON) takes a core for a few hundred milliseconds; on one of the async
+/// workers (as many as cores) it would delay every other connection's reads and writes.
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("answer task failed: {e}"),
+        )
+    })
 }
 
 /// A hit as a Search-R1 corpus document.
@@ -394,21 +449,25 @@ fn search_r1_doc(hit: &Hit) -> Value {
 async fn retrieve(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let req: RetrieveRequest = parse_body(body, state.cfg.max_body_bytes).await?;
     let k = check(&state.cfg, req.queries.len(), req.topk, "topk")?;
-    let _budget = state.reserve(req.queries.len(), k).await?;
+    let _budget = state.lanes.reserve(req.queries.len(), k).await?;
     let hits = search_all(&state.retriever, req.queries, k).await?;
-    let result: Vec<Vec<Value>> = hits
-        .iter()
-        .map(|list| {
-            list.iter()
-                .map(|h| {
-                    if req.return_scores {
-                        json!({ "document": search_r1_doc(h), "score": h.score })
-                    } else {
-                        search_r1_doc(h)
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    Ok(Json(json!({ "result": result })).into_response())
+    let with_scores = req.return_scores;
+    on_blocking_pool(move || {
+        let result: Vec<Vec<Value>> = hits
+            .iter()
+            .map(|list| {
+                list.iter()
+                    .map(|h| {
+                        if with_scores {
+                            json!({ "document": search_r1_doc(h), "score": h.score })
+                        } else {
+                            search_r1_doc(h)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Json(json!({ "result": result })).into_response()
+    })
+    .await
 }
