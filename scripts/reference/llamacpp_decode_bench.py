@@ -45,33 +45,10 @@ from pathlib import Path
 import numpy as np
 import llama_cpp as L
 
+from bench_text import PREFILL_LEN, PROMPT_LEN, SOURCE_TEXT, windows
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-PROMPT_LEN = 32
-PREFILL_LEN = 256
-
-# Source text for the prompts; windows of it are cut into fixed-length prompts.
-SOURCE_TEXT = (
-    "The Truman Sports Complex in Kansas City, Missouri, is home to two stadiums: "
-    "Arrowhead Stadium, where the Chiefs play football, and Kauffman Stadium, home "
-    "of the Royals baseball team. The complex opened in the early 1970s after "
-    "voters approved a bond issue to fund separate venues for each sport, a rare "
-    "design at a time when most cities built shared multipurpose stadiums. Over the "
-    "decades both stadiums have been renovated several times, adding new seating, "
-    "video boards, and improved concourses, while keeping their original character. "
-    "Search agents that answer multi-hop questions often need to connect facts like "
-    "these: which teams play where, when a venue opened, and who paid for it. A good "
-    "retriever returns short passages that contain the answer, and a good reader "
-    "combines them into a brief, correct reply. The history of the bicycle offers "
-    "another example. Early two-wheeled machines had no pedals at all; riders pushed "
-    "along the ground with their feet. Later designs added cranks to the front wheel, "
-    "which grew larger and larger to increase speed, until the safety bicycle, with "
-    "a chain driving the rear wheel and two wheels of equal size, made cycling "
-    "practical for almost everyone. Paris, the capital of France, is known for the "
-    "Eiffel Tower, the Louvre museum, and the cathedral of Notre-Dame, which sits on "
-    "an island in the middle of the Seine river."
-)
 
 
 def _silence_logs() -> None:
@@ -231,12 +208,7 @@ def main() -> None:
     L.llama_backend_init()
     model = Model(args.model.resolve(), args.threads, extra_bufts=not args.no_repack)
 
-    source = model.tokenize(SOURCE_TEXT)
-    if len(source) < PREFILL_LEN or len(source) < PROMPT_LEN * args.G:
-        # Repeat the text if a large G needs more distinct windows.
-        source = source * (1 + (max(PREFILL_LEN, PROMPT_LEN * args.G) // len(source)))
-    prompts = [source[s * PROMPT_LEN:(s + 1) * PROMPT_LEN] for s in range(args.G)]
-    prefill_prompt = source[:PREFILL_LEN]
+    prompts, prefill_prompt = windows(model.tokenize(SOURCE_TEXT), args.G)
 
     def best_of(fn):
         fn()  # warm-up (page in weights, spin up threads)
