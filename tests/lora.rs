@@ -219,3 +219,91 @@ fn lora_targets_and_seed_decide_the_adapters() {
     assert_eq!(all.lora_config(), Some(LoraConfig::default()));
     assert_eq!(all.num_params() - base.num_params(), all.lora_params());
 }
+
+/// A LoRA run's checkpoints hold the adapters (a PEFT folder) and name the frozen base, which
+/// is written once per process beside them; a damaged base is refused.
+#[test]
+fn lora_checkpoints_hold_adapters_and_name_their_base_once() {
+    let base = base_model();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let bases = || -> Vec<(String, std::time::SystemTime)> {
+        let mut v: Vec<_> = std::fs::read_dir(run)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("base"))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                (name, e.metadata().unwrap().modified().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut a = trainer(base.clone(), Some(lora()));
+    a.step();
+    a.learner.save(run).unwrap();
+    let ck = checkpoint::dir(run);
+    assert!(checkpoint::is_adapter_only(run));
+    assert!(
+        !ck.join("model.mpk").exists(),
+        "the base was written into the checkpoint"
+    );
+    let adapter = ck.join("adapter").join("adapter_model.safetensors");
+    assert!(ck.join("adapter").join("adapter_config.json").is_file());
+    let first = bases();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].0.starts_with("base-") && first[0].0.ends_with(".mpk"));
+    let base_bytes = std::fs::metadata(run.join(&first[0].0)).unwrap().len();
+    let adapter_bytes = std::fs::metadata(&adapter).unwrap().len();
+    assert!(
+        adapter_bytes * 10 < base_bytes,
+        "adapters {adapter_bytes} B against a base of {base_bytes} B"
+    );
+
+    // Later checkpoints of the process name the same base and do not rewrite it.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    a.step();
+    a.learner.save(run).unwrap();
+    assert_eq!(bases(), first);
+    let at2 = logits(&a.learner.model.valid());
+
+    // A resumed process reads that base and does not write it again; its model is the
+    // trained one to the bit.
+    let mut b = trainer(base.clone(), Some(lora()));
+    b.learner.resume_from(run).unwrap();
+    assert_eq!(logits(&b.learner.model.valid()), at2);
+    b.step();
+    b.learner.save(run).unwrap();
+    assert_eq!(bases(), first);
+
+    // A fresh process writing into the run rewrites its base: same bytes, same name, one file.
+    let mut c = trainer(base.clone(), Some(lora()));
+    c.step();
+    c.learner.save(run).unwrap();
+    let again = bases();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, first[0].0);
+
+    // A full fine-tune still writes the whole model, and no base.
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = trainer(base.clone(), None);
+    full.step();
+    full.learner.save(full_dir.path()).unwrap();
+    assert!(checkpoint::dir(full_dir.path()).join("model.mpk").is_file());
+    assert!(!checkpoint::is_adapter_only(full_dir.path()));
+
+    // A damaged base is refused by name, not trained on or served.
+    let base_path = run.join(&first[0].0);
+    let mut bytes = std::fs::read(&base_path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&base_path, bytes).unwrap();
+    let err = checkpoint::load_saved::<Inference>(run, &backend::device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&first[0].0) && err.contains("corrupt"),
+        "{err}"
+    );
+}

@@ -863,6 +863,18 @@ impl<B: Backend> Llama<B> {
         self
     }
 
+    /// The model with every adapter removed, not folded in: the frozen base a LoRA run trains
+    /// beside, which its checkpoints store once per run (`sleuth::rl::checkpoint`). The
+    /// weights keep their `require_grad` setting.
+    pub fn strip_lora(mut self) -> Self {
+        for layer in 0..self.layers.len() {
+            for t in LoraTarget::ALL {
+                self.target_mut(layer, t).lora = None;
+            }
+        }
+        self
+    }
+
     /// The adapters' shape when the model has any: rank and alpha of the first adapter, and
     /// the targets that carry one in the first layer.
     pub fn lora_config(&self) -> Option<LoraConfig> {

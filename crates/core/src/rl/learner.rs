@@ -40,6 +40,10 @@ pub struct Learner<B: AutodiffBackend> {
     /// Progress (saved in checkpoints).
     pub state: TrainState,
     device: B::Device,
+    /// Whether a LoRA run's frozen base is already on disk for the run this process writes
+    /// (written with its first checkpoint, or read by [`Self::resume_from`]); until then each
+    /// checkpoint carries it ([`checkpoint::Snapshot::of`]).
+    base_saved: std::sync::atomic::AtomicBool,
 }
 
 /// One planned forward/backward pass: which of the step's sequences it holds (positions in
@@ -87,6 +91,7 @@ impl<B: AutodiffBackend> Learner<B> {
             },
             cfg,
             device,
+            base_saved: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -140,6 +145,10 @@ impl<B: AutodiffBackend> Learner<B> {
         self.optim = checkpoint::load_optimizer(run, adamw(&self.cfg), &self.device)?;
         self.model = model;
         self.state = state;
+        self.base_saved.store(
+            checkpoint::is_adapter_only(run),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -148,20 +157,23 @@ impl<B: AutodiffBackend> Learner<B> {
     /// # Errors
     /// [`TrainError::Checkpoint`] naming the file that failed.
     pub fn save(&self, run: &Path) -> Result<(), TrainError> {
-        checkpoint::save(
-            run,
-            &self.model,
-            &self.optim,
-            &self.model_config,
-            &self.state,
-        )?;
+        self.snapshot().write(run)?;
         Ok(())
     }
 
     /// The checkpoint [`Self::save`] would write, copied out so that another thread can write
     /// it while training goes on ([`checkpoint::Snapshot`]).
     pub fn snapshot(&self) -> checkpoint::Snapshot<B> {
-        checkpoint::Snapshot::of(&self.model, &self.optim, &self.model_config, &self.state)
+        let with_base = !self
+            .base_saved
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        checkpoint::Snapshot::of(
+            &self.model,
+            &self.optim,
+            &self.model_config,
+            &self.state,
+            with_base,
+        )
     }
 
     /// Replaces the weights and restarts AdamW's moments (the collapse guard's rollback).

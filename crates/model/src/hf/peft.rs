@@ -119,13 +119,28 @@ pub fn write_adapter<B: Backend>(
                 .into(),
         });
     };
-    let tensors = adapter_tensors(model);
+    write_adapter_tensors(&cfg, adapter_tensors(model), base_model, out, dtype)
+}
+
+/// Writes adapter `tensors` of shape `cfg` (as [`adapter_tensors`] returns them: PEFT names,
+/// `[r, in]` / `[out, r]`, f32) as a PEFT adapter directory at `out`, as [`write_adapter`]
+/// does; what a LoRA run's checkpoint holds instead of the whole model (its `adapter/`).
+///
+/// # Errors
+/// [`HfError::Io`] naming the path (also when `out` exists).
+pub fn write_adapter_tensors(
+    cfg: &LoraConfig,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    base_model: &str,
+    out: &Path,
+    dtype: ExportDtype,
+) -> Result<ExportReport, HfError> {
     let (n, parameters) = (tensors.len(), tensors.iter().map(|(_, _, d)| d.len()).sum());
     let ((), files) = write_dir(out, |dir| {
         write_safetensors(&dir.join(ADAPTER_WEIGHTS), tensors, dtype)?;
         write_json(
             &dir.join(ADAPTER_CONFIG),
-            &adapter_config_json(&cfg, base_model),
+            &adapter_config_json(cfg, base_model),
         )
     })?;
     Ok(ExportReport {
