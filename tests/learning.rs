@@ -120,6 +120,17 @@ fn most_sampled_token(model: &Llama<Train>, tok: &Tokenizer) -> String {
 }
 
 fn trainer(tok: Tokenizer, algo: Algo, lr: f64, seed: u64) -> Trainer<Train> {
+    trainer_with(tok, algo, lr, seed, None)
+}
+
+/// [`trainer`], training LoRA adapters when `lora` is given.
+fn trainer_with(
+    tok: Tokenizer,
+    algo: Algo,
+    lr: f64,
+    seed: u64,
+    lora: Option<sleuth::model::LoraConfig>,
+) -> Trainer<Train> {
     let (model, cfg) = tiny_model(&tok, seed);
     let target = most_sampled_token(&model, &tok);
     let train = TrainConfig {
@@ -130,6 +141,7 @@ fn trainer(tok: Tokenizer, algo: Algo, lr: f64, seed: u64) -> Trainer<Train> {
         weight_decay: 0.0,
         track_kl: true,
         seed,
+        lora,
         // This reward is *meant* to collapse the policy onto one token (entropy → 0), which
         // is what the guard exists to stop; the guard has its own test below.
         guard: GuardConfig {
@@ -543,6 +555,58 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
     );
 }
 
+/// GRPO with LoRA adapters: every base weight keeps its bits, the adapters move, and a run
+/// resumed after step 2 (from an adapter-only checkpoint) takes step 3 exactly as the
+/// uninterrupted run does.
+#[test]
+fn lora_grpo_moves_only_the_adapters_and_resumes_bit_for_bit() {
+    use sleuth::model::{LoraConfig, LoraTarget};
+    let Some(tok) = tokenizer() else { return };
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec![LoraTarget::QProj, LoraTarget::VProj, LoraTarget::DownProj],
+    };
+    let make = || trainer_with(tok.clone(), Algo::Grpo, 1e-2, 13, Some(lora.clone()));
+    let base = |m: &Llama<Train>| -> Vec<Vec<f32>> {
+        let mut out = vec![m.embed_tokens.val().into_data().to_vec::<f32>().unwrap()];
+        for layer in 0..m.layers.len() {
+            for t in LoraTarget::ALL {
+                out.push(
+                    m.target(layer, t)
+                        .weight
+                        .val()
+                        .into_data()
+                        .to_vec::<f32>()
+                        .unwrap(),
+                );
+            }
+        }
+        out
+    };
+    let mut t = make();
+    let before = base(&t.learner.model);
+    let updated: Vec<f64> = (0..3).map(|_| t.step().unwrap().grad_norm).collect();
+    assert!(
+        updated.iter().any(|g| *g > 0.0),
+        "no step updated: {updated:?}"
+    );
+    assert_eq!(base(&t.learner.model), before, "a frozen base weight moved");
+    let moved = (0..t.learner.model.layers.len()).any(|l| {
+        let a = t
+            .learner
+            .model
+            .target(l, LoraTarget::QProj)
+            .lora
+            .as_ref()
+            .unwrap();
+        a.b.val().abs().max().into_scalar() > 0.0
+    });
+    assert!(moved, "the adapters never moved");
+    let lines = assert_resume_equals_uninterrupted(make);
+    assert_eq!(lines.len(), 3);
+}
+
 /// A step's metrics line without the wall-clock and memory figures.
 fn deterministic_line(m: sleuth::rl::StepMetrics) -> serde_json::Value {
     let mut v = serde_json::to_value(m).unwrap();
@@ -577,7 +641,13 @@ fn assert_resume_equals_uninterrupted(make: impl Fn() -> Trainer<Train>) -> Vec<
     resumed.learner.save(&cut).unwrap();
 
     assert_eq!(got, expected);
-    for file in ["model.mpk", "optimizer.mpk", "state.json"] {
+    // A LoRA run's checkpoint holds its adapters instead of the model.
+    let weights = if sleuth::rl::checkpoint::is_adapter_only(&whole) {
+        "adapter/adapter_model.safetensors"
+    } else {
+        "model.mpk"
+    };
+    for file in [weights, "optimizer.mpk", "state.json"] {
         let read =
             |run: &std::path::Path| std::fs::read(run.join("checkpoint").join(file)).unwrap();
         assert!(read(&cut) == read(&whole), "{file} differs after resume");
