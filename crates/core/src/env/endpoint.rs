@@ -53,13 +53,6 @@ impl RemoteOptions {
 
     /// The completions URL requests go to.
     pub fn endpoint(&self) -> String {
-        let base = self.url.trim_end_matches('/');
-        if base.ends_with("/completions") {
-            base.to_string()
-        } else if base.ends_with("/v1") {
-            format!("{base}/completions")
-        } else {
-            format!("{base}/v1/completions")
-        }
+        crate::http::client::openai_route(&self.url, "completions")
     }
 }

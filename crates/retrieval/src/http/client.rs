@@ -203,6 +203,20 @@ pub async fn send(req: reqwest::RequestBuilder, attempts: u32) -> Attempt<String
     }
 }
 
+/// The URL of an OpenAI-compatible API's `route` (`"completions"`, `"chat/completions"`) on
+/// the server `url` names: a base URL with or without `/v1` gets `/v1/{route}`, and a URL that
+/// already ends in the route is used as given (trailing slashes ignored).
+pub fn openai_route(url: &str, route: &str) -> String {
+    let base = url.trim_end_matches('/');
+    if base.ends_with(&format!("/{route}")) {
+        base.to_string()
+    } else if base.ends_with("/v1") {
+        format!("{base}/{route}")
+    } else {
+        format!("{base}/v1/{route}")
+    }
+}
+
 /// Whether a status is worth another attempt: 429 (rate limited) and every 5xx.
 pub fn retryable(status: reqwest::StatusCode) -> bool {
     status.as_u16() == 429 || status.is_server_error()

@@ -235,14 +235,7 @@ impl LlmOptions {
 
     /// The chat completions URL `url` posts to (module doc).
     pub fn endpoint(&self) -> String {
-        let base = self.url.trim_end_matches('/');
-        if base.ends_with("/chat/completions") {
-            base.to_string()
-        } else if base.ends_with("/v1") {
-            format!("{base}/chat/completions")
-        } else {
-            format!("{base}/v1/chat/completions")
-        }
+        crate::http::client::openai_route(&self.url, "chat/completions")
     }
 }
 
