@@ -304,8 +304,8 @@ impl Bm25Retriever {
     /// each time (two builds of one corpus returned the 1943–44 or the 1944–45 season of the
     /// same club third for one query, and two runs of the README's main job diverged from
     /// there). The caller sorts ties by passage id and cuts at `k`. The limit starts at `k + 1`
-    /// and doubles until the last document scores below the `k`-th, up to `k × 64`: a tie wider than that (hundreds
-    /// of identical passages) is cut where the index order puts it.
+    /// and doubles until the last document scores below the `k`-th, up to `k × 64`: a tie
+    /// wider than that (hundreds of identical passages) is cut where the index order puts it.
     fn top_with_ties(
         &self,
         searcher: &Searcher,

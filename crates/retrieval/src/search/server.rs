@@ -34,10 +34,10 @@
 //! once no longer take 1.5 GB. Small requests, of at most
 //! [`ServerConfig::small_request_passages`] (one rollout's queries, a trainer's usual batch),
 //! have a lane of their own: eight of them at once, never queued behind large batches. Tokio's
-//! semaphore is fair (first
-//! come, first served), so with one lane a 2-query request arriving behind six queued
-//! 1,024 × 100 batches waited for all of them: 4.9 s on the 3,000-passage chaos index, which
-//! the chaos script's slowloris probe counts as a stall. Connections are held by the shared accept loop
+//! semaphore is fair (first come, first served), so with one lane a 2-query request arriving
+//! behind six queued 1,024 × 100 batches waited for all of them: 4.9 s on the 3,000-passage
+//! chaos index, which the chaos script's slowloris probe counts as a stall. Connections are
+//! held by the shared accept loop
 //! ([`crate::http::server`]): a client that stalls mid-headers is closed after
 //! [`ConnLimits::header_read_timeout_s`], and at most [`ConnLimits::max_connections`] are open.
 
@@ -381,7 +381,7 @@ async fn search_all(
         .map(|start| {
             let retriever = Arc::clone(retriever);
             let queries = Arc::clone(&queries);
-            tokio::task::spawn_blocking(move || {
+            on_blocking_pool("search", move || {
                 let slice: Vec<&str> = queries
                     .iter()
                     .skip(start)
@@ -394,14 +394,8 @@ async fn search_all(
         .collect();
     let mut out = Vec::with_capacity(queries.len());
     for joined in futures_util::future::join_all(tasks).await {
-        let hits = joined
-            .map_err(|e| {
-                ApiError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("search task failed: {e}"),
-                )
-            })?
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+        let hits =
+            joined?.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
         out.extend(hits);
     }
     Ok(out)
@@ -413,7 +407,7 @@ async fn queries(State(state): State<AppState>, body: Body) -> Result<Response, 
     let _budget = state.lanes.reserve(req.queries.len(), k).await?;
     let hits = search_all(&state.retriever, req.queries.clone(), k).await?;
     // Serialized while the budget is held: the answer's bytes are part of what it bounds.
-    on_blocking_pool(move || {
+    on_blocking_pool("answer", move || {
         let answers: Vec<Vec<String>> = hits
             .iter()
             .map(|list| list.iter().map(Hit::render).collect())
@@ -423,16 +417,19 @@ async fn queries(State(state): State<AppState>, body: Body) -> Result<Response, 
     .await
 }
 
-/// Runs `f` on tokio's blocking pool. Rendering and serializing the largest answer (102,400
-/// passages, ~60 MB of JSON) takes a core for a few hundred milliseconds; on one of the async
-/// workers (as many as cores) it would delay every other connection's reads and writes.
+/// Runs `f` (the `what` of a request: its search, its answer) on tokio's blocking pool; a
+/// panic in it becomes a 500 naming `what`. Searching, and rendering and serializing the
+/// largest answer (102,400 passages, ~60 MB of JSON), take a core for up to a few hundred
+/// milliseconds; on one of the async workers (as many as cores) they would delay every other
+/// connection's reads and writes.
 async fn on_blocking_pool<T: Send + 'static>(
+    what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("answer task failed: {e}"),
+            format!("{what} task failed: {e}"),
         )
     })
 }
@@ -452,7 +449,7 @@ async fn retrieve(State(state): State<AppState>, body: Body) -> Result<Response,
     let _budget = state.lanes.reserve(req.queries.len(), k).await?;
     let hits = search_all(&state.retriever, req.queries, k).await?;
     let with_scores = req.return_scores;
-    on_blocking_pool(move || {
+    on_blocking_pool("answer", move || {
         let result: Vec<Vec<Value>> = hits
             .iter()
             .map(|list| {
