@@ -433,6 +433,12 @@ const ADAPTER: &str = "adapter";
 /// The prefix of a LoRA run's base file (module docs), as the manifest names it.
 const BASE_PREFIX: &str = "../base-";
 
+/// The manifest keys of a LoRA checkpoint's adapter files (PEFT's two, under [`ADAPTER`]).
+fn adapter_files() -> [String; 2] {
+    use crate::model::hf::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+    [ADAPTER_WEIGHTS, ADAPTER_CONFIG].map(|file| format!("{ADAPTER}/{file}"))
+}
+
 impl<B: AutodiffBackend> Snapshot<B> {
     /// Copies the trainer's state (about 0.3 s for the 135M default on this project's CPU).
     /// For a LoRA model only the adapters are copied, plus the frozen base when `with_base`
@@ -544,12 +550,9 @@ impl<B: AutodiffBackend> Snapshot<B> {
                     message: format!("{e}{}", space_note(tmp)),
                     path: out.clone(),
                 })?;
-                for file in [
-                    crate::model::hf::peft::ADAPTER_WEIGHTS,
-                    crate::model::hf::peft::ADAPTER_CONFIG,
-                ] {
-                    let key = format!("{ADAPTER}/{file}");
-                    sums.insert(key.clone(), crc_of(&tmp.join(&key))?);
+                for key in adapter_files() {
+                    let crc = crc_of(&tmp.join(&key))?;
+                    sums.insert(key, crc);
                 }
             }
         }
@@ -620,10 +623,11 @@ fn write_base<B: AutodiffBackend>(
     Ok((name, crc))
 }
 
-/// The base (manifest key, CRC-32) the current checkpoint of `run` names.
+/// The base (manifest key, CRC-32) the current checkpoint of `run` names: what a LoRA
+/// checkpoint written without its base carries over, and what a loader reads.
 ///
 /// # Errors
-/// [`CheckpointError::Record`] when the run has no adapter checkpoint naming a base yet.
+/// [`CheckpointError::Record`] when the run has no adapter checkpoint naming a base.
 fn current_base(run: &Path) -> Result<(String, u32), CheckpointError> {
     let manifest = dir(run).join(CHECKSUMS);
     let sums = read_manifest(&manifest).unwrap_or_default();
@@ -631,8 +635,9 @@ fn current_base(run: &Path) -> Result<(String, u32), CheckpointError> {
         .find(|(k, _)| k.starts_with(BASE_PREFIX))
         .ok_or_else(|| CheckpointError::Record {
             path: manifest,
-            message: "no base named: this LoRA run's first checkpoint of the process must \
-                      write its base (Snapshot::of with_base)"
+            message: "names no base file (../base-XXXXXXXX.mpk): a LoRA checkpoint holds its \
+                      adapters and names the frozen base written beside it; a process's first \
+                      checkpoint writes that base (Snapshot::of with_base)"
                 .into(),
         })
 }
@@ -763,11 +768,8 @@ fn load_adapters<B: burn::tensor::backend::Backend>(
             path: base_path.clone(),
             message: e.to_string(),
         })?;
-    for file in [
-        crate::model::hf::peft::ADAPTER_WEIGHTS,
-        crate::model::hf::peft::ADAPTER_CONFIG,
-    ] {
-        verify(run, &format!("{ADAPTER}/{file}"))?;
+    for key in adapter_files() {
+        verify(run, &key)?;
     }
     let adapter = dir(run).join(ADAPTER);
     let model = crate::model::hf::peft::apply_adapter(base, &adapter).map_err(|e| {
