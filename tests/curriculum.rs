@@ -52,10 +52,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn base(tok: &Tokenizer) -> (Llama<Train>, LlamaConfig, Tokenizer) {
-    let device = backend::device();
-    <Train as burn::tensor::backend::Backend>::seed(&device, 7);
     let cfg = LlamaConfig::tiny(tok.vocab_size());
-    let mut model = Llama::<Train>::random(&cfg, &device);
+    let mut model = common::seeded(7, || Llama::<Train>::random(&cfg, &backend::device()));
     model.embed_tokens = Param::from_tensor(model.embed_tokens.val().mul_scalar(6.0).detach());
     (model, cfg, tok.clone())
 }

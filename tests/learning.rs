@@ -75,10 +75,8 @@ fn rollout_cfg() -> RolloutConfig {
 }
 
 fn tiny_model(tok: &Tokenizer, seed: u64) -> (Llama<Train>, LlamaConfig) {
-    let device = backend::device();
-    <Train as burn::tensor::backend::Backend>::seed(&device, seed);
     let cfg = LlamaConfig::tiny(tok.vocab_size());
-    let mut model = Llama::<Train>::random(&cfg, &device);
+    let mut model = common::seeded(seed, || Llama::<Train>::random(&cfg, &backend::device()));
     model.embed_tokens =
         Param::from_tensor(model.embed_tokens.val().mul_scalar(EMBED_SCALE).detach());
     (model, cfg)

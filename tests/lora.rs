@@ -3,6 +3,8 @@
 //! resumes bit-identically, and every loader sees what the run trained (adapters attached from
 //! `lora.json`, or folded into the weights for a full fine-tune or the quantized engine).
 
+mod common;
+
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::{Int, Tensor, TensorData};
 use sleuth::model::backend::{self, Inference, Train};
@@ -54,9 +56,7 @@ fn data() -> Vec<SftExample> {
 }
 
 fn base_model() -> Llama<Train> {
-    let device = backend::device();
-    <Train as burn::tensor::backend::Backend>::seed(&device, 7);
-    Llama::random(&arch(), &device)
+    common::seeded(7, || Llama::random(&arch(), &backend::device()))
 }
 
 /// Every base (non-adapter) weight of `m`, host copies in a fixed order.

@@ -209,10 +209,9 @@ impl RewardFn for ShareOfE {
 }
 
 fn base_model(tok: &Tokenizer) -> (Llama<Train>, LlamaConfig) {
-    let device = backend::device();
-    <Train as burn::tensor::backend::Backend>::seed(&device, 11);
     let cfg = LlamaConfig::tiny(tok.vocab_size());
-    (Llama::<Train>::random(&cfg, &device), cfg)
+    let model = common::seeded(11, || Llama::<Train>::random(&cfg, &backend::device()));
+    (model, cfg)
 }
 
 fn rollout(url: &str) -> RolloutConfig {
