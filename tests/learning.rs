@@ -555,7 +555,9 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
 
 /// GRPO with LoRA adapters: every base weight keeps its bits, the adapters move, and a run
 /// resumed after step 2 (from an adapter-only checkpoint) takes step 3 exactly as the
-/// uninterrupted run does.
+/// uninterrupted run does. That also checks the rollout engine's adapters: the uninterrupted
+/// run samples step 3 from a base quantized at step 1 with the adapters refreshed beside it,
+/// the resumed one from a base quantized afresh (stale adapters fail here).
 #[test]
 fn lora_grpo_moves_only_the_adapters_and_resumes_bit_for_bit() {
     use sleuth::model::{LoraConfig, LoraTarget};

@@ -5,6 +5,9 @@
 //! - batching and caching do not change the numbers: a token's logits are the same whether it
 //!   was prefilled with others, decoded alone, decoded beside another row, or in a forked row,
 //!   and a generator's shared prompt prefix (prefilled once, forked) changes no row's output;
+//! - LoRA adapters applied beside the quantized base (`QuantLlama::from_base`, a LoRA
+//!   trainer's engine) track the adapted model's f32 forward, and refreshing them equals a
+//!   fresh build;
 //! - the real default model: first-step logits close to transformers' (fixture), and greedy
 //!   ids equal to llama.cpp's on the same GGUF for the first tokens (fixture recorded by
 //!   `scripts/reference/record_quant_fixture.py`).
@@ -92,6 +95,127 @@ fn prefill_and_decode_track_the_f32_forward_on_every_isa() {
             assert_eq!(cache.len(0), 24);
         }
     }
+}
+
+/// `tiny()` with adapters on all seven targets whose `B` is set to a fixed nonzero pattern
+/// (a fresh adapter's `B` is zero), scaled by `amp`, so the adapted model differs from its base.
+fn adapted(amp: f32) -> Llama<Inference> {
+    use burn::module::Param;
+    use sleuth::model::LoraConfig;
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
+    let mut model = tiny().with_lora(&cfg, 5);
+    let device = backend::device();
+    let mut k = 0usize;
+    for layer in &mut model.layers {
+        let (at, mlp) = (&mut layer.self_attn, &mut layer.mlp);
+        for lin in [
+            &mut at.q_proj,
+            &mut at.k_proj,
+            &mut at.v_proj,
+            &mut at.o_proj,
+            &mut mlp.gate_proj,
+            &mut mlp.up_proj,
+            &mut mlp.down_proj,
+        ] {
+            let lora = lin.lora.as_mut().expect("every target has an adapter");
+            let [r, out] = lora.b.val().dims();
+            let b: Vec<f32> = (0..r * out)
+                .map(|i| {
+                    k += 1;
+                    ((i * 37 + k * 11) % 101) as f32 / 101.0 - 0.5
+                })
+                .map(|v| v * amp)
+                .collect();
+            lora.b = Param::from_tensor(Tensor::from_data(TensorData::new(b, [r, out]), &device));
+        }
+    }
+    model
+}
+
+/// QLoRA's placement: the base quantized alone, the adapters applied beside it in f32
+/// (`QuantLlama::from_base`). Its logits track the adapted model's f32 forward as closely as
+/// the folded engine's do, on every ISA path; refreshing the adapters of an engine equals
+/// building one for the new adapters, bit for bit; and a token's logits keep their bits
+/// across prefill, decode and batching.
+#[test]
+fn adapters_beside_the_quantized_base_track_the_adapted_model() {
+    let vocab = 320;
+    let seq: Vec<u32> = (0..24).map(|i| (i * 53 % 320) as u32).collect();
+    let base_full = full_logits(&tiny(), &seq);
+    let model = adapted(0.5);
+    let full = full_logits(&model, &seq);
+    // The adapters matter: the adapted model is far from its base at the last position.
+    let last = |v: &[f32]| v[23 * vocab..].to_vec();
+    let moved = rel_diff(&last(&base_full), &last(&full));
+    eprintln!("adapted vs base: rel diff {moved:.4}");
+    assert!(
+        moved > 0.2,
+        "the adapters barely change the logits: {moved}"
+    );
+
+    for format in [QuantFormat::Q8_0, QuantFormat::Q4_1] {
+        let beside = QuantLlama::from_base(&model, format);
+        assert!(beside.has_adapters_beside());
+        assert!(!QuantLlama::from_llama(&model, format).has_adapters_beside());
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
+            let Some(q) = beside.clone().with_isa(isa) else {
+                continue;
+            };
+            // Prefill 16 tokens (the pool's path), then decode one at a time.
+            let mut cache = q.new_cache(1, 64);
+            let first = q.prefill_row(0, &seq[..16], &mut cache);
+            let mut worst = rel_diff(&first, &full[15 * vocab..16 * vocab]);
+            for (p, &t) in seq.iter().enumerate().skip(16) {
+                let step = q.decode_step(&[t], &[true], &mut cache);
+                worst = worst.max(rel_diff(&step, &full[p * vocab..(p + 1) * vocab]));
+            }
+            let folded = QuantLlama::from_llama(&model, format)
+                .with_isa(isa)
+                .unwrap();
+            let mut fc = folded.new_cache(1, 64);
+            let folded_err = rel_diff(&folded.prefill_row(0, &seq, &mut fc), &full[23 * vocab..]);
+            eprintln!(
+                "{} {}: beside rel err {worst:.4}, folded {folded_err:.4}",
+                format.name(),
+                isa.name()
+            );
+            assert!(
+                worst < tolerance(format),
+                "{} {}: {worst}",
+                format.name(),
+                isa.name()
+            );
+        }
+    }
+
+    // Refreshing the adapters: an engine built for other adapters, then given these, is the
+    // engine built for these.
+    let mut refreshed = QuantLlama::from_base(&adapted(-0.3), QuantFormat::Q8_0);
+    refreshed.set_adapters(&model);
+    let fresh = QuantLlama::from_base(&model, QuantFormat::Q8_0);
+    let run = |q: &QuantLlama| {
+        let mut c = q.new_cache(1, 32);
+        q.prefill_row(0, &seq[..20], &mut c)
+    };
+    assert_eq!(run(&refreshed), run(&fresh));
+    // A model without adapters clears them.
+    refreshed.set_adapters(&tiny());
+    assert!(!refreshed.has_adapters_beside());
+
+    // Same bits whether a token is prefilled with 19 others (rows on the pool), decoded
+    // alone, or decoded beside another row.
+    let q = &fresh;
+    let mut whole = q.new_cache(1, 32);
+    let all = q.prefill_row(0, &seq[..20], &mut whole);
+    let mut two = q.new_cache(2, 32);
+    q.prefill_row(0, &seq[..19], &mut two);
+    q.prefill_row(1, &seq[3..9], &mut two);
+    let both = q.decode_step(&[seq[19], seq[9]], &[true, true], &mut two);
+    assert_eq!(&both[..vocab], &all[..]);
 }
 
 /// Each token's arithmetic depends only on its own row's cache, so batching and caching give

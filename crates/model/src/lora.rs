@@ -14,9 +14,12 @@
 //! the model it prepares, so this module depends on nothing above it) marks every base
 //! parameter `require_grad = false`: autodiff then computes no gradient for them (the fused
 //! linear backward skips `dW` for an untracked weight), AdamW keeps no moments for them, and
-//! the optimizer step leaves them untouched. The quantized decode engine and the Hugging Face
-//! export read [`Linear::merged_weight`](crate::llama::Linear::merged_weight): the base plus
-//! the low-rank product, folded once per engine build.
+//! the optimizer step leaves them untouched. The Hugging Face export and a quantized engine
+//! built once (eval, serve) read [`Linear::merged_weight`](crate::llama::Linear::merged_weight):
+//! the base plus the low-rank product, folded in. A LoRA trainer's rollout engine instead
+//! quantizes the frozen base once and applies the adapters beside it in f32
+//! ([`QuantLlama::from_base`](crate::QuantLlama::from_base), QLoRA's placement), so an update
+//! costs a copy of the adapters rather than a re-quantization of every weight.
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;

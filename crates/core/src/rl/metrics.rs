@@ -101,7 +101,8 @@ pub struct StepMetrics {
     pub seconds_reward: f64,
     /// Seconds in reference/old log-probs, backward passes and the optimizer step.
     pub seconds_update: f64,
-    /// Seconds quantizing the policy for the rollout's decode engine (0 with f32 weights).
+    /// Seconds quantizing the policy for the rollout's decode engine (0 with f32 weights; for
+    /// a LoRA policy after the first step, only the refresh of the adapters beside its base).
     #[serde(default)]
     pub seconds_quantize: f64,
     /// Policy tokens sampled per rollout second.

@@ -31,7 +31,7 @@ use super::update::{update, Batch, UpdateStats};
 use super::{TrainConfig, TrainError};
 use crate::env::remote::ServedModel;
 use crate::env::{Env, Episode, RolloutConfig, RolloutEngine, RolloutMode};
-use crate::model::{Engine, Llama, LlamaConfig, Sampler};
+use crate::model::{Engine, Llama, LlamaConfig, QuantLlama, Sampler};
 use crate::reward::Rewards;
 
 /// Policy weights as they were after optimizer step `step` (cheap to take: burn tensors are
@@ -95,6 +95,11 @@ pub struct Trainer<B: AutodiffBackend> {
     /// Weight restores by the collapse guard so far in this process: part of the served
     /// adapter's name, since a restore changes the weights without changing the step.
     restores: usize,
+    /// A LoRA run's quantized rollout engine, kept between steps: its frozen base is
+    /// quantized once and only the adapters are refreshed after each update
+    /// ([`QuantLlama::from_base`]). `None` before the first step, for full fine-tunes and
+    /// for f32 rollouts.
+    quant_base: Option<Box<QuantLlama>>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -153,6 +158,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             passing: VecDeque::new(),
             served,
             restores: 0,
+            quant_base: None,
         })
     }
 
@@ -172,7 +178,32 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.learner.resume_from(run)?;
         self.guard.reset();
         self.passing.clear();
+        self.quant_base = None;
         Ok(())
+    }
+
+    /// The local rollout engine for `policy` (`[rollout] weights`). A LoRA policy on a
+    /// quantized engine reuses the base quantized at the first step and refreshes its
+    /// adapters (its base weights are frozen, [`Llama::with_lora`]); every other policy is
+    /// quantized whole ([`Engine::new`]).
+    fn local_engine<'m>(
+        &mut self,
+        policy: &'m Llama<B::InnerBackend>,
+    ) -> Engine<'m, B::InnerBackend> {
+        let format = self.env.rollout.weights.quant_format();
+        match format {
+            Some(f) if policy.lora_params() > 0 && QuantLlama::supports(policy) => {
+                let q = match self.quant_base.take() {
+                    Some(mut q) => {
+                        q.set_adapters(policy);
+                        q
+                    }
+                    None => Box::new(QuantLlama::from_base(policy, f)),
+                };
+                Engine::Quantized(q)
+            }
+            _ => Engine::new(policy, self.env.rollout.weights),
+        }
     }
 
     /// Questions retired so far.
@@ -211,13 +242,15 @@ impl<B: AutodiffBackend> Trainer<B> {
                 name,
             });
         // Otherwise the local decoding engine: the weights just updated, re-quantized once per
-        // step when `[rollout] weights` asks for a quantized engine.
+        // step when `[rollout] weights` asks for a quantized engine (a LoRA run's base is
+        // quantized once, and only its adapters are refreshed).
         let t_quant = Instant::now();
         let mut local = None;
         let (sampling, seconds_quantize) = match &served_model {
             Some(m) => (Sampling::Served(m), 0.0),
             None => {
-                let engine = &*local.insert(Engine::new(&policy, self.env.rollout.weights));
+                let built = self.local_engine(&policy);
+                let engine = &*local.insert(built);
                 let secs = match engine {
                     Engine::F32(_) => 0.0,
                     Engine::Quantized(_) => t_quant.elapsed().as_secs_f64(),
@@ -239,8 +272,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             data: &self.data,
         }
         .sample(sampling, &mut sampler, &mut self.learner.state, step)?;
-        // The quantized copy is not needed for the update: free it first.
-        drop(local);
+        // The quantized copy is not needed for the update: free it first, unless it is a LoRA
+        // run's base, kept for the next step.
+        if let Some(Engine::Quantized(q)) = local.take() {
+            if q.has_adapters_beside() {
+                self.quant_base = Some(q);
+            }
+        }
         drop(policy);
         if groups.sampled.is_empty() {
             return Err(TrainError::NoData);
