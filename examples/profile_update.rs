@@ -15,6 +15,9 @@
 //! --random-shape qwen2.5-0.5b`); token ids are drawn from its vocabulary. The last line
 //! printed is the process's peak RSS. `SLEUTH_PRECISION=bf16` runs the linear layers' products
 //! in bf16 on AMX tiles (`[train] precision = "bf16"`), where the CPU has them.
+//! `SLEUTH_LORA=RANK` trains LoRA adapters of that rank (α = 2 · rank, all seven targets)
+//! beside the frozen base instead of every weight (`[train] lora`), for the LoRA / full
+//! fine-tuning comparison of one RL update.
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -61,6 +64,30 @@ fn main() {
         .expect("run scripts/setup first (or set SLEUTH_MODEL to a model)")
         .model
         .with_precision(precision);
+    let lora_rank: Option<usize> = std::env::var("SLEUTH_LORA")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let model = match lora_rank {
+        Some(rank) => model.with_lora(
+            &sleuth::model::LoraConfig {
+                rank,
+                alpha: 2.0 * rank as f64,
+                ..Default::default()
+            },
+            0,
+        ),
+        None => model,
+    };
+    println!(
+        "training {}",
+        match lora_rank {
+            Some(r) => format!(
+                "LoRA adapters of rank {r} ({} weights)",
+                model.lora_params()
+            ),
+            None => "every weight".to_string(),
+        }
+    );
     println!(
         "loaded {path} in {:.2} s, precision {precision:?}",
         secs(t_load)
