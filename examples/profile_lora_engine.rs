@@ -15,7 +15,7 @@ use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
 use sleuth::model::backend::{self, Inference};
 use sleuth::model::quant::Isa;
-use sleuth::model::{load_gguf, Llama, LoraConfig, QuantFormat, QuantLlama};
+use sleuth::model::{load_gguf, Llama, LoraConfig, LoraTarget, QuantFormat, QuantLlama};
 
 /// Best wall time of `reps` runs of `f`, in seconds.
 fn best(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -78,17 +78,9 @@ fn main() {
         ..Default::default()
     };
     let mut model: Llama<Inference> = gguf.model.with_lora(&cfg, 0);
-    for layer in &mut model.layers {
-        let (at, mlp) = (&mut layer.self_attn, &mut layer.mlp);
-        for lin in [
-            &mut at.q_proj,
-            &mut at.k_proj,
-            &mut at.v_proj,
-            &mut at.o_proj,
-            &mut mlp.gate_proj,
-            &mut mlp.up_proj,
-            &mut mlp.down_proj,
-        ] {
+    for layer in 0..model.layers.len() {
+        for t in LoraTarget::ALL {
+            let lin = model.target_mut(layer, t);
             let lora = lin.lora.as_mut().expect("every target has an adapter");
             let dims = lora.b.val().dims();
             lora.b = Param::from_tensor(Tensor::random(

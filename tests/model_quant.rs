@@ -101,7 +101,7 @@ fn prefill_and_decode_track_the_f32_forward_on_every_isa() {
 /// (a fresh adapter's `B` is zero), scaled by `amp`, so the adapted model differs from its base.
 fn adapted(amp: f32) -> Llama<Inference> {
     use burn::module::Param;
-    use sleuth::model::LoraConfig;
+    use sleuth::model::{LoraConfig, LoraTarget};
     let cfg = LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -110,17 +110,9 @@ fn adapted(amp: f32) -> Llama<Inference> {
     let mut model = tiny().with_lora(&cfg, 5);
     let device = backend::device();
     let mut k = 0usize;
-    for layer in &mut model.layers {
-        let (at, mlp) = (&mut layer.self_attn, &mut layer.mlp);
-        for lin in [
-            &mut at.q_proj,
-            &mut at.k_proj,
-            &mut at.v_proj,
-            &mut at.o_proj,
-            &mut mlp.gate_proj,
-            &mut mlp.up_proj,
-            &mut mlp.down_proj,
-        ] {
+    for layer in 0..model.layers.len() {
+        for t in LoraTarget::ALL {
+            let lin = model.target_mut(layer, t);
             let lora = lin.lora.as_mut().expect("every target has an adapter");
             let [r, out] = lora.b.val().dims();
             let b: Vec<f32> = (0..r * out)

@@ -780,8 +780,9 @@ impl<B: Backend> Linear<B> {
 }
 
 impl<B: Backend> Llama<B> {
-    /// The linear layer `target` of decoder layer `layer`.
-    pub(crate) fn target_mut(&mut self, layer: usize, target: LoraTarget) -> &mut Linear<B> {
+    /// The linear layer `target` of decoder layer `layer`, to change (e.g. set an adapter's
+    /// weights in a test or benchmark).
+    pub fn target_mut(&mut self, layer: usize, target: LoraTarget) -> &mut Linear<B> {
         let l = &mut self.layers[layer];
         match target {
             LoraTarget::QProj => &mut l.self_attn.q_proj,
