@@ -359,12 +359,7 @@ pub fn verify(run: &Path, file: &str) -> Result<(), CheckpointError> {
     if !manifest.exists() {
         return Ok(());
     }
-    let text = std::fs::read(&manifest).map_err(io(&manifest))?;
-    let sums: BTreeMap<String, u32> =
-        serde_json::from_slice(&text).map_err(|source| CheckpointError::Json {
-            path: manifest.clone(),
-            source,
-        })?;
+    let sums = read_manifest(&manifest)?;
     let path = dir(run).join(file);
     let Some(&expected) = sums.get(file) else {
         return Err(CheckpointError::Json {
@@ -642,6 +637,10 @@ fn current_base(run: &Path) -> Result<(String, u32), CheckpointError> {
         })
 }
 
+/// A checkpoint's `checksums.json`: file name → CRC-32.
+///
+/// # Errors
+/// [`CheckpointError::Io`] / [`CheckpointError::Json`] naming the file.
 fn read_manifest(path: &Path) -> Result<BTreeMap<String, u32>, CheckpointError> {
     let text = std::fs::read(path).map_err(io(path))?;
     serde_json::from_slice(&text).map_err(|source| CheckpointError::Json {
@@ -815,12 +814,7 @@ pub fn drop_optimizer(run: &Path) -> Result<u64, CheckpointError> {
     };
     let manifest = folder.join(CHECKSUMS);
     if manifest.exists() {
-        let text = std::fs::read(&manifest).map_err(io(&manifest))?;
-        let mut sums: BTreeMap<String, u32> =
-            serde_json::from_slice(&text).map_err(|source| CheckpointError::Json {
-                path: manifest.clone(),
-                source,
-            })?;
+        let mut sums = read_manifest(&manifest)?;
         sums.remove("optimizer.mpk");
         let tmp = folder.join("checksums.json.tmp");
         std::fs::write(
