@@ -101,8 +101,11 @@ struct LayerAdapters {
 }
 
 impl LayerAdapters {
-    fn is_empty(&self) -> bool {
-        self.qkv.is_empty() && self.o.is_empty() && self.gate_up.is_empty() && self.down.is_empty()
+    /// Every adapter of the layer, whichever product it belongs to.
+    fn all(&self) -> impl Iterator<Item = &LowRank> {
+        [&self.qkv, &self.o, &self.gate_up, &self.down]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -123,9 +126,6 @@ fn add_low_rank(
     width: usize,
     isa: Isa,
 ) {
-    if parts.is_empty() {
-        return;
-    }
     let n = x.len() / d_in;
     let block = |(xb, ob): (&[f32], &mut [f32])| low_rank_block(parts, xb, ob, d_in, width, isa);
     let (xs, os) = (LOW_RANK_BLOCK * d_in, LOW_RANK_BLOCK * width);
@@ -442,7 +442,9 @@ impl QuantLlama {
     /// Whether adapters are applied beside the quantized base ([`Self::from_base`]), rather
     /// than folded into it or absent.
     pub fn has_adapters_beside(&self) -> bool {
-        self.layers.iter().any(|l| !l.adapters.is_empty())
+        self.layers
+            .iter()
+            .any(|l| l.adapters.all().next().is_some())
     }
 
     /// The engine over `model`'s weights: with the adapters folded into them (`fold`), or
@@ -559,9 +561,7 @@ impl QuantLlama {
     /// the f32 adapters applied beside them ([`Self::from_base`]).
     pub fn weight_bytes(&self) -> usize {
         let adapters = |a: &LayerAdapters| {
-            [&a.qkv, &a.o, &a.gate_up, &a.down]
-                .iter()
-                .flat_map(|list| list.iter())
+            a.all()
                 .map(|p| 4 * (p.a_t.len() + p.b.len()))
                 .sum::<usize>()
         };
