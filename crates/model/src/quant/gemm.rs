@@ -1,5 +1,7 @@
 //! Activation rows against one quantized matrix: the tiled int8 GEMM under every product of
-//! the quantized engine on AVX-512 VNNI — prefill, batched decode and batch-1 decode alike.
+//! the quantized engine on AVX-512 VNNI and on AVX2 — prefill, batched decode and batch-1
+//! decode alike. The AVX-512 micro-kernel is described first; the AVX2 one reads the same
+//! tiles (the `avx2` module's docs).
 //!
 //! **Why tiles.** The AVX-512 row kernels this replaced dotted one weight row with one to
 //! four activation rows, each 512-bit register holding *partial sums of one output* (two
@@ -28,12 +30,13 @@
 //! the batch size or the task split: **the same bits for a token whether it is decoded
 //! alone, in a batch, or in a prefill** (tests/model_quant.rs relies on it). The integer
 //! sums equal the row kernels'; results differ from theirs only by f32 summation order. On
-//! [`Isa::Avx512Vnni`](super::Isa) every product runs here (decode too: it reads the same
-//! bytes as the row layout); elsewhere the row kernels run.
+//! [`Isa::Avx512Vnni`](super::Isa) and [`Isa::Avx2`](super::Isa) every product runs here
+//! (decode too: it reads the same bytes as the row layout); on `Isa::Scalar` the portable
+//! row dots run.
 
 use rayon::prelude::*;
 
-use super::kernels::QK;
+use super::kernels::{Isa, QK};
 
 /// Output features per tile: one 512-bit register of int32 / f32 lanes.
 pub(crate) const TILE: usize = 16;
@@ -166,11 +169,15 @@ impl Packed {
     /// Work is split into (tile range × 64-row chunk) tasks over the rayon pool; each task
     /// writes a disjoint rectangle of `y`.
     ///
+    /// `isa` picks the micro-kernel: [`Isa::Avx512Vnni`] 16 features per register,
+    /// [`Isa::Avx2`] the same tile as two 8-feature halves (see the module docs).
+    ///
     /// # Safety
-    /// The CPU must support AVX-512 F/BW/DQ/VL and VNNI ([`super::Isa::Avx512Vnni`]).
+    /// The CPU must support `isa`, which is not [`Isa::Scalar`].
     #[cfg(target_arch = "x86_64")]
     pub(crate) unsafe fn matmul(
         &self,
+        isa: Isa,
         xq: &[i8],
         xd: &[f32],
         xs: &[f32],
@@ -211,13 +218,23 @@ impl Packed {
                     // features of tile t) rectangle of y is written by this task only, and
                     // lies inside y (n · rows).
                     unsafe {
-                        match (self.q4(), take) {
-                            (true, NR) => x86::tile::<NR, true>(self, t, a, out.0),
-                            (false, NR) => x86::tile::<NR, false>(self, t, a, out.0),
-                            (true, 4..) => x86::tile::<4, true>(self, t, a, out.0),
-                            (false, 4..) => x86::tile::<4, false>(self, t, a, out.0),
-                            (true, _) => x86::tile::<1, true>(self, t, a, out.0),
-                            (false, _) => x86::tile::<1, false>(self, t, a, out.0),
+                        match (isa, self.q4(), take) {
+                            (Isa::Avx512Vnni, true, NR) => x86::tile::<NR, true>(self, t, a, out.0),
+                            (Isa::Avx512Vnni, false, NR) => {
+                                x86::tile::<NR, false>(self, t, a, out.0)
+                            }
+                            (Isa::Avx512Vnni, true, 4..) => x86::tile::<4, true>(self, t, a, out.0),
+                            (Isa::Avx512Vnni, false, 4..) => {
+                                x86::tile::<4, false>(self, t, a, out.0)
+                            }
+                            (Isa::Avx512Vnni, true, _) => x86::tile::<1, true>(self, t, a, out.0),
+                            (Isa::Avx512Vnni, false, _) => x86::tile::<1, false>(self, t, a, out.0),
+                            (_, true, NR) => avx2::tile::<NR, true>(self, t, a, out.0),
+                            (_, false, NR) => avx2::tile::<NR, false>(self, t, a, out.0),
+                            (_, true, 4..) => avx2::tile::<4, true>(self, t, a, out.0),
+                            (_, false, 4..) => avx2::tile::<4, false>(self, t, a, out.0),
+                            (_, true, _) => avx2::tile::<1, true>(self, t, a, out.0),
+                            (_, false, _) => avx2::tile::<1, false>(self, t, a, out.0),
                         }
                     }
                     r += match take {
@@ -350,5 +367,174 @@ mod x86 {
                 _mm512_mask_storeu_ps(y.add((a.r + i) * p.rows + t * TILE), mask, *acc);
             }
         }
+    }
+}
+
+/// The AVX2 micro-kernel: the same packed tiles, read as two 8-feature halves of 32 bytes.
+///
+/// AVX2 has no `vpdpbusd`; its byte product `vpmaddubsw` (unsigned × signed bytes, adjacent
+/// pairs summed into *saturating* i16) is exact only while a pair stays within ±32,767. Both
+/// formats therefore enter as nibbles: Q4_1's levels as they are, Q8_0's `w + 128` as its
+/// two nibbles `16·h + l`. A nibble pair against Q8 activations (|x| ≤ 128) sums to at most
+/// 2 · 15 · 128 = 3,840, so the eight steps of a 32-value block add up in i16 without
+/// saturating (30,720): one `vpmaddubsw` and one `vpaddw` per 32 products and row for Q4_1,
+/// two for Q8_0 (its two nibble planes). One `vpmaddwd` per block then widens a feature's two
+/// i16 halves to its exact int32 sum (Q8_0: `16·Σh·x + Σl·x − 128·Σx`). The byte-product
+/// peak of AVX2 is thus half of the `vpdpbusd` kernel's per register width, and Q8_0 runs at
+/// half of Q4_1's (examples/roofline.rs measures the `vpmaddubsw` + `vpaddw` peak). The f32 scaling per block then follows the AVX-512 kernel,
+/// in the same order for every row, so here too a row's outputs do not depend on its batch.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Acts, Packed, TILE, TILE_BLOCK_Q4, TILE_BLOCK_Q8};
+    use crate::quant::kernels::QK;
+    use std::arch::x86_64::*;
+
+    /// Features per half tile: one 256-bit register of int32 / f32 lanes.
+    const HALF: usize = TILE / 2;
+
+    /// Rows per inner pass. Four rows' sums (Q8_0: two nibble sums and an f32 sum per row)
+    /// spill to the stack (16 ymm registers); two measured faster for Q8_0 (gate_up at 64
+    /// rows, one thread: 3.1–4.1 against 4.2–4.7 ms) and no different for Q4_1.
+    const ROWS: usize = 2;
+
+    /// Activation row `a.r + i`'s four values at `b·32 + 4s`, broadcast to all 8 lanes.
+    ///
+    /// # Safety
+    /// The row holds `cols` values and `b·32 + 4s + 4 ≤ cols`.
+    #[inline(always)]
+    unsafe fn four(a: &Acts<'_>, i: usize, b: usize, s: usize) -> __m256i {
+        // SAFETY: the caller's bounds; an unaligned 4-byte read.
+        let v = unsafe {
+            (a.x.as_ptr().add((a.r + i) * a.cols + b * QK + 4 * s) as *const i32).read_unaligned()
+        };
+        _mm256_set1_epi32(v)
+    }
+
+    /// Tile `t` × activation rows `a.r .. a.r + R`, as [`super::x86::tile`] computes it.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `a.r + R ≤ n`; `y` holds `n · p.rows` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize, const Q4: bool>(
+        p: &Packed,
+        t: usize,
+        a: Acts<'_>,
+        y: *mut f32,
+    ) {
+        let nb = p.cols / QK;
+        let tb = if Q4 { TILE_BLOCK_Q4 } else { TILE_BLOCK_Q8 };
+        assert!(a.x.len() >= (a.r + R) * a.cols && a.d.len() >= (a.r + R) * nb);
+        assert!(a.s.len() >= (a.r + R) * nb && a.sum.len() >= (a.r + R) * nb);
+        assert!(p.vals.len() >= (t + 1) * nb * tb && p.d.len() >= (t + 1) * nb * TILE);
+        assert!(!Q4 || p.m.len() >= (t + 1) * nb * TILE);
+        for h in 0..2 {
+            let first = t * TILE + h * HALF;
+            if first >= p.rows {
+                break;
+            }
+            let mut i = 0;
+            while i < R {
+                let rows = Acts { r: a.r + i, ..a };
+                // SAFETY: as this function's contract, for rows a.r + i ..; the bounds
+                // asserted above cover them.
+                i += unsafe {
+                    match R - i {
+                        ROWS.. => half::<ROWS, Q4>(p, t, h, rows, y),
+                        _ => half::<1, Q4>(p, t, h, rows, y),
+                    }
+                };
+            }
+        }
+    }
+
+    /// Half `h` (features `16t + 8h ..`) of tile `t` × rows `a.r .. a.r + R`; returns `R`.
+    ///
+    /// # Safety
+    /// As [`tile`], with the half's first feature inside the matrix.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn half<const R: usize, const Q4: bool>(
+        p: &Packed,
+        t: usize,
+        h: usize,
+        a: Acts<'_>,
+        y: *mut f32,
+    ) -> usize {
+        let nb = p.cols / QK;
+        let tb = if Q4 { TILE_BLOCK_Q4 } else { TILE_BLOCK_Q8 };
+        let nibble = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let sixteen = _mm256_set1_epi16(16);
+        let mut accf = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let at = t * nb + b;
+            // SAFETY: vals holds tb bytes at at · tb (asserted by `tile`); each step's
+            // 64 bytes hold this half at byte 32h.
+            let w0 = unsafe { p.vals.as_ptr().add(at * tb + h * 32) };
+            let mut lo_sum = [_mm256_setzero_si256(); R];
+            let mut hi_sum = [_mm256_setzero_si256(); R];
+            if Q4 {
+                for s2 in 0..QK / 8 {
+                    // SAFETY: as above.
+                    let v = unsafe { _mm256_loadu_si256(w0.add(s2 * 64) as *const __m256i) };
+                    let lo = _mm256_and_si256(v, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                    for (i, acc) in lo_sum.iter_mut().enumerate() {
+                        // SAFETY: row bounds asserted by `tile`.
+                        let (x0, x1) =
+                            unsafe { (four(&a, i, b, 2 * s2), four(&a, i, b, 2 * s2 + 1)) };
+                        let pair = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, x0),
+                            _mm256_maddubs_epi16(hi, x1),
+                        );
+                        *acc = _mm256_add_epi16(*acc, pair);
+                    }
+                }
+            } else {
+                for s in 0..QK / 4 {
+                    // SAFETY: as above.
+                    let v = unsafe { _mm256_loadu_si256(w0.add(s * 64) as *const __m256i) };
+                    let lo = _mm256_and_si256(v, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                    for i in 0..R {
+                        // SAFETY: row bounds asserted by `tile`.
+                        let x = unsafe { four(&a, i, b, s) };
+                        lo_sum[i] = _mm256_add_epi16(lo_sum[i], _mm256_maddubs_epi16(lo, x));
+                        hi_sum[i] = _mm256_add_epi16(hi_sum[i], _mm256_maddubs_epi16(hi, x));
+                    }
+                }
+            }
+            // SAFETY: d (and m for Q4_1) hold 16 at at · 16 (asserted by `tile`).
+            let wd = unsafe { _mm256_loadu_ps(p.d.as_ptr().add(at * TILE + h * HALF)) };
+            for (i, acc) in accf.iter_mut().enumerate() {
+                let sum = if Q4 {
+                    _mm256_madd_epi16(lo_sum[i], ones)
+                } else {
+                    let s = _mm256_add_epi32(
+                        _mm256_madd_epi16(hi_sum[i], sixteen),
+                        _mm256_madd_epi16(lo_sum[i], ones),
+                    );
+                    _mm256_add_epi32(s, _mm256_set1_epi32(-128 * a.sum[(a.r + i) * nb + b]))
+                };
+                let sc = _mm256_mul_ps(wd, _mm256_set1_ps(a.d[(a.r + i) * nb + b]));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), sc, *acc);
+            }
+            if Q4 {
+                // SAFETY: as above.
+                let wm = unsafe { _mm256_loadu_ps(p.m.as_ptr().add(at * TILE + h * HALF)) };
+                for (i, acc) in accf.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(wm, _mm256_set1_ps(a.s[(a.r + i) * nb + b]), *acc);
+                }
+            }
+        }
+        let first = t * TILE + h * HALF;
+        let valid = HALF.min(p.rows - first);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes);
+        for (i, acc) in accf.iter().enumerate() {
+            // SAFETY: the masked store writes the half's valid features of row a.r + i.
+            unsafe { _mm256_maskstore_ps(y.add((a.r + i) * p.rows + first), mask, *acc) };
+        }
+        R
     }
 }

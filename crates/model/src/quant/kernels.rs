@@ -1,5 +1,5 @@
-//! Dot products between one quantized weight row and one quantized activation row, per
-//! instruction set, chosen once at run time.
+//! The instruction-set paths of the quantized engine, chosen once at run time, and the
+//! portable dot product of one quantized weight row with one quantized activation row.
 //!
 //! Both operands are sequences of 32-element blocks (`QK`). A Q8_0 weight block is 32 `i8`
 //! with one f32 scale; a Q4_1 weight block is 32 unsigned nibbles (16 bytes, element `j` in
@@ -13,12 +13,11 @@
 //! The inner integer sums are exact; only the per-block f32 scaling rounds. Every path
 //! computes the same integer sums, so paths differ only by f32 summation order.
 //!
-//! Paths: AVX2 (`vpmaddubsw` + `vpmaddwd`, one block per 256-bit register) and a portable
-//! scalar fallback. On AVX-512 VNNI every product runs in the tiled GEMM of
-//! [`super::gemm`] instead (one weight layout for decode and prefill); [`Isa::Avx512Vnni`]
-//! here only names that path, and these row functions take AVX2 for it. The scheme
-//! (sign trick for signed×signed bytes, nibble unpacking) follows llama.cpp's `ggml-cpu`
-//! quantized dot products; the code is ours.
+//! Paths: on AVX-512 VNNI and on AVX2 every product runs in the tiled GEMM of
+//! [`super::gemm`] (one micro-kernel per ISA over the same repacked weights); the scalar
+//! row dots here are the fallback for other CPUs and the reference the tests compare with.
+//! (AVX2 row kernels, one weight row against one activation row with a horizontal sum per
+//! output, ran before the AVX2 tiles: docs/performance.md has the figures before and after.)
 
 use std::sync::OnceLock;
 
@@ -101,34 +100,7 @@ pub struct ActRow<'a> {
     pub s: &'a [f32],
 }
 
-/// Q8_0 weight row · Q8 activation row. `wq`: `nb·32`, `wd`: `nb`.
-#[inline]
-pub fn dot_q8_0(isa: Isa, wq: &[i8], wd: &[f32], x: ActRow<'_>) -> f32 {
-    debug_assert_eq!(wq.len(), x.q.len());
-    debug_assert_eq!(wd.len(), x.d.len());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa` values other than Scalar are only produced after feature detection,
-        // and AVX-512 VNNI implies AVX2 + FMA.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_q8_0_avx2(wq, wd, x) },
-        _ => dot_q8_0_scalar(wq, wd, x),
-    }
-}
-
-/// Q4_1 weight row · Q8 activation row. `wq`: `nb·16` packed nibbles, `wd`, `wm`: `nb`.
-#[inline]
-pub fn dot_q4_1(isa: Isa, wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f32 {
-    debug_assert_eq!(wq.len() * 2, x.q.len());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa` values other than Scalar are only produced after feature detection,
-        // and AVX-512 VNNI implies AVX2 + FMA.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_q4_1_avx2(wq, wd, wm, x) },
-        _ => dot_q4_1_scalar(wq, wd, wm, x),
-    }
-}
-
-/// Portable Q8_0 · Q8.
+/// Q8_0 weight row · Q8 activation row (`wq`: `nb·32`, `wd`: `nb`), in portable Rust.
 pub fn dot_q8_0_scalar(wq: &[i8], wd: &[f32], x: ActRow<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, (&dw, &dx)) in wd.iter().zip(x.d).enumerate() {
@@ -140,7 +112,8 @@ pub fn dot_q8_0_scalar(wq: &[i8], wd: &[f32], x: ActRow<'_>) -> f32 {
     acc
 }
 
-/// Portable Q4_1 · Q8.
+/// Q4_1 weight row · Q8 activation row (`wq`: `nb·16` packed nibbles, `wd`, `wm`: `nb`), in
+/// portable Rust.
 pub fn dot_q4_1_scalar(wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f32 {
     let mut acc = 0f32;
     for b in 0..wd.len() {
@@ -154,88 +127,4 @@ pub fn dot_q4_1_scalar(wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f32 
         acc += wd[b] * x.d[b] * sum as f32 + wm[b] * x.s[b];
     }
     acc
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{ActRow, QK};
-    use std::arch::x86_64::*;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum256(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Σ over 32 signed bytes of `w·x`, as 8 i32 lanes (AVX2 sign trick: |w| · sign(x, w)).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn block_i8_avx2(w: __m256i, x: __m256i) -> __m256i {
-        let aw = _mm256_sign_epi8(w, w);
-        let sx = _mm256_sign_epi8(x, w);
-        let p16 = _mm256_maddubs_epi16(aw, sx);
-        _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; slices as in [`super::dot_q8_0`].
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8_0_avx2(wq: &[i8], wd: &[f32], x: ActRow<'_>) -> f32 {
-        let nb = wd.len();
-        assert!(wq.len() >= nb * QK && x.q.len() >= nb * QK && x.d.len() >= nb);
-        let mut acc = _mm256_setzero_ps();
-        for (b, (&dw, &dx)) in wd.iter().zip(x.d).enumerate() {
-            // SAFETY: bounds asserted above; loads are unaligned.
-            let (w, a) = unsafe {
-                (
-                    _mm256_loadu_si256(wq.as_ptr().add(b * QK) as *const __m256i),
-                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
-                )
-            };
-            let s = _mm256_cvtepi32_ps(block_i8_avx2(w, a));
-            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(dw * dx), acc);
-        }
-        hsum256(acc)
-    }
-
-    /// 16 packed-nibble bytes → 32 unsigned bytes (low nibbles first, then high nibbles).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn unpack_nibbles(p: __m128i) -> __m256i {
-        let m = _mm_set1_epi8(0x0f);
-        let lo = _mm_and_si128(p, m);
-        let hi = _mm_and_si128(_mm_srli_epi16(p, 4), m);
-        _mm256_set_m128i(hi, lo)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; slices as in [`super::dot_q4_1`].
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_1_avx2(wq: &[u8], wd: &[f32], wm: &[f32], x: ActRow<'_>) -> f32 {
-        let nb = wd.len();
-        assert!(wq.len() >= nb * QK / 2 && x.q.len() >= nb * QK && wm.len() >= nb);
-        assert!(x.d.len() >= nb && x.s.len() >= nb);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for b in 0..nb {
-            // SAFETY: bounds asserted above; loads are unaligned.
-            let (p, a) = unsafe {
-                (
-                    _mm_loadu_si128(wq.as_ptr().add(b * QK / 2) as *const __m128i),
-                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i),
-                )
-            };
-            let w = unpack_nibbles(p);
-            let p16 = _mm256_maddubs_epi16(w, a);
-            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(wd[b] * x.d[b]), acc);
-            offset += wm[b] * x.s[b];
-        }
-        hsum256(acc) + offset
-    }
 }

@@ -6,14 +6,14 @@
 //! 135M default is 540 MB per token in f32, 143 MB in Q8_0, 85 MB in Q4_1. burn's f32 tensors
 //! cannot go below the first figure, so decoding runs here instead: weights as 32-element
 //! blocks (ggml's Q8_0 and Q4_1 geometry), activations quantized to Q8 blocks per token, and
-//! integer dot products with SIMD chosen at run time ([`kernels::Isa`]: AVX-512 VNNI through
-//! the tiled GEMM of [`gemm`], AVX2, or a portable fallback). The training forward stays in
+//! integer dot products with SIMD chosen at run time ([`kernels::Isa`]: AVX-512 VNNI or AVX2
+//! through the tiled GEMM of [`gemm`], or a portable fallback). The training forward stays in
 //! burn, in f32: the update scores the tokens itself, and the rollout/training log-prob
 //! mismatch this introduces is measured per step (`logprob_mismatch` in the metrics) and can
 //! be corrected by truncated importance sampling (Yao et al. 2025; `[train] tis_cap`).
 //!
-//! Layout: [`kernels`] holds the per-ISA row dot products; [`gemm`] the AVX-512 VNNI tiled
-//! product with its repacked weights; [`QMatrix`] a quantized `[out, in]` matrix and its
+//! Layout: [`kernels`] holds the ISA detection and the portable row dot products; [`gemm`] the
+//! tiled product with its repacked weights and its AVX-512 VNNI and AVX2 micro-kernels; [`QMatrix`] a quantized `[out, in]` matrix and its
 //! batched product; [`engine`] the Llama decoder ([`QuantLlama`]) with its own
 //! KV cache ([`QuantCache`]). Requantizing the 135M policy from f32 takes a fraction of a
 //! second (stated in docs/performance.md), so RL re-quantizes the rollout copy after every
@@ -74,7 +74,7 @@ pub struct QMatrix {
     cols: usize,
     blocks: Blocks,
     /// The blocks repacked for the tiled GEMM ([`gemm`]), built on the first product on
-    /// AVX-512 VNNI.
+    /// AVX-512 VNNI or AVX2.
     packed: OnceLock<gemm::Packed>,
 }
 
@@ -238,19 +238,17 @@ impl QMatrix {
         out
     }
 
-    /// Dot product of row `o` with one activation row.
+    /// Dot product of row `o` with one activation row, in portable Rust.
     #[inline]
-    fn dot_row(&self, isa: Isa, o: usize, x: ActRow<'_>) -> f32 {
+    fn dot_row(&self, o: usize, x: ActRow<'_>) -> f32 {
         let nb = self.cols / QK;
         match &self.blocks {
-            Blocks::Q8_0 { q, d } => kernels::dot_q8_0(
-                isa,
+            Blocks::Q8_0 { q, d } => kernels::dot_q8_0_scalar(
                 &q[o * self.cols..(o + 1) * self.cols],
                 &d[o * nb..(o + 1) * nb],
                 x,
             ),
-            Blocks::Q4_1 { q, d, m } => kernels::dot_q4_1(
-                isa,
+            Blocks::Q4_1 { q, d, m } => kernels::dot_q4_1_scalar(
                 &q[o * self.cols / 2..(o + 1) * self.cols / 2],
                 &d[o * nb..(o + 1) * nb],
                 &m[o * nb..(o + 1) * nb],
@@ -260,23 +258,30 @@ impl QMatrix {
     }
 
     /// `y = x · Wᵀ` for a batch of quantized activation rows: `x` holds `n` rows of `cols`
-    /// values; returns `[n, rows]` row-major. `isa` must be supported ([`Isa::supported`]).
+    /// values; returns `[n, rows]` row-major.
     ///
-    /// On AVX-512 VNNI this is the tiled GEMM of [`gemm`], for every `n` (so a token's
-    /// logits do not depend on the batch it ran in). Otherwise work is split over output
-    /// rows across the rayon pool; each weight row is read once and dotted with all `n`
-    /// activation rows while it sits in L1, so a batch of G rows costs about one row's memory
-    /// traffic.
+    /// On AVX-512 VNNI and AVX2 this is the tiled GEMM of [`gemm`], for every `n` (so a
+    /// token's logits do not depend on the batch it ran in). On [`Isa::Scalar`] work is split
+    /// over output rows across the rayon pool, each weight row dotted with all `n` activation
+    /// rows while it sits in L1.
+    ///
+    /// # Panics
+    /// When this CPU cannot run `isa` ([`Isa::supported`]) or the widths differ.
     pub fn matmul(&self, x: &QActs, isa: Isa) -> Vec<f32> {
         assert_eq!(
             x.cols, self.cols,
             "activation width does not match the matrix"
         );
+        assert!(
+            isa.supported(),
+            "{} is not supported on this CPU",
+            isa.name()
+        );
         let n = x.n;
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512Vnni {
-            // SAFETY: `isa` is supported (this function's contract).
-            return unsafe { self.packed().matmul(&x.q, &x.d, &x.s, &x.sum, n) };
+        if isa != Isa::Scalar {
+            // SAFETY: `isa` is supported (asserted) and not scalar.
+            return unsafe { self.packed().matmul(isa, &x.q, &x.d, &x.s, &x.sum, n) };
         }
         // Output features per task: a few tasks per thread (load balance), each with enough
         // work to amortize scheduling (≥ ~64k MACs).
@@ -291,7 +296,7 @@ impl QMatrix {
                 for (k, out) in chunk.chunks_mut(n).enumerate() {
                     let o = first + k;
                     for (r, y) in out.iter_mut().enumerate() {
-                        *y = self.dot_row(isa, o, x.row(r));
+                        *y = self.dot_row(o, x.row(r));
                     }
                 }
             });
@@ -465,7 +470,7 @@ mod tests {
         let rows = m.rows();
         for r in 0..acts.len() {
             for o in 0..rows {
-                let want = m.dot_row(Isa::Scalar, o, acts.row(r));
+                let want = m.dot_row(o, acts.row(r));
                 let got = y[r * rows + o];
                 assert!(
                     (got - want).abs() < 1e-4 * (1.0 + want.abs()),
@@ -502,44 +507,96 @@ mod tests {
         }
     }
 
-    /// The tiled GEMM (AVX-512 VNNI) equals row-by-row dots, and a row's outputs are the
-    /// same bits whatever the batch it is in:
-    /// feature counts that leave a partial tile, row counts that leave each micro-kernel
-    /// remainder (8, 4, 1) and span two 64-row chunks.
+    /// The tiled GEMM (AVX-512 VNNI and AVX2 micro-kernels) equals row-by-row dots, and a
+    /// row's outputs are the same bits whatever the batch it is in: feature counts that leave
+    /// a partial tile and a partial AVX2 half (37 = 2·16 + 5, 20 = 16 + 4), row counts that
+    /// leave each micro-kernel remainder (8, 4, 3, 2, 1) and span two 64-row chunks.
     #[test]
     fn tiled_gemm_matches_row_dots() {
-        if !Isa::Avx512Vnni.supported() {
-            eprintln!("avx512-vnni: not supported on this CPU, skipped");
-            return;
-        }
-        for (rows, cols, n) in [
-            (37, 3 * QK, 8),
-            (48, 5 * QK, 13),
-            (300, 2 * QK, 77),
-            (20, QK, 1),
-        ] {
-            for format in [QuantFormat::Q8_0, QuantFormat::Q4_1] {
-                let w = random(rows * cols, 11);
-                let x = random(n * cols, 12);
-                let m = QMatrix::quantize(&w, rows, cols, format);
-                let acts = QActs::quantize(&x, n, cols);
-                let y = m.matmul(&acts, Isa::Avx512Vnni);
-                assert!(
-                    m.packed_bytes() > 0,
-                    "{rows}x{cols} n {n}: GEMM path not taken"
-                );
-                let what = format!("{} {rows}x{cols} n {n}", format.name());
-                assert_row_dots(&m, &acts, &y, &what);
-                for r in 0..n {
-                    let alone = QActs::quantize(&x[r * cols..(r + 1) * cols], 1, cols);
-                    assert_eq!(
-                        m.matmul(&alone, Isa::Avx512Vnni),
-                        y[r * rows..(r + 1) * rows],
-                        "{} row {r}: batched and alone differ",
-                        format.name()
+        let mut tried = 0;
+        for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+            if !isa.supported() {
+                eprintln!("{}: not supported on this CPU, skipped", isa.name());
+                continue;
+            }
+            tried += 1;
+            for (rows, cols, n) in [
+                (37, 3 * QK, 8),
+                (48, 5 * QK, 13),
+                (300, 2 * QK, 77),
+                (20, QK, 1),
+                (20, 2 * QK, 7),
+                (24, QK, 6),
+            ] {
+                for format in [QuantFormat::Q8_0, QuantFormat::Q4_1] {
+                    let w = random(rows * cols, 11);
+                    let x = random(n * cols, 12);
+                    let m = QMatrix::quantize(&w, rows, cols, format);
+                    let acts = QActs::quantize(&x, n, cols);
+                    let y = m.matmul(&acts, isa);
+                    assert!(
+                        m.packed_bytes() > 0,
+                        "{rows}x{cols} n {n}: GEMM path not taken"
                     );
+                    let what = format!("{} {} {rows}x{cols} n {n}", isa.name(), format.name());
+                    assert_row_dots(&m, &acts, &y, &what);
+                    for r in 0..n {
+                        let alone = QActs::quantize(&x[r * cols..(r + 1) * cols], 1, cols);
+                        assert_eq!(
+                            m.matmul(&alone, isa),
+                            y[r * rows..(r + 1) * rows],
+                            "{what} row {r}: batched and alone differ"
+                        );
+                    }
                 }
             }
+        }
+        if tried == 0 {
+            eprintln!("no tiled GEMM on this CPU: nothing to check");
+        }
+    }
+
+    /// The AVX2 kernel's i16 sums stay exact at the extremes: every Q8_0 weight at ±127 and
+    /// -128 (a GGUF may hold -128) and every activation at ±127, where a pair of `w + 128`
+    /// bytes fed to `vpmaddubsw` whole would saturate. The integer sums are compared
+    /// exactly through a scale of 1.
+    #[test]
+    fn avx2_tiles_are_exact_at_the_byte_extremes() {
+        if !Isa::Avx2.supported() {
+            eprintln!("avx2: not supported on this CPU, skipped");
+            return;
+        }
+        let (rows, cols, n) = (16, 2 * QK, 2);
+        for (wv, xv) in [
+            (127i8, 127i8),
+            (-128, 127),
+            (-128, -127),
+            (127, -127),
+            (-127, 127),
+        ] {
+            let m = QMatrix {
+                rows,
+                cols,
+                blocks: Blocks::Q8_0 {
+                    q: vec![wv; rows * cols],
+                    d: vec![1.0; rows * cols / QK],
+                },
+                packed: OnceLock::new(),
+            };
+            let acts = QActs {
+                n,
+                cols,
+                q: vec![xv; n * cols],
+                d: vec![1.0; n * cols / QK],
+                s: vec![xv as f32 * QK as f32; n * cols / QK],
+                sum: vec![xv as i32 * QK as i32; n * cols / QK],
+            };
+            let want = (wv as i32 * xv as i32 * cols as i32) as f32;
+            let y = m.matmul(&acts, Isa::Avx2);
+            assert!(
+                y.iter().all(|&v| v == want),
+                "w {wv} x {xv}: {y:?} != {want}"
+            );
         }
     }
 
