@@ -266,6 +266,36 @@ struct Acts<'a> {
     r: usize,
 }
 
+impl Acts<'_> {
+    /// Row `r + i`'s four values at `b·32 + 4s`, as one little-endian `i32` (what a
+    /// micro-kernel broadcasts to all lanes).
+    ///
+    /// # Safety
+    /// The row holds `cols` values and `b·32 + 4s + 4 ≤ cols`.
+    #[inline(always)]
+    unsafe fn four(&self, i: usize, b: usize, s: usize) -> i32 {
+        // SAFETY: the caller's bounds; an unaligned 4-byte read.
+        unsafe {
+            (self
+                .x
+                .as_ptr()
+                .add((self.r + i) * self.cols + b * QK + 4 * s) as *const i32)
+                .read_unaligned()
+        }
+    }
+
+    /// Panics unless rows `r .. r + R` and tile `t` of `p` (Q4_1 when `Q4`) lie inside their
+    /// buffers: the bounds every micro-kernel's unchecked loads rely on.
+    fn check<const R: usize, const Q4: bool>(&self, p: &Packed, t: usize) {
+        let nb = p.cols / QK;
+        let tb = if Q4 { TILE_BLOCK_Q4 } else { TILE_BLOCK_Q8 };
+        assert!(self.x.len() >= (self.r + R) * self.cols && self.d.len() >= (self.r + R) * nb);
+        assert!(self.s.len() >= (self.r + R) * nb && self.sum.len() >= (self.r + R) * nb);
+        assert!(p.vals.len() >= (t + 1) * nb * tb && p.d.len() >= (t + 1) * nb * TILE);
+        assert!(!Q4 || p.m.len() >= (t + 1) * nb * TILE);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Acts, Packed, TILE, TILE_BLOCK_Q4, TILE_BLOCK_Q8};
@@ -278,11 +308,8 @@ mod x86 {
     /// The row holds `cols` values and `b·32 + 4s + 4 ≤ cols`.
     #[inline(always)]
     unsafe fn four(a: &Acts<'_>, i: usize, b: usize, s: usize) -> __m512i {
-        // SAFETY: the caller's bounds; an unaligned 4-byte read.
-        let v = unsafe {
-            (a.x.as_ptr().add((a.r + i) * a.cols + b * QK + 4 * s) as *const i32).read_unaligned()
-        };
-        _mm512_set1_epi32(v)
+        // SAFETY: the caller's bounds.
+        _mm512_set1_epi32(unsafe { a.four(i, b, s) })
     }
 
     /// Tile `t` (16 features) × activation rows `a.r .. a.r + R`: writes
@@ -299,10 +326,7 @@ mod x86 {
     ) {
         let nb = p.cols / QK;
         let tb = if Q4 { TILE_BLOCK_Q4 } else { TILE_BLOCK_Q8 };
-        assert!(a.x.len() >= (a.r + R) * a.cols && a.d.len() >= (a.r + R) * nb);
-        assert!(a.s.len() >= (a.r + R) * nb && a.sum.len() >= (a.r + R) * nb);
-        assert!(p.vals.len() >= (t + 1) * nb * tb && p.d.len() >= (t + 1) * nb * TILE);
-        assert!(!Q4 || p.m.len() >= (t + 1) * nb * TILE);
+        a.check::<R, Q4>(p, t);
         let nibble = _mm512_set1_epi8(0x0f);
         let mut accf = [_mm512_setzero_ps(); R];
         for b in 0..nb {
@@ -403,11 +427,8 @@ mod avx2 {
     /// The row holds `cols` values and `b·32 + 4s + 4 ≤ cols`.
     #[inline(always)]
     unsafe fn four(a: &Acts<'_>, i: usize, b: usize, s: usize) -> __m256i {
-        // SAFETY: the caller's bounds; an unaligned 4-byte read.
-        let v = unsafe {
-            (a.x.as_ptr().add((a.r + i) * a.cols + b * QK + 4 * s) as *const i32).read_unaligned()
-        };
-        _mm256_set1_epi32(v)
+        // SAFETY: the caller's bounds.
+        _mm256_set1_epi32(unsafe { a.four(i, b, s) })
     }
 
     /// Tile `t` × activation rows `a.r .. a.r + R`, as [`super::x86::tile`] computes it.
@@ -421,12 +442,7 @@ mod avx2 {
         a: Acts<'_>,
         y: *mut f32,
     ) {
-        let nb = p.cols / QK;
-        let tb = if Q4 { TILE_BLOCK_Q4 } else { TILE_BLOCK_Q8 };
-        assert!(a.x.len() >= (a.r + R) * a.cols && a.d.len() >= (a.r + R) * nb);
-        assert!(a.s.len() >= (a.r + R) * nb && a.sum.len() >= (a.r + R) * nb);
-        assert!(p.vals.len() >= (t + 1) * nb * tb && p.d.len() >= (t + 1) * nb * TILE);
-        assert!(!Q4 || p.m.len() >= (t + 1) * nb * TILE);
+        a.check::<R, Q4>(p, t);
         for h in 0..2 {
             let first = t * TILE + h * HALF;
             if first >= p.rows {
