@@ -1,7 +1,7 @@
 //! Times the quantized decode engine by part on the default model (for optimisation work):
 //! `cargo run --release --example profile_quant -- [q8_0|q4_1] [ROWS] [DECODE_STEPS]`.
 //!
-//! Prints the quantization time, the repacking time of the AVX-512 GEMM, the effective weight
+//! Prints the quantization time, the repacking time of the tiled GEMM, the effective weight
 //! bandwidth of the output head and of one layer's products at `ROWS` activation rows, and
 //! the time of a whole decode step.
 use std::time::Instant;
@@ -31,7 +31,7 @@ fn main() {
         q.weight_bytes() as f64 / 1e6,
         Isa::active().name()
     );
-    // The first product of each matrix on AVX-512 VNNI repacks it for the tiled GEMM.
+    // The first product of each matrix on AVX-512 VNNI or AVX2 repacks it for the tiled GEMM.
     let mut cache = q.new_cache(1, 8);
     let t = Instant::now();
     q.prefill_row(0, &[1], &mut cache);

@@ -198,6 +198,29 @@ impl Packed {
             .min(most)
             .clamp(1, self.tiles);
         let per_group = self.tiles.div_ceil(groups);
+        // The micro-kernel for NR, 4 and 1 rows, picked once per product.
+        let kernels: [Kernel; 3] = match (isa, self.q4()) {
+            (Isa::Avx512Vnni, true) => [
+                x86::tile::<NR, true>,
+                x86::tile::<4, true>,
+                x86::tile::<1, true>,
+            ],
+            (Isa::Avx512Vnni, false) => [
+                x86::tile::<NR, false>,
+                x86::tile::<4, false>,
+                x86::tile::<1, false>,
+            ],
+            (_, true) => [
+                avx2::tile::<NR, true>,
+                avx2::tile::<4, true>,
+                avx2::tile::<1, true>,
+            ],
+            (_, false) => [
+                avx2::tile::<NR, false>,
+                avx2::tile::<4, false>,
+                avx2::tile::<1, false>,
+            ],
+        };
         (0..groups * chunks).into_par_iter().for_each(|task| {
             let (g, c) = (task / chunks, task % chunks);
             let (r0, r1) = (c * ROW_CHUNK, ((c + 1) * ROW_CHUNK).min(n));
@@ -214,40 +237,28 @@ impl Packed {
                         cols,
                         r,
                     };
-                    // SAFETY: the caller guarantees the ISA; the task's (rows r..r+take,
+                    let (rows, kernel) = match take {
+                        NR => (NR, kernels[0]),
+                        4.. => (4, kernels[1]),
+                        _ => (1, kernels[2]),
+                    };
+                    // SAFETY: the caller guarantees the ISA; the task's (rows r..r+rows,
                     // features of tile t) rectangle of y is written by this task only, and
                     // lies inside y (n · rows).
-                    unsafe {
-                        match (isa, self.q4(), take) {
-                            (Isa::Avx512Vnni, true, NR) => x86::tile::<NR, true>(self, t, a, out.0),
-                            (Isa::Avx512Vnni, false, NR) => {
-                                x86::tile::<NR, false>(self, t, a, out.0)
-                            }
-                            (Isa::Avx512Vnni, true, 4..) => x86::tile::<4, true>(self, t, a, out.0),
-                            (Isa::Avx512Vnni, false, 4..) => {
-                                x86::tile::<4, false>(self, t, a, out.0)
-                            }
-                            (Isa::Avx512Vnni, true, _) => x86::tile::<1, true>(self, t, a, out.0),
-                            (Isa::Avx512Vnni, false, _) => x86::tile::<1, false>(self, t, a, out.0),
-                            (_, true, NR) => avx2::tile::<NR, true>(self, t, a, out.0),
-                            (_, false, NR) => avx2::tile::<NR, false>(self, t, a, out.0),
-                            (_, true, 4..) => avx2::tile::<4, true>(self, t, a, out.0),
-                            (_, false, 4..) => avx2::tile::<4, false>(self, t, a, out.0),
-                            (_, true, _) => avx2::tile::<1, true>(self, t, a, out.0),
-                            (_, false, _) => avx2::tile::<1, false>(self, t, a, out.0),
-                        }
-                    }
-                    r += match take {
-                        NR => NR,
-                        4.. => 4,
-                        _ => 1,
-                    };
+                    unsafe { kernel(self, t, a, out.0) };
+                    r += rows;
                 }
             }
         });
         y
     }
 }
+
+/// One micro-kernel instance: tile `t` × the activation rows `a.r ..` it was built for,
+/// written into `y` (`x86::tile` on AVX-512 VNNI, `avx2::tile` on AVX2; their safety
+/// contracts).
+#[cfg(target_arch = "x86_64")]
+type Kernel = unsafe fn(&Packed, usize, Acts<'_>, *mut f32);
 
 /// The output pointer shared by the tasks of one product, each writing its own rectangle.
 struct SyncPtr(*mut f32);
@@ -405,8 +416,9 @@ mod x86 {
 /// two for Q8_0 (its two nibble planes). One `vpmaddwd` per block then widens a feature's two
 /// i16 halves to its exact int32 sum (Q8_0: `16·Σh·x + Σl·x − 128·Σx`). The byte-product
 /// peak of AVX2 is thus half of the `vpdpbusd` kernel's per register width, and Q8_0 runs at
-/// half of Q4_1's (examples/roofline.rs measures the `vpmaddubsw` + `vpaddw` peak). The f32 scaling per block then follows the AVX-512 kernel,
-/// in the same order for every row, so here too a row's outputs do not depend on its batch.
+/// half of Q4_1's (examples/roofline.rs measures the `vpmaddubsw` + `vpaddw` peak). The f32
+/// scaling per block then follows the AVX-512 kernel, in the same order for every row, so
+/// here too a row's outputs do not depend on its batch.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Acts, Packed, TILE, TILE_BLOCK_Q4, TILE_BLOCK_Q8};
